@@ -1,0 +1,68 @@
+// Package vmm defines the interface ember uses to run a microVM, independent of
+// the virtual machine monitor behind it. Implementations live in subpackages
+// (qemu, firecracker); vmmtest holds the conformance suite every one passes.
+package vmm
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrNotRunning is returned when an operation needs a live VMM process and the
+// process is gone.
+var ErrNotRunning = errors.New("vmm process not running")
+
+// Spec describes one machine. Paths are absolute.
+type Spec struct {
+	// ID names the machine in logs and kernel objects (the sandbox id).
+	ID string
+	// Dir is the machine's private directory: control sockets, pid file and
+	// console log are created inside it. It must exist.
+	Dir string
+	// Kernel is an uncompressed vmlinux (ELF, PVH entry point).
+	Kernel string
+	// Initrd is optional.
+	Initrd string
+	// RootDisk is the sandbox's own writable disk; DiskFormat is "raw" or "qcow2".
+	RootDisk   string
+	DiskFormat string
+	// Netns is the path of the network namespace the VMM process runs in
+	// (for example /run/netns/ember-ns-3); TAP is the name of the TAP device
+	// inside it and MAC the guest's address on it.
+	Netns string
+	TAP   string
+	MAC   string
+	// BootArgs are appended to the driver's own kernel command line.
+	BootArgs  string
+	VCPUs     int
+	MemoryMiB int
+}
+
+// ConsoleLog returns the path of the serial console log inside dir.
+func ConsoleLog(dir string) string { return dir + "/console.log" }
+
+// Driver starts machines.
+type Driver interface {
+	// Name is the driver's short name ("qemu", "firecracker").
+	Name() string
+	// Start cold-boots a machine. On error nothing is left running.
+	Start(ctx context.Context, spec Spec) (Machine, error)
+	// Attach re-adopts a machine started earlier (by this or a previous daemon
+	// process) from its spec and recorded pid. It returns ErrNotRunning when the
+	// process is gone or is not the VMM it was.
+	Attach(ctx context.Context, spec Spec, pid int) (Machine, error)
+}
+
+// Machine is a running (or paused) microVM.
+type Machine interface {
+	// PID is the VMM process id.
+	PID() int
+	// Pause stops the vCPUs; Resume starts them again.
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Stop ends the VMM process: a clean quit first, then SIGTERM, then SIGKILL.
+	// It is idempotent: stopping a stopped machine returns nil.
+	Stop(ctx context.Context) error
+	// Done is closed when the VMM process has exited.
+	Done() <-chan struct{}
+}
