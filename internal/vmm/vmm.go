@@ -66,3 +66,22 @@ type Machine interface {
 	// Done is closed when the VMM process has exited.
 	Done() <-chan struct{}
 }
+
+// State is a machine's run state as its VMM reports it. VMMs may report
+// states beyond the two below under their own names.
+type State string
+
+// The run states every driver reports.
+const (
+	// StateRunning means the vCPUs run.
+	StateRunning State = "running"
+	// StatePaused means the vCPUs are stopped (Machine.Pause).
+	StatePaused State = "paused"
+)
+
+// Stater is implemented by machines that can report their run state. It is
+// optional; the conformance suite checks Pause and Resume with it when a
+// machine has it.
+type Stater interface {
+	State(ctx context.Context) (State, error)
+}

@@ -1,0 +1,168 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// Accelerators.
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
+)
+
+// Defaults for a spec that leaves sizes at zero.
+const (
+	defaultVCPUs     = 1
+	defaultMemoryMiB = 256
+)
+
+// guestHZ is the timer frequency the guest kernel is built with; lpj (loops
+// per jiffy) handed to a TCG guest derives from it.
+const guestHZ = 250
+
+// machineOpts is the -machine value. microvm without ACPI finds its
+// virtio-mmio devices through the kernel command line QEMU appends. The
+// legacy PIT, PIC and RTC stay: with the APIC timer off (noapictimer, which
+// boots faster under TCG) the PIT is the guest's clock event device.
+const machineOpts = "microvm,acpi=off"
+
+// Files the driver keeps in a machine's directory.
+func qmpPath(dir string) string { return filepath.Join(dir, "qmp.sock") }
+func pidPath(dir string) string { return filepath.Join(dir, "vmm.pid") }
+func logPath(dir string) string { return filepath.Join(dir, "vmm.log") }
+
+// qmpArg is the -chardev value of the QMP socket. Attach looks for it in a
+// process's command line to tell our QEMU from any other process.
+func qmpArg(dir string) string {
+	return "socket,id=qmp,path=" + optEscape(qmpPath(dir)) + ",server=on,wait=off"
+}
+
+// optEscape doubles commas, QEMU's escape for a comma inside an option value.
+func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// kernelArgs is the guest kernel command line: the driver's own part, the
+// TCG timing arguments when tscKHz is set, then the spec's extra arguments.
+func kernelArgs(tscKHz int64, extra string) string {
+	args := []string{"console=ttyS0", "reboot=k", "panic=1", "root=/dev/vda", "rw", "init=/sbin/init", "quiet"}
+	if tscKHz > 0 {
+		// Without a known TSC frequency about 30% of TCG boots hang
+		// calibrating against the PIT; noapictimer spares TCG the cost of
+		// emulating the local APIC timer.
+		args = append(args,
+			"tsc_early_khz="+strconv.FormatInt(tscKHz, 10),
+			"lpj="+strconv.FormatInt(tscKHz*1000/guestHZ, 10),
+			"no_timer_check", "noapictimer")
+	}
+	if extra = strings.TrimSpace(extra); extra != "" {
+		args = append(args, extra)
+	}
+	return strings.Join(args, " ")
+}
+
+// buildArgs returns QEMU's arguments for spec. tscKHz is the host's TSC
+// frequency, used only under TCG.
+func buildArgs(accel string, tscKHz int64, spec vmm.Spec) []string {
+	vcpus, mem := spec.VCPUs, spec.MemoryMiB
+	if vcpus <= 0 {
+		vcpus = defaultVCPUs
+	}
+	if mem <= 0 {
+		mem = defaultMemoryMiB
+	}
+	format := spec.DiskFormat
+	if format == "" {
+		format = "raw"
+	}
+	cpu := "host"
+	if accel == AccelTCG {
+		cpu = "qemu64"
+	} else {
+		tscKHz = 0
+	}
+	args := []string{
+		"-machine", machineOpts,
+		"-accel", accel,
+		"-cpu", cpu,
+		"-m", strconv.Itoa(mem),
+		"-smp", strconv.Itoa(vcpus),
+		"-nodefaults", "-no-user-config", "-no-reboot", "-nographic",
+		"-kernel", spec.Kernel,
+	}
+	if spec.Initrd != "" {
+		args = append(args, "-initrd", spec.Initrd)
+	}
+	args = append(args,
+		"-append", kernelArgs(tscKHz, spec.BootArgs),
+		// cache=writeback (QEMU's default, spelled out): the host page cache
+		// holds the writes, so they survive QEMU's exit however it ends,
+		// and a guest flush reaches the image file, so even a qcow2
+		// overlay's metadata is consistent after the guest syncs.
+		// cache=unsafe would drop those flushes and a SIGKILL could then
+		// lose qcow2 metadata. discard=unmap lets a guest fstrim give
+		// blocks back, which shows in the disk's usage.
+		"-drive", "id=root,if=none,file="+optEscape(spec.RootDisk)+",format="+format+",cache=writeback,discard=unmap",
+		"-device", "virtio-blk-device,drive=root",
+	)
+	if spec.TAP != "" {
+		dev := "virtio-net-device,netdev=net0"
+		if spec.MAC != "" {
+			dev += ",mac=" + optEscape(spec.MAC)
+		}
+		args = append(args,
+			"-netdev", "tap,id=net0,ifname="+optEscape(spec.TAP)+",script=no,downscript=no,vhost=off",
+			"-device", dev,
+		)
+	}
+	args = append(args,
+		"-device", "virtio-rng-device",
+		"-chardev", "file,id=console,path="+optEscape(vmm.ConsoleLog(spec.Dir)),
+		"-serial", "chardev:console",
+		"-chardev", qmpArg(spec.Dir),
+		"-mon", "chardev=qmp,mode=control",
+		"-pidfile", pidPath(spec.Dir),
+	)
+	return args
+}
+
+// hostTSCKHz returns the host's TSC frequency in kHz: from the kernel's own
+// record when it exports one, else from /proc/cpuinfo's "cpu MHz", which on
+// a host with a constant TSC is the TSC's frequency.
+func hostTSCKHz() (int64, error) {
+	if b, err := os.ReadFile("/sys/devices/system/cpu/cpu0/tsc_freq_khz"); err == nil {
+		khz, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err == nil && khz > 0 {
+			return khz, nil
+		}
+	}
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0, fmt.Errorf("read host tsc frequency: %w", err)
+	}
+	return parseCPUInfoKHz(b)
+}
+
+// parseCPUInfoKHz reads the first "cpu MHz" line of /proc/cpuinfo.
+func parseCPUInfoKHz(cpuinfo []byte) (int64, error) {
+	sc := bufio.NewScanner(bytes.NewReader(cpuinfo))
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if !ok || strings.TrimSpace(key) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil || mhz <= 0 {
+			return 0, fmt.Errorf("parse cpuinfo cpu MHz %q: invalid", strings.TrimSpace(val))
+		}
+		return int64(math.Round(mhz * 1000)), nil
+	}
+	return 0, fmt.Errorf("parse cpuinfo: no cpu MHz line")
+}

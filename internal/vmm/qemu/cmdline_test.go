@@ -1,0 +1,152 @@
+package qemu
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// argAfter returns the value following the n-th occurrence of flag.
+func argAfter(args []string, flag string, n int) string {
+	for i, a := range args {
+		if a == flag && i+1 < len(args) {
+			if n == 0 {
+				return args[i+1]
+			}
+			n--
+		}
+	}
+	return ""
+}
+
+func TestBuildArgs(t *testing.T) {
+	base := vmm.Spec{
+		ID: "sb1", Dir: "/run/ember/sb1", Kernel: "/t/vmlinux", RootDisk: "/run/ember/sb1/rootfs.raw",
+		DiskFormat: "raw", VCPUs: 2, MemoryMiB: 512,
+	}
+	for _, tc := range []struct {
+		name   string
+		accel  string
+		spec   func(s *vmm.Spec)
+		checks map[string]string // flag (with "#n" for its n-th use) → exact value
+		has    []string          // substrings of the joined command line
+		hasNot []string
+	}{
+		{
+			name:  "tcg",
+			accel: AccelTCG,
+			checks: map[string]string{
+				"-machine": "microvm,acpi=off", "-accel": "tcg", "-cpu": "qemu64", "-m": "512", "-smp": "2",
+				"-kernel": "/t/vmlinux",
+				"-append": "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/sbin/init quiet " +
+					"tsc_early_khz=2096000 lpj=8384000 no_timer_check noapictimer",
+				"-drive":     "id=root,if=none,file=/run/ember/sb1/rootfs.raw,format=raw,cache=writeback,discard=unmap",
+				"-device#0":  "virtio-blk-device,drive=root",
+				"-device#1":  "virtio-rng-device",
+				"-chardev":   "file,id=console,path=/run/ember/sb1/console.log",
+				"-serial":    "chardev:console",
+				"-chardev#1": "socket,id=qmp,path=/run/ember/sb1/qmp.sock,server=on,wait=off",
+				"-mon":       "chardev=qmp,mode=control",
+				"-pidfile":   "/run/ember/sb1/vmm.pid",
+			},
+			has:    []string{"-nodefaults", "-no-user-config", "-no-reboot", "-nographic"},
+			hasNot: []string{"-netdev", "-initrd"},
+		},
+		{
+			name:  "kvm has no tsc arguments",
+			accel: AccelKVM,
+			checks: map[string]string{
+				"-accel": "kvm", "-cpu": "host",
+				"-append": "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/sbin/init quiet",
+			},
+		},
+		{
+			name:  "network, initrd, qcow2, boot args",
+			accel: AccelTCG,
+			spec: func(s *vmm.Spec) {
+				s.TAP, s.MAC, s.Initrd, s.DiskFormat = "tap0", "06:00:ac:10:00:02", "/t/initrd", "qcow2"
+				s.RootDisk = "/run/ember/sb1/rootfs.qcow2"
+				s.BootArgs = "  ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off "
+			},
+			checks: map[string]string{
+				"-netdev":   "tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off",
+				"-device#1": "virtio-net-device,netdev=net0,mac=06:00:ac:10:00:02",
+				"-initrd":   "/t/initrd",
+				"-drive":    "id=root,if=none,file=/run/ember/sb1/rootfs.qcow2,format=qcow2,cache=writeback,discard=unmap",
+			},
+			has: []string{"noapictimer ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off"},
+		},
+		{
+			name:  "defaults and commas in paths",
+			accel: AccelTCG,
+			spec: func(s *vmm.Spec) {
+				s.VCPUs, s.MemoryMiB, s.DiskFormat = 0, 0, ""
+				s.Dir, s.RootDisk = "/run/a,b", "/run/a,b/disk"
+			},
+			checks: map[string]string{
+				"-m": "256", "-smp": "1",
+				"-drive":     "id=root,if=none,file=/run/a,,b/disk,format=raw,cache=writeback,discard=unmap",
+				"-chardev#1": "socket,id=qmp,path=/run/a,,b/qmp.sock,server=on,wait=off",
+				"-pidfile":   "/run/a,b/vmm.pid",
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := base
+			if tc.spec != nil {
+				tc.spec(&spec)
+			}
+			args := buildArgs(tc.accel, 2096000, spec)
+			for flag, want := range tc.checks {
+				name, n := flag, 0
+				if f, idx, ok := strings.Cut(flag, "#"); ok {
+					name, n = f, int(idx[0]-'0')
+				}
+				if got := argAfter(args, name, n); got != want {
+					t.Errorf("%s = %q, want %q", flag, got, want)
+				}
+			}
+			joined := strings.Join(args, " ")
+			for _, s := range tc.has {
+				if !strings.Contains(joined, s) {
+					t.Errorf("command line lacks %q", s)
+				}
+			}
+			for _, s := range tc.hasNot {
+				if slices.Contains(args, s) {
+					t.Errorf("command line has %q", s)
+				}
+			}
+		})
+	}
+}
+
+func TestParseCPUInfoKHz(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"first cpu", "processor\t: 0\ncpu MHz\t\t: 2096.002\n\nprocessor\t: 1\ncpu MHz\t\t: 1800.000\n", 2096002, false},
+		{"whole", "cpu MHz : 3000\n", 3000000, false},
+		{"missing", "processor\t: 0\nmodel name\t: x\n", 0, true},
+		{"garbage", "cpu MHz\t\t: fast\n", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseCPUInfoKHz([]byte(tc.in))
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("got %d, %v; want %d, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestKernelArgsLPJ(t *testing.T) {
+	// The guest runs at HZ=250: lpj is kHz*1000/250.
+	if got := kernelArgs(2096000, ""); !strings.Contains(got, " lpj=8384000 ") {
+		t.Errorf("kernel args %q lack lpj=8384000", got)
+	}
+}

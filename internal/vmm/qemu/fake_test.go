@@ -1,0 +1,172 @@
+package qemu
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fakeQMP is a QMP server for tests. It greets, insists on negotiation,
+// tracks a run state through stop/cont and can interleave noise (events and
+// replies to other requests) before every reply.
+type fakeQMP struct {
+	// noise sends two events and a reply with a foreign id before each
+	// reply; silent never replies to anything but the negotiation.
+	noise, silent bool
+	// onQuit runs after quit is answered.
+	onQuit func()
+
+	mu     sync.Mutex
+	status string
+	seen   []string
+}
+
+func newFakeQMP() *fakeQMP { return &fakeQMP{status: "running"} }
+
+// listen serves QMP on a Unix socket at path until the listener closes.
+// Like QEMU it serves one client at a time.
+func (f *fakeQMP) listen(path string) (net.Listener, error) {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			f.serve(c)
+		}
+	}()
+	return l, nil
+}
+
+func (f *fakeQMP) commands() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.seen...)
+}
+
+func (f *fakeQMP) serve(c net.Conn) {
+	defer c.Close()
+	enc, dec := json.NewEncoder(c), json.NewDecoder(c)
+	enc.Encode(map[string]any{"QMP": map[string]any{
+		"version":      map[string]any{"qemu": map[string]int{"major": 7, "minor": 2, "micro": 0}},
+		"capabilities": []string{"oob"},
+	}})
+	negotiated := false
+	for {
+		var req struct {
+			Execute string          `json:"execute"`
+			ID      json.RawMessage `json:"id"`
+		}
+		if err := dec.Decode(&req); err != nil {
+			return
+		}
+		f.mu.Lock()
+		f.seen = append(f.seen, req.Execute)
+		f.mu.Unlock()
+		if f.silent && negotiated {
+			continue
+		}
+		if f.noise {
+			enc.Encode(map[string]any{"event": "RTC_CHANGE", "data": map[string]int{"offset": 1}})
+			enc.Encode(map[string]any{"return": map[string]string{"status": "bogus"}, "id": "someone-else"})
+			enc.Encode(map[string]any{"event": "NIC_RX_FILTER_CHANGED"})
+		}
+		ret, qerr := f.reply(req.Execute, negotiated)
+		msg := map[string]any{"id": req.ID}
+		if qerr != nil {
+			msg["error"] = qerr
+		} else {
+			msg["return"] = ret
+		}
+		enc.Encode(msg)
+		switch {
+		case req.Execute == "qmp_capabilities":
+			negotiated = true
+		case req.Execute == "quit" && f.onQuit != nil:
+			f.onQuit()
+		}
+	}
+}
+
+func (f *fakeQMP) reply(cmd string, negotiated bool) (any, *QMPError) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !negotiated && cmd != "qmp_capabilities" {
+		return nil, &QMPError{"CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'"}
+	}
+	switch cmd {
+	case "qmp_capabilities", "quit":
+	case "query-status":
+		return map[string]any{"status": f.status, "running": f.status == "running"}, nil
+	case "stop":
+		f.status = "paused"
+	case "cont":
+		f.status = "running"
+	default:
+		return nil, &QMPError{"CommandNotFound", fmt.Sprintf("The command %s has not been found", cmd)}
+	}
+	return map[string]any{}, nil
+}
+
+// fakeQEMUEnv names the environment variable that turns the test binary
+// into a fake QEMU; its value is the mode.
+const fakeQEMUEnv = "EMBER_TEST_FAKE_QEMU"
+
+// Fake QEMU modes: how the process reacts to QMP quit and SIGTERM, or that
+// it fails at once like QEMU with a bad kernel.
+const (
+	fakeObedient  = "obedient"    // exits on quit
+	fakeIgnQuit   = "ignore-quit" // answers quit, keeps running, dies on SIGTERM
+	fakeStubborn  = "stubborn"    // ignores quit and SIGTERM
+	fakeFailStart = "fail"        // writes an error and exits 1
+)
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
+		os.Exit(fakeQEMUMain(mode, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// fakeQEMUMain serves QMP on the socket named by a QEMU-style command line.
+func fakeQEMUMain(mode string, args []string) int {
+	if mode == fakeFailStart {
+		fmt.Fprintln(os.Stderr, "qemu-system-x86_64: fake: could not load kernel")
+		return 1
+	}
+	if mode == fakeStubborn {
+		signal.Ignore(syscall.SIGTERM)
+	}
+	var sock string
+	for i, a := range args {
+		if a == "-chardev" && i+1 < len(args) && strings.HasPrefix(args[i+1], "socket,") {
+			for _, kv := range strings.Split(args[i+1], ",") {
+				if p, ok := strings.CutPrefix(kv, "path="); ok {
+					sock = p
+				}
+			}
+		}
+	}
+	f := newFakeQMP()
+	if mode == fakeObedient {
+		f.onQuit = func() { os.Exit(0) }
+	}
+	if _, err := f.listen(sock); err != nil {
+		fmt.Fprintln(os.Stderr, "fake qemu:", err)
+		return 1
+	}
+	for {
+		time.Sleep(time.Hour)
+	}
+}

@@ -1,0 +1,280 @@
+//go:build linux
+
+// Package qemu runs ember's microVMs under qemu-system-x86_64: the microvm
+// machine type, a PVH boot of an uncompressed vmlinux, virtio-mmio disk,
+// network and entropy devices, and QMP over a Unix socket for control. It
+// uses KVM when /dev/kvm is usable and software emulation (TCG) otherwise.
+//
+// No maintained QMP library is available to ember, so the package speaks the
+// protocol itself (qmp.go); it needs only a handful of commands.
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// startTimeout bounds how long Start waits for QMP to answer when the
+// caller's context has no earlier deadline.
+const startTimeout = 30 * time.Second
+
+// maxSocketPath is the longest path a Unix socket address holds.
+const maxSocketPath = 107
+
+// Config configures the driver.
+type Config struct {
+	// Binary is the QEMU executable; empty means qemu-system-x86_64 from
+	// PATH.
+	Binary string
+	// Accel is "kvm", "tcg" or empty: empty picks kvm when /dev/kvm opens
+	// read-write, else tcg.
+	Accel string
+}
+
+// Driver starts and attaches to QEMU microVMs. It implements vmm.Driver.
+type Driver struct {
+	log    *slog.Logger
+	binary string
+	accel  string
+	reason string
+	// tscKHz is the host TSC frequency handed to TCG guests (0 under KVM).
+	tscKHz int64
+}
+
+var _ vmm.Driver = (*Driver)(nil)
+
+// New returns a driver for cfg. It fails when the binary is missing or KVM
+// was asked for and is not usable.
+func New(cfg Config, log *slog.Logger) (*Driver, error) {
+	bin := cfg.Binary
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return nil, fmt.Errorf("find qemu binary %q: %w", bin, err)
+	}
+	d := &Driver{log: log.With("vmm", "qemu"), binary: path}
+	kvmErr := kvmUsable()
+	switch cfg.Accel {
+	case "":
+		if kvmErr == nil {
+			d.accel, d.reason = AccelKVM, "kvm: /dev/kvm opens read-write"
+		} else {
+			d.accel, d.reason = AccelTCG, "tcg (software emulation): "+kvmErr.Error()
+		}
+	case AccelKVM:
+		if kvmErr != nil {
+			return nil, fmt.Errorf("use accel kvm: %w", kvmErr)
+		}
+		d.accel, d.reason = AccelKVM, "kvm: chosen by configuration"
+	case AccelTCG:
+		d.accel, d.reason = AccelTCG, "tcg (software emulation): chosen by configuration"
+	default:
+		return nil, fmt.Errorf("use accel %q: unknown (want kvm, tcg or empty)", cfg.Accel)
+	}
+	if d.accel == AccelTCG {
+		if d.tscKHz, err = hostTSCKHz(); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// kvmUsable reports why /dev/kvm cannot be used, or nil when it can.
+func kvmUsable() error {
+	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open /dev/kvm: %w", err)
+	}
+	unix.Close(fd)
+	return nil
+}
+
+// Name returns "qemu".
+func (d *Driver) Name() string { return "qemu" }
+
+// Accel returns the accelerator the driver uses: "kvm" or "tcg".
+func (d *Driver) Accel() string { return d.accel }
+
+// AccelReason explains in one line why Accel is what it is.
+func (d *Driver) AccelReason() string { return d.reason }
+
+// Start launches QEMU for spec inside spec.Netns (the host namespace when
+// empty), in a process group of its own so it outlives the daemon, and
+// returns once QMP answers: the guest is booting. On error no QEMU process
+// is left.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (_ vmm.Machine, err error) {
+	begin := time.Now()
+	if err := checkSpec(spec); err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+	}
+	// A stale socket or pid file from an earlier run must not pass for
+	// this one's.
+	for _, p := range []string{qmpPath(spec.Dir), pidPath(spec.Dir)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("start %s: remove stale %s: %w", spec.ID, p, err)
+		}
+	}
+	logFile, err := os.OpenFile(logPath(spec.Dir), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: open vmm log: %w", spec.ID, err)
+	}
+	// QEMU holds its own descriptor; ours is not needed past the fork.
+	defer logFile.Close()
+
+	cmd := exec.Command(d.binary, buildArgs(d.accel, d.tscKHz, spec)...)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := startIn(spec.Netns, cmd); err != nil {
+		return nil, fmt.Errorf("start %s: run %s: %w", spec.ID, d.binary, err)
+	}
+	m := newChildMachine(d.log, spec, cmd)
+	defer func() {
+		if err != nil {
+			m.kill()
+		}
+	}()
+
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	if err := m.waitReady(ctx); err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+	}
+	m.log.Info("vmm started", "accel", d.accel, "duration", time.Since(begin))
+	return m, nil
+}
+
+// checkSpec rejects a spec QEMU would refuse, with a clearer message than
+// QEMU's.
+func checkSpec(spec vmm.Spec) error {
+	if spec.Dir == "" {
+		return errors.New("spec has no directory")
+	}
+	if n := len(qmpPath(spec.Dir)); n > maxSocketPath {
+		return fmt.Errorf("qmp socket path %s is %d bytes, over the %d a unix socket takes", qmpPath(spec.Dir), n, maxSocketPath)
+	}
+	switch spec.DiskFormat {
+	case "", "raw", "qcow2":
+	default:
+		return fmt.Errorf("disk format %q: unsupported (want raw or qcow2)", spec.DiskFormat)
+	}
+	for _, p := range []struct{ what, path string }{
+		{"directory", spec.Dir}, {"kernel", spec.Kernel}, {"root disk", spec.RootDisk}, {"initrd", spec.Initrd},
+	} {
+		if p.path == "" && p.what == "initrd" {
+			continue
+		}
+		if _, err := os.Stat(p.path); err != nil {
+			return fmt.Errorf("%s: %w", p.what, err)
+		}
+	}
+	return nil
+}
+
+// startIn starts cmd with its thread inside the network namespace at path,
+// so QEMU and the TAP it opens live there; empty path is the current one.
+func startIn(netns string, cmd *exec.Cmd) error {
+	if netns == "" {
+		return cmd.Start()
+	}
+	return network.Do(netns, cmd.Start)
+}
+
+// waitReady waits until QEMU answers query-status over QMP. If QEMU exits
+// first, the error carries the end of its log.
+func (m *Machine) waitReady(ctx context.Context) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := m.qmp(ctx, "query-status", nil, nil)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-m.done:
+			return fmt.Errorf("qemu exited during start: %s", logTail(m.spec.Dir))
+		case <-ctx.Done():
+			return fmt.Errorf("wait for qmp: %w (last: %v)", context.Cause(ctx), err)
+		case <-tick.C:
+		}
+	}
+}
+
+// logTail returns the last lines QEMU wrote to its log, for errors.
+func logTail(dir string) string {
+	const max = 2048
+	f, err := os.Open(logPath(dir))
+	if err != nil {
+		return "no log: " + err.Error()
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > max {
+		f.Seek(st.Size()-max, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return "empty log"
+	}
+	return strings.ReplaceAll(string(b), "\n", "; ")
+}
+
+// Attach re-adopts the QEMU process pid that was started for spec. It
+// returns vmm.ErrNotRunning when pid is gone, is not that QEMU (its command
+// line does not name spec's QMP socket), or does not answer QMP.
+func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Machine, err error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("attach %s: pid %d: %w", spec.ID, pid, vmm.ErrNotRunning)
+	}
+	// The pidfd pins the process: once the command line matches and the
+	// pidfd shows it alive, the pid cannot have been recycled under us.
+	pidfd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if errors.Is(err, unix.ESRCH) {
+		return nil, fmt.Errorf("attach %s: pid %d: %w", spec.ID, pid, vmm.ErrNotRunning)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: open pidfd of %d: %w", spec.ID, pid, err)
+	}
+	if err := isOurQEMU(pid, spec.Dir); err != nil {
+		unix.Close(pidfd)
+		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
+	}
+	m, release := newAttachedMachine(d.log, spec, pid, pidfd)
+	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
+		release()
+		return nil, fmt.Errorf("attach %s: pid %d: %w: %w", spec.ID, pid, vmm.ErrNotRunning, err)
+	}
+	m.log.Info("vmm attached")
+	return m, nil
+}
+
+// isOurQEMU checks that pid's command line carries dir's QMP socket.
+func isOurQEMU(pid int, dir string) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return fmt.Errorf("read command line of %d: %w", pid, vmm.ErrNotRunning)
+	}
+	want := qmpArg(dir)
+	for _, arg := range strings.Split(string(b), "\x00") {
+		if arg == want {
+			return nil
+		}
+	}
+	return fmt.Errorf("pid %d is not the qemu of %s: %w", pid, dir, vmm.ErrNotRunning)
+}
