@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 )
 
 // maxOutput bounds how much of a failing tool's output is put into an error.
@@ -28,8 +29,11 @@ func RunIn(ctx context.Context, dir string, env []string, name string, args ...s
 	cmd.Dir = dir
 	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), env...)
 	var stdout, combined bytes.Buffer
-	cmd.Stdout = &multi{&stdout, &combined}
-	cmd.Stderr = &combined
+	// exec copies stdout and stderr on two goroutines; both reach combined,
+	// so both go through one lock.
+	var mu sync.Mutex
+	cmd.Stdout = &multi{mu: &mu, a: &stdout, b: &combined}
+	cmd.Stderr = &multi{mu: &mu, b: &combined}
 	if err := cmd.Run(); err != nil {
 		out := strings.TrimSpace(combined.String())
 		if len(out) > maxOutput {
@@ -40,11 +44,18 @@ func RunIn(ctx context.Context, dir string, env []string, name string, args ...s
 	return stdout.Bytes(), nil
 }
 
-// multi writes to both buffers; stdout is kept apart while the error still
-// sees output in the order the tool wrote it.
-type multi struct{ a, b *bytes.Buffer }
+// multi writes to both buffers (a may be nil) under mu; stdout is kept apart
+// while the error still sees output in the order the tool wrote it.
+type multi struct {
+	mu   *sync.Mutex
+	a, b *bytes.Buffer
+}
 
 func (m *multi) Write(p []byte) (int, error) {
-	m.a.Write(p)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.a != nil {
+		m.a.Write(p)
+	}
 	return m.b.Write(p)
 }
