@@ -35,3 +35,6 @@ type Backend interface {
 	// st_blocks × 512), never its apparent size.
 	Usage(ctx context.Context, id, dir string) (int64, error)
 }
+
+// ErrTooSmall is returned by Prepare for a size below the base image's.
+var ErrTooSmall = errors.New("disk size below the base image's size")
