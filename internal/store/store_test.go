@@ -1,0 +1,86 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestSandboxRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ember.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.UnixMilli(time.Now().UnixMilli()).UTC()
+	want := Sandbox{
+		ID: "abc", Template: "base", State: "running", VCPUs: 2, MemoryMiB: 512, DiskMiB: 1024,
+		Env: map[string]string{"A": "1"}, Metadata: map[string]string{"owner": "me"},
+		Token: "tok", SlotIndex: 3, VMMPID: 42, Dir: "/d", DiskPath: "/d/disk", DiskFormat: "qcow2",
+		CreatedAt: now, ExpiresAt: now.Add(time.Minute), TimingsMS: map[string]float64{"boot": 1.5},
+	}
+	if err := s.PutSandbox(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	// Reopen: state must survive the process.
+	s.Close()
+	s, err = Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.GetSandbox(ctx, "abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != want.ID || got.Env["A"] != "1" || got.Metadata["owner"] != "me" || got.SlotIndex != 3 ||
+		got.VMMPID != 42 || !got.CreatedAt.Equal(want.CreatedAt) || !got.ExpiresAt.Equal(want.ExpiresAt) ||
+		got.TimingsMS["boot"] != 1.5 || got.DiskFormat != "qcow2" {
+		t.Fatalf("round trip: got %+v, want %+v", got, want)
+	}
+
+	want.State = "error"
+	want.Error = "vmm gone"
+	if err := s.PutSandbox(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.ListSandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].State != "error" || list[0].Error != "vmm gone" {
+		t.Fatalf("list after update: %+v", list)
+	}
+
+	if err := s.DeleteSandbox(ctx, "abc"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetSandbox(ctx, "abc"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get deleted: err = %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteSandbox(ctx, "abc"); err != nil {
+		t.Fatalf("delete twice: %v", err)
+	}
+}
+
+func TestNilMapsStoredEmpty(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "ember.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.PutSandbox(ctx, Sandbox{ID: "x", SlotIndex: -1}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetSandbox(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Env == nil || got.Metadata == nil || got.SlotIndex != -1 {
+		t.Fatalf("got %+v", got)
+	}
+}
