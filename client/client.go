@@ -1,0 +1,187 @@
+// Package client is the Go SDK for ember's REST API. The CLI is built on it.
+//
+//	c := client.New("http://127.0.0.1:7070", apiKey)
+//	sb, err := c.CreateSandbox(ctx, client.CreateSandboxRequest{Template: "base"})
+//	res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "uname", Args: []string{"-a"}})
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// APIError is an error response from the daemon.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
+}
+
+// IsCode reports whether err is an APIError with the given code.
+func IsCode(err error, code string) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == code
+}
+
+// Client talks to one ember daemon.
+type Client struct {
+	base   string
+	apiKey string
+	hc     *http.Client
+}
+
+// New returns a client for the daemon at baseURL authenticating with apiKey.
+func New(baseURL, apiKey string) *Client {
+	return &Client{base: strings.TrimRight(baseURL, "/"), apiKey: apiKey, hc: &http.Client{}}
+}
+
+// WithHTTPClient returns a copy of c that sends its requests through hc.
+func (c *Client) WithHTTPClient(hc *http.Client) *Client {
+	cp := *c
+	cp.hc = hc
+	return &cp
+}
+
+// CreateSandbox creates a sandbox and returns once it is running.
+func (c *Client) CreateSandbox(ctx context.Context, req CreateSandboxRequest) (Sandbox, error) {
+	var sb Sandbox
+	err := c.do(ctx, http.MethodPost, "/v1/sandboxes", req, &sb)
+	return sb, err
+}
+
+// ListSandboxes lists every sandbox.
+func (c *Client) ListSandboxes(ctx context.Context) ([]Sandbox, error) {
+	var out []Sandbox
+	err := c.do(ctx, http.MethodGet, "/v1/sandboxes", nil, &out)
+	return out, err
+}
+
+// GetSandbox returns one sandbox.
+func (c *Client) GetSandbox(ctx context.Context, id string) (Sandbox, error) {
+	var sb Sandbox
+	err := c.do(ctx, http.MethodGet, "/v1/sandboxes/"+url.PathEscape(id), nil, &sb)
+	return sb, err
+}
+
+// DeleteSandbox destroys a sandbox.
+func (c *Client) DeleteSandbox(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(id), nil, nil)
+}
+
+// Exec runs a command to completion and returns its whole output.
+func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
+	var res ExecResult
+	err := c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", req, &res)
+	return res, err
+}
+
+// ExecStream runs a command, writing its output to stdout and stderr as the
+// daemon streams it, and returns the exit code and duration once it ends.
+func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, stdout, stderr io.Writer) (ExecResult, error) {
+	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec/stream", req)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	for sc.Scan() {
+		var ev ExecEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return ExecResult{}, fmt.Errorf("decode exec event: %w", err)
+		}
+		switch ev.Type {
+		case "stdout":
+			if _, err := io.WriteString(stdout, ev.Data); err != nil {
+				return ExecResult{}, err
+			}
+		case "stderr":
+			if _, err := io.WriteString(stderr, ev.Data); err != nil {
+				return ExecResult{}, err
+			}
+		case "exit":
+			return ExecResult{ExitCode: ev.ExitCode, DurationMS: ev.DurationMS}, nil
+		case "error":
+			return ExecResult{}, &APIError{Status: resp.StatusCode, Code: ev.Code, Message: ev.Message}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return ExecResult{}, fmt.Errorf("read exec stream: %w", err)
+	}
+	return ExecResult{}, errors.New("exec stream ended without an exit event")
+}
+
+// ListTemplates lists the templates sandboxes can be created from.
+func (c *Client) ListTemplates(ctx context.Context) ([]Template, error) {
+	var out []Template
+	err := c.do(ctx, http.MethodGet, "/v1/templates", nil, &out)
+	return out, err
+}
+
+// Info describes the daemon: its VMM and root disk backend and why.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	var out Info
+	err := c.do(ctx, http.MethodGet, "/v1/info", nil, &out)
+	return out, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.send(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode response of %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// send performs a request and turns a non-2xx answer into an *APIError.
+func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("encode request: %w", err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("X-API-Key", c.apiKey)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var e Error
+	if json.Unmarshal(b, &e) != nil || e.Code == "" {
+		return nil, &APIError{Status: resp.StatusCode, Code: "http_error", Message: strings.TrimSpace(string(b))}
+	}
+	return nil, &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
+}

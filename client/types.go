@@ -1,0 +1,88 @@
+package client
+
+import "time"
+
+// CreateSandboxRequest is the body of POST /v1/sandboxes. Every field but
+// Template may be left zero to take the daemon's default.
+type CreateSandboxRequest struct {
+	Template  string            `json:"template,omitempty"`
+	VCPUs     int               `json:"vcpus,omitempty"`
+	MemoryMiB int               `json:"memory_mib,omitempty"`
+	TimeoutS  int               `json:"timeout_s,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	Metadata  map[string]string `json:"metadata,omitempty"`
+}
+
+// Sandbox describes one sandbox.
+type Sandbox struct {
+	ID        string             `json:"id"`
+	State     string             `json:"state"`
+	Template  string             `json:"template"`
+	VCPUs     int                `json:"vcpus"`
+	MemoryMiB int                `json:"memory_mib"`
+	DiskMiB   int                `json:"disk_mib"`
+	Metadata  map[string]string  `json:"metadata"`
+	CreatedAt time.Time          `json:"created_at"`
+	ExpiresAt time.Time          `json:"expires_at"`
+	TimingsMS map[string]float64 `json:"timings_ms,omitempty"`
+	// Error says why a sandbox is in the "error" state.
+	Error string `json:"error,omitempty"`
+}
+
+// ExecRequest is the body of POST /v1/sandboxes/{id}/exec and its streaming
+// twin.
+type ExecRequest struct {
+	Cmd      string            `json:"cmd"`
+	Args     []string          `json:"args,omitempty"`
+	Env      map[string]string `json:"env,omitempty"`
+	Cwd      string            `json:"cwd,omitempty"`
+	Stdin    string            `json:"stdin,omitempty"`
+	TimeoutS int               `json:"timeout_s,omitempty"`
+}
+
+// ExecResult is how a command ended, with its whole output.
+type ExecResult struct {
+	Stdout     string  `json:"stdout"`
+	Stderr     string  `json:"stderr"`
+	ExitCode   int     `json:"exit_code"`
+	DurationMS float64 `json:"duration_ms"`
+}
+
+// ExecEvent is one line of the NDJSON stream of
+// POST /v1/sandboxes/{id}/exec/stream. Type is "stdout" or "stderr" (Data set),
+// "exit" (ExitCode and DurationMS set) or "error" (Code and Message set).
+type ExecEvent struct {
+	Type       string  `json:"type"`
+	Data       string  `json:"data,omitempty"`
+	ExitCode   int     `json:"exit_code"`
+	DurationMS float64 `json:"duration_ms,omitempty"`
+	Code       string  `json:"code,omitempty"`
+	Message    string  `json:"message,omitempty"`
+}
+
+// Template describes a template a sandbox can be created from.
+type Template struct {
+	Name string `json:"name"`
+	// KernelBytes and RootfsBytes are the space the files really occupy;
+	// DiskMiB is the root disk's size as the guest sees it.
+	KernelBytes int64     `json:"kernel_bytes"`
+	RootfsBytes int64     `json:"rootfs_bytes"`
+	DiskMiB     int       `json:"disk_mib"`
+	BuiltAt     time.Time `json:"built_at"`
+}
+
+// Info describes the daemon.
+type Info struct {
+	Version      string `json:"version"`
+	VMM          string `json:"vmm"`
+	VMMReason    string `json:"vmm_reason"`
+	Rootfs       string `json:"rootfs"`
+	RootfsReason string `json:"rootfs_reason"`
+	Sandboxes    int    `json:"sandboxes"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
