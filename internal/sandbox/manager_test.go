@@ -1,0 +1,491 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/rootfs"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// world is a set of fakes that record what is held, so a test can assert
+// that nothing leaks.
+type world struct {
+	mu       sync.Mutex
+	disks    map[string]bool
+	slots    map[int]bool
+	machines map[int]*fakeMachine
+	nextPID  int
+
+	failDisk, failSlot, failStart, failReady, failAdopt bool
+	execFn                                              func(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
+}
+
+func newWorld() *world {
+	return &world{disks: map[string]bool{}, slots: map[int]bool{}, machines: map[int]*fakeMachine{}, nextPID: 100}
+}
+
+func (w *world) Get(name string) (template.Template, error) {
+	if name != "base" {
+		return template.Template{}, template.ErrNotFound
+	}
+	return template.Template{Name: "base", Kernel: "/k", Rootfs: "/r", RootfsSizeBytes: 1 << 30}, nil
+}
+
+func (w *world) Name() string { return "fake" }
+func (w *world) Prepare(ctx context.Context, id, dir, base string, size int64) (rootfs.Disk, error) {
+	if w.failDisk {
+		return rootfs.Disk{}, errors.New("disk full")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.disks[id] = true
+	return rootfs.Disk{Path: filepath.Join(dir, "disk"), Format: "raw"}, nil
+}
+func (w *world) Remove(ctx context.Context, id, dir string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.disks, id)
+	return nil
+}
+func (w *world) Usage(ctx context.Context, id, dir string) (int64, error) { return 0, nil }
+
+type fakeSlots struct{ w *world }
+
+func (s fakeSlots) Get(ctx context.Context) (*network.Slot, error) {
+	w := s.w
+	if w.failSlot {
+		return nil, errors.New("no slot")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i := 0; ; i++ {
+		if !w.slots[i] {
+			w.slots[i] = true
+			return &network.Slot{Index: i, HostAddr: netip.AddrFrom4([4]byte{10, 11, 0, byte(i + 1)})}, nil
+		}
+	}
+}
+func (s fakeSlots) Return(ctx context.Context, sl *network.Slot) error {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	delete(s.w.slots, sl.Index)
+	return nil
+}
+func (s fakeSlots) Adopt(index int) (*network.Slot, error) {
+	if s.w.failAdopt {
+		return nil, errors.New("netns gone")
+	}
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	s.w.slots[index] = true
+	return &network.Slot{Index: index}, nil
+}
+
+type fakeDriver struct{ w *world }
+
+func (d fakeDriver) Name() string { return "fake" }
+func (d fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
+	w := d.w
+	if w.failStart {
+		return nil, errors.New("qemu exploded")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.nextPID++
+	m := &fakeMachine{w: w, pid: w.nextPID, done: make(chan struct{})}
+	w.machines[m.pid] = m
+	return m, nil
+}
+func (d fakeDriver) Attach(ctx context.Context, spec vmm.Spec, pid int) (vmm.Machine, error) {
+	d.w.mu.Lock()
+	defer d.w.mu.Unlock()
+	m, ok := d.w.machines[pid]
+	if !ok {
+		return nil, vmm.ErrNotRunning
+	}
+	return m, nil
+}
+
+type fakeMachine struct {
+	w    *world
+	pid  int
+	once sync.Once
+	done chan struct{}
+}
+
+func (m *fakeMachine) PID() int                        { return m.pid }
+func (m *fakeMachine) Pause(ctx context.Context) error  { return nil }
+func (m *fakeMachine) Resume(ctx context.Context) error { return nil }
+func (m *fakeMachine) Done() <-chan struct{}            { return m.done }
+func (m *fakeMachine) Stop(ctx context.Context) error {
+	m.crash()
+	return nil
+}
+
+// crash ends the machine as if its process died.
+func (m *fakeMachine) crash() {
+	m.once.Do(func() {
+		m.w.mu.Lock()
+		delete(m.w.machines, m.pid)
+		m.w.mu.Unlock()
+		close(m.done)
+	})
+}
+
+type fakeAgent struct{ w *world }
+
+func (a fakeAgent) WaitReady(ctx context.Context) error {
+	if a.w.failReady {
+		return errors.New("no answer")
+	}
+	return nil
+}
+func (a fakeAgent) Init(ctx context.Context, env map[string]string) error { return nil }
+func (a fakeAgent) Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error) {
+	if a.w.execFn != nil {
+		return a.w.execFn(ctx, req, stdout, stderr)
+	}
+	fmt.Fprint(stdout, req.Cmd)
+	return agent.ExitStatus{Code: 7}, nil
+}
+
+// leaks lists every resource the world still holds.
+func (w *world) leaks() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for id := range w.disks {
+		out = append(out, "disk "+id)
+	}
+	for i := range w.slots {
+		out = append(out, fmt.Sprint("slot ", i))
+	}
+	for pid := range w.machines {
+		out = append(out, fmt.Sprint("machine ", pid))
+	}
+	return out
+}
+
+func newManager(t *testing.T, w *world, st *store.Store, dir string) *Manager {
+	t.Helper()
+	cfg := DefaultConfig(dir)
+	cfg.BootTimeout = time.Second
+	m, err := NewManager(cfg, Deps{
+		Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: fakeDriver{w},
+		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} },
+		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
+
+func setup(t *testing.T) (*world, *store.Store, string, *Manager) {
+	t.Helper()
+	w := newWorld()
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), filepath.Join(dir, "ember.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	sbDir := filepath.Join(dir, "sandboxes")
+	return w, st, sbDir, newManager(t, w, st, sbDir)
+}
+
+// assertEmpty checks that no record, directory or resource remains.
+func assertEmpty(t *testing.T, w *world, st *store.Store, m *Manager, dir string) {
+	t.Helper()
+	if l := w.leaks(); len(l) > 0 {
+		t.Errorf("leaked: %v", l)
+	}
+	if recs, _ := st.ListSandboxes(context.Background()); len(recs) > 0 {
+		t.Errorf("records left: %+v", recs)
+	}
+	if l := m.List(); len(l) > 0 {
+		t.Errorf("manager still lists %+v", l)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+		t.Errorf("sandbox dirs left: %v", entries)
+	}
+}
+
+func TestCreateExecDestroy(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{Env: map[string]string{"A": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != StateRunning || r.VCPUs != 1 || r.MemoryMiB != 256 || r.Template != "base" || r.DiskMiB != 1024 {
+		t.Fatalf("record %+v", r)
+	}
+	if got := r.ExpiresAt.Sub(r.CreatedAt); got != 5*time.Minute {
+		t.Fatalf("default timeout %s", got)
+	}
+	for _, phase := range []string{"disk", "network", "boot", "agent", "total"} {
+		if _, ok := r.TimingsMS[phase]; !ok {
+			t.Errorf("no %s timing in %v", phase, r.TimingsMS)
+		}
+	}
+	if stored, err := st.GetSandbox(ctx, r.ID); err != nil || stored.State != StateRunning || stored.VMMPID == 0 {
+		t.Fatalf("stored %+v, %v", stored, err)
+	}
+	var out stringsBuilder
+	res, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "hi"}, &out, io.Discard)
+	if err != nil || res.ExitCode != 7 || out.String() != "hi" {
+		t.Fatalf("exec: %+v %v %q", res, err, out.String())
+	}
+	if err := m.Destroy(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, w, st, m, dir)
+	if err := m.Destroy(ctx, r.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("destroy twice: %v", err)
+	}
+}
+
+type stringsBuilder struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (s *stringsBuilder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+func (s *stringsBuilder) String() string { s.mu.Lock(); defer s.mu.Unlock(); return string(s.b) }
+
+func TestCreateRejectsBadInputLeavingNothing(t *testing.T) {
+	cases := []struct {
+		name  string
+		req   CreateRequest
+		field string
+		want  error
+	}{
+		{"unknown template", CreateRequest{Template: "nope"}, "", ErrTemplateNotFound},
+		{"negative vcpus", CreateRequest{VCPUs: -1}, "vcpus", ErrInvalid},
+		{"absurd vcpus", CreateRequest{VCPUs: 1000}, "vcpus", ErrInvalid},
+		{"tiny memory", CreateRequest{MemoryMiB: 8}, "memory_mib", ErrInvalid},
+		{"absurd memory", CreateRequest{MemoryMiB: 1 << 30}, "memory_mib", ErrInvalid},
+		{"negative timeout", CreateRequest{TimeoutS: -5}, "timeout_s", ErrInvalid},
+		{"absurd timeout", CreateRequest{TimeoutS: 1 << 30}, "timeout_s", ErrInvalid},
+		{"bad env name", CreateRequest{Env: map[string]string{"A=B": "x"}}, "env", ErrInvalid},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w, st, dir, m := setup(t)
+			_, err := m.Create(context.Background(), tc.req)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			var inv *InvalidError
+			if tc.field != "" && (!errors.As(err, &inv) || inv.Field != tc.field) {
+				t.Fatalf("err = %v, want field %s", err, tc.field)
+			}
+			assertEmpty(t, w, st, m, dir)
+		})
+	}
+}
+
+func TestCreateFailureUnwindsEverything(t *testing.T) {
+	cases := []struct {
+		name string
+		set  func(w *world)
+	}{
+		{"disk", func(w *world) { w.failDisk = true }},
+		{"slot", func(w *world) { w.failSlot = true }},
+		{"vmm", func(w *world) { w.failStart = true }},
+		{"agent", func(w *world) { w.failReady = true }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w, st, dir, m := setup(t)
+			tc.set(w)
+			if _, err := m.Create(context.Background(), CreateRequest{}); err == nil {
+				t.Fatal("create succeeded")
+			}
+			assertEmpty(t, w, st, m, dir)
+		})
+	}
+}
+
+func TestExecErrors(t *testing.T) {
+	w, _, _, m := setup(t)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Exec(ctx, r.ID, ExecRequest{}, io.Discard, io.Discard); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("empty cmd: %v", err)
+	}
+	if _, err := m.Exec(ctx, "nope", ExecRequest{Cmd: "x"}, io.Discard, io.Discard); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown id: %v", err)
+	}
+	w.execFn = func(ctx context.Context, _ agent.ExecRequest, _, _ io.Writer) (agent.ExitStatus, error) {
+		<-ctx.Done()
+		return agent.ExitStatus{}, ctx.Err()
+	}
+	if _, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "sleep", Timeout: 50 * time.Millisecond}, io.Discard, io.Discard); !errors.Is(err, ErrExecTimeout) {
+		t.Fatalf("timeout: %v", err)
+	}
+}
+
+func TestMachineDeathMarksErrorAndReleases(t *testing.T) {
+	w, st, _, m := setup(t)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	mach := w.machines[r.VMMPID]
+	w.mu.Unlock()
+	mach.crash()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, _ := m.Get(r.ID)
+		if got.State == StateError {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state %s after the machine died", got.State)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if l := w.leaks(); len(l) > 0 {
+		t.Fatalf("leaked after machine death: %v", l)
+	}
+	stored, _ := st.GetSandbox(ctx, r.ID)
+	if stored.State != StateError || stored.Error == "" {
+		t.Fatalf("stored %+v", stored)
+	}
+	if _, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); !errors.Is(err, ErrConflict) {
+		t.Fatalf("exec on failed sandbox: %v", err)
+	}
+	if err := m.Destroy(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRecoverAdoptsSurvivorsAndMarksTheLost(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	alive, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A create interrupted by a crash: a record in "creating".
+	half := store.Sandbox{ID: "halfway", State: StateCreating, SlotIndex: -1, Dir: filepath.Join(dir, "halfway"), CreatedAt: time.Now()}
+	if err := st.PutSandbox(ctx, half); err != nil {
+		t.Fatal(err)
+	}
+	m.Close() // the daemon goes away; its machines stay
+
+	w.mu.Lock()
+	lostMachine := w.machines[lost.VMMPID]
+	w.mu.Unlock()
+	lostMachine.crash()
+	// The lost sandbox's slot is still marked used: the network reclaim,
+	// not the manager, removes it; model that by clearing the fake.
+	w.mu.Lock()
+	w.slots = map[int]bool{}
+	w.mu.Unlock()
+
+	m2 := newManager(t, w, st, dir)
+	slots, err := m2.Recover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slots[alive.SlotIndex] || len(slots) != 1 {
+		t.Fatalf("slots in use %v, want only %d", slots, alive.SlotIndex)
+	}
+	if got, _ := m2.Get(alive.ID); got.State != StateRunning {
+		t.Fatalf("survivor is %s", got.State)
+	}
+	for _, id := range []string{lost.ID, "halfway"} {
+		got, err := m2.Get(id)
+		if err != nil || got.State != StateError || got.Error == "" {
+			t.Fatalf("%s: %+v %v", id, got, err)
+		}
+	}
+	if _, err := m2.Exec(ctx, alive.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("exec in adopted sandbox: %v", err)
+	}
+	for _, id := range []string{alive.ID, lost.ID, "halfway"} {
+		if err := m2.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertEmpty(t, w, st, m2, dir)
+}
+
+func TestReaperDestroysExpired(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{TimeoutS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep, err := m.Create(ctx, CreateRequest{TimeoutS: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.reap(ctx, time.Now().Add(2*time.Second))
+	if _, err := m.Get(r.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired sandbox still there: %v", err)
+	}
+	if _, err := m.Get(keep.ID); err != nil {
+		t.Fatalf("unexpired sandbox gone: %v", err)
+	}
+	if err := m.Destroy(ctx, keep.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, w, st, m, dir)
+}
+
+func TestConcurrentCreateDestroy(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := m.Create(ctx, CreateRequest{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			m.List()
+			if err := m.Destroy(ctx, r.ID); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	assertEmpty(t, w, st, m, dir)
+}

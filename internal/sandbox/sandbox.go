@@ -1,0 +1,128 @@
+// Package sandbox owns the sandbox lifecycle: it turns a template into a
+// running microVM (disk, network slot, VMM, agent), runs commands in it through
+// the guest agent, destroys it, reaps it at its end time and, after a daemon
+// restart, re-adopts the machines that survived and cleans up those that did not.
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// States a sandbox moves through.
+const (
+	StateCreating = "creating"
+	StateRunning  = "running"
+	StateStopping = "stopping"
+	// StateError: the sandbox's machine is gone (it failed, or did not survive
+	// a daemon restart); its resources are released and its record kept so a
+	// client sees what happened. Deleting it removes the record.
+	StateError = "error"
+)
+
+// Templates finds templates by name.
+type Templates interface {
+	Get(name string) (template.Template, error)
+}
+
+// Slots hands out network slots.
+type Slots interface {
+	Get(ctx context.Context) (*network.Slot, error)
+	Return(ctx context.Context, s *network.Slot) error
+	Adopt(index int) (*network.Slot, error)
+}
+
+// Agent is the host side of one sandbox's guest agent.
+type Agent interface {
+	WaitReady(ctx context.Context) error
+	Init(ctx context.Context, env map[string]string) error
+	Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
+}
+
+// AgentDialer returns the agent client of a guest reachable at addr.
+type AgentDialer func(addr netip.Addr, token string) Agent
+
+// Sandbox is one sandbox held by the manager.
+type Sandbox struct {
+	// mu serialises lifecycle operations (create, destroy) on this sandbox.
+	mu sync.Mutex
+	// rec is the published record: replaced whole on every change so readers
+	// never take mu (which a slow create or destroy may hold for seconds).
+	rec atomic.Pointer[store.Sandbox]
+
+	// Set while running; guarded by mu for writes.
+	machine vmm.Machine
+	slot    *network.Slot
+	// agent is nil unless the sandbox is running; read without mu by Exec.
+	agent atomic.Pointer[Agent]
+}
+
+func (s *Sandbox) setAgent(a Agent) {
+	if a == nil {
+		s.agent.Store(nil)
+		return
+	}
+	s.agent.Store(&a)
+}
+
+func (s *Sandbox) getAgent() Agent {
+	if p := s.agent.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Record returns a copy of the sandbox's current record.
+func (s *Sandbox) Record() store.Sandbox { return *s.rec.Load() }
+
+func (s *Sandbox) publish(r store.Sandbox) { s.rec.Store(&r) }
+
+// CreateRequest is what a client asks for; zero values take the defaults.
+type CreateRequest struct {
+	Template  string
+	VCPUs     int
+	MemoryMiB int
+	TimeoutS  int
+	Env       map[string]string
+	Metadata  map[string]string
+}
+
+// ExecRequest runs one command in a sandbox.
+type ExecRequest struct {
+	Cmd   string
+	Args  []string
+	Env   map[string]string
+	Cwd   string
+	Stdin []byte
+	// Timeout bounds the command; 0 takes the default.
+	Timeout time.Duration
+}
+
+// ExecResult is how a command ended.
+type ExecResult struct {
+	ExitCode int
+	Duration time.Duration
+}
+
+// newID returns 20 random characters of [a-z2-7] (100 bits): safe in host
+// names (<port>-<id>.<domain>), kernel object names and paths.
+func newID() string { return strings.ToLower(rand.Text())[:20] }
+
+func newToken() string {
+	b := make([]byte, 24)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
