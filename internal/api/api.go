@@ -1,0 +1,351 @@
+// Package api serves ember's HTTP API: the /v1 REST resources, the OpenAPI
+// document describing them and the daemon's health. It maps the sandbox
+// package's errors to HTTP statuses and stable error codes; nothing below it
+// knows about HTTP.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/sandbox"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/template"
+)
+
+//go:embed openapi.yaml
+var openapiDoc []byte
+
+// Sandboxes is the sandbox manager as the API uses it.
+type Sandboxes interface {
+	Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error)
+	Get(id string) (store.Sandbox, error)
+	List() []store.Sandbox
+	Destroy(ctx context.Context, id string) error
+	Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error)
+}
+
+// Templates lists templates.
+type Templates interface {
+	List() ([]template.Template, error)
+}
+
+// Server is the HTTP API.
+type Server struct {
+	sandboxes Sandboxes
+	templates Templates
+	info      func() client.Info
+	apiKey    string
+	log       *slog.Logger
+	mux       *http.ServeMux
+}
+
+// Request body limits: a create is small; an exec carries stdin.
+const (
+	maxCreateBody = 1 << 20
+	maxExecBody   = 16 << 20
+)
+
+// New returns the API server. apiKey guards everything but /health and
+// /openapi.yaml.
+func New(sb Sandboxes, tpl Templates, info func() client.Info, apiKey string, log *slog.Logger) *Server {
+	s := &Server{sandboxes: sb, templates: tpl, info: info, apiKey: apiKey, log: log, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /health", s.health)
+	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
+	s.mux.HandleFunc("GET /v1/info", s.auth(s.getInfo))
+	s.mux.HandleFunc("GET /v1/templates", s.auth(s.listTemplates))
+	s.mux.HandleFunc("GET /v1/sandboxes", s.auth(s.listSandboxes))
+	s.mux.HandleFunc("POST /v1/sandboxes", s.auth(s.createSandbox))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}", s.auth(s.getSandbox))
+	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.auth(s.deleteSandbox))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.auth(s.exec))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec/stream", s.auth(s.execStream))
+	s.mux.HandleFunc("/", s.notFound)
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		key := r.Header.Get("X-API-Key")
+		if key == "" {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header")
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(key), []byte(s.apiKey)) != 1 {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Write(openapiDoc)
+}
+
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+}
+
+func (s *Server) getInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.info())
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
+	tpls, err := s.templates.List()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := make([]client.Template, 0, len(tpls))
+	for _, t := range tpls {
+		out = append(out, client.Template{
+			Name: t.Name, KernelBytes: t.KernelBytes, RootfsBytes: t.RootfsBytes,
+			DiskMiB: int(t.RootfsSizeBytes >> 20), BuiltAt: t.BuiltAt,
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
+	recs := s.sandboxes.List()
+	out := make([]client.Sandbox, 0, len(recs))
+	for _, rec := range recs {
+		out = append(out, toSandbox(rec))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
+	var req client.CreateSandboxRequest
+	if !decode(w, r, maxCreateBody, &req) {
+		return
+	}
+	rec, err := s.sandboxes.Create(r.Context(), sandbox.CreateRequest{
+		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, TimeoutS: req.TimeoutS,
+		Env: req.Env, Metadata: req.Metadata,
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toSandbox(rec))
+}
+
+func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.sandboxes.Get(r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toSandbox(rec))
+}
+
+func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
+	if err := s.sandboxes.Destroy(r.Context(), r.PathValue("id")); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func execRequest(req client.ExecRequest) sandbox.ExecRequest {
+	var stdin []byte
+	if req.Stdin != "" {
+		stdin = []byte(req.Stdin)
+	}
+	return sandbox.ExecRequest{
+		Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, Stdin: stdin,
+		Timeout: time.Duration(req.TimeoutS) * time.Second,
+	}
+}
+
+func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+	var req client.ExecRequest
+	if !decode(w, r, maxExecBody, &req) {
+		return
+	}
+	if req.TimeoutS < 0 {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "timeout_s: must not be negative")
+		return
+	}
+	var stdout, stderr strings.Builder
+	res, err := s.sandboxes.Exec(r.Context(), r.PathValue("id"), execRequest(req), &stdout, &stderr)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, client.ExecResult{
+		Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: res.ExitCode,
+		DurationMS: float64(res.Duration.Microseconds()) / 1000,
+	})
+}
+
+// execStream answers with NDJSON: one event per chunk of output as the
+// command produces it, then an exit (or error) event. Errors found before
+// the command starts are plain JSON errors with their status.
+func (s *Server) execStream(w http.ResponseWriter, r *http.Request) {
+	var req client.ExecRequest
+	if !decode(w, r, maxExecBody, &req) {
+		return
+	}
+	if req.TimeoutS < 0 {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "timeout_s: must not be negative")
+		return
+	}
+	id := r.PathValue("id")
+	if req.Cmd == "" {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "cmd: must not be empty")
+		return
+	}
+	if rec, err := s.sandboxes.Get(id); err != nil {
+		s.fail(w, r, err)
+		return
+	} else if rec.State != sandbox.StateRunning {
+		s.fail(w, r, fmt.Errorf("sandbox %s is %s, not running: %w", id, rec.State, sandbox.ErrConflict))
+		return
+	}
+	ew := &eventWriter{w: w}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	ew.flush()
+	res, err := s.sandboxes.Exec(r.Context(), id, execRequest(req), ew.stream("stdout"), ew.stream("stderr"))
+	if err != nil {
+		_, code, msg := s.classify(r, err)
+		ew.send(client.ExecEvent{Type: "error", Code: code, Message: msg})
+		return
+	}
+	ew.send(client.ExecEvent{Type: "exit", ExitCode: res.ExitCode, DurationMS: float64(res.Duration.Microseconds()) / 1000})
+}
+
+// eventWriter writes NDJSON events, one flush per event, safe for the
+// stdout and stderr writers to share.
+type eventWriter struct {
+	mu sync.Mutex
+	w  http.ResponseWriter
+}
+
+func (e *eventWriter) send(ev client.ExecEvent) error {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, err := e.w.Write(append(b, '\n')); err != nil {
+		return err
+	}
+	e.flush()
+	return nil
+}
+
+func (e *eventWriter) flush() {
+	if f, ok := e.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (e *eventWriter) stream(kind string) io.Writer {
+	return writerFunc(func(p []byte) (int, error) {
+		if err := e.send(client.ExecEvent{Type: kind, Data: string(p)}); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func toSandbox(r store.Sandbox) client.Sandbox {
+	return client.Sandbox{
+		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB,
+		DiskMiB: r.DiskMiB, Metadata: r.Metadata, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt,
+		TimingsMS: r.TimingsMS, Error: r.Error,
+	}
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// errors, so a misspelt field is reported instead of silently ignored.
+func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body exceeds %d bytes", limit))
+		case errors.Is(err, io.EOF):
+			writeError(w, http.StatusBadRequest, "invalid_json", "request body is empty: a JSON object is required")
+		default:
+			writeError(w, http.StatusBadRequest, "invalid_json", "request body: "+err.Error())
+		}
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "invalid_json", "request body: unexpected data after the JSON object")
+		return false
+	}
+	return true
+}
+
+// classify maps an error to a status, a stable code and a message for the
+// client. Errors the client can act on carry their message; internal ones are
+// logged and reported by reference.
+func (s *Server) classify(r *http.Request, err error) (int, string, string) {
+	var inv *sandbox.InvalidError
+	switch {
+	case errors.As(err, &inv):
+		return http.StatusBadRequest, "invalid_argument", inv.Error()
+	case errors.Is(err, sandbox.ErrTemplateNotFound):
+		return http.StatusNotFound, "template_not_found", err.Error()
+	case errors.Is(err, sandbox.ErrNotFound):
+		return http.StatusNotFound, "sandbox_not_found", err.Error()
+	case errors.Is(err, sandbox.ErrConflict):
+		return http.StatusConflict, "sandbox_not_running", err.Error()
+	case errors.Is(err, sandbox.ErrExecTimeout):
+		return http.StatusGatewayTimeout, "exec_timeout", err.Error()
+	case errors.Is(err, sandbox.ErrClosed):
+		return http.StatusServiceUnavailable, "shutting_down", "the daemon is shutting down"
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return 499, "client_closed_request", "the client went away"
+	}
+	s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	return http.StatusInternalServerError, "internal", "internal error: the daemon log has the details"
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, code, msg := s.classify(r, err)
+	writeError(w, status, code, msg)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, client.Error{Code: code, Message: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,300 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/sandbox"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/template"
+)
+
+// fakeSandboxes records calls and answers from a map.
+type fakeSandboxes struct {
+	mu   sync.Mutex
+	recs map[string]store.Sandbox
+	// execOut is written to stdout, one chunk per element, with a pause
+	// between chunks so streaming can be observed.
+	execOut []string
+	execErr error
+	created []sandbox.CreateRequest
+}
+
+func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.created = append(f.created, req)
+	if req.Template != "base" && req.Template != "" {
+		return store.Sandbox{}, fmt.Errorf("template %q: %w", req.Template, sandbox.ErrTemplateNotFound)
+	}
+	if req.VCPUs > 32 {
+		return store.Sandbox{}, &sandbox.InvalidError{Field: "vcpus", Reason: "must be between 1 and 32"}
+	}
+	r := store.Sandbox{ID: "sb1", State: sandbox.StateRunning, Template: "base", VCPUs: 1, MemoryMiB: 256,
+		CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Minute), TimingsMS: map[string]float64{"total": 5}}
+	f.recs[r.ID] = r
+	return r, nil
+}
+
+func (f *fakeSandboxes) Get(id string) (store.Sandbox, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, ok := f.recs[id]
+	if !ok {
+		return store.Sandbox{}, fmt.Errorf("sandbox %q: %w", id, sandbox.ErrNotFound)
+	}
+	return r, nil
+}
+
+func (f *fakeSandboxes) List() []store.Sandbox {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []store.Sandbox
+	for _, r := range f.recs {
+		out = append(out, r)
+	}
+	return out
+}
+
+func (f *fakeSandboxes) Destroy(ctx context.Context, id string) error {
+	if _, err := f.Get(id); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	delete(f.recs, id)
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *fakeSandboxes) Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error) {
+	if req.Cmd == "" {
+		return sandbox.ExecResult{}, &sandbox.InvalidError{Field: "cmd", Reason: "must not be empty"}
+	}
+	if _, err := f.Get(id); err != nil {
+		return sandbox.ExecResult{}, err
+	}
+	if f.execErr != nil {
+		return sandbox.ExecResult{}, f.execErr
+	}
+	for i, chunk := range f.execOut {
+		if i > 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
+		fmt.Fprint(stdout, chunk)
+	}
+	fmt.Fprint(stderr, "warn")
+	return sandbox.ExecResult{ExitCode: 3, Duration: time.Millisecond}, nil
+}
+
+type fakeTemplates struct{}
+
+func (fakeTemplates) List() ([]template.Template, error) {
+	return []template.Template{{Name: "base", KernelBytes: 10, RootfsBytes: 20, RootfsSizeBytes: 1 << 30}}, nil
+}
+
+const key = "secret"
+
+func newServer(t *testing.T, f *fakeSandboxes) (*httptest.Server, *client.Client) {
+	t.Helper()
+	if f.recs == nil {
+		f.recs = map[string]store.Sandbox{}
+	}
+	info := func() client.Info { return client.Info{VMM: "qemu"} }
+	srv := httptest.NewServer(New(f, fakeTemplates{}, info, key, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	t.Cleanup(srv.Close)
+	return srv, client.New(srv.URL, key)
+}
+
+func TestErrorsCarryStableCodes(t *testing.T) {
+	srv, _ := newServer(t, &fakeSandboxes{recs: map[string]store.Sandbox{"sb1": {ID: "sb1", State: sandbox.StateRunning}}})
+	cases := []struct {
+		name, method, path, key, body string
+		status                        int
+		code                          string
+	}{
+		{"no key", "GET", "/v1/sandboxes", "", "", 401, "unauthorized"},
+		{"bad key", "GET", "/v1/sandboxes", "nope", "", 401, "unauthorized"},
+		{"unknown template", "POST", "/v1/sandboxes", key, `{"template":"nope"}`, 404, "template_not_found"},
+		{"absurd vcpus", "POST", "/v1/sandboxes", key, `{"vcpus":1000}`, 400, "invalid_argument"},
+		{"malformed vcpus", "POST", "/v1/sandboxes", key, `{"vcpus":"two"}`, 400, "invalid_json"},
+		{"unknown field", "POST", "/v1/sandboxes", key, `{"memory_mb":256}`, 400, "invalid_json"},
+		{"empty body", "POST", "/v1/sandboxes", key, ``, 400, "invalid_json"},
+		{"trailing data", "POST", "/v1/sandboxes", key, `{} {}`, 400, "invalid_json"},
+		{"unknown id", "GET", "/v1/sandboxes/nope", key, "", 404, "sandbox_not_found"},
+		{"delete unknown id", "DELETE", "/v1/sandboxes/nope", key, "", 404, "sandbox_not_found"},
+		{"exec unknown id", "POST", "/v1/sandboxes/nope/exec", key, `{"cmd":"ls"}`, 404, "sandbox_not_found"},
+		{"empty command", "POST", "/v1/sandboxes/sb1/exec", key, `{"cmd":""}`, 400, "invalid_argument"},
+		{"empty command streamed", "POST", "/v1/sandboxes/sb1/exec/stream", key, `{"cmd":""}`, 400, "invalid_argument"},
+		{"negative exec timeout", "POST", "/v1/sandboxes/sb1/exec", key, `{"cmd":"ls","timeout_s":-1}`, 400, "invalid_argument"},
+		{"no such endpoint", "GET", "/v2/whatever", key, "", 404, "not_found"},
+		{"wrong method", "PUT", "/v1/sandboxes", key, "", 404, "not_found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))
+			if tc.key != "" {
+				req.Header.Set("X-API-Key", tc.key)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var e client.Error
+			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+				t.Fatalf("error body is not JSON: %v", err)
+			}
+			if resp.StatusCode != tc.status || e.Code != tc.code || e.Message == "" {
+				t.Fatalf("got %d %+v, want %d %s with a message", resp.StatusCode, e, tc.status, tc.code)
+			}
+		})
+	}
+}
+
+func TestSandboxLifecycleThroughClient(t *testing.T) {
+	f := &fakeSandboxes{execOut: []string{"hello\n"}}
+	_, c := newServer(t, f)
+	ctx := context.Background()
+	sb, err := c.CreateSandbox(ctx, client.CreateSandboxRequest{Template: "base", VCPUs: 2, MemoryMiB: 512, TimeoutS: 30,
+		Env: map[string]string{"A": "b"}, Metadata: map[string]string{"k": "v"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.ID != "sb1" || sb.State != "running" || sb.TimingsMS["total"] != 5 {
+		t.Fatalf("created %+v", sb)
+	}
+	got := f.created[0]
+	if got.VCPUs != 2 || got.MemoryMiB != 512 || got.TimeoutS != 30 || got.Env["A"] != "b" || got.Metadata["k"] != "v" {
+		t.Fatalf("manager got %+v", got)
+	}
+	list, err := c.ListSandboxes(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stdout != "hello\n" || res.Stderr != "warn" || res.ExitCode != 3 {
+		t.Fatalf("exec: %+v", res)
+	}
+	tpls, err := c.ListTemplates(ctx)
+	if err != nil || len(tpls) != 1 || tpls[0].DiskMiB != 1024 || tpls[0].RootfsBytes != 20 {
+		t.Fatalf("templates: %+v %v", tpls, err)
+	}
+	if err := c.DeleteSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetSandbox(ctx, sb.ID); !client.IsCode(err, "sandbox_not_found") {
+		t.Fatalf("get after delete: %v", err)
+	}
+}
+
+func TestExecStreamDeliversOutputAsProduced(t *testing.T) {
+	f := &fakeSandboxes{execOut: []string{"one\n", "two\n"}, recs: map[string]store.Sandbox{"sb1": {ID: "sb1", State: sandbox.StateRunning}}}
+	_, c := newServer(t, f)
+	pr, pw := io.Pipe()
+	type result struct {
+		res client.ExecResult
+		err error
+	}
+	done := make(chan result, 1)
+	var stderr strings.Builder
+	go func() {
+		res, err := c.ExecStream(context.Background(), "sb1", client.ExecRequest{Cmd: "x"}, pw, &stderr)
+		pw.Close()
+		done <- result{res, err}
+	}()
+	buf := make([]byte, 16)
+	n, err := pr.Read(buf)
+	if err != nil || string(buf[:n]) != "one\n" {
+		t.Fatalf("first chunk %q, %v", buf[:n], err)
+	}
+	select {
+	case <-done:
+		t.Fatal("stream ended before the second chunk: output was not streamed")
+	default:
+	}
+	rest, _ := io.ReadAll(pr)
+	r := <-done
+	if r.err != nil || string(rest) != "two\n" || r.res.ExitCode != 3 || stderr.String() != "warn" {
+		t.Fatalf("rest %q, result %+v, stderr %q", rest, r, stderr.String())
+	}
+}
+
+func TestExecStreamReportsErrorsAfterStart(t *testing.T) {
+	f := &fakeSandboxes{execErr: fmt.Errorf("x: %w", sandbox.ErrExecTimeout),
+		recs: map[string]store.Sandbox{"sb1": {ID: "sb1", State: sandbox.StateRunning}}}
+	_, c := newServer(t, f)
+	_, err := c.ExecStream(context.Background(), "sb1", client.ExecRequest{Cmd: "x"}, io.Discard, io.Discard)
+	if !client.IsCode(err, "exec_timeout") {
+		t.Fatalf("err = %v, want exec_timeout", err)
+	}
+	_, err = c.Exec(context.Background(), "sb1", client.ExecRequest{Cmd: "x"})
+	var ae *client.APIError
+	if !client.IsCode(err, "exec_timeout") || !asAPIError(err, &ae) || ae.Status != http.StatusGatewayTimeout {
+		t.Fatalf("err = %v, want 504 exec_timeout", err)
+	}
+}
+
+func asAPIError(err error, target **client.APIError) bool {
+	ae, ok := err.(*client.APIError)
+	*target = ae
+	return ok
+}
+
+func TestOpenAPIDescribesEveryRoute(t *testing.T) {
+	srv, _ := newServer(t, &fakeSandboxes{})
+	resp, err := http.Get(srv.URL + "/openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	doc, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	routes := []struct{ path, method string }{
+		{"/health", "get"}, {"/openapi.yaml", "get"}, {"/v1/info", "get"}, {"/v1/templates", "get"},
+		{"/v1/sandboxes", "get"}, {"/v1/sandboxes", "post"}, {"/v1/sandboxes/{id}", "get"},
+		{"/v1/sandboxes/{id}", "delete"}, {"/v1/sandboxes/{id}/exec", "post"}, {"/v1/sandboxes/{id}/exec/stream", "post"},
+	}
+	paths := openapiPaths(string(doc))
+	for _, r := range routes {
+		if !paths[r.path][r.method] {
+			t.Errorf("openapi.yaml lacks %s %s", strings.ToUpper(r.method), r.path)
+		}
+	}
+}
+
+// openapiPaths reads the paths section's two top levels (path, method) by
+// indentation: enough to check coverage without a YAML dependency.
+func openapiPaths(doc string) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	in := false
+	var cur string
+	for _, line := range strings.Split(doc, "\n") {
+		switch {
+		case line == "paths:":
+			in = true
+		case in && line != "" && !strings.HasPrefix(line, " "):
+			return out
+		case in && strings.HasPrefix(line, "  /"):
+			cur = strings.TrimSuffix(strings.TrimSpace(line), ":")
+			out[cur] = map[string]bool{}
+		case in && strings.HasPrefix(line, "    ") && !strings.HasPrefix(line, "     "):
+			out[cur][strings.TrimSuffix(strings.TrimSpace(line), ":")] = true
+		}
+	}
+	return out
+}
