@@ -22,6 +22,7 @@ import (
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/web"
 )
 
 //go:embed openapi.yaml
@@ -71,6 +72,10 @@ func New(sb Sandboxes, tpl Templates, info func() client.Info, apiKey string, lo
 	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.auth(s.deleteSandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.auth(s.exec))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec/stream", s.auth(s.execStream))
+	s.mux.HandleFunc("GET /test", s.testPage)
+	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/test", http.StatusFound)
+	})
 	s.mux.HandleFunc("/", s.notFound)
 	return s
 }
@@ -100,6 +105,14 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/yaml")
 	w.Write(openapiDoc)
+}
+
+// testPage serves the /test page; it asks for the API key itself, so the
+// page is public and every call it makes is authenticated.
+func (s *Server) testPage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+	w.Write(web.TestPage)
 }
 
 func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {

@@ -298,3 +298,19 @@ func openapiPaths(doc string) map[string]map[string]bool {
 	}
 	return out
 }
+
+func TestTestPageServedWithoutKey(t *testing.T) {
+	srv, _ := newServer(t, &fakeSandboxes{})
+	resp, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || resp.Request.URL.Path != "/test" || !strings.Contains(string(body), "/v1/sandboxes") {
+		t.Fatalf("GET / → %d %s, %d bytes", resp.StatusCode, resp.Request.URL.Path, len(body))
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
+		t.Fatalf("content type %q", ct)
+	}
+}
