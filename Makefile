@@ -1,0 +1,88 @@
+# ember's build, run and test entry points. Every target installs what it
+# needs first (idempotently), so `make run` and `make test` work on a fresh
+# Debian bookworm machine as root.
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+export GOFLAGS ?= -buildvcs=false
+
+DATA_DIR  ?= /var/lib/ember
+CACHE_DIR ?= /var/cache/ember
+LISTEN    ?= 127.0.0.1:7070
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+# Templates built for the test tiers live in the cache, outside the clone.
+TEST_TEMPLATES := $(CACHE_DIR)/test-templates
+
+# Debian packages the daemon, the template build and the tests need.
+APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
+	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
+	cpio xz-utils dwarves kmod nftables iproute2 procps nodejs npm
+
+# CI forbids skipping a test for a missing prerequisite (KVM excepted).
+ifeq ($(CI),true)
+export EMBER_REQUIRE_ALL := 1
+endif
+
+GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
+
+.PHONY: all deps apt npm build run test test-unit test-vm template bench proto clean
+
+all: build
+
+## deps: install the Debian packages, Go modules and npm packages ember needs
+deps: apt npm
+	@go mod download
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@command -v go >/dev/null || { echo "Go is not installed (want /usr/local/go/bin/go, 1.26 or newer)"; exit 1; }
+
+npm: test/e2b/node_modules/.package-lock.json
+
+test/e2b/node_modules/.package-lock.json: test/e2b/package.json test/e2b/package-lock.json
+	npm ci --prefix test/e2b --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## build: bin/ember, which carries the guest agent
+build: bin/ember
+
+bin/ember-agent: $(GO_SOURCES) go.mod go.sum
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $@ ./cmd/ember-agent
+
+internal/template/agentbin/ember-agent: bin/ember-agent
+	cp $< $@
+
+bin/ember: internal/template/agentbin/ember-agent $(GO_SOURCES) go.mod go.sum
+	go build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/ember
+
+## template: build the default template (kernel cached in CACHE_DIR)
+template: deps build
+	EMBER_CACHE_DIR=$(CACHE_DIR) bin/ember template build --dir $(TEST_TEMPLATES)
+
+## run: install, build, build the default template if absent, serve
+run: deps build
+	EMBER_CACHE_DIR=$(CACHE_DIR) bin/ember serve --listen $(LISTEN) --data-dir $(DATA_DIR) --print-api-key
+
+## test: every test tier (unit, privileged, VM under QEMU)
+test: deps build template
+	EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/ember EMBER_CACHE_DIR=$(CACHE_DIR) \
+	EMBER_E2B_PKG=$(CURDIR)/test/e2b/node_modules/e2b \
+		go test -race -count=1 -timeout 30m ./...
+
+## bench: create→first-exec latency, destroy latency and the phase breakdown
+bench: deps build template
+	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/bench -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
+
+## proto: regenerate the agent's Go code from its .proto files
+proto:
+	internal/agent/proto/generate.sh
+
+clean:
+	rm -rf bin internal/template/agentbin/ember-agent

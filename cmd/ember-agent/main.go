@@ -1,0 +1,51 @@
+// Command ember-agent runs inside every ember sandbox, started by init, and
+// serves E2B's envd protocol (health, /init, the process service) so the
+// daemon and the E2B SDKs can run commands in the guest. It is built as a
+// static binary (CGO_ENABLED=0).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/agent/server"
+)
+
+func main() {
+	listen := flag.String("listen", fmt.Sprintf("0.0.0.0:%d", agent.Port), "TCP address to serve on")
+	dir := flag.String("dir", "", "working directory of processes that name none (default $HOME, else /)")
+	debug := flag.Bool("debug", false, "log every process start and end")
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := run(log, *listen, *dir); err != nil {
+		log.Error("ember-agent stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until SIGTERM or SIGINT, then shuts down.
+func run(log *slog.Logger, listen, dir string) error {
+	if dir == "" {
+		dir = os.Getenv("HOME")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	log.Info("listening", "addr", ln.Addr().String())
+	return server.New(server.Config{Logger: log, Dir: dir}).Serve(ctx, ln)
+}

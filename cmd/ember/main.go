@@ -1,0 +1,70 @@
+// Command ember is the ember daemon (`ember serve`) and its command-line
+// client (every other subcommand, built on the Go SDK in client/).
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/emberhq/ember/client"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Defaults the daemon and the CLI agree on.
+const (
+	defaultListen  = "127.0.0.1:7070"
+	defaultDataDir = "/var/lib/ember"
+)
+
+// exitError carries a command's exit code out of cobra without printing.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func main() {
+	root := &cobra.Command{
+		Use:           "ember",
+		Short:         "Run untrusted code in microVM sandboxes on a host you own",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serveCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), templateCmd(), infoCmd())
+	if err := root.Execute(); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "ember:", err)
+		os.Exit(1)
+	}
+}
+
+// apiClient returns an SDK client for the daemon named by EMBER_URL and
+// EMBER_API_KEY, falling back to the local daemon and its key file.
+func apiClient() (*client.Client, error) {
+	url := os.Getenv("EMBER_URL")
+	if url == "" {
+		url = "http://" + defaultListen
+	}
+	key := os.Getenv("EMBER_API_KEY")
+	if key == "" {
+		dir := os.Getenv("EMBER_DATA_DIR")
+		if dir == "" {
+			dir = defaultDataDir
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "api-key"))
+		if err != nil {
+			return nil, fmt.Errorf("no API key: set EMBER_API_KEY or run as a user who can read %s/api-key: %w", dir, err)
+		}
+		key = strings.TrimSpace(string(b))
+	}
+	return client.New(url, key), nil
+}

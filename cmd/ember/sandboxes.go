@@ -1,0 +1,221 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/emberhq/ember/client"
+)
+
+func createCmd() *cobra.Command {
+	var req client.CreateSandboxRequest
+	var env, meta []string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a sandbox and print its id",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if req.Env, err = keyValues("--env", env); err != nil {
+				return err
+			}
+			if req.Metadata, err = keyValues("--metadata", meta); err != nil {
+				return err
+			}
+			c, err := apiClient()
+			if err != nil {
+				return err
+			}
+			sb, err := c.CreateSandbox(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(sb)
+			}
+			fmt.Println(sb.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&req.Template, "template", "t", "base", "template to create the sandbox from")
+	f.IntVar(&req.VCPUs, "vcpus", 0, "virtual CPUs (default: the daemon's, 1)")
+	f.IntVar(&req.MemoryMiB, "memory", 0, "memory in MiB (default: the daemon's, 256)")
+	f.IntVar(&req.TimeoutS, "timeout", 0, "seconds until the sandbox is destroyed (default: the daemon's, 300)")
+	f.StringArrayVarP(&env, "env", "e", nil, "KEY=VALUE default environment of every command (repeatable)")
+	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
+	f.BoolVar(&asJSON, "json", false, "print the whole sandbox as JSON")
+	return cmd
+}
+
+func keyValues(flag string, kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%s %q: want KEY=VALUE", flag, kv)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func lsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List sandboxes",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := apiClient()
+			if err != nil {
+				return err
+			}
+			sbs, err := c.ListSandboxes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(sbs)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tTEMPLATE\tVCPUS\tMEMORY\tAGE\tEXPIRES IN")
+			now := time.Now()
+			for _, sb := range sbs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", sb.ID, sb.State, sb.Template, sb.VCPUs,
+					sb.MemoryMiB, now.Sub(sb.CreatedAt).Round(time.Second), sb.ExpiresAt.Sub(now).Round(time.Second))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func getCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get ID",
+		Short: "Show one sandbox as JSON",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := apiClient()
+			if err != nil {
+				return err
+			}
+			sb, err := c.GetSandbox(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(sb)
+		},
+	}
+}
+
+func execCmd() *cobra.Command {
+	var env []string
+	var cwd string
+	var timeout int
+	var stdin bool
+	cmd := &cobra.Command{
+		Use:   "exec ID -- CMD [ARGS...]",
+		Short: "Run a command in a sandbox, streaming its output; exits with its exit code",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := keyValues("--env", env)
+			if err != nil {
+				return err
+			}
+			req := client.ExecRequest{Cmd: args[1], Args: args[2:], Env: e, Cwd: cwd, TimeoutS: timeout}
+			if stdin {
+				b, err := io.ReadAll(os.Stdin)
+				if err != nil {
+					return fmt.Errorf("read stdin: %w", err)
+				}
+				req.Stdin = string(b)
+			}
+			c, err := apiClient()
+			if err != nil {
+				return err
+			}
+			res, err := c.ExecStream(cmd.Context(), args[0], req, os.Stdout, os.Stderr)
+			if err != nil {
+				return err
+			}
+			if res.ExitCode != 0 {
+				return exitError{res.ExitCode}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&env, "env", "e", nil, "KEY=VALUE environment variable (repeatable)")
+	f.StringVarP(&cwd, "cwd", "w", "", "working directory")
+	f.IntVar(&timeout, "timeout", 0, "seconds before the command is killed (default: the daemon's, 60)")
+	f.BoolVarP(&stdin, "stdin", "i", false, "send this command's standard input to the command")
+	return cmd
+}
+
+func rmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "rm ID...",
+		Aliases: []string{"kill"},
+		Short:   "Destroy sandboxes",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := apiClient()
+			if err != nil {
+				return err
+			}
+			var failed bool
+			for _, id := range args {
+				if err := c.DeleteSandbox(cmd.Context(), id); err != nil {
+					fmt.Fprintf(os.Stderr, "ember: rm %s: %v\n", id, err)
+					failed = true
+				}
+			}
+			if failed {
+				return exitError{1}
+			}
+			return nil
+		},
+	}
+}
+
+func infoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "info",
+		Short: "Show which VMM and disk backend the daemon uses, and why",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := apiClient()
+			if err != nil {
+				return err
+			}
+			info, err := c.Info(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Printf("version:    %s\nvmm:        %s (%s)\nrootfs:     %s (%s)\nsandboxes:  %d\n",
+				info.Version, info.VMM, info.VMMReason, info.Rootfs, info.RootfsReason, info.Sandboxes)
+			return nil
+		},
+	}
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/api"
+	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/reclaim"
+	"github.com/emberhq/ember/internal/rootfs"
+	rootfscopy "github.com/emberhq/ember/internal/rootfs/copy"
+	"github.com/emberhq/ember/internal/rootfs/qcow2"
+	"github.com/emberhq/ember/internal/sandbox"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/internal/vmm/qemu"
+)
+
+type serveFlags struct {
+	listen    string
+	dataDir   string
+	cacheDir  string
+	accel     string
+	rootfs    string
+	slotFirst int
+	logLevel  string
+	printKey  bool
+	templates string
+}
+
+func serveCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the ember daemon",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.listen, "listen", defaultListen, "address the API listens on")
+	fl.StringVar(&f.dataDir, "data-dir", defaultDataDir, "directory for the database, API key, templates and sandboxes")
+	fl.StringVar(&f.cacheDir, "cache-dir", envOr("EMBER_CACHE_DIR", "/var/cache/ember"), "directory for build caches (the guest kernel)")
+	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (kvm when /dev/kvm is usable)`)
+	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "qcow2", "copy" or "" (automatic)`)
+	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
+	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
+	return cmd
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// serve wires the daemon: config → lock → reclaim → construct → serve →
+// shut down in reverse.
+func serve(ctx context.Context, f serveFlags) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: %w", f.logLevel, err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	unlock, err := lockDataDir(f.dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	apiKey, err := loadAPIKey(filepath.Join(f.dataDir, "api-key"))
+	if err != nil {
+		return err
+	}
+
+	st, err := store.Open(ctx, filepath.Join(f.dataDir, "ember.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	agentBin, err := template.AgentBinary()
+	if err != nil {
+		return err
+	}
+	if f.templates == "" {
+		f.templates = filepath.Join(f.dataDir, "templates")
+	}
+	reg := template.Registry{Dir: f.templates}
+	builder := &template.Builder{CacheDir: f.cacheDir, Log: log, Progress: func(step string) {
+		fmt.Fprintf(os.Stderr, "ember: template %s: %s\n", template.DefaultName, step)
+	}}
+	start := time.Now()
+	if _, err := builder.EnsureDefault(ctx, reg, agentBin); err != nil {
+		return fmt.Errorf("build default template: %w", err)
+	}
+	log.Info("default template ready", "template", template.DefaultName, "duration_ms", time.Since(start).Milliseconds())
+
+	driver, err := qemu.New(qemu.Config{Accel: f.accel}, log)
+	if err != nil {
+		return err
+	}
+	disks, diskReason, err := chooseRootfs(f.rootfs, log)
+	if err != nil {
+		return err
+	}
+	log.Info("root disk backend", "backend", disks.Name(), "reason", diskReason)
+
+	pool, err := network.NewPool(network.Config{FirstIndex: f.slotFirst}, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
+	}}
+	mgr, err := sandbox.NewManager(sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes")), sandbox.Deps{
+		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log,
+		Agent: func(addr netip.Addr, token string) sandbox.Agent {
+			return agent.New(fmt.Sprintf("http://%s", netip.AddrPortFrom(addr, agent.Port)), token, hc)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+
+	// Reclaim: re-adopt what survived, then remove what nobody owns.
+	slots, err := mgr.Recover(ctx)
+	if err != nil {
+		return err
+	}
+	keepPIDs, keepDirs := map[int]bool{}, map[string]bool{}
+	for _, r := range mgr.List() {
+		if r.State == sandbox.StateRunning {
+			keepPIDs[r.VMMPID] = true
+		}
+		keepDirs[r.ID] = true
+	}
+	if n, err := reclaim.Processes(filepath.Join(f.dataDir, "sandboxes"), keepPIDs, log); err != nil {
+		log.Error("reclaim processes", "err", err)
+	} else if n > 0 {
+		log.Info("reclaimed orphaned vmm processes", "count", n)
+	}
+	if n, err := network.Reclaim(ctx, slots, log); err != nil {
+		log.Error("reclaim network slots", "err", err)
+	} else if n > 0 {
+		log.Info("reclaimed orphaned network slots", "count", n)
+	}
+	if n, err := reclaim.Dirs(filepath.Join(f.dataDir, "sandboxes"), keepDirs, log); err != nil {
+		log.Error("reclaim sandbox dirs", "err", err)
+	} else if n > 0 {
+		log.Info("reclaimed orphaned sandbox dirs", "count", n)
+	}
+	mgr.RunReaper(ctx, time.Second)
+
+	info := func() client.Info {
+		return client.Info{
+			Version: version, VMM: "qemu", VMMReason: driver.AccelReason(),
+			Rootfs: disks.Name(), RootfsReason: diskReason, Sandboxes: len(mgr.List()),
+		}
+	}
+	srv := &http.Server{
+		Handler:           api.New(mgr, reg, info, apiKey, log),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.listen, err)
+	}
+	fmt.Fprintf(os.Stderr, "ember: API       http://%s/v1 (X-API-Key from %s)\n", ln.Addr(), filepath.Join(f.dataDir, "api-key"))
+	if f.printKey {
+		fmt.Fprintf(os.Stderr, "ember: API key   %s\n", apiKey)
+	}
+	fmt.Fprintf(os.Stderr, "ember: OpenAPI   http://%s/openapi.yaml\n", ln.Addr())
+	fmt.Fprintf(os.Stderr, "ember: test page http://%s/test\n", ln.Addr())
+	log.Info("serving", "addr", ln.Addr().String(), "vmm", "qemu", "accel", driver.AccelReason())
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: sandboxes keep running and are re-adopted at the next start")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutCtx)
+}
+
+// lockDataDir takes the single-instance lock: two daemons on one data dir
+// would fight over its sandboxes and network slots.
+func lockDataDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "ember.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another ember daemon is running on %s (lock %s): %w", dir, path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// loadAPIKey reads the API key, creating it (mode 0600) on first start.
+func loadAPIKey(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if k := strings.TrimSpace(string(b)); k != "" {
+			return k, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("read API key: %w", err)
+	}
+	raw := make([]byte, 24)
+	rand.Read(raw)
+	key := "ember_" + hex.EncodeToString(raw)
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write API key: %w", err)
+	}
+	return key, nil
+}
+
+// chooseRootfs picks the root disk backend: qcow2 overlays when qemu-img is
+// there (O(1) in the image size), else sparse copies; name overrides.
+func chooseRootfs(name string, log *slog.Logger) (rootfs.Backend, string, error) {
+	_, imgErr := exec.LookPath("qemu-img")
+	switch name {
+	case "":
+		if imgErr == nil {
+			return qcow2.New(log), "automatic: qemu-img found, qcow2 overlays are O(1) in the image size", nil
+		}
+		return rootfscopy.New(log), "automatic: qemu-img not found, sparse copies work everywhere", nil
+	case "qcow2":
+		if imgErr != nil {
+			return nil, "", fmt.Errorf("--rootfs qcow2: %w", imgErr)
+		}
+		return qcow2.New(log), "configured", nil
+	case "copy":
+		return rootfscopy.New(log), "configured", nil
+	}
+	return nil, "", fmt.Errorf("--rootfs %q: want qcow2, copy or empty for automatic", name)
+}

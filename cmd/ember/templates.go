@@ -1,0 +1,91 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/emberhq/ember/internal/template"
+)
+
+func templateCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "template", Short: "Manage templates"}
+	cmd.AddCommand(templateLsCmd(), templateBuildCmd())
+	return cmd
+}
+
+func templateLsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List templates with their sizes",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := apiClient()
+			if err != nil {
+				return err
+			}
+			tpls, err := c.ListTemplates(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(tpls)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tKERNEL\tROOTFS (ALLOCATED)\tDISK\tBUILT")
+			for _, t := range tpls {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d MiB\t%s\n", t.Name, humanBytes(t.KernelBytes), humanBytes(t.RootfsBytes),
+					t.DiskMiB, t.BuiltAt.Local().Format("2006-01-02 15:04"))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func templateBuildCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build the default template locally if it is missing or stale (no daemon needed)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			agentBin, err := template.AgentBinary()
+			if err != nil {
+				return err
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			b := &template.Builder{CacheDir: envOr("EMBER_CACHE_DIR", "/var/cache/ember"), Log: log,
+				Progress: func(step string) { fmt.Fprintf(os.Stderr, "ember: template %s: %s\n", template.DefaultName, step) }}
+			t, err := b.EnsureDefault(cmd.Context(), template.Registry{Dir: dir}, agentBin)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s: kernel %s, rootfs %s allocated (%d MiB disk) in %s\n", t.Name, humanBytes(t.KernelBytes),
+				humanBytes(t.RootfsBytes), t.RootfsSizeBytes>>20, filepath.Dir(t.Rootfs))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", filepath.Join(defaultDataDir, "templates"), "template registry directory")
+	return cmd
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,145 @@
+// Command bench measures a real daemon (bin/ember, QEMU guests) and prints
+// one `BENCH <name> <value> <unit>` line per figure: create→first-exec
+// latency over sequential and concurrent creates, destroy latency, and the
+// phase breakdown of a create (disk, network, boot, agent ready).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/test/harness"
+)
+
+func main() {
+	bin := flag.String("ember", "bin/ember", "the ember binary")
+	templates := flag.String("templates", "/var/cache/ember/test-templates", "template registry holding the default template")
+	n := flag.Int("n", 10, "sequential sandboxes")
+	conc := flag.Int("concurrent", 4, "concurrent sandboxes")
+	flag.Parse()
+	if err := run(*bin, *templates, *n, *conc); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type sample struct {
+	firstExec time.Duration
+	phases    map[string]float64
+}
+
+func run(bin, templates string, n, conc int) error {
+	ctx := context.Background()
+	dataDir, err := os.MkdirTemp("", "ember-bench-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir)
+	logf, err := os.CreateTemp("", "ember-bench-*.log")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(logf.Name())
+	d, err := harness.Start(ctx, harness.Options{Bin: bin, Templates: templates, DataDir: dataDir, SlotFirst: 4000, Log: logf})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		d.DestroyAll(ctx)
+		d.Stop()
+		if leaks := d.Leaks(100); len(leaks) > 0 {
+			fmt.Fprintln(os.Stderr, "bench: leaked:", leaks)
+		}
+	}()
+
+	one := func() (sample, time.Duration, error) {
+		start := time.Now()
+		sb, err := d.Client.CreateSandbox(ctx, client.CreateSandboxRequest{})
+		if err != nil {
+			return sample{}, 0, err
+		}
+		if _, err := d.Client.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "true"}); err != nil {
+			return sample{}, 0, err
+		}
+		s := sample{firstExec: time.Since(start), phases: sb.TimingsMS}
+		t := time.Now()
+		if err := d.Client.DeleteSandbox(ctx, sb.ID); err != nil {
+			return sample{}, 0, err
+		}
+		return s, time.Since(t), nil
+	}
+
+	var seq []sample
+	var destroys []time.Duration
+	for i := 0; i < n; i++ {
+		s, dt, err := one()
+		if err != nil {
+			return fmt.Errorf("sequential create %d: %w", i, err)
+		}
+		seq = append(seq, s)
+		destroys = append(destroys, dt)
+	}
+	var concurrent []sample
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, conc)
+	for i := 0; i < conc; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, _, err := one()
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			concurrent = append(concurrent, s)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return fmt.Errorf("concurrent create: %w", err)
+	}
+
+	firsts := func(ss []sample) []time.Duration {
+		var out []time.Duration
+		for _, s := range ss {
+			out = append(out, s.firstExec)
+		}
+		return out
+	}
+	fmt.Printf("BENCH create_to_first_exec_p50 %.1f ms\n", pct(firsts(seq), 50))
+	fmt.Printf("BENCH create_to_first_exec_p95 %.1f ms\n", pct(firsts(seq), 95))
+	fmt.Printf("BENCH create_to_first_exec_concurrent%d_p50 %.1f ms\n", conc, pct(firsts(concurrent), 50))
+	fmt.Printf("BENCH destroy_p50 %.1f ms\n", pct(destroys, 50))
+	for _, phase := range []string{"disk", "network", "boot", "agent", "total"} {
+		var ds []time.Duration
+		for _, s := range seq {
+			ds = append(ds, time.Duration(s.phases[phase]*float64(time.Millisecond)))
+		}
+		fmt.Printf("BENCH create_phase_%s_p50 %.1f ms\n", phase, pct(ds, 50))
+	}
+	return nil
+}
+
+// pct returns the p-th percentile (nearest rank) in milliseconds.
+func pct(ds []time.Duration, p int) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (p*len(s) + 99) / 100
+	if i < 1 {
+		i = 1
+	}
+	return float64(s[i-1].Microseconds()) / 1000
+}

@@ -1,0 +1,195 @@
+// Package harness starts a real ember daemon (the bin/ember that make
+// builds) on a private data directory, listen port and network slot range,
+// for the VM-tier tests and the benchmarks, and checks afterwards that it
+// left no kernel object, process or file behind.
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emberhq/ember/client"
+)
+
+// Daemon is a running `ember serve`.
+type Daemon struct {
+	Bin       string
+	DataDir   string
+	Templates string
+	URL       string
+	APIKey    string
+	SlotFirst int
+	Client    *client.Client
+	Log       *os.File
+
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// Options configure a daemon.
+type Options struct {
+	// Bin is bin/ember; Templates the registry holding the default template.
+	Bin       string
+	Templates string
+	// DataDir is created if empty; SlotFirst keeps its slots apart from any
+	// other daemon's.
+	DataDir   string
+	SlotFirst int
+	// Log receives the daemon's output.
+	Log *os.File
+}
+
+// Start starts a daemon and waits for its API.
+func Start(ctx context.Context, o Options) (*Daemon, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst, Log: o.Log}
+	return d, d.start(ctx, addr)
+}
+
+func (d *Daemon) start(ctx context.Context, addr string) error {
+	d.cmd = exec.Command(d.Bin, "serve", "--listen", addr, "--data-dir", d.DataDir,
+		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--log-level", "debug")
+	d.cmd.Stdout, d.cmd.Stderr = d.Log, d.Log
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", d.Bin, err)
+	}
+	d.done = make(chan error, 1)
+	go func() { d.done <- d.cmd.Wait() }()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		select {
+		case err := <-d.done:
+			return fmt.Errorf("daemon exited during start: %v (log %s)", err, d.Log.Name())
+		default:
+		}
+		if resp, err := http.Get(d.URL + "/health"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			d.Kill()
+			return fmt.Errorf("daemon did not answer on %s (log %s)", d.URL, d.Log.Name())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	key, err := os.ReadFile(filepath.Join(d.DataDir, "api-key"))
+	if err != nil {
+		return err
+	}
+	d.APIKey = strings.TrimSpace(string(key))
+	d.Client = client.New(d.URL, d.APIKey)
+	return nil
+}
+
+// Stop ends the daemon with SIGTERM (its sandboxes keep running).
+func (d *Daemon) Stop() error {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return nil
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+		return nil
+	case <-time.After(30 * time.Second):
+		d.Kill()
+		return errors.New("daemon ignored SIGTERM")
+	}
+}
+
+// Kill ends the daemon with SIGKILL.
+func (d *Daemon) Kill() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	d.cmd.Process.Kill()
+	<-d.done
+}
+
+// Restart stops the daemon and starts it again on the same address and data.
+func (d *Daemon) Restart(ctx context.Context) error {
+	if err := d.Stop(); err != nil {
+		return err
+	}
+	return d.start(ctx, strings.TrimPrefix(d.URL, "http://"))
+}
+
+// DestroyAll destroys every sandbox the daemon lists.
+func (d *Daemon) DestroyAll(ctx context.Context) error {
+	sbs, err := d.Client.ListSandboxes(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, sb := range sbs {
+		if err := d.Client.DeleteSandbox(ctx, sb.ID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Leaks lists what the daemon's sandboxes left behind: network namespaces
+// and host veths in its slot range (slots up to SlotFirst+span), processes
+// whose command line names its data directory, and sandbox directories.
+func (d *Daemon) Leaks(span int) []string {
+	var out []string
+	for i := d.SlotFirst; i < d.SlotFirst+span; i++ {
+		if _, err := os.Stat(fmt.Sprintf("/run/netns/ember-ns-%d", i)); err == nil {
+			out = append(out, fmt.Sprintf("netns ember-ns-%d", i))
+		}
+		if _, err := os.Stat(fmt.Sprintf("/sys/class/net/ember-v%d", i)); err == nil {
+			out = append(out, fmt.Sprintf("link ember-v%d", i))
+		}
+	}
+	out = append(out, Processes(d.DataDir)...)
+	if entries, err := os.ReadDir(filepath.Join(d.DataDir, "sandboxes")); err == nil {
+		for _, e := range entries {
+			out = append(out, "dir "+e.Name())
+		}
+	}
+	return out
+}
+
+// Processes lists live processes whose command line mentions dir.
+func Processes(dir string) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), dir+"/") {
+			continue
+		}
+		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if f := strings.Fields(string(stat)); len(f) > 2 && f[2] == "Z" {
+			continue
+		}
+		out = append(out, "process "+e.Name()+" "+strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	return out
+}
+
+// Env returns the environment for running the CLI against this daemon.
+func (d *Daemon) Env() []string {
+	return append(os.Environ(), "EMBER_URL="+d.URL, "EMBER_API_KEY="+d.APIKey)
+}
