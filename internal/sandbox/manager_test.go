@@ -127,7 +127,7 @@ type fakeMachine struct {
 	done chan struct{}
 }
 
-func (m *fakeMachine) PID() int                        { return m.pid }
+func (m *fakeMachine) PID() int                         { return m.pid }
 func (m *fakeMachine) Pause(ctx context.Context) error  { return nil }
 func (m *fakeMachine) Resume(ctx context.Context) error { return nil }
 func (m *fakeMachine) Done() <-chan struct{}            { return m.done }
