@@ -5,9 +5,22 @@
 //
 // Inside every namespace the guest is 169.254.0.21/30 behind tap0 at
 // 169.254.0.22, so a memory snapshot restores into any slot unchanged.
+//
+// Everything about slot N derives from N and the Config: the namespace
+// ember-ns-N, the host veth ember-vN, the veth /31 (host 2N, namespace 2N+1
+// in VethCIDR), the host address (the Nth usable address of HostCIDR) and the
+// guest MAC. Nothing is stored, so a restarted daemon finds its slots again
+// from their indexes alone.
 package network
 
-import "net/netip"
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"strconv"
+	"strings"
+)
 
 // Fixed in-namespace addressing, identical in every slot.
 var (
@@ -20,6 +33,196 @@ const GuestPrefixLen = 30
 
 // TAPName is the TAP device's name inside every slot's namespace.
 const TAPName = "tap0"
+
+// Kernel object names. Everything ember creates carries the "ember" prefix so
+// reclaim removes exactly our objects.
+const (
+	// NetnsPrefix starts every slot namespace's name: ember-ns-<index>.
+	NetnsPrefix = "ember-ns-"
+	// VethPrefix starts every host-side veth's name: ember-v<index>.
+	VethPrefix = "ember-v"
+	// TableName is the nftables table ember owns, on the host and in every
+	// slot namespace.
+	TableName = "ember"
+	// netnsDir is where named namespaces are bind-mounted.
+	netnsDir = "/run/netns"
+	// nsVeth is the veth end inside a slot namespace.
+	nsVeth = "eth0"
+	// guestDevice is the guest kernel's name for its NIC (for BootArgs).
+	guestDevice = "eth0"
+)
+
+// Default address ranges.
+var (
+	DefaultHostCIDR = netip.MustParsePrefix("10.11.0.0/16")
+	DefaultVethCIDR = netip.MustParsePrefix("10.12.0.0/16")
+)
+
+// guestNet is the guest/TAP link, which no configured range may overlap.
+var guestNet = netip.PrefixFrom(GuestAddr, GuestPrefixLen).Masked()
+
+// maxIndexDigits bounds slot indexes so "ember-v<index>" fits IFNAMSIZ-1.
+const maxIndexDigits = 15 - len(VethPrefix)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrInvalidConfig wraps every Config.Validate failure.
+	ErrInvalidConfig = errors.New("invalid network config")
+	// ErrNoCapacity means every slot index of the configured ranges is taken.
+	ErrNoCapacity = errors.New("no free network slot")
+	// ErrNotFound means a slot's namespace does not exist.
+	ErrNotFound = errors.New("network slot not found")
+	// ErrInUse means the slot is already held by this pool.
+	ErrInUse = errors.New("network slot in use")
+	// ErrClosed is returned by a Pool after Close.
+	ErrClosed = errors.New("network pool closed")
+)
+
+// Config chooses the address ranges and the uplink. The zero value is valid:
+// default ranges, uplink from the default route.
+type Config struct {
+	// HostCIDR holds the per-slot host addresses (default 10.11.0.0/16).
+	HostCIDR netip.Prefix
+	// VethCIDR holds the per-slot veth /31s (default 10.12.0.0/16).
+	VethCIDR netip.Prefix
+	// Uplink is the outbound interface for sandbox egress. Empty means the
+	// interface of the default route; when there is none, slots get no
+	// egress NAT (not an error).
+	Uplink string
+	// NoEgress leaves the host's forwarding and NAT alone: slots are reachable
+	// from the host but reach nothing beyond it. Uplink is ignored.
+	NoEgress bool
+	// FirstIndex is the lowest slot index the pool hands out. Tests offset
+	// their slots with it so they never collide with a running daemon.
+	FirstIndex int
+}
+
+// withDefaults fills in the zero fields.
+func (c Config) withDefaults() Config {
+	if !c.HostCIDR.IsValid() {
+		c.HostCIDR = DefaultHostCIDR
+	}
+	if !c.VethCIDR.IsValid() {
+		c.VethCIDR = DefaultVethCIDR
+	}
+	return c
+}
+
+// Validate reports the first problem with c (after defaults are applied),
+// wrapped in ErrInvalidConfig.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	for _, r := range []struct {
+		name    string
+		p       netip.Prefix
+		maxBits int
+	}{
+		{"host cidr", c.HostCIDR, 30}, // a host address needs network and broadcast around it
+		{"veth cidr", c.VethCIDR, 31}, // one /31 at least
+	} {
+		switch {
+		case !r.p.Addr().Is4():
+			return bad("%s %s is not IPv4", r.name, r.p)
+		case r.p != r.p.Masked():
+			return bad("%s %s has host bits set (want %s)", r.name, r.p, r.p.Masked())
+		case r.p.Bits() > r.maxBits:
+			return bad("%s %s is too small (at most /%d)", r.name, r.p, r.maxBits)
+		case r.p.Overlaps(guestNet):
+			return bad("%s %s overlaps the guest link %s", r.name, r.p, guestNet)
+		}
+	}
+	if c.HostCIDR.Overlaps(c.VethCIDR) {
+		return bad("host cidr %s overlaps veth cidr %s", c.HostCIDR, c.VethCIDR)
+	}
+	if n := c.capacity(); c.FirstIndex < 0 || c.FirstIndex >= n {
+		return bad("first index %d outside [0, %d)", c.FirstIndex, n)
+	}
+	if c.Uplink != "" && !c.NoEgress {
+		if len(c.Uplink) > 15 || strings.ContainsAny(c.Uplink, "/ \t\n:") {
+			return bad("uplink %q is not an interface name", c.Uplink)
+		}
+		if strings.HasPrefix(c.Uplink, VethPrefix) {
+			return bad("uplink %q is a slot veth", c.Uplink)
+		}
+	}
+	return nil
+}
+
+// capacity is the number of slot indexes the ranges allow: one usable host
+// address and one /31 each, and a name that fits an interface name.
+func (c Config) capacity() int {
+	hostUsable := uint64(1)<<(32-c.HostCIDR.Bits()) - 2
+	pairs := uint64(1) << (32 - c.VethCIDR.Bits() - 1)
+	n := min(hostUsable, pairs, uint64(math.Pow10(maxIndexDigits)))
+	return int(n)
+}
+
+// hostAddr is slot index's host address: the index-th usable address of
+// HostCIDR, counting from 0 (the network address is skipped).
+func (c Config) hostAddr(index int) netip.Addr {
+	return addAddr(c.HostCIDR.Addr(), uint32(index)+1)
+}
+
+// vethAddrs are slot index's /31: the host end (2N) and the namespace end
+// (2N+1) in VethCIDR.
+func (c Config) vethAddrs(index int) (host, ns netip.Addr) {
+	host = addAddr(c.VethCIDR.Addr(), 2*uint32(index))
+	return host, host.Next()
+}
+
+// slot describes slot index.
+func (c Config) slot(index int) *Slot {
+	return &Slot{
+		Index:     index,
+		Netns:     NetnsName(index),
+		NetnsPath: NetnsPath(index),
+		TAP:       TAPName,
+		GuestMAC:  GuestMAC(index),
+		HostVeth:  VethName(index),
+		HostAddr:  c.hostAddr(index),
+	}
+}
+
+// addAddr returns a+n for an IPv4 address.
+func addAddr(a netip.Addr, n uint32) netip.Addr {
+	b := a.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += n
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// NetnsName is slot index's namespace name, ember-ns-<index>.
+func NetnsName(index int) string { return NetnsPrefix + strconv.Itoa(index) }
+
+// NetnsPath is where slot index's namespace is bind-mounted.
+func NetnsPath(index int) string { return netnsDir + "/" + NetnsName(index) }
+
+// VethName is slot index's host-side veth name, ember-v<index>.
+func VethName(index int) string { return VethPrefix + strconv.Itoa(index) }
+
+// GuestMAC is slot index's guest MAC: locally administered, unicast,
+// 02:eb followed by the index as four big-endian bytes.
+func GuestMAC(index int) string {
+	i := uint32(index)
+	return fmt.Sprintf("02:eb:%02x:%02x:%02x:%02x", byte(i>>24), byte(i>>16), byte(i>>8), byte(i))
+}
+
+// parseIndex returns the slot index a kernel object name carries after
+// prefix, if it is one ember made: the canonical decimal form only.
+func parseIndex(name, prefix string) (int, bool) {
+	s, ok := strings.CutPrefix(name, prefix)
+	if !ok || s == "" || len(s) > maxIndexDigits {
+		return 0, false
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || strconv.Itoa(n) != s {
+		return 0, false
+	}
+	return n, true
+}
 
 // Slot is one sandbox's network: everything a VMM and the daemon need to know.
 type Slot struct {
@@ -39,3 +242,16 @@ type Slot struct {
 	// the namespace).
 	HostAddr netip.Addr
 }
+
+// BootArgs returns the guest kernel's static IP configuration argument
+// (ip=<client>::<gateway>:<netmask>::<device>:off), the same for every slot.
+func (s *Slot) BootArgs() string {
+	return bootArgs
+}
+
+var bootArgs = func() string {
+	mask := netip.PrefixFrom(GuestAddr, GuestPrefixLen)
+	m := uint32(math.MaxUint32) << (32 - mask.Bits())
+	netmask := netip.AddrFrom4([4]byte{byte(m >> 24), byte(m >> 16), byte(m >> 8), byte(m)})
+	return fmt.Sprintf("ip=%s::%s:%s::%s:off", GuestAddr, GatewayAddr, netmask, guestDevice)
+}()
