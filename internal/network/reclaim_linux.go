@@ -1,0 +1,77 @@
+//go:build linux
+
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Reclaim removes every ember slot on the host whose index is not in keep:
+// namespaces named ember-ns-<n>, host links named ember-v<n> and their
+// entries in the host table's slots set. It is meant for daemon start, before
+// the pool hands out slots, with keep holding the slots of sandboxes that
+// survived the restart. removed counts the slot indexes it cleared. Like all
+// releasing, it runs to the end even when ctx is cancelled.
+func Reclaim(ctx context.Context, keep map[int]bool, log *slog.Logger) (removed int, err error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	found := map[int]bool{}
+	var namespaces, links, elements int
+
+	entries, err := os.ReadDir(netnsDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("list %s: %w", netnsDir, err)
+	}
+	for _, e := range entries {
+		if i, ok := parseIndex(e.Name(), NetnsPrefix); ok && !keep[i] {
+			found[i] = true
+			namespaces++
+		}
+	}
+	ls, err := netlink.LinkList()
+	if err != nil {
+		return 0, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range ls {
+		if i, ok := parseIndex(l.Attrs().Name, VethPrefix); ok && !keep[i] {
+			found[i] = true
+			links++
+		}
+	}
+	names, err := listSlotElements()
+	if err != nil {
+		return 0, err
+	}
+	for _, n := range names {
+		if i, ok := parseIndex(n, VethPrefix); ok && !keep[i] {
+			found[i] = true
+			elements++
+		}
+	}
+
+	indexes := make([]int, 0, len(found))
+	for i := range found {
+		indexes = append(indexes, i)
+	}
+	sort.Ints(indexes)
+	var errs []error
+	for _, i := range indexes {
+		// The host route goes with the veth.
+		if err := remove(i, nil); err != nil {
+			errs = append(errs, fmt.Errorf("reclaim slot %d: %w", i, err))
+			continue
+		}
+		removed++
+	}
+	log.Info("reclaimed network slots", "removed", removed, "kept", len(keep),
+		"namespaces", namespaces, "links", links, "set_elements", elements)
+	return removed, errors.Join(errs...)
+}
