@@ -46,6 +46,7 @@ type serveFlags struct {
 	logLevel  string
 	printKey  bool
 	templates string
+	noEgress  bool
 }
 
 func serveCmd() *cobra.Command {
@@ -69,6 +70,7 @@ func serveCmd() *cobra.Command {
 	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
+	fl.BoolVar(&f.noEgress, "no-egress", false, "give sandboxes no route out (leaves host forwarding and NAT alone)")
 	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
 	return cmd
 }
@@ -135,7 +137,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	}
 	log.Info("root disk backend", "backend", disks.Name(), "reason", diskReason)
 
-	pool, err := network.NewPool(network.Config{FirstIndex: f.slotFirst}, log)
+	pool, err := network.NewPool(network.Config{FirstIndex: f.slotFirst, NoEgress: f.noEgress}, log)
 	if err != nil {
 		return err
 	}
@@ -174,7 +176,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	} else if n > 0 {
 		log.Info("reclaimed orphaned vmm processes", "count", n)
 	}
-	if n, err := network.Reclaim(ctx, slots, log); err != nil {
+	if n, err := network.Reclaim(ctx, f.slotFirst, slots, log); err != nil {
 		log.Error("reclaim network slots", "err", err)
 	} else if n > 0 {
 		log.Info("reclaimed orphaned network slots", "count", n)

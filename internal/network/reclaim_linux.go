@@ -13,13 +13,16 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Reclaim removes every ember slot on the host whose index is not in keep:
+// Reclaim removes every ember slot on the host whose index is at least first
+// and not in keep:
 // namespaces named ember-ns-<n>, host links named ember-v<n> and their
 // entries in the host table's slots set. It is meant for daemon start, before
 // the pool hands out slots, with keep holding the slots of sandboxes that
-// survived the restart. removed counts the slot indexes it cleared. Like all
+// survived the restart, and first the daemon's first slot index (slots below
+// it belong to whoever runs there: another daemon, a test). removed counts the slot indexes it cleared. Like all
 // releasing, it runs to the end even when ctx is cancelled.
-func Reclaim(ctx context.Context, keep map[int]bool, log *slog.Logger) (removed int, err error) {
+func Reclaim(ctx context.Context, first int, keep map[int]bool, log *slog.Logger) (removed int, err error) {
+	mine := func(i int) bool { return i >= first && !keep[i] }
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -31,7 +34,7 @@ func Reclaim(ctx context.Context, keep map[int]bool, log *slog.Logger) (removed 
 		return 0, fmt.Errorf("list %s: %w", netnsDir, err)
 	}
 	for _, e := range entries {
-		if i, ok := parseIndex(e.Name(), NetnsPrefix); ok && !keep[i] {
+		if i, ok := parseIndex(e.Name(), NetnsPrefix); ok && mine(i) {
 			found[i] = true
 			namespaces++
 		}
@@ -41,7 +44,7 @@ func Reclaim(ctx context.Context, keep map[int]bool, log *slog.Logger) (removed 
 		return 0, fmt.Errorf("list links: %w", err)
 	}
 	for _, l := range ls {
-		if i, ok := parseIndex(l.Attrs().Name, VethPrefix); ok && !keep[i] {
+		if i, ok := parseIndex(l.Attrs().Name, VethPrefix); ok && mine(i) {
 			found[i] = true
 			links++
 		}
@@ -51,7 +54,7 @@ func Reclaim(ctx context.Context, keep map[int]bool, log *slog.Logger) (removed 
 		return 0, err
 	}
 	for _, n := range names {
-		if i, ok := parseIndex(n, VethPrefix); ok && !keep[i] {
+		if i, ok := parseIndex(n, VethPrefix); ok && mine(i) {
 			found[i] = true
 			elements++
 		}

@@ -63,7 +63,7 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 
 func (d *Daemon) start(ctx context.Context, addr string) error {
 	d.cmd = exec.Command(d.Bin, "serve", "--listen", addr, "--data-dir", d.DataDir,
-		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--log-level", "debug")
+		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--log-level", "debug", "--no-egress")
 	d.cmd.Stdout, d.cmd.Stderr = d.Log, d.Log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
