@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -14,7 +16,47 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/runner"
+	"github.com/emberhq/ember/internal/testutil"
 )
+
+// buildAgent builds ember-agent the way templates do (static, no cgo) into
+// a temporary directory.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ember-agent")
+	if _, err := runner.RunIn(t.Context(), "", []string{"CGO_ENABLED=0"}, "go", "build", "-o", bin, "."); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// TestE2BSDK runs test/e2b's suite: the pinned e2b SDK, unchanged, runs
+// commands through the agent (start, stream, stdin, list, kill).
+func TestE2BSDK(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs the SDK under node")
+	}
+	testutil.RequireTool(t, "node")
+	testutil.RequireTool(t, "bash") // the SDK runs every command as bash -l -c
+	dir, err := filepath.Abs(filepath.Join("..", "..", "test", "e2b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "e2b", "package.json")); err != nil {
+		msg := fmt.Sprintf("e2b SDK not installed (%v): run `npm ci --prefix test/e2b`", err)
+		if os.Getenv("EMBER_REQUIRE_ALL") == "1" {
+			t.Fatalf("%s (EMBER_REQUIRE_ALL=1 forbids this skip)", msg)
+		}
+		t.Skip(msg)
+	}
+	bin := buildAgent(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	// On failure the error carries node's report.
+	if _, err := runner.RunIn(ctx, dir, []string{"EMBER_AGENT_BIN=" + bin}, "node", "--test", "sdk.test.mjs"); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // TestBinary builds ember-agent the way templates do (static, no cgo), runs
 // it on a loopback port, execs a command through the host client and stops
@@ -23,10 +65,7 @@ func TestBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "ember-agent")
-	if _, err := runner.RunIn(t.Context(), "", []string{"CGO_ENABLED=0"}, "go", "build", "-o", bin, "."); err != nil {
-		t.Fatal(err)
-	}
+	bin := buildAgent(t)
 	f, err := elf.Open(bin)
 	if err != nil {
 		t.Fatal(err)
