@@ -198,12 +198,6 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 	if req.Cwd != "" {
 		start.Process.Cwd = &req.Cwd
 	}
-	stream, err := c.proc.Start(sctx, connect.NewRequest(start))
-	if err != nil {
-		return ExitStatus{}, c.rpcError(op, err)
-	}
-	defer stream.Close()
-
 	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Tag{Tag: tag}}
 	// fail ends the command early: on ctx's end or a writer's failure the
 	// process is killed, not left running unseen.
@@ -212,10 +206,19 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 		defer kcancel()
 		_, kerr := c.proc.SendSignal(kctx, connect.NewRequest(&pb.SendSignalRequest{Process: sel, Signal: pb.Signal_SIGNAL_SIGKILL}))
 		if kerr != nil && connect.CodeOf(kerr) != connect.CodeNotFound {
-			err = errors.Join(err, fmt.Errorf("kill process tagged %s: %w", tag, kerr))
+			err = errors.Join(err, fmt.Errorf("kill process %v: %w", sel, kerr))
 		}
 		return ExitStatus{}, err
 	}
+
+	stream, err := c.proc.Start(sctx, connect.NewRequest(start))
+	if err != nil {
+		if ctx.Err() != nil {
+			return fail(ctx.Err())
+		}
+		return ExitStatus{}, c.rpcError(op, err)
+	}
+	defer stream.Close()
 
 	stdinErr := make(chan error, 1)
 	started := false

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -20,7 +21,7 @@ import (
 
 // startAgent runs the real agent on a random loopback port speaking
 // HTTP/1.1 and cleartext HTTP/2, and returns its base URL.
-func startAgent(t *testing.T, cfg server.Config) string {
+func startAgent(t testing.TB, cfg server.Config) string {
 	t.Helper()
 	s := server.New(cfg)
 	ts := httptest.NewUnstartedServer(s.Handler())
@@ -164,6 +165,12 @@ func TestExecContext(t *testing.T) {
 		t.Fatalf("exec returned only after %v", time.Since(start))
 	}
 	waitGone(t, pidLine.String())
+
+	ended, end := context.WithCancel(t.Context())
+	end()
+	if _, err := c.Exec(ended, req, nil, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("exec with an ended context = %v, want context.Canceled", err)
+	}
 }
 
 // lineWriter calls onLine once, at the first newline.
@@ -316,4 +323,32 @@ func TestWaitReady(t *testing.T) {
 	if took := time.Since(begin); took < delay {
 		t.Fatalf("ready after %v, before the agent listened (%v)", took, delay)
 	}
+}
+
+// BenchmarkExec measures a short command through the agent (Start stream,
+// end event) against running the same command directly with os/exec, in
+// the same run; it reports the agent's time per command and the ratio.
+func BenchmarkExec(b *testing.B) {
+	url := startAgent(b, server.Config{})
+	c := agent.New(url, "", nil)
+	req := agent.ExecRequest{Cmd: "/bin/true"}
+	if _, err := c.Exec(b.Context(), req, nil, nil); err != nil {
+		b.Fatal(err)
+	}
+	var direct, through time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if err := exec.Command("/bin/true").Run(); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := c.Exec(b.Context(), req, nil, nil); err != nil {
+			b.Fatal(err)
+		}
+		direct += t1.Sub(t0)
+		through += time.Since(t1)
+	}
+	b.ReportMetric(float64(through.Microseconds())/float64(b.N), "µs/agent-exec")
+	b.ReportMetric(float64(direct.Microseconds())/float64(b.N), "µs/os-exec")
+	b.ReportMetric(float64(through)/float64(direct), "x-os-exec")
 }
