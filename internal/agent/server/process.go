@@ -125,7 +125,13 @@ func (t *table) start(sp spec, sub *subscriber) (_ *proc, err error) {
 	t.procs[p.pid] = p
 	t.mu.Unlock()
 
-	t.log.Debug("process started", "pid", p.pid, "cmd", sp.name, "tag", sp.tag)
+	if t.log.Enabled(context.Background(), slog.LevelDebug) {
+		tag := ""
+		if sp.tag != nil {
+			tag = *sp.tag
+		}
+		t.log.Debug("process started", "pid", p.pid, "cmd", sp.name, "dir", sp.dir, "tag", tag)
+	}
 	p.readers.Add(2)
 	go p.read(outR, false)
 	go p.read(errR, true)
@@ -144,7 +150,11 @@ func (t *table) wait(p *proc, cmd *exec.Cmd) {
 	// Unlisted before the end event goes out, so a client that saw the end
 	// finds the pid gone.
 	t.mu.Lock()
-	delete(t.procs, p.pid)
+	// A child that left the group but kept the pipes may have outlived the
+	// pid's reuse by a newer process; that one stays listed.
+	if t.procs[p.pid] == p {
+		delete(t.procs, p.pid)
+	}
 	t.mu.Unlock()
 	p.closeStdin()
 
