@@ -15,3 +15,5 @@ func usage(string) (int64, int64, error) { return 0, 0, errors.ErrUnsupported }
 func lock(context.Context, string) (func(), error) { return nil, errors.ErrUnsupported }
 
 func publish(string, string) error { return errors.ErrUnsupported }
+
+func digHoles(string) error { return errors.ErrUnsupported }

@@ -16,7 +16,7 @@ import (
 const (
 	// rootfsRecipeVersion changes whenever the staged contents or the mkfs
 	// options change, so images built by an older recipe are rebuilt.
-	rootfsRecipeVersion = "1"
+	rootfsRecipeVersion = "2"
 	// DefaultRootfsSize is the guest's disk size: room to write, while the
 	// sparse image allocates only what the files use.
 	DefaultRootfsSize int64 = 1 << 30
@@ -46,19 +46,26 @@ const inittab = `# ember guest: busybox init. Output goes to the console (ttyS0)
 ::shutdown:/bin/sync
 `
 
+// fstab lists the kernel filesystems rcS mounts with one `mount -a`: every
+// command is a fork and exec of busybox, slow under software emulation.
+const fstab = `# ember guest: kernel filesystems (the root is mounted by the kernel).
+proc	/proc	proc	nosuid,nodev,noexec	0 0
+sysfs	/sys	sysfs	nosuid,nodev,noexec	0 0
+cgroup2	/sys/fs/cgroup	cgroup2	nosuid,nodev,noexec	0 0
+devpts	/dev/pts	devpts	nosuid,noexec,gid=5,mode=620,ptmxmode=666	0 0
+tmpfs	/dev/shm	tmpfs	nosuid,nodev,mode=1777	0 0
+tmpfs	/tmp	tmpfs	nosuid,nodev,mode=1777	0 0
+tmpfs	/run	tmpfs	nosuid,nodev,mode=755	0 0
+`
+
 // rcS brings the system up. devtmpfs is already mounted on /dev by the kernel
-// (CONFIG_DEVTMPFS_MOUNT) and eth0 configured by its ip= argument.
+// (CONFIG_DEVTMPFS_MOUNT) and eth0 configured by its ip= argument; /dev/pts
+// and /dev/shm live on devtmpfs, so they are made here, not in the image.
 const rcS = `#!/bin/sh
 # ember guest: mount the kernel filesystems, name the host, bring up lo.
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
-mount -t proc -o nosuid,nodev,noexec proc /proc
-mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup 2>/dev/null
 mkdir -p /dev/pts /dev/shm
-mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
-mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
+mount -a
 ln -sf /proc/self/fd /dev/fd
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
@@ -96,8 +103,9 @@ func recipe(agent, busybox []byte, applets []string) []entry {
 		{path: strings.TrimPrefix(AgentPath, "/"), mode: 0o755, data: agent},
 		file("etc/inittab", 0o644, inittab),
 		file("etc/init.d/rcS", 0o755, rcS),
+		file("etc/fstab", 0o644, fstab),
 		file("etc/hostname", 0o644, guestHostname+"\n"),
-		file("etc/hosts", 0o644, "127.0.0.1\tlocalhost\n127.0.1.1\t"+guestHostname+"\n"),
+		file("etc/hosts", 0o644, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t"+guestHostname+"\n"),
 		// Public resolvers, as E2B sandboxes use; egress policy decides
 		// whether they are reachable.
 		file("etc/resolv.conf", 0o644, "nameserver 8.8.8.8\nnameserver 1.1.1.1\n"),
@@ -190,9 +198,10 @@ func busyboxApplets(ctx context.Context, busybox string) ([]string, error) {
 }
 
 // makeExt4 builds a sparse ext4 image of the given size from a staged tree,
-// without mounting anything. Inode tables and the journal are initialized
-// here, once, instead of by the guest kernel's lazy init thread in every
-// sandbox (which would write them into each sandbox's copy-on-write layer).
+// without mounting anything. Inode tables are initialized here, once, instead
+// of by the guest kernel's lazy init thread in every sandbox (which would
+// write them into each sandbox's copy-on-write layer); the zeros mkfs writes
+// for them and for the journal are then turned back into holes.
 func makeExt4(ctx context.Context, staging, image string, size int64) error {
 	_, err := runner.Run(ctx, "mkfs.ext4", "-F", "-q",
 		"-d", staging,
@@ -202,7 +211,7 @@ func makeExt4(ctx context.Context, staging, image string, size int64) error {
 	if err != nil {
 		return fmt.Errorf("make ext4 image %q: %w", image, err)
 	}
-	return nil
+	return digHoles(image)
 }
 
 // rootfsKey names a root filesystem build by everything that goes into it.

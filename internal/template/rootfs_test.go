@@ -102,7 +102,7 @@ func TestStage(t *testing.T) {
 	}
 }
 
-func TestInittab(t *testing.T) {
+func TestInit(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(inittab), "\n")
 	var sysinit, agent int
 	for _, l := range lines {
@@ -125,9 +125,20 @@ func TestInittab(t *testing.T) {
 	if sysinit != 1 || agent != 1 {
 		t.Fatalf("inittab has %d sysinit and %d agent lines, want 1 each:\n%s", sysinit, agent, inittab)
 	}
-	for _, want := range []string{"mount -t proc", "mount -t sysfs", "mount -t devpts", "/tmp", "/run", "hostname -F /etc/hostname", "ip link set lo up", ReadyMarker} {
+	for _, want := range []string{"mount -a", "mkdir -p /dev/pts", "hostname -F /etc/hostname", "ip link set lo up", "echo \"" + ReadyMarker + "\""} {
 		if !strings.Contains(rcS, want) {
 			t.Errorf("rcS lacks %q", want)
+		}
+	}
+	mounts := map[string]string{}
+	for _, l := range strings.Split(fstab, "\n") {
+		if f := strings.Fields(l); len(f) == 6 && !strings.HasPrefix(l, "#") {
+			mounts[f[1]] = f[2]
+		}
+	}
+	for dir, fstype := range map[string]string{"/proc": "proc", "/sys": "sysfs", "/dev/pts": "devpts", "/tmp": "tmpfs", "/run": "tmpfs"} {
+		if mounts[dir] != fstype {
+			t.Errorf("fstab mounts %q on %s, want %s", mounts[dir], dir, fstype)
 		}
 	}
 }
