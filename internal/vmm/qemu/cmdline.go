@@ -32,7 +32,10 @@ const guestHZ = 250
 // machineOpts is the -machine value. microvm without ACPI finds its
 // virtio-mmio devices through the kernel command line QEMU appends. The
 // legacy PIT, PIC and RTC stay: with the APIC timer off (noapictimer, which
-// boots faster under TCG) the PIT is the guest's clock event device.
+// boots faster under TCG) the PIT is the guest's clock event device, and
+// measured under TCG, pit=off,pic=off,rtc=off,isa-serial=on took 7–11 s to
+// the guest's ready line against 1.8–2.5 s without (same busy host, with or
+// without noapictimer).
 const machineOpts = "microvm,acpi=off"
 
 // Files the driver keeps in a machine's directory.
@@ -107,7 +110,7 @@ func buildArgs(accel string, tscKHz int64, spec vmm.Spec) []string {
 		// and a guest flush reaches the image file, so even a qcow2
 		// overlay's metadata is consistent after the guest syncs.
 		// cache=unsafe would drop those flushes and a SIGKILL could then
-		// lose qcow2 metadata. discard=unmap lets a guest fstrim give
+		// lose qcow2 metadata; it booted no faster. discard=unmap lets a guest fstrim give
 		// blocks back, which shows in the disk's usage.
 		"-drive", "id=root,if=none,file="+optEscape(spec.RootDisk)+",format="+format+",cache=writeback,discard=unmap",
 		"-device", "virtio-blk-device,drive=root",

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmtest"
 )
 
 // fakeDriver returns a driver whose "QEMU" is this test binary in the given
@@ -189,37 +190,9 @@ func TestStartFailure(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("error %q does not mention %q", err, tc.wantErr)
 			}
-			if pids := processesNaming(t, spec.Dir); len(pids) > 0 {
+			if pids := vmmtest.ProcessesNaming(t, spec.Dir); len(pids) > 0 {
 				t.Errorf("processes left running: %v", pids)
 			}
 		})
 	}
-}
-
-// processesNaming lists the processes whose command line mentions s.
-func processesNaming(t *testing.T, s string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, e := range ents {
-		pid := 0
-		for _, c := range e.Name() {
-			if c < '0' || c > '9' {
-				pid = -1
-				break
-			}
-			pid = pid*10 + int(c-'0')
-		}
-		if pid <= 0 {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(b), s) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }

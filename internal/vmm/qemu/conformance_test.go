@@ -1,0 +1,34 @@
+//go:build linux
+
+package qemu
+
+import (
+	"log/slog"
+	"testing"
+
+	"github.com/emberhq/ember/internal/testutil"
+	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmtest"
+)
+
+// TestConformance boots the default template's guest under real QEMU.
+func TestConformance(t *testing.T) {
+	testutil.RequireTool(t, "qemu-system-x86_64")
+	vmmtest.Run(t, func(t testing.TB) vmm.Driver {
+		d, err := New(Config{}, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("accel %s: %s", d.Accel(), d.AccelReason())
+		return d
+	})
+}
+
+// testWriter sends log lines to the test's log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p))
+	return len(p), nil
+}
