@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -139,6 +140,21 @@ func TestFakeLifecycle(t *testing.T) {
 	}
 	if _, err := d.Attach(ctx, spec, m.PID()); !errors.Is(err, vmm.ErrNotRunning) {
 		t.Errorf("attach to exited pid: %v, want ErrNotRunning", err)
+	}
+}
+
+func TestStartRefusesBusyDir(t *testing.T) {
+	d, spec, m := startFakeMachine(t, fakeObedient)
+	// The fake writes no pid file; QEMU does.
+	if err := os.WriteFile(pidPath(spec.Dir), []byte(strconv.Itoa(m.PID())+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err := d.Start(t.Context(), spec); err == nil {
+		vm.Stop(t.Context())
+		t.Fatal("second start in the same directory succeeded")
+	}
+	if st, err := m.State(t.Context()); err != nil || st != vmm.StateRunning {
+		t.Errorf("first machine after the refused start: %q, %v", st, err)
 	}
 }
 

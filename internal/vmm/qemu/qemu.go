@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -122,6 +123,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (_ vmm.Machine, err e
 	begin := time.Now()
 	if err := checkSpec(spec); err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+	}
+	if pid, ok := runningIn(spec.Dir); ok {
+		return nil, fmt.Errorf("start %s: qemu pid %d already runs in %s", spec.ID, pid, spec.Dir)
 	}
 	// A stale socket or pid file from an earlier run must not pass for
 	// this one's.
@@ -262,6 +269,20 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 	}
 	m.log.Info("vmm attached")
 	return m, nil
+}
+
+// runningIn reports the QEMU still running for dir, found through the pid
+// file it wrote.
+func runningIn(dir string) (int, bool) {
+	b, err := os.ReadFile(pidPath(dir))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, isOurQEMU(pid, dir) == nil
 }
 
 // isOurQEMU checks that pid's command line carries dir's QMP socket.
