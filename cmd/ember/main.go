@@ -19,8 +19,9 @@ var version = "dev"
 
 // Defaults the daemon and the CLI agree on.
 const (
-	defaultListen  = "127.0.0.1:7070"
-	defaultDataDir = "/var/lib/ember"
+	defaultListen   = "127.0.0.1:7070"
+	defaultDataDir  = "/var/lib/ember"
+	defaultCacheDir = "/var/cache/ember"
 )
 
 // exitError carries a command's exit code out of cobra without printing.

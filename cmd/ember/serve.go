@@ -64,7 +64,7 @@ func serveCmd() *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", defaultListen, "address the API listens on")
 	fl.StringVar(&f.dataDir, "data-dir", defaultDataDir, "directory for the database, API key, templates and sandboxes")
-	fl.StringVar(&f.cacheDir, "cache-dir", envOr("EMBER_CACHE_DIR", "/var/cache/ember"), "directory for build caches (the guest kernel)")
+	fl.StringVar(&f.cacheDir, "cache-dir", envOr("EMBER_CACHE_DIR", defaultCacheDir), "directory for build caches (the guest kernel)")
 	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (kvm when /dev/kvm is usable)`)
 	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "qcow2", "copy" or "" (automatic)`)
 	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
@@ -110,19 +110,12 @@ func serve(ctx context.Context, f serveFlags) error {
 	}
 	defer st.Close()
 
-	agentBin, err := template.AgentBinary()
-	if err != nil {
-		return err
-	}
 	if f.templates == "" {
 		f.templates = filepath.Join(f.dataDir, "templates")
 	}
 	reg := template.Registry{Dir: f.templates}
-	builder := &template.Builder{CacheDir: f.cacheDir, Log: log, Progress: func(step string) {
-		fmt.Fprintf(os.Stderr, "ember: template %s: %s\n", template.DefaultName, step)
-	}}
 	start := time.Now()
-	if _, err := builder.EnsureDefault(ctx, reg, agentBin); err != nil {
+	if _, err := ensureDefaultTemplate(ctx, f.cacheDir, reg, log); err != nil {
 		return fmt.Errorf("build default template: %w", err)
 	}
 	log.Info("default template ready", "template", template.DefaultName, "duration_ms", time.Since(start).Milliseconds())

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -57,14 +58,8 @@ func templateBuildCmd() *cobra.Command {
 		Short: "Build the default template locally if it is missing or stale (no daemon needed)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			agentBin, err := template.AgentBinary()
-			if err != nil {
-				return err
-			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			b := &template.Builder{CacheDir: envOr("EMBER_CACHE_DIR", "/var/cache/ember"), Log: log,
-				Progress: func(step string) { fmt.Fprintf(os.Stderr, "ember: template %s: %s\n", template.DefaultName, step) }}
-			t, err := b.EnsureDefault(cmd.Context(), template.Registry{Dir: dir}, agentBin)
+			t, err := ensureDefaultTemplate(cmd.Context(), envOr("EMBER_CACHE_DIR", defaultCacheDir), template.Registry{Dir: dir}, log)
 			if err != nil {
 				return err
 			}
@@ -75,6 +70,19 @@ func templateBuildCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dir, "dir", filepath.Join(defaultDataDir, "templates"), "template registry directory")
 	return cmd
+}
+
+// ensureDefaultTemplate builds the default template into reg if it is
+// missing or stale, printing each step (the first build compiles a kernel).
+func ensureDefaultTemplate(ctx context.Context, cacheDir string, reg template.Registry, log *slog.Logger) (template.Template, error) {
+	agentBin, err := template.AgentBinary()
+	if err != nil {
+		return template.Template{}, err
+	}
+	b := &template.Builder{CacheDir: cacheDir, Log: log, Progress: func(step string) {
+		fmt.Fprintf(os.Stderr, "ember: template %s: %s\n", template.DefaultName, step)
+	}}
+	return b.EnsureDefault(ctx, reg, agentBin)
 }
 
 func humanBytes(n int64) string {

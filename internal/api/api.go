@@ -192,13 +192,27 @@ func execRequest(req client.ExecRequest) sandbox.ExecRequest {
 	}
 }
 
-func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+// decodeExec reads an exec body and rejects what can be rejected before a
+// command starts (the streaming endpoint commits to 200 once it starts).
+func decodeExec(w http.ResponseWriter, r *http.Request) (client.ExecRequest, bool) {
 	var req client.ExecRequest
 	if !decode(w, r, maxExecBody, &req) {
-		return
+		return req, false
 	}
-	if req.TimeoutS < 0 {
+	switch {
+	case req.Cmd == "":
+		writeError(w, http.StatusBadRequest, "invalid_argument", "cmd: must not be empty")
+		return req, false
+	case req.TimeoutS < 0:
 		writeError(w, http.StatusBadRequest, "invalid_argument", "timeout_s: must not be negative")
+		return req, false
+	}
+	return req, true
+}
+
+func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+	req, ok := decodeExec(w, r)
+	if !ok {
 		return
 	}
 	var stdout, stderr strings.Builder
@@ -217,19 +231,11 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 // command produces it, then an exit (or error) event. Errors found before
 // the command starts are plain JSON errors with their status.
 func (s *Server) execStream(w http.ResponseWriter, r *http.Request) {
-	var req client.ExecRequest
-	if !decode(w, r, maxExecBody, &req) {
-		return
-	}
-	if req.TimeoutS < 0 {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "timeout_s: must not be negative")
+	req, ok := decodeExec(w, r)
+	if !ok {
 		return
 	}
 	id := r.PathValue("id")
-	if req.Cmd == "" {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "cmd: must not be empty")
-		return
-	}
 	if rec, err := s.sandboxes.Get(id); err != nil {
 		s.fail(w, r, err)
 		return
