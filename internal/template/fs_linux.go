@@ -82,15 +82,29 @@ func digHoles(path string) error {
 	fd := int(f.Fd())
 	zero := make([]byte, holeBlock)
 	buf := make([]byte, 1<<20)
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("dig holes in %q: %w", path, err)
+	}
+	size := st.Size()
 	var off int64
 	for {
-		// Visit only the allocated ranges.
+		// Visit only the ranges holding data. What SEEK_DATA skips may still
+		// be allocated (mkfs fallocates the journal and inode tables as
+		// unwritten extents, which read as zeros): punch it too.
 		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
-			return nil // no data past off
-		}
-		if err != nil {
+			start = size // no data past off
+		} else if err != nil {
 			return fmt.Errorf("dig holes in %q: seek data: %w", path, err)
+		}
+		if start > off {
+			if err := punch(fd, off, start); err != nil {
+				return fmt.Errorf("dig holes in %q: %w", path, err)
+			}
+		}
+		if start >= size {
+			return nil
 		}
 		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
 		if err != nil {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestDigHoles(t *testing.T) {
@@ -26,6 +28,28 @@ func TestDigHoles(t *testing.T) {
 		{"short tail", cat(data(blk), zeros(blk), zeros(100)), 2 * blk},
 		{"larger than a read", cat(zeros(300*blk), data(blk), zeros(300*blk)), blk},
 	}
+	// Preallocated (unwritten) extents read as zeros but SEEK_DATA skips
+	// them; they must be released too.
+	t.Run("preallocated", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "img")
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(data(blk)); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Fallocate(int(f.Fd()), 0, blk, 100*blk); err != nil {
+			t.Skipf("fallocate unsupported here: %v", err)
+		}
+		f.Close()
+		if err := digHoles(p); err != nil {
+			t.Fatal(err)
+		}
+		if alloc, size, err := usage(p); err != nil || size != 101*blk || alloc > blk {
+			t.Fatalf("size %d allocated %d (%v); want size %d allocated <= %d", size, alloc, err, 101*blk, blk)
+		}
+	})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img")

@@ -16,7 +16,7 @@ import (
 const (
 	// rootfsRecipeVersion changes whenever the staged contents or the mkfs
 	// options change, so images built by an older recipe are rebuilt.
-	rootfsRecipeVersion = "2"
+	rootfsRecipeVersion = "3"
 	// DefaultRootfsSize is the guest's disk size: room to write, while the
 	// sparse image allocates only what the files use.
 	DefaultRootfsSize int64 = 1 << 30
