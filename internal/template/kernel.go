@@ -92,21 +92,15 @@ func (b *Builder) kernel(ctx context.Context) (builtKernel, error) {
 	if err != nil {
 		return builtKernel{}, err
 	}
-	key := kernelKey(kernelFragment, version)
-	root := filepath.Join(b.cacheDir(), "kernel")
-	k := builtKernel{
-		path:   filepath.Join(root, key, kernelFile),
-		config: filepath.Join(root, key, "config"),
-		key:    key,
-		source: version,
-	}
+	k := b.cached(version)
 	if k.exists() {
 		return k, nil
 	}
+	root := filepath.Dir(filepath.Dir(k.path))
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return builtKernel{}, fmt.Errorf("create kernel cache %q: %w", root, err)
 	}
-	unlock, err := lock(ctx, filepath.Join(root, key+".lock"))
+	unlock, err := lock(ctx, filepath.Join(root, k.key+".lock"))
 	if err != nil {
 		return builtKernel{}, err
 	}
@@ -114,10 +108,18 @@ func (b *Builder) kernel(ctx context.Context) (builtKernel, error) {
 	if k.exists() { // another process built it while we waited
 		return k, nil
 	}
-	if err := b.buildKernel(ctx, root, key, version); err != nil {
-		return builtKernel{}, err
+	if err := b.buildKernel(ctx, root, k.key, version); err != nil {
+		return builtKernel{}, fmt.Errorf("build guest kernel %s: %w", k.key[:12], err)
 	}
 	return k, nil
+}
+
+// cached returns where the kernel built from the embedded fragment and the
+// given source version lives in the cache, built or not.
+func (b *Builder) cached(version string) builtKernel {
+	key := kernelKey(kernelFragment, version)
+	dir := filepath.Join(b.cacheDir(), "kernel", key)
+	return builtKernel{path: filepath.Join(dir, kernelFile), config: filepath.Join(dir, "config"), key: key, source: version}
 }
 
 func (k builtKernel) exists() bool {
@@ -134,7 +136,7 @@ func (k builtKernel) exists() bool {
 // renames the work directory into place. The caller holds the key's lock.
 func (b *Builder) buildKernel(ctx context.Context, root, key, version string) (err error) {
 	if err := requireTools(kernelTools); err != nil {
-		return fmt.Errorf("build kernel: %w", err)
+		return err
 	}
 	// Leftovers of a killed build: nobody else can be using them, we hold
 	// the lock.

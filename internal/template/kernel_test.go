@@ -163,16 +163,13 @@ func TestCheckPVHRejectsNonKernel(t *testing.T) {
 // source, skipping when none has been built (building takes minutes).
 func builtKernelOrSkip(t *testing.T) builtKernel {
 	t.Helper()
-	b := &Builder{}
 	version, err := sourceVersion(context.Background())
 	if err != nil {
 		t.Skipf("no kernel source to key a kernel by: %v", err)
 	}
-	key := kernelKey(kernelFragment, version)
-	dir := filepath.Join(b.cacheDir(), "kernel", key)
-	k := builtKernel{path: filepath.Join(dir, kernelFile), config: filepath.Join(dir, "config"), key: key, source: version}
+	k := (&Builder{}).cached(version)
 	if !k.exists() {
-		t.Skipf("no built kernel at %s: build one with `ember template build` (or set EMBER_CACHE_DIR to a cache holding it)", dir)
+		t.Skipf("no built kernel at %s: build one with `ember template build` (or set EMBER_CACHE_DIR to a cache holding it)", filepath.Dir(k.path))
 	}
 	return k
 }
