@@ -32,8 +32,9 @@ type Daemon struct {
 	Client    *client.Client
 	Log       *os.File
 
-	cmd  *exec.Cmd
-	done chan error
+	cmd *exec.Cmd
+	// done is closed once the daemon process has exited (and been reaped).
+	done chan struct{}
 }
 
 // Options configure a daemon.
@@ -69,13 +70,13 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 	if err := d.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", d.Bin, err)
 	}
-	d.done = make(chan error, 1)
-	go func() { d.done <- d.cmd.Wait() }()
+	d.done = make(chan struct{})
+	go func() { d.cmd.Wait(); close(d.done) }()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		select {
-		case err := <-d.done:
-			return fmt.Errorf("daemon exited during start: %v (log %s)", err, d.Log.Name())
+		case <-d.done:
+			return fmt.Errorf("daemon exited during start: %v (log %s)", d.cmd.ProcessState, d.Log.Name())
 		default:
 		}
 		if resp, err := http.Get(d.URL + "/health"); err == nil {
@@ -99,10 +100,16 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 	return nil
 }
 
-// Stop ends the daemon with SIGTERM (its sandboxes keep running).
+// Stop ends the daemon with SIGTERM (its sandboxes keep running). Stopping
+// a stopped daemon does nothing.
 func (d *Daemon) Stop() error {
 	if d.cmd == nil || d.cmd.Process == nil {
 		return nil
+	}
+	select {
+	case <-d.done:
+		return nil
+	default:
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
