@@ -17,7 +17,11 @@ TEST_TEMPLATES := $(CACHE_DIR)/test-templates
 # Debian packages the daemon, the template build and the tests need.
 APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
-	cpio xz-utils dwarves kmod nftables iproute2 procps nodejs npm
+	cpio xz-utils dwarves kmod nftables iproute2 procps
+# Node.js and npm (for the protocol test's npm package) come from Debian only
+# when the machine has none: a Node.js installed another way ships its own
+# npm, which Debian's npm package would conflict with.
+NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
 
 # CI forbids skipping a test for a missing prerequisite (KVM excepted).
 ifeq ($(CI),true)
@@ -35,7 +39,7 @@ deps: apt npm
 	@go mod download
 
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@missing=""; for p in $(APT_PACKAGES) $(NODE_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
