@@ -47,6 +47,7 @@ type serveFlags struct {
 	printKey  bool
 	templates string
 	noEgress  bool
+	domain    string
 }
 
 func serveCmd() *cobra.Command {
@@ -70,6 +71,7 @@ func serveCmd() *cobra.Command {
 	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
+	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
 	fl.BoolVar(&f.noEgress, "no-egress", false, "give sandboxes no route out (leaves host forwarding and NAT alone)")
 	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
 	return cmd
@@ -188,7 +190,7 @@ func serve(ctx context.Context, f serveFlags) error {
 		}
 	}
 	srv := &http.Server{
-		Handler:           api.New(mgr, reg, info, apiKey, log),
+		Handler:           api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info}, mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	ln, err := net.Listen("tcp", f.listen)

@@ -35,6 +35,7 @@ type Sandboxes interface {
 	List() []store.Sandbox
 	Destroy(ctx context.Context, id string) error
 	Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error)
+	Addresser
 }
 
 // Templates lists templates.
@@ -42,14 +43,26 @@ type Templates interface {
 	List() ([]template.Template, error)
 }
 
+// Config configures the API server.
+type Config struct {
+	// APIKey guards everything but /health, /openapi.yaml and /test.
+	APIKey string
+	// Domain routes <port>-<sandbox-id>.<Domain> to that port in the
+	// sandbox; empty turns host routing off (the E2b-Sandbox-* headers
+	// still route).
+	Domain string
+	// Info describes the daemon for GET /v1/info.
+	Info func() client.Info
+}
+
 // Server is the HTTP API.
 type Server struct {
+	cfg       Config
 	sandboxes Sandboxes
 	templates Templates
-	info      func() client.Info
-	apiKey    string
 	log       *slog.Logger
 	mux       *http.ServeMux
+	proxy     *proxy
 }
 
 // Request body limits: a create is small; an exec carries stdin.
@@ -58,10 +71,9 @@ const (
 	maxExecBody   = 16 << 20
 )
 
-// New returns the API server. apiKey guards everything but /health and
-// /openapi.yaml.
-func New(sb Sandboxes, tpl Templates, info func() client.Info, apiKey string, log *slog.Logger) *Server {
-	s := &Server{sandboxes: sb, templates: tpl, info: info, apiKey: apiKey, log: log, mux: http.NewServeMux()}
+// New returns the API server.
+func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
+	s := &Server{cfg: cfg, sandboxes: sb, templates: tpl, log: log, mux: http.NewServeMux(), proxy: newProxy(cfg.Domain, sb)}
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
 	s.mux.HandleFunc("GET /v1/info", s.auth(s.getInfo))
@@ -80,8 +92,15 @@ func New(sb Sandboxes, tpl Templates, info func() client.Info, apiKey string, lo
 	return s
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler: requests routed to a sandbox port go
+// to the proxy, the rest to the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if id, port, ok := s.proxy.route(r); ok {
+		s.proxy.serve(w, r, s, id, port)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -90,7 +109,7 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header")
 			return
 		}
-		if subtle.ConstantTimeCompare([]byte(key), []byte(s.apiKey)) != 1 {
+		if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
 			return
 		}
@@ -120,7 +139,7 @@ func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getInfo(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.info())
+	writeJSON(w, http.StatusOK, s.cfg.Info())
 }
 
 func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {

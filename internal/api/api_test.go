@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -76,6 +77,17 @@ func (f *fakeSandboxes) Destroy(ctx context.Context, id string) error {
 	return nil
 }
 
+func (f *fakeSandboxes) Address(id string) (netip.Addr, error) {
+	r, err := f.Get(id)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if r.State != sandbox.StateRunning {
+		return netip.Addr{}, fmt.Errorf("sandbox %s: %w", id, sandbox.ErrConflict)
+	}
+	return netip.MustParseAddr("127.0.0.1"), nil
+}
+
 func (f *fakeSandboxes) Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error) {
 	if req.Cmd == "" {
 		return sandbox.ExecResult{}, &sandbox.InvalidError{Field: "cmd", Reason: "must not be empty"}
@@ -110,7 +122,7 @@ func newServer(t *testing.T, f *fakeSandboxes) (*httptest.Server, *client.Client
 		f.recs = map[string]store.Sandbox{}
 	}
 	info := func() client.Info { return client.Info{VMM: "qemu"} }
-	srv := httptest.NewServer(New(f, fakeTemplates{}, info, key, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv := httptest.NewServer(New(Config{APIKey: key, Domain: "sb.test", Info: info}, f, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	t.Cleanup(srv.Close)
 	return srv, client.New(srv.URL, key)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -247,7 +248,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 
 	r.State = StateRunning
 	sb.machine, sb.slot = machine, slot
-	sb.setAgent(ag)
+	sb.setLive(ag, slot.HostAddr)
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
@@ -326,6 +327,19 @@ func (m *Manager) List() []store.Sandbox {
 		return out[i].ID < out[j].ID
 	})
 	return out
+}
+
+// Address returns where the host reaches a running sandbox's guest.
+func (m *Manager) Address(id string) (netip.Addr, error) {
+	sb, err := m.lookup(id)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	l := sb.live.Load()
+	if l == nil {
+		return netip.Addr{}, fmt.Errorf("sandbox %s is %s, not running: %w", id, sb.Record().State, ErrConflict)
+	}
+	return l.addr, nil
 }
 
 // Destroy stops a sandbox's machine, releases its disk and slot and deletes
@@ -461,7 +475,7 @@ func (m *Manager) fail(sb *Sandbox, r store.Sandbox, reason string) {
 	if rerr != nil {
 		r.Error += "; cleanup: " + rerr.Error()
 	}
-	sb.setAgent(nil)
+	sb.setLive(nil, netip.Addr{})
 	if err := m.put(ctx, sb, r); err != nil {
 		m.log.Error("record failed sandbox", "sandbox", r.ID, "err", err)
 	}

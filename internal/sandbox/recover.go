@@ -83,7 +83,7 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	}
 	sb.mu.Lock()
 	sb.machine, sb.slot = machine, slot
-	sb.setAgent(ag)
+	sb.setLive(ag, slot.HostAddr)
 	sb.mu.Unlock()
 	m.watch(sb, machine)
 	return nil

@@ -66,21 +66,29 @@ type Sandbox struct {
 	// Set while running; guarded by mu for writes.
 	machine vmm.Machine
 	slot    *network.Slot
-	// agent is nil unless the sandbox is running; read without mu by Exec.
-	agent atomic.Pointer[Agent]
+	// live is set while the sandbox is running: its agent and the address
+	// the host reaches the guest at. Read without mu (by Exec and the port
+	// proxy); written with mu held.
+	live atomic.Pointer[live]
 }
 
-func (s *Sandbox) setAgent(a Agent) {
+// live is what a running sandbox offers the host.
+type live struct {
+	agent Agent
+	addr  netip.Addr
+}
+
+func (s *Sandbox) setLive(a Agent, addr netip.Addr) {
 	if a == nil {
-		s.agent.Store(nil)
+		s.live.Store(nil)
 		return
 	}
-	s.agent.Store(&a)
+	s.live.Store(&live{agent: a, addr: addr})
 }
 
 func (s *Sandbox) getAgent() Agent {
-	if p := s.agent.Load(); p != nil {
-		return *p
+	if l := s.live.Load(); l != nil {
+		return l.agent
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -320,4 +322,103 @@ func TestStateSurvivesDaemonRestart(t *testing.T) {
 // fmtSscan reads the pid from a harness.Processes line ("process <pid> ...").
 func fmtSscan(line string, pid *int) (int, error) {
 	return fmt.Sscanf(line, "process %d", pid)
+}
+
+func TestPortExposure(t *testing.T) {
+	d := start(t, 3400)
+	ctx := context.Background()
+	sb, err := d.Client.CreateSandbox(ctx, client.CreateSandboxRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// busybox httpd daemonises itself.
+	res, err := d.Client.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c",
+		"mkdir -p /tmp/www && echo served-from-guest > /tmp/www/index.html && httpd -p 8080 -h /tmp/www"}})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("start httpd: %+v %v", res, err)
+	}
+	get := func(host string, hdr map[string]string, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", d.URL+path, nil)
+		req.Host = host
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("8080-"+sb.ID+".localhost", nil, "/index.html"); code != 200 || body != "served-from-guest\n" {
+		t.Fatalf("by host: %d %q", code, body)
+	}
+	if code, body := get("127.0.0.1", map[string]string{"E2b-Sandbox-Id": sb.ID, "E2b-Sandbox-Port": "8080"}, "/index.html"); code != 200 || body != "served-from-guest\n" {
+		t.Fatalf("by headers: %d %q", code, body)
+	}
+	// The guest agent is reached the same way (E2B SDKs talk to envd so).
+	if code, _ := get("49983-"+sb.ID+".localhost", nil, "/health"); code != 204 {
+		t.Fatalf("agent health through the proxy: %d", code)
+	}
+	if code, body := get("8081-"+sb.ID+".localhost", nil, "/"); code != 502 || !strings.Contains(body, "sandbox_unreachable") {
+		t.Fatalf("closed port: %d %s", code, body)
+	}
+}
+
+func TestKillDuringCreateLeaksNothing(t *testing.T) {
+	d := start(t, 3500)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Most of these die with the daemon; the error is expected.
+			d.Client.CreateSandbox(ctx, client.CreateSandboxRequest{})
+		}()
+	}
+	// Kill while the creates are in flight: disks prepared, slots built,
+	// VMMs booting.
+	time.Sleep(400 * time.Millisecond)
+	d.Kill()
+	wg.Wait()
+	if err := d.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sbs, err := d.Client.ListSandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := map[string]bool{}
+	for _, sb := range sbs {
+		switch sb.State {
+		case "running":
+			running[sb.ID] = true
+		case "error":
+		default:
+			t.Errorf("sandbox %s is %s after restart", sb.ID, sb.State)
+		}
+	}
+	// Whatever is not a running sandbox's must be gone already.
+	for _, leak := range d.Leaks(slotSpan) {
+		owned := false
+		for id := range running {
+			owned = owned || strings.Contains(leak, id)
+		}
+		if !owned && !strings.HasPrefix(leak, "netns") && !strings.HasPrefix(leak, "link") {
+			t.Errorf("leaked after restart: %s", leak)
+		}
+	}
+	var nets int
+	for _, leak := range d.Leaks(slotSpan) {
+		if strings.HasPrefix(leak, "netns") {
+			nets++
+		}
+	}
+	if nets != len(running) {
+		t.Errorf("%d namespaces for %d running sandboxes: %v", nets, len(running), d.Leaks(slotSpan))
+	}
+	t.Logf("after SIGKILL and restart: %d running, %d in error", len(running), len(sbs)-len(running))
 }
