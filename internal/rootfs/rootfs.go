@@ -29,7 +29,23 @@ type Backend interface {
 	// image. sizeBytes is the disk's virtual size; 0 keeps the base's size, a
 	// size below the base's is an error. On error nothing is left behind.
 	Prepare(ctx context.Context, id, dir, base string, sizeBytes int64) (Disk, error)
-	// Remove deletes the disk; removing a missing disk returns nil.
+	// Detach releases whatever the disk holds open on the host (devices,
+	// mappings) and keeps its data, so a paused sandbox costs only disk
+	// space. The VMM must be stopped first. Detaching a detached disk
+	// returns nil; a missing disk is ErrNotFound.
+	Detach(ctx context.Context, id, dir string) error
+	// Attach makes a detached disk usable again from its kept data and
+	// returns it; attaching an attached disk returns it unchanged. A missing
+	// disk is ErrNotFound.
+	Attach(ctx context.Context, id, dir string) (Disk, error)
+	// Flatten writes the disk's content, attached or detached, as a new
+	// standalone raw image at dst (sparse where the disk reads zeros) that
+	// can serve as a base image. dst must not exist; on error nothing is
+	// left there. The disk is left as it was found; its VMM should be
+	// paused or stopped so the image is consistent.
+	Flatten(ctx context.Context, id, dir, dst string) error
+	// Remove deletes the disk, attached or detached; removing a missing
+	// disk returns nil.
 	Remove(ctx context.Context, id, dir string) error
 	// Usage reports the bytes the disk really occupies (allocated blocks,
 	// st_blocks × 512), never its apparent size.

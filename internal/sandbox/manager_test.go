@@ -28,6 +28,7 @@ type world struct {
 	disks    map[string]bool
 	slots    map[int]bool
 	machines map[int]*fakeMachine
+	policies map[int]network.Policy
 	nextPID  int
 
 	failDisk, failSlot, failStart, failReady, failAdopt bool
@@ -62,6 +63,11 @@ func (w *world) Remove(ctx context.Context, id, dir string) error {
 	return nil
 }
 func (w *world) Usage(ctx context.Context, id, dir string) (int64, error) { return 0, nil }
+func (w *world) Detach(ctx context.Context, id, dir string) error         { return nil }
+func (w *world) Attach(ctx context.Context, id, dir string) (rootfs.Disk, error) {
+	return rootfs.Disk{Path: filepath.Join(dir, "disk"), Format: "raw"}, nil
+}
+func (w *world) Flatten(ctx context.Context, id, dir, dst string) error { return nil }
 
 type fakeSlots struct{ w *world }
 
@@ -85,6 +91,19 @@ func (s fakeSlots) Return(ctx context.Context, sl *network.Slot) error {
 	delete(s.w.slots, sl.Index)
 	return nil
 }
+func (s fakeSlots) SetPolicy(ctx context.Context, sl *network.Slot, pol network.Policy) error {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	if !s.w.slots[sl.Index] {
+		return errors.New("policy on a slot not held")
+	}
+	if s.w.policies == nil {
+		s.w.policies = map[int]network.Policy{}
+	}
+	s.w.policies[sl.Index] = pol
+	return nil
+}
+
 func (s fakeSlots) Adopt(index int) (*network.Slot, error) {
 	if s.w.failAdopt {
 		return nil, errors.New("netns gone")
@@ -487,5 +506,56 @@ func TestConcurrentCreateDestroy(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	assertEmpty(t, w, st, m, dir)
+}
+
+func TestNetworkPolicyAtCreateAndWhileRunning(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	allow := netip.MustParsePrefix("198.18.0.0/15")
+	r, err := m.Create(ctx, CreateRequest{Network: &network.Policy{Internet: false, Allow: []netip.Prefix{allow}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	got := w.policies[r.SlotIndex]
+	w.mu.Unlock()
+	if got.Internet || len(got.Allow) != 1 || got.Allow[0] != allow {
+		t.Fatalf("slot policy %+v", got)
+	}
+	if r.Network.Internet || r.Network.Allow[0] != "198.18.0.0/15" {
+		t.Fatalf("record policy %+v", r.Network)
+	}
+
+	deny := netip.MustParsePrefix("198.19.0.0/16")
+	r2, err := m.SetNetwork(ctx, r.ID, network.Policy{Internet: true, Deny: []netip.Prefix{deny}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	got = w.policies[r.SlotIndex]
+	w.mu.Unlock()
+	if !got.Internet || got.Deny[0] != deny || !r2.Network.Internet {
+		t.Fatalf("after SetNetwork: slot %+v record %+v", got, r2.Network)
+	}
+	stored, _ := st.GetSandbox(ctx, r.ID)
+	back, err := Policy(stored.Network)
+	if err != nil || !back.Internet || back.Deny[0] != deny {
+		t.Fatalf("stored policy %+v → %+v, %v", stored.Network, back, err)
+	}
+
+	bad := network.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}}
+	if _, err := m.SetNetwork(ctx, r.ID, bad); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("host bits: %v", err)
+	}
+	if _, err := m.SetNetwork(ctx, "nope", network.DefaultPolicy); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown id: %v", err)
+	}
+	if err := m.Destroy(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx, CreateRequest{Network: &bad}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("create with bad policy: %v", err)
+	}
 	assertEmpty(t, w, st, m, dir)
 }

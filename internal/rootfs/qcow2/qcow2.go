@@ -81,6 +81,39 @@ func (b *Backend) Prepare(ctx context.Context, id, dir, base string, sizeBytes i
 	return rootfs.Disk{Path: dst, Format: "qcow2"}, nil
 }
 
+// Detach checks the disk is there: a file holds nothing open on the host.
+func (b *Backend) Detach(ctx context.Context, id, dir string) error {
+	if err := diskfile.Exists(path(dir)); err != nil {
+		return fmt.Errorf("detach disk of %s: %w", id, err)
+	}
+	return nil
+}
+
+// Attach returns the disk kept in dir.
+func (b *Backend) Attach(ctx context.Context, id, dir string) (rootfs.Disk, error) {
+	if err := diskfile.Exists(path(dir)); err != nil {
+		return rootfs.Disk{}, fmt.Errorf("attach disk of %s: %w", id, err)
+	}
+	return rootfs.Disk{Path: path(dir), Format: "qcow2"}, nil
+}
+
+// Flatten writes the disk's content to dst as a raw image.
+func (b *Backend) Flatten(ctx context.Context, id, dir, dst string) error {
+	if err := diskfile.Exists(path(dir)); err != nil {
+		return fmt.Errorf("flatten disk of %s: %w", id, err)
+	}
+	err := diskfile.Write(dst, func(out *os.File) error {
+		// qemu-img recreates the file and writes only data clusters, so
+		// the image stays sparse.
+		_, err := runner.Run(ctx, "qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", path(dir), out.Name())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("flatten disk of %s: %w", id, err)
+	}
+	return nil
+}
+
 // Remove deletes the overlay; a missing disk is success.
 func (b *Backend) Remove(ctx context.Context, id, dir string) error {
 	return diskfile.Remove(path(dir))

@@ -18,9 +18,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,6 +185,104 @@ func Run(t *testing.T, newBackend New) {
 		if used-fresh < 1<<20 {
 			t.Errorf("usage grew by %d after writing 1 MiB into a hole, want >= 1 MiB", used-fresh)
 		}
+	})
+
+	t.Run("DetachAttach", func(t *testing.T) {
+		b, dir := newBackend(t), t.TempDir()
+		ctx := t.Context()
+		size := int64(BaseSize + 16<<20)
+		d := prepare(t, b, "sb-pause", dir, base, size)
+		write(t, d, hole.off, hole.len, 0xa1)
+		for i := range 2 {
+			if err := b.Detach(ctx, "sb-pause", dir); err != nil {
+				t.Fatalf("detach #%d: %v", i+1, err)
+			}
+		}
+		if used, err := b.Usage(ctx, "sb-pause", dir); err != nil || used < hole.len {
+			t.Errorf("usage of a detached disk: %d, %v; want >= %d", used, err, hole.len)
+		}
+		var again rootfs.Disk
+		for i := range 2 {
+			a, err := b.Attach(ctx, "sb-pause", dir)
+			if err != nil {
+				t.Fatalf("attach #%d: %v", i+1, err)
+			}
+			if i > 0 && a != again {
+				t.Errorf("attach of an attached disk gave %+v, want %+v", a, again)
+			}
+			again = a
+		}
+		if got := virtualSize(t, again); got != size {
+			t.Errorf("virtual size after attach %d, want %d", got, size)
+		}
+		img := readable(t, again)
+		expect(t, img, hole, bytes.Repeat([]byte{0xa1}, int(hole.len)))
+		for _, r := range regions {
+			expect(t, img, r, content(r))
+		}
+		expect(t, base, hole, make([]byte, hole.len))
+		// The re-attached disk takes writes.
+		write(t, again, regions[0].off, 512, 0xa2)
+		expect(t, readable(t, again), region{0, 512}, bytes.Repeat([]byte{0xa2}, 512))
+
+		missing := t.TempDir()
+		if err := b.Detach(ctx, "sb-none", missing); !errors.Is(err, rootfs.ErrNotFound) {
+			t.Errorf("detach of a disk never made: %v, want ErrNotFound", err)
+		}
+		if _, err := b.Attach(ctx, "sb-none", missing); !errors.Is(err, rootfs.ErrNotFound) {
+			t.Errorf("attach of a disk never made: %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("Flatten", func(t *testing.T) {
+		b, dir, out := newBackend(t), t.TempDir(), t.TempDir()
+		ctx := t.Context()
+		size := int64(BaseSize + 16<<20)
+		d := prepare(t, b, "sb-flat", dir, base, size)
+		written := region{hole.off, 256 << 10}
+		write(t, d, written.off, written.len, 0x77)
+		attached, detached := filepath.Join(out, "attached.raw"), filepath.Join(out, "detached.raw")
+		if err := b.Flatten(ctx, "sb-flat", dir, attached); err != nil {
+			t.Fatalf("flatten an attached disk: %v", err)
+		}
+		if err := b.Detach(ctx, "sb-flat", dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Flatten(ctx, "sb-flat", dir, detached); err != nil {
+			t.Fatalf("flatten a detached disk: %v", err)
+		}
+		if err := b.Flatten(ctx, "sb-flat", dir, detached); !errors.Is(err, fs.ErrExist) {
+			t.Errorf("flatten onto an existing image: %v, want ErrExist", err)
+		}
+		if _, err := b.Attach(ctx, "sb-flat", dir); err != nil {
+			t.Fatalf("attach after flatten: %v", err)
+		}
+		if err := b.Remove(ctx, "sb-flat", dir); err != nil {
+			t.Fatal(err)
+		}
+		// The images outlive the disk and are bases in their own right.
+		for _, img := range []string{attached, detached} {
+			checkFlat(t, img, size, written)
+			child := prepare(t, b, "sb-child", t.TempDir(), img, 0)
+			expect(t, readable(t, child), written, bytes.Repeat([]byte{0x77}, int(written.len)))
+		}
+		if err := b.Flatten(ctx, "sb-none", t.TempDir(), filepath.Join(out, "none.raw")); !errors.Is(err, rootfs.ErrNotFound) {
+			t.Errorf("flatten of a disk never made: %v, want ErrNotFound", err)
+		}
+		expectFiles(t, out, "attached.raw", "detached.raw")
+	})
+
+	t.Run("RemoveDetached", func(t *testing.T) {
+		b, dir := newBackend(t), t.TempDir()
+		ctx := t.Context()
+		prepare(t, b, "sb-gone", dir, base, 0)
+		if err := b.Detach(ctx, "sb-gone", dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Remove(ctx, "sb-gone", dir); err != nil {
+			t.Fatal(err)
+		}
+		expectEmpty(t, dir)
 	})
 
 	t.Run("Remove", func(t *testing.T) {
@@ -390,8 +491,46 @@ func expect(t testing.TB, path string, r region, want []byte) {
 	}
 }
 
+// checkFlat checks a flattened image: a sparse raw file of size bytes
+// holding the base's content, 0x77 in written and zeros elsewhere.
+func checkFlat(t testing.TB, img string, size int64, written region) {
+	t.Helper()
+	st, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Mode().IsRegular() || st.Size() != size {
+		t.Errorf("flattened image %s: mode %v size %d, want a regular file of %d", img, st.Mode(), st.Size(), size)
+	}
+	for _, r := range regions {
+		expect(t, img, r, content(r))
+	}
+	expect(t, img, written, bytes.Repeat([]byte{0x77}, int(written.len)))
+	zeros := region{30 << 20, 1 << 20}
+	expect(t, img, zeros, make([]byte, zeros.len))
+	if used := allocated(t, img); used > size/4 {
+		t.Errorf("flattened image %s allocates %d of %d bytes, want it sparse", img, used, size)
+	}
+}
+
+// allocated is the bytes path's blocks take.
+func allocated(t testing.TB, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
 // expectEmpty checks that the backend left no file in dir.
 func expectEmpty(t testing.TB, dir string) {
+	t.Helper()
+	expectFiles(t, dir)
+}
+
+// expectFiles checks that dir holds exactly the named files.
+func expectFiles(t testing.TB, dir string, want ...string) {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -401,7 +540,7 @@ func expectEmpty(t testing.TB, dir string) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if len(names) > 0 {
-		t.Errorf("directory %s holds %v, want nothing", dir, names)
+	if !slices.Equal(names, want) {
+		t.Errorf("directory %s holds %v, want %v", dir, names, want)
 	}
 }

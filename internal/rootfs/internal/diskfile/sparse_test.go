@@ -1,6 +1,6 @@
 //go:build linux
 
-package copy
+package diskfile
 
 import (
 	"bytes"
