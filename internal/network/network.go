@@ -95,7 +95,15 @@ type Config struct {
 	// FirstIndex is the lowest slot index the pool hands out. Tests offset
 	// their slots with it so they never collide with a running daemon.
 	FirstIndex int
+	// PoolSize is how many idle slots the pool keeps built in the
+	// background and how many returned slots it keeps for reuse. 0 builds
+	// every slot on demand and tears every returned slot down; the daemon
+	// uses DefaultPoolSize.
+	PoolSize int
 }
+
+// DefaultPoolSize is the daemon's pool size.
+const DefaultPoolSize = 8
 
 // withDefaults fills in the zero fields.
 func (c Config) withDefaults() Config {
@@ -136,6 +144,9 @@ func (c Config) Validate() error {
 	}
 	if c.HostCIDR.Overlaps(c.VethCIDR) {
 		return bad("host cidr %s overlaps veth cidr %s", c.HostCIDR, c.VethCIDR)
+	}
+	if c.PoolSize < 0 {
+		return bad("pool size %d is negative", c.PoolSize)
 	}
 	if n := c.capacity(); c.FirstIndex < 0 || c.FirstIndex >= n {
 		return bad("first index %d outside [0, %d)", c.FirstIndex, n)

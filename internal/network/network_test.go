@@ -124,19 +124,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.cfg.Validate()
-			if tt.want == "" {
-				if err != nil {
-					t.Fatalf("Validate() = %v, want nil", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Validate() = %v, want error containing %q", err, tt.want)
-			}
-			if !errors.Is(err, ErrInvalidConfig) {
-				t.Errorf("Validate() = %v, not ErrInvalidConfig", err)
-			}
+			checkValidation(t, tt.cfg.Validate(), tt.want, ErrInvalidConfig)
 		})
 	}
 }
@@ -147,5 +135,23 @@ func TestBootArgs(t *testing.T) {
 		if got := (Config{}).withDefaults().slot(i).BootArgs(); got != want {
 			t.Errorf("slot %d BootArgs() = %q, want %q", i, got, want)
 		}
+	}
+}
+
+// checkValidation checks a Validate result: nil when want is "", else an
+// error containing want and wrapping sentinel.
+func checkValidation(t *testing.T, err error, want string, sentinel error) {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatalf("Validate() = %v, want nil", err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Validate() = %v, want error containing %q", err, want)
+	}
+	if !errors.Is(err, sentinel) {
+		t.Errorf("Validate() = %v, not %v", err, sentinel)
 	}
 }

@@ -198,40 +198,105 @@ func listSlotElements() ([]string, error) {
 	return names, nil
 }
 
-// writeSlotTable installs a slot namespace's own table (ip ember) in one
-// batch. It must run on a thread inside the namespace: the netlink socket is
-// opened in the calling thread's namespace.
+// Chains of a slot namespace's own table (ip ember).
+var (
+	slotTable      = &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+	slotPrerouting = &nftables.Chain{Name: "prerouting", Table: slotTable, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest}
+	slotPostrouting = &nftables.Chain{Name: "postrouting", Table: slotTable, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource}
+	slotForward = &nftables.Chain{Name: "forward", Table: slotTable, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: policyAccept()}
+	// slotPolicy is a regular chain holding the sandbox's Policy; forward
+	// jumps to it for everything the guest sends.
+	slotPolicy = &nftables.Chain{Name: "policy", Table: slotTable}
+)
+
+// writeSlotTable installs a slot namespace's own table (ip ember), with pol
+// as its policy, in one batch. It must run on a thread inside the namespace:
+// the netlink socket is opened in the calling thread's namespace.
 //
 //	prerouting   ip daddr <HostAddr> dnat to 169.254.0.21
 //	postrouting  oifname eth0 ip saddr 169.254.0.21 snat to <HostAddr>
 //	forward      iifname tap0 ip saddr != 169.254.0.21 drop (no spoofed sources)
-func writeSlotTable(hostAddr netip.Addr) error {
+//	             iifname tap0 jump policy
+//	policy       see policyRules
+func writeSlotTable(hostAddr netip.Addr, denied []netip.Prefix, pol Policy) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
 	}
-	t := c.AddTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4})
-	pre := c.AddChain(&nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest})
-	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: policyAccept()})
-	c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: concat(
+	t := c.AddTable(slotTable)
+	for _, ch := range []*nftables.Chain{slotPrerouting, slotPostrouting, slotForward, slotPolicy} {
+		c.AddChain(ch)
+	}
+	c.AddRule(&nftables.Rule{Table: t, Chain: slotPrerouting, Exprs: concat(
 		addrIs(16, hostAddr), nat(expr.NATTypeDestNAT, GuestAddr))})
-	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: concat(
+	c.AddRule(&nftables.Rule{Table: t, Chain: slotPostrouting, Exprs: concat(
 		ifnameIs(unix.NFT_META_OIFNAME, nsVeth), addrIs(12, GuestAddr), nat(expr.NATTypeSourceNAT, hostAddr))})
-	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(
+	c.AddRule(&nftables.Rule{Table: t, Chain: slotForward, Exprs: concat(
 		ifnameIs(unix.NFT_META_IIFNAME, TAPName),
 		[]expr.Any{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: GuestAddr.AsSlice()},
 		},
 		verdict(expr.VerdictDrop))})
+	c.AddRule(&nftables.Rule{Table: t, Chain: slotForward, Exprs: concat(
+		ifnameIs(unix.NFT_META_IIFNAME, TAPName),
+		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: slotPolicy.Name}})})
+	addPolicyRules(c, slotPolicy, denied, pol)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("write nftables table ip %s: %w", TableName, err)
 	}
 	return nil
+}
+
+// writeSlotPolicy replaces the policy chain of the slot namespace open as
+// nsFd in one batch: the old rules and the new go in the same transaction,
+// so no packet sees a half-written policy.
+func writeSlotPolicy(nsFd int, denied []netip.Prefix, pol Policy) error {
+	c, err := nftables.New(nftables.WithNetNSFd(nsFd))
+	if err != nil {
+		return fmt.Errorf("open nftables: %w", err)
+	}
+	c.FlushChain(slotPolicy)
+	addPolicyRules(c, slotPolicy, denied, pol)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("write chain ip %s %s: %w", TableName, slotPolicy.Name, err)
+	}
+	return nil
+}
+
+// addPolicyRules queues the rules enforcing pol (see Policy for the
+// precedence) on ch:
+//
+//	ct direction reply accept        answers on connections opened towards the guest
+//	ip daddr <always denied> drop
+//	ip daddr <deny> drop
+//	ip daddr <allow> accept
+//	accept | drop                    Internet
+func addPolicyRules(c *nftables.Conn, ch *nftables.Chain, denied []netip.Prefix, pol Policy) {
+	add := func(exprs ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: concat(exprs...)})
+	}
+	add([]expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ctDirReply}},
+	}, verdict(expr.VerdictAccept))
+	for _, p := range denied {
+		add(addrIn(16, p), verdict(expr.VerdictDrop))
+	}
+	for _, p := range pol.Deny {
+		add(addrIn(16, p), verdict(expr.VerdictDrop))
+	}
+	for _, p := range pol.Allow {
+		add(addrIn(16, p), verdict(expr.VerdictAccept))
+	}
+	if pol.Internet {
+		add(verdict(expr.VerdictAccept))
+	} else {
+		add(verdict(expr.VerdictDrop))
+	}
 }
 
 // Expression helpers. Register 1 carries every match.
@@ -342,3 +407,7 @@ func hostTableExists(c *nftables.Conn) (bool, error) {
 	}
 	return false, nil
 }
+
+// ctDirReply is conntrack's reply direction (IP_CT_DIR_REPLY), one byte to
+// nftables.
+const ctDirReply = 1

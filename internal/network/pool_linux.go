@@ -18,8 +18,11 @@ import (
 // ipForwardPath is the host's IPv4 forwarding switch.
 const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 
-// Pool hands out network slots. Today Get builds a slot on demand; the pool
-// is where pre-built slots will wait once it fills itself in the background.
+// Pool hands out network slots. With Config.PoolSize > 0 a background filler
+// keeps up to that many new slots built and idle, so Get hands one out
+// without waiting, and Return resets a slot and keeps up to PoolSize of them
+// for reuse, tearing down the rest. Get prefers a reused slot to a new one
+// (reuse before new), so the filler builds only as fast as slots are kept.
 type Pool struct {
 	cfg    Config
 	log    *slog.Logger
@@ -28,17 +31,46 @@ type Pool struct {
 	// hook runs after each build step (tests inject failures with it).
 	hook func(step string) error
 
-	inflight sync.WaitGroup
+	// idle holds new slots the filler built; room one token per free place
+	// in it: the filler takes one before it builds, Get gives one back when
+	// it takes a slot from idle (tokens in room + slots in idle + the slot
+	// being built = PoolSize). reused holds returned, reset slots.
+	idle   chan *Slot
+	room   chan struct{}
+	reused chan *Slot
+
+	stopFill   context.CancelFunc
+	filler     sync.WaitGroup
+	inflight   sync.WaitGroup
+	closeOnce  sync.Once
+	closeErr   error
+	fillCtx    context.Context
+	backoffMin time.Duration
+	backoffMax time.Duration
 
 	mu     sync.Mutex
-	inUse  map[int]bool // indexes held by this pool (handed out or being built)
+	inUse  map[int]bool // indexes held by this pool (built, being built, idle or out)
+	out    map[int]bool // indexes handed out (Get or Adopt) and not yet returned
 	closed bool
 }
+
+// Filler backoff after a failed build: doubling from the minimum up to the
+// maximum, back to the minimum after a success.
+const (
+	fillBackoffMin = 100 * time.Millisecond
+	fillBackoffMax = 10 * time.Second
+)
 
 // NewPool validates cfg, resolves the uplink, makes sure the host's shared
 // nftables table holds ember's rules and, when slots have an uplink, that
 // the host forwards IPv4. A nil log discards.
 func NewPool(cfg Config, log *slog.Logger) (*Pool, error) {
+	return newPool(cfg, log, nil)
+}
+
+// newPool is NewPool; tune, when set, adjusts the pool before its filler
+// starts (tests inject failures and shorten the backoff with it).
+func newPool(cfg Config, log *slog.Logger, tune func(*Pool)) (*Pool, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -46,7 +78,8 @@ func NewPool(cfg Config, log *slog.Logger) (*Pool, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	p := &Pool{cfg: cfg, log: log, inUse: map[int]bool{}}
+	p := &Pool{cfg: cfg, log: log, inUse: map[int]bool{}, out: map[int]bool{},
+		backoffMin: fillBackoffMin, backoffMax: fillBackoffMax}
 	if !cfg.NoEgress {
 		up, err := resolveUplink(cfg.Uplink)
 		if err != nil {
@@ -67,6 +100,19 @@ func NewPool(cfg Config, log *slog.Logger) (*Pool, error) {
 			return nil, err
 		}
 		log.Info("sandbox egress", "uplink", p.uplink, "host_cidr", cfg.HostCIDR)
+	}
+	p.fillCtx, p.stopFill = context.WithCancel(context.Background())
+	if tune != nil {
+		tune(p)
+	}
+	if cfg.PoolSize > 0 {
+		p.idle = make(chan *Slot, cfg.PoolSize)
+		p.reused = make(chan *Slot, cfg.PoolSize)
+		p.room = make(chan struct{}, cfg.PoolSize)
+		for range cfg.PoolSize {
+			p.room <- struct{}{}
+		}
+		p.filler.Go(p.fill)
 	}
 	return p, nil
 }
@@ -127,14 +173,38 @@ func enableForwarding(log *slog.Logger) error {
 	return nil
 }
 
-// Get returns a new slot: the lowest index at or above FirstIndex that this
-// pool does not hold and whose namespace and host veth do not exist. On
-// error nothing of the slot is left behind.
+// Get returns a slot ready for a sandbox, with DefaultPolicy: an idle one
+// from the pool when there is one, else a new one built on the spot. On
+// error nothing of a new slot is left behind.
 func (p *Pool) Get(ctx context.Context) (*Slot, error) {
 	if err := p.enter(); err != nil {
 		return nil, err
 	}
 	defer p.inflight.Done()
+	select {
+	case s := <-p.reused:
+		p.markOut(s.Index)
+		return s, nil
+	default:
+	}
+	select {
+	case s := <-p.idle:
+		p.room <- struct{}{}
+		p.markOut(s.Index)
+		return s, nil
+	default:
+	}
+	s, err := p.create(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.markOut(s.Index)
+	return s, nil
+}
+
+// create builds a new slot: the lowest index at or above FirstIndex that
+// this pool does not hold and whose namespace and host veth do not exist.
+func (p *Pool) create(ctx context.Context) (*Slot, error) {
 	start := time.Now()
 	for from := p.cfg.FirstIndex; ; {
 		index, err := p.reserve(from)
@@ -160,13 +230,83 @@ func (p *Pool) Get(ctx context.Context) (*Slot, error) {
 	}
 }
 
-// Return tears slot s down. It is idempotent: what is already gone is
-// success. The index is free again afterwards, even if some object could not
-// be removed (Get skips an index whose namespace or veth still exists).
+// fill keeps the pool topped up until Close: it waits for room, builds a
+// slot and parks it in idle. A failing build backs off instead of spinning.
+func (p *Pool) fill() {
+	ctx := p.fillCtx
+	backoff := p.backoffMin
+	for {
+		select {
+		case <-p.room:
+		case <-ctx.Done():
+			return
+		}
+		s, err := p.create(ctx)
+		if err != nil {
+			p.room <- struct{}{}
+			if ctx.Err() != nil {
+				return
+			}
+			p.log.Warn("pre-build network slot", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, p.backoffMax)
+			continue
+		}
+		backoff = p.backoffMin
+		p.idle <- s // room guarantees a place
+	}
+}
+
+// Return gives slot s back. While fewer than PoolSize returned slots wait
+// for reuse, the slot is reset (its conntrack entries flushed, its policy
+// back to DefaultPolicy) and kept for the next Get; otherwise, or when the
+// reset fails, it is torn down. Return
+// is idempotent: returning a slot that is not handed out does nothing more
+// than make sure a slot the pool no longer holds is gone. After Return the
+// caller must not use s.
 func (p *Pool) Return(ctx context.Context, s *Slot) error {
 	if s == nil {
 		return nil
 	}
+	p.mu.Lock()
+	out, held := p.out[s.Index], p.inUse[s.Index]
+	delete(p.out, s.Index)
+	pooling := !p.closed && out && p.reused != nil
+	if pooling {
+		p.inflight.Add(1) // Close drains idle only after this is done
+	}
+	p.mu.Unlock()
+	if !out && held {
+		return nil // idle in the pool or being built: not the caller's
+	}
+	if pooling {
+		defer p.inflight.Done()
+		if len(p.reused) < cap(p.reused) {
+			start := time.Now()
+			err := p.reset(s)
+			if err == nil {
+				select {
+				case p.reused <- s:
+					p.log.Debug("slot reset for reuse", "slot", s.Index, "duration", time.Since(start))
+					return nil
+				default: // filled up meanwhile
+				}
+			} else {
+				p.log.Warn("reset slot; tearing it down", "slot", s.Index, "err", err)
+			}
+		}
+	}
+	return p.destroy(s)
+}
+
+// destroy tears slot s down and frees its index, even if some object could
+// not be removed (create skips an index whose namespace or veth still
+// exists).
+func (p *Pool) destroy(s *Slot) error {
 	start := time.Now()
 	_, nsEnd := p.cfg.vethAddrs(s.Index)
 	err := remove(s.Index, hostRoute(s, nsEnd))
@@ -175,6 +315,23 @@ func (p *Pool) Return(ctx context.Context, s *Slot) error {
 		return fmt.Errorf("return slot %d: %w", s.Index, err)
 	}
 	p.log.Debug("slot removed", "slot", s.Index, "duration", time.Since(start))
+	return nil
+}
+
+// SetPolicy applies pol to slot s, replacing its previous policy in one
+// nftables transaction. It takes effect at once, for running flows too (see
+// Policy). An invalid policy is an error wrapping ErrInvalidPolicy and
+// changes nothing.
+func (p *Pool) SetPolicy(ctx context.Context, s *Slot, pol Policy) error {
+	if err := pol.Validate(); err != nil {
+		return fmt.Errorf("set policy of slot %d: %w", s.Index, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("set policy of slot %d: %w", s.Index, err)
+	}
+	if err := setSlotPolicy(s, p.cfg.alwaysDenied(), pol); err != nil {
+		return fmt.Errorf("set policy of slot %d: %w", s.Index, err)
+	}
 	return nil
 }
 
@@ -198,6 +355,7 @@ func (p *Pool) Adopt(index int) (*Slot, error) {
 		return nil, fmt.Errorf("adopt slot %d: %w", index, ErrInUse)
 	}
 	p.inUse[index] = true
+	p.out[index] = true
 	p.mu.Unlock()
 	s := p.cfg.slot(index)
 	// The host table may have been recreated since the slot was made; put
@@ -209,15 +367,28 @@ func (p *Pool) Adopt(index int) (*Slot, error) {
 	return s, nil
 }
 
-// Close stops the pool handing out slots and waits for Gets in progress.
-// Slots already handed out stay as they are (a restarted daemon adopts
-// them); Return still works on them.
+// Close stops the pool handing out slots and pre-building them, waits for
+// the work in flight (a Get building a slot, a Return resetting one, the
+// filler) and tears down the idle slots. Slots handed out stay as they are
+// (a restarted daemon adopts them); Return still works on them and then
+// tears them down. Close is idempotent.
 func (p *Pool) Close() error {
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	p.inflight.Wait()
-	return nil
+	p.closeOnce.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		p.stopFill()
+		p.filler.Wait()
+		p.inflight.Wait()
+		var errs []error
+		for _, ch := range []chan *Slot{p.idle, p.reused} {
+			for len(ch) > 0 {
+				errs = append(errs, p.destroy(<-ch))
+			}
+		}
+		p.closeErr = errors.Join(errs...)
+	})
+	return p.closeErr
 }
 
 // enter registers an operation in flight unless the pool is closed.
@@ -248,6 +419,14 @@ func (p *Pool) reserve(from int) (int, error) {
 func (p *Pool) release(index int) {
 	p.mu.Lock()
 	delete(p.inUse, index)
+	delete(p.out, index)
+	p.mu.Unlock()
+}
+
+// markOut records that slot index is handed out.
+func (p *Pool) markOut(index int) {
+	p.mu.Lock()
+	p.out[index] = true
 	p.mu.Unlock()
 }
 

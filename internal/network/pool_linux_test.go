@@ -77,7 +77,8 @@ func serveGuest(t *testing.T, s *Slot) int {
 		if err != nil {
 			return err
 		}
-		if err := netlink.AddrAdd(lo, addr(GuestAddr, 32)); err != nil {
+		// A reused slot may still have it from an earlier stand-in.
+		if err := netlink.AddrReplace(lo, addr(GuestAddr, 32)); err != nil {
 			return fmt.Errorf("add guest address to lo: %w", err)
 		}
 		ln, err = net.Listen("tcp", netip.AddrPortFrom(GuestAddr, 0).String())
@@ -241,7 +242,7 @@ func TestGetBuildsSlot(t *testing.T) {
 			}
 		}
 		sort.Strings(names)
-		if got := strings.Join(names, " "); got != "forward:1 postrouting:1 prerouting:1" {
+		if got := strings.Join(names, " "); got != "forward:2 policy:5 postrouting:1 prerouting:1" {
 			t.Errorf("namespace table ip %s chains:rules = %q", TableName, got)
 		}
 		return nil

@@ -78,7 +78,7 @@ func build(ctx context.Context, cfg Config, s *Slot, hook func(step string) erro
 			return err
 		}},
 		{stepNamespace, func() error {
-			return Do(s.NetnsPath, func() error { return setupNamespace(s, nsEnd, hostEnd) })
+			return Do(s.NetnsPath, func() error { return setupNamespace(s, nsEnd, hostEnd, cfg.alwaysDenied()) })
 		}},
 		{stepRoute, func() error {
 			r := hostRoute(s, nsEnd)
@@ -137,7 +137,7 @@ func addVeth(s *Slot, hostEnd netip.Addr) (made bool, err error) {
 // namespace, whatever a handle says), the guest's permanent neighbour entry
 // (saves the ARP round trips before the guest's first reply), the default
 // route, forwarding and the slot's nftables table.
-func setupNamespace(s *Slot, nsEnd, hostEnd netip.Addr) error {
+func setupNamespace(s *Slot, nsEnd, hostEnd netip.Addr, denied []netip.Prefix) error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("open netlink in netns %s: %w", s.Netns, err)
@@ -195,7 +195,7 @@ func setupNamespace(s *Slot, nsEnd, hostEnd netip.Addr) error {
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
 		return fmt.Errorf("enable ip_forward in netns %s: %w", s.Netns, err)
 	}
-	if err := writeSlotTable(s.HostAddr); err != nil {
+	if err := writeSlotTable(s.HostAddr, denied, DefaultPolicy); err != nil {
 		return fmt.Errorf("netns %s: %w", s.Netns, err)
 	}
 	return nil

@@ -1,0 +1,69 @@
+//go:build linux
+
+package network
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// reset readies slot s for another sandbox: nothing of the previous one's
+// connections survives (its namespace's conntrack table is flushed, and the
+// host's entries for its host address deleted) and its policy is
+// DefaultPolicy again.
+func (p *Pool) reset(s *Slot) error {
+	ns, err := netns.GetFromPath(s.NetnsPath)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", s.NetnsPath, err)
+	}
+	defer ns.Close()
+	if err := flushConntrack(ns, s.HostAddr); err != nil {
+		return err
+	}
+	if err := writeSlotPolicy(int(ns), p.cfg.alwaysDenied(), DefaultPolicy); err != nil {
+		return fmt.Errorf("netns %s: %w", s.Netns, err)
+	}
+	return nil
+}
+
+// setSlotPolicy writes pol into slot s's namespace.
+func setSlotPolicy(s *Slot, denied []netip.Prefix, pol Policy) error {
+	ns, err := netns.GetFromPath(s.NetnsPath)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", s.NetnsPath, err)
+	}
+	defer ns.Close()
+	if err := writeSlotPolicy(int(ns), denied, pol); err != nil {
+		return fmt.Errorf("netns %s: %w", s.Netns, err)
+	}
+	return nil
+}
+
+// flushConntrack forgets every connection of a slot: the whole table of its
+// namespace ns (only the slot's traffic passes there) and the host's entries
+// to or from its host address (the host's side of the same flows).
+func flushConntrack(ns netns.NsHandle, hostAddr netip.Addr) error {
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("open netlink in netns: %w", err)
+	}
+	defer h.Close()
+	var errs []error
+	if err := h.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
+		errs = append(errs, fmt.Errorf("flush conntrack in slot netns: %w", err))
+	}
+	ip := net.IP(hostAddr.AsSlice())
+	from, to := &netlink.ConntrackFilter{}, &netlink.ConntrackFilter{}
+	if err := errors.Join(from.AddIP(netlink.ConntrackOrigSrcIP, ip), to.AddIP(netlink.ConntrackOrigDstIP, ip)); err != nil {
+		return fmt.Errorf("conntrack filter for %s: %w", hostAddr, err)
+	}
+	if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, from, to); err != nil {
+		errs = append(errs, fmt.Errorf("delete host conntrack entries of %s: %w", hostAddr, err))
+	}
+	return errors.Join(errs...)
+}
