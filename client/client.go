@@ -80,6 +80,13 @@ func (c *Client) DeleteSandbox(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(id), nil, nil)
 }
 
+// SetNetwork replaces a running sandbox's egress policy.
+func (c *Client) SetNetwork(ctx context.Context, id string, pol NetworkPolicy) (Sandbox, error) {
+	var sb Sandbox
+	err := c.do(ctx, http.MethodPut, "/v1/sandboxes/"+url.PathEscape(id)+"/network", pol, &sb)
+	return sb, err
+}
+
 // Exec runs a command to completion and returns its whole output.
 func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
 	var res ExecResult

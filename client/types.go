@@ -11,6 +11,18 @@ type CreateSandboxRequest struct {
 	TimeoutS  int               `json:"timeout_s,omitempty"`
 	Env       map[string]string `json:"env,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
+	// Network is the egress policy; nil allows the internet.
+	Network *NetworkPolicy `json:"network,omitempty"`
+}
+
+// NetworkPolicy is what a sandbox may reach. A destination in Deny is
+// refused; else one in Allow is reached; else the internet is reachable
+// exactly when Internet is true (nil means true). The host, other sandboxes
+// and 169.254.169.254 are never reachable, whatever the policy.
+type NetworkPolicy struct {
+	Internet *bool    `json:"internet,omitempty"`
+	Allow    []string `json:"allow,omitempty"`
+	Deny     []string `json:"deny,omitempty"`
 }
 
 // Sandbox describes one sandbox.
@@ -25,6 +37,7 @@ type Sandbox struct {
 	CreatedAt time.Time          `json:"created_at"`
 	ExpiresAt time.Time          `json:"expires_at"`
 	TimingsMS map[string]float64 `json:"timings_ms,omitempty"`
+	Network   NetworkPolicy      `json:"network"`
 	// Error says why a sandbox is in the "error" state.
 	Error string `json:"error,omitempty"`
 }

@@ -37,7 +37,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), templateCmd(), infoCmd())
+	root.AddCommand(serveCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd())
 	if err := root.Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {

@@ -10,14 +10,15 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/emberhq/ember/client"
 )
 
 func createCmd() *cobra.Command {
 	var req client.CreateSandboxRequest
-	var env, meta []string
-	var asJSON bool
+	var env, meta, allow, deny []string
+	var asJSON, noInternet bool
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a sandbox and print its id",
@@ -29,6 +30,10 @@ func createCmd() *cobra.Command {
 			}
 			if req.Metadata, err = keyValues("--metadata", meta); err != nil {
 				return err
+			}
+			if noInternet || len(allow) > 0 || len(deny) > 0 {
+				internet := !noInternet
+				req.Network = &client.NetworkPolicy{Internet: &internet, Allow: allow, Deny: deny}
 			}
 			c, err := apiClient()
 			if err != nil {
@@ -53,6 +58,40 @@ func createCmd() *cobra.Command {
 	f.StringArrayVarP(&env, "env", "e", nil, "KEY=VALUE default environment of every command (repeatable)")
 	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
 	f.BoolVar(&asJSON, "json", false, "print the whole sandbox as JSON")
+	policyFlags(f, &noInternet, &allow, &deny)
+	return cmd
+}
+
+func policyFlags(f *pflag.FlagSet, noInternet *bool, allow, deny *[]string) {
+	f.BoolVar(noInternet, "no-internet", false, "reach only the --allow prefixes")
+	f.StringArrayVar(allow, "allow", nil, "CIDR reachable even with --no-internet (repeatable)")
+	f.StringArrayVar(deny, "deny", nil, "CIDR never reachable; beats --allow (repeatable)")
+}
+
+func networkCmd() *cobra.Command {
+	var allow, deny []string
+	var noInternet bool
+	cmd := &cobra.Command{
+		Use:   "network ID",
+		Short: "Replace a running sandbox's egress policy (takes effect at once)",
+		Long: "Replace a running sandbox's egress policy. A destination in --deny is refused; else one in\n" +
+			"--allow is reached; else the internet is reachable unless --no-internet. The host, other\n" +
+			"sandboxes and 169.254.169.254 are never reachable.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := apiClient()
+			if err != nil {
+				return err
+			}
+			internet := !noInternet
+			sb, err := c.SetNetwork(cmd.Context(), args[0], client.NetworkPolicy{Internet: &internet, Allow: allow, Deny: deny})
+			if err != nil {
+				return err
+			}
+			return printJSON(sb.Network)
+		},
+	}
+	policyFlags(cmd.Flags(), &noInternet, &allow, &deny)
 	return cmd
 }
 

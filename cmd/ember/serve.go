@@ -48,6 +48,7 @@ type serveFlags struct {
 	templates string
 	noEgress  bool
 	domain    string
+	uplink    string
 }
 
 func serveCmd() *cobra.Command {
@@ -72,6 +73,7 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
 	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
+	fl.StringVar(&f.uplink, "uplink", "", "interface sandbox egress leaves by (default: the default route's)")
 	fl.BoolVar(&f.noEgress, "no-egress", false, "give sandboxes no route out (leaves host forwarding and NAT alone)")
 	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
 	return cmd
@@ -132,7 +134,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	}
 	log.Info("root disk backend", "backend", disks.Name(), "reason", diskReason)
 
-	pool, err := network.NewPool(network.Config{FirstIndex: f.slotFirst, NoEgress: f.noEgress}, log)
+	pool, err := network.NewPool(network.Config{FirstIndex: f.slotFirst, NoEgress: f.noEgress, Uplink: f.uplink}, log)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
@@ -34,6 +35,7 @@ type Sandboxes interface {
 	Get(id string) (store.Sandbox, error)
 	List() []store.Sandbox
 	Destroy(ctx context.Context, id string) error
+	SetNetwork(ctx context.Context, id string, pol network.Policy) (store.Sandbox, error)
 	Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error)
 	Addresser
 }
@@ -82,6 +84,7 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("POST /v1/sandboxes", s.auth(s.createSandbox))
 	s.mux.HandleFunc("GET /v1/sandboxes/{id}", s.auth(s.getSandbox))
 	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.auth(s.deleteSandbox))
+	s.mux.HandleFunc("PUT /v1/sandboxes/{id}/network", s.auth(s.setNetwork))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.auth(s.exec))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec/stream", s.auth(s.execStream))
 	s.mux.HandleFunc("GET /test", s.testPage)
@@ -172,10 +175,19 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, maxCreateBody, &req) {
 		return
 	}
-	rec, err := s.sandboxes.Create(r.Context(), sandbox.CreateRequest{
+	cr := sandbox.CreateRequest{
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, TimeoutS: req.TimeoutS,
 		Env: req.Env, Metadata: req.Metadata,
-	})
+	}
+	if req.Network != nil {
+		pol, err := policy(*req.Network)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		cr.Network = &pol
+	}
+	rec, err := s.sandboxes.Create(r.Context(), cr)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -190,6 +202,35 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, toSandbox(rec))
+}
+
+func (s *Server) setNetwork(w http.ResponseWriter, r *http.Request) {
+	var req client.NetworkPolicy
+	if !decode(w, r, maxCreateBody, &req) {
+		return
+	}
+	pol, err := policy(req)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	rec, err := s.sandboxes.SetNetwork(r.Context(), r.PathValue("id"), pol)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toSandbox(rec))
+}
+
+// policy converts a wire policy; a malformed prefix is an invalid argument
+// naming its place.
+func policy(p client.NetworkPolicy) (network.Policy, error) {
+	internet := p.Internet == nil || *p.Internet
+	pol, err := sandbox.Policy(store.NetworkPolicy{Internet: internet, Allow: p.Allow, Deny: p.Deny})
+	if err != nil {
+		return network.Policy{}, &sandbox.InvalidError{Field: "network", Reason: err.Error()}
+	}
+	return pol, nil
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
@@ -317,10 +358,12 @@ type writerFunc func([]byte) (int, error)
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func toSandbox(r store.Sandbox) client.Sandbox {
+	internet := r.Network.Internet
 	return client.Sandbox{
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB,
 		DiskMiB: r.DiskMiB, Metadata: r.Metadata, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt,
 		TimingsMS: r.TimingsMS, Error: r.Error,
+		Network: client.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
 	}
 }
 

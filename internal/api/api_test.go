@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
@@ -29,6 +30,7 @@ type fakeSandboxes struct {
 	execOut []string
 	execErr error
 	created []sandbox.CreateRequest
+	policy  network.Policy
 }
 
 func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
@@ -75,6 +77,22 @@ func (f *fakeSandboxes) Destroy(ctx context.Context, id string) error {
 	delete(f.recs, id)
 	f.mu.Unlock()
 	return nil
+}
+
+func (f *fakeSandboxes) SetNetwork(ctx context.Context, id string, pol network.Policy) (store.Sandbox, error) {
+	r, err := f.Get(id)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.policy = pol
+	r.Network.Internet = pol.Internet
+	for _, a := range pol.Allow {
+		r.Network.Allow = append(r.Network.Allow, a.String())
+	}
+	f.recs[id] = r
+	return r, nil
 }
 
 func (f *fakeSandboxes) Address(id string) (netip.Addr, error) {
@@ -149,6 +167,9 @@ func TestErrorsCarryStableCodes(t *testing.T) {
 		{"empty command streamed", "POST", "/v1/sandboxes/sb1/exec/stream", key, `{"cmd":""}`, 400, "invalid_argument"},
 		{"negative exec timeout", "POST", "/v1/sandboxes/sb1/exec", key, `{"cmd":"ls","timeout_s":-1}`, 400, "invalid_argument"},
 		{"no such endpoint", "GET", "/v2/whatever", key, "", 404, "not_found"},
+		{"malformed allow prefix", "POST", "/v1/sandboxes", key, `{"network":{"allow":["10.0.0.0/33"]}}`, 400, "invalid_argument"},
+		{"policy of unknown id", "PUT", "/v1/sandboxes/nope/network", key, `{"internet":false}`, 404, "sandbox_not_found"},
+		{"malformed deny prefix", "PUT", "/v1/sandboxes/sb1/network", key, `{"deny":["nonsense"]}`, 400, "invalid_argument"},
 		{"wrong method", "PUT", "/v1/sandboxes", key, "", 404, "not_found"},
 	}
 	for _, tc := range cases {
@@ -199,6 +220,17 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 	}
 	if res.Stdout != "hello\n" || res.Stderr != "warn" || res.ExitCode != 3 {
 		t.Fatalf("exec: %+v", res)
+	}
+	off := false
+	sb2, err := c.SetNetwork(ctx, sb.ID, client.NetworkPolicy{Internet: &off, Allow: []string{"198.18.0.0/15"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.policy.Internet || len(f.policy.Allow) != 1 || f.policy.Allow[0].String() != "198.18.0.0/15" {
+		t.Fatalf("manager got policy %+v", f.policy)
+	}
+	if *sb2.Network.Internet || sb2.Network.Allow[0] != "198.18.0.0/15" {
+		t.Fatalf("response policy %+v", sb2.Network)
 	}
 	tpls, err := c.ListTemplates(ctx)
 	if err != nil || len(tpls) != 1 || tpls[0].DiskMiB != 1024 || tpls[0].RootfsBytes != 20 {
@@ -279,7 +311,7 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 	routes := []struct{ path, method string }{
 		{"/health", "get"}, {"/openapi.yaml", "get"}, {"/v1/info", "get"}, {"/v1/templates", "get"},
 		{"/v1/sandboxes", "get"}, {"/v1/sandboxes", "post"}, {"/v1/sandboxes/{id}", "get"},
-		{"/v1/sandboxes/{id}", "delete"}, {"/v1/sandboxes/{id}/exec", "post"}, {"/v1/sandboxes/{id}/exec/stream", "post"},
+		{"/v1/sandboxes/{id}", "delete"}, {"/v1/sandboxes/{id}/network", "put"}, {"/v1/sandboxes/{id}/exec", "post"}, {"/v1/sandboxes/{id}/exec/stream", "post"},
 	}
 	paths := openapiPaths(string(doc))
 	for _, r := range routes {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
@@ -135,6 +136,13 @@ func (m *Manager) validate(req *CreateRequest) error {
 			return invalid("env", "invalid variable name %q", k)
 		}
 	}
+	if req.Network == nil {
+		pol := network.DefaultPolicy
+		req.Network = &pol
+	}
+	if err := req.Network.Validate(); err != nil {
+		return invalid("network", "%v", err)
+	}
 	return nil
 }
 
@@ -172,7 +180,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 		DiskMiB: int(tpl.RootfsSizeBytes >> 20), Env: req.Env, Metadata: req.Metadata,
 		Token: newToken(), SlotIndex: -1, Dir: filepath.Join(m.cfg.Dir, id),
 		CreatedAt: start.UTC(), ExpiresAt: start.Add(time.Duration(req.TimeoutS) * time.Second).UTC(),
-		TimingsMS: map[string]float64{},
+		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
 	}
 	log := m.log.With("sandbox", id, "template", tpl.Name)
 
@@ -215,6 +223,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 		return store.Sandbox{}, fmt.Errorf("get network slot for sandbox %s: %w", id, err)
 	}
 	undo.add(func(ctx context.Context) error { return m.d.Slots.Return(ctx, slot) })
+	if err := m.d.Slots.SetPolicy(ctx, slot, *req.Network); err != nil {
+		return store.Sandbox{}, fmt.Errorf("apply network policy of sandbox %s: %w", id, err)
+	}
 	r.SlotIndex = slot.Index
 	r.TimingsMS["network"] = ms(time.Since(phase))
 	if err := m.put(ctx, sb, r); err != nil {
@@ -340,6 +351,32 @@ func (m *Manager) Address(id string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("sandbox %s is %s, not running: %w", id, sb.Record().State, ErrConflict)
 	}
 	return l.addr, nil
+}
+
+// SetNetwork replaces a running sandbox's egress policy; it takes effect at
+// once, on flows already open too.
+func (m *Manager) SetNetwork(ctx context.Context, id string, pol network.Policy) (store.Sandbox, error) {
+	if err := pol.Validate(); err != nil {
+		return store.Sandbox{}, invalid("network", "%v", err)
+	}
+	sb, err := m.lookup(id)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	r := sb.Record()
+	if r.State != StateRunning || sb.slot == nil {
+		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s, not running: %w", id, r.State, ErrConflict)
+	}
+	if err := m.d.Slots.SetPolicy(ctx, sb.slot, pol); err != nil {
+		return store.Sandbox{}, fmt.Errorf("apply network policy of sandbox %s: %w", id, err)
+	}
+	r.Network = storedPolicy(pol)
+	if err := m.put(ctx, sb, r); err != nil {
+		return store.Sandbox{}, err
+	}
+	return r, nil
 }
 
 // Destroy stops a sandbox's machine, releases its disk and slot and deletes

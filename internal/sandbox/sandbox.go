@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/netip"
 	"strings"
@@ -38,11 +39,12 @@ type Templates interface {
 	Get(name string) (template.Template, error)
 }
 
-// Slots hands out network slots.
+// Slots hands out network slots and applies their egress policy.
 type Slots interface {
 	Get(ctx context.Context) (*network.Slot, error)
 	Return(ctx context.Context, s *network.Slot) error
 	Adopt(index int) (*network.Slot, error)
+	SetPolicy(ctx context.Context, s *network.Slot, pol network.Policy) error
 }
 
 // Agent is the host side of one sandbox's guest agent.
@@ -106,6 +108,8 @@ type CreateRequest struct {
 	TimeoutS  int
 	Env       map[string]string
 	Metadata  map[string]string
+	// Network is the egress policy; nil takes network.DefaultPolicy.
+	Network *network.Policy
 }
 
 // ExecRequest runs one command in a sandbox.
@@ -133,4 +137,34 @@ func newToken() string {
 	b := make([]byte, 24)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// storedPolicy converts a policy to its stored form.
+func storedPolicy(p network.Policy) store.NetworkPolicy {
+	out := store.NetworkPolicy{Internet: p.Internet}
+	for _, a := range p.Allow {
+		out.Allow = append(out.Allow, a.String())
+	}
+	for _, d := range p.Deny {
+		out.Deny = append(out.Deny, d.String())
+	}
+	return out
+}
+
+// Policy returns the stored policy as the network package takes it.
+func Policy(p store.NetworkPolicy) (network.Policy, error) {
+	out := network.Policy{Internet: p.Internet}
+	for _, l := range []struct {
+		in  []string
+		out *[]netip.Prefix
+	}{{p.Allow, &out.Allow}, {p.Deny, &out.Deny}} {
+		for _, c := range l.in {
+			pfx, err := netip.ParsePrefix(c)
+			if err != nil {
+				return network.Policy{}, fmt.Errorf("%w: %v", network.ErrInvalidPolicy, err)
+			}
+			*l.out = append(*l.out, pfx)
+		}
+	}
+	return out, nil
 }

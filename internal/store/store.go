@@ -43,6 +43,16 @@ type Sandbox struct {
 	Error string
 	// TimingsMS holds the duration of each lifecycle phase of its creation.
 	TimingsMS map[string]float64
+	// Network is the sandbox's egress policy.
+	Network NetworkPolicy
+}
+
+// NetworkPolicy is a sandbox's egress policy as stored: prefixes in CIDR
+// notation.
+type NetworkPolicy struct {
+	Internet bool     `json:"internet"`
+	Allow    []string `json:"allow,omitempty"`
+	Deny     []string `json:"deny,omitempty"`
 }
 
 // Store is an open database.
@@ -50,8 +60,10 @@ type Store struct {
 	db *sql.DB
 }
 
-const schema = `
-CREATE TABLE IF NOT EXISTS sandboxes (
+// migrations bring a database from version i (PRAGMA user_version) to i+1.
+// Append only: a released migration never changes.
+var migrations = []string{
+	`CREATE TABLE sandboxes (
 	id          TEXT PRIMARY KEY,
 	template    TEXT NOT NULL,
 	state       TEXT NOT NULL,
@@ -70,7 +82,9 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 	expires_at  INTEGER NOT NULL,
 	error       TEXT NOT NULL,
 	timings     TEXT NOT NULL
-);`
+)`,
+	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{"internet":true}'`,
+}
 
 // Open opens (creating if needed) the database at path.
 func Open(ctx context.Context, path string) (*Store, error) {
@@ -84,11 +98,41 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	// One connection: SQLite serialises writers anyway, and this keeps
 	// "database is locked" out of the picture.
 	db.SetMaxOpenConns(1)
-	if _, err := db.ExecContext(ctx, schema); err != nil {
+	if err := migrate(ctx, db); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("create schema in %s: %w", path, err)
+		return nil, fmt.Errorf("migrate %s: %w", path, err)
 	}
 	return &Store{db: db}, nil
+}
+
+// migrate applies the migrations the database has not seen, each in its own
+// transaction with the version bump, so a crash never leaves one half done.
+func migrate(ctx context.Context, db *sql.DB) error {
+	var version int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this ember (%d): refusing to touch it", version, len(migrations))
+	}
+	for v := version; v < len(migrations); v++ {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: set version: %w", v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %d: commit: %w", v+1, err)
+		}
+	}
+	return nil
 }
 
 // Close closes the database.
@@ -108,13 +152,17 @@ func (s *Store) PutSandbox(ctx context.Context, sb Sandbox) error {
 	if err != nil {
 		return fmt.Errorf("encode timings of sandbox %s: %w", sb.ID, err)
 	}
+	network, err := json.Marshal(sb.Network)
+	if err != nil {
+		return fmt.Errorf("encode network policy of sandbox %s: %w", sb.ID, err)
+	}
 	_, err = s.db.ExecContext(ctx, `INSERT OR REPLACE INTO sandboxes
 		(id, template, state, vcpus, memory_mib, disk_mib, env, metadata, token, slot_index,
-		 vmm_pid, dir, disk_path, disk_format, created_at, expires_at, error, timings)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		 vmm_pid, dir, disk_path, disk_format, created_at, expires_at, error, timings, network)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.Template, sb.State, sb.VCPUs, sb.MemoryMiB, sb.DiskMiB, string(env), string(meta),
 		sb.Token, sb.SlotIndex, sb.VMMPID, sb.Dir, sb.DiskPath, sb.DiskFormat,
-		sb.CreatedAt.UnixMilli(), sb.ExpiresAt.UnixMilli(), sb.Error, string(timings))
+		sb.CreatedAt.UnixMilli(), sb.ExpiresAt.UnixMilli(), sb.Error, string(timings), string(network))
 	if err != nil {
 		return fmt.Errorf("put sandbox %s: %w", sb.ID, err)
 	}
@@ -149,7 +197,7 @@ func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
 func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, template, state, vcpus, memory_mib, disk_mib, env,
 		metadata, token, slot_index, vmm_pid, dir, disk_path, disk_format, created_at, expires_at,
-		error, timings FROM sandboxes `+where+` ORDER BY created_at, id`, args...)
+		error, timings, network FROM sandboxes `+where+` ORDER BY created_at, id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query sandboxes: %w", err)
 	}
@@ -157,15 +205,18 @@ func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox
 	var out []Sandbox
 	for rows.Next() {
 		var sb Sandbox
-		var env, meta, timings string
+		var env, meta, timings, network string
 		var created, expires int64
 		if err := rows.Scan(&sb.ID, &sb.Template, &sb.State, &sb.VCPUs, &sb.MemoryMiB, &sb.DiskMiB,
 			&env, &meta, &sb.Token, &sb.SlotIndex, &sb.VMMPID, &sb.Dir, &sb.DiskPath, &sb.DiskFormat,
-			&created, &expires, &sb.Error, &timings); err != nil {
+			&created, &expires, &sb.Error, &timings, &network); err != nil {
 			return nil, fmt.Errorf("scan sandbox: %w", err)
 		}
 		if err := decode(sb.ID, env, &sb.Env, meta, &sb.Metadata, timings, &sb.TimingsMS); err != nil {
 			return nil, err
+		}
+		if err := json.Unmarshal([]byte(network), &sb.Network); err != nil {
+			return nil, fmt.Errorf("decode network policy of sandbox %s: %w", sb.ID, err)
 		}
 		sb.CreatedAt = time.UnixMilli(created).UTC()
 		sb.ExpiresAt = time.UnixMilli(expires).UTC()

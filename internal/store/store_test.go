@@ -84,3 +84,60 @@ func TestNilMapsStoredEmpty(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 }
+
+func TestMigratesVersionOneDatabase(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ember.db")
+	// A database as the first release left it: schema v1, one row.
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.ExecContext(ctx, "DROP TABLE sandboxes"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.ExecContext(ctx, migrations[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.ExecContext(ctx, "PRAGMA user_version = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes VALUES ('old','base','running',1,256,1024,'{}','{}','t',0,1,'/d','/d/x','raw',0,0,'','{}')`); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s, err = Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.GetSandbox(ctx, "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Network.Internet || len(got.Network.Allow) != 0 {
+		t.Fatalf("migrated row's policy %+v, want internet on", got.Network)
+	}
+	got.Network = NetworkPolicy{Internet: false, Allow: []string{"10.0.0.0/8"}}
+	if err := s.PutSandbox(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.GetSandbox(ctx, "old"); again.Network.Internet || again.Network.Allow[0] != "10.0.0.0/8" {
+		t.Fatalf("policy round trip: %+v", again.Network)
+	}
+}
+
+func TestRefusesNewerSchema(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ember.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.db.ExecContext(ctx, "PRAGMA user_version = 999")
+	s.Close()
+	if _, err := Open(ctx, path); err == nil {
+		t.Fatal("opened a database from a newer ember")
+	}
+}

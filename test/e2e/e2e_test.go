@@ -29,6 +29,12 @@ const slotSpan = 50
 // and checks at cleanup that it left nothing behind.
 func start(t *testing.T, slotFirst int) *harness.Daemon {
 	t.Helper()
+	return startWith(t, harness.Options{SlotFirst: slotFirst})
+}
+
+// startWith is start with options; Bin, Templates, DataDir and Log are filled in.
+func startWith(t *testing.T, o harness.Options) *harness.Daemon {
+	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "qemu-system-x86_64")
 	bin := testutil.RequireEnv(t, "EMBER_BIN", "run through `make test`, which builds bin/ember")
@@ -38,9 +44,8 @@ func start(t *testing.T, slotFirst int) *harness.Daemon {
 		t.Fatal(err)
 	}
 	dataDir := t.TempDir()
-	d, err := harness.Start(context.Background(), harness.Options{
-		Bin: bin, Templates: filepath.Dir(filepath.Dir(guest.Kernel)), DataDir: dataDir, SlotFirst: slotFirst, Log: logf,
-	})
+	o.Bin, o.Templates, o.DataDir, o.Log = bin, filepath.Dir(filepath.Dir(guest.Kernel)), dataDir, logf
+	d, err := harness.Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,7 @@ type Daemon struct {
 	SlotFirst int
 	Client    *client.Client
 	Log       *os.File
+	Uplink    string
 
 	cmd *exec.Cmd
 	// done is closed once the daemon process has exited (and been reaped).
@@ -48,6 +49,9 @@ type Options struct {
 	SlotFirst int
 	// Log receives the daemon's output.
 	Log *os.File
+	// Uplink, when set, gives sandboxes egress through that interface (a
+	// test's own "outside" link); otherwise the daemon runs --no-egress.
+	Uplink string
 }
 
 // Start starts a daemon and waits for its API.
@@ -58,13 +62,17 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst, Log: o.Log}
+	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst, Log: o.Log, Uplink: o.Uplink}
 	return d, d.start(ctx, addr)
 }
 
 func (d *Daemon) start(ctx context.Context, addr string) error {
-	d.cmd = exec.Command(d.Bin, "serve", "--listen", addr, "--data-dir", d.DataDir,
-		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--log-level", "debug", "--no-egress")
+	egress := []string{"--no-egress"}
+	if d.Uplink != "" {
+		egress = []string{"--uplink", d.Uplink}
+	}
+	d.cmd = exec.Command(d.Bin, append([]string{"serve", "--listen", addr, "--data-dir", d.DataDir,
+		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--log-level", "debug"}, egress...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.Log, d.Log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
