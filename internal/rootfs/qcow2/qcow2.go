@@ -26,6 +26,7 @@ const fileName = "rootfs.qcow2"
 
 // Backend makes qcow2 overlays with qemu-img. It implements rootfs.Backend.
 type Backend struct {
+	diskfile.Store
 	log *slog.Logger
 }
 
@@ -33,21 +34,18 @@ var _ rootfs.Backend = (*Backend)(nil)
 
 // New returns the qcow2 backend.
 func New(log *slog.Logger) *Backend {
-	return &Backend{log: log.With("rootfs", "qcow2")}
+	return &Backend{Store: diskfile.Store{Name: fileName, Format: "qcow2"}, log: log.With("rootfs", "qcow2")}
 }
 
 // Name returns "qcow2".
 func (b *Backend) Name() string { return "qcow2" }
-
-// path is the overlay of the sandbox whose directory is dir.
-func path(dir string) string { return filepath.Join(dir, fileName) }
 
 // Prepare creates an overlay in dir over the raw image base, sizeBytes
 // large (0: base's size). The overlay names base by its absolute path, so
 // base must stay where it is, unchanged, for as long as the disk lives.
 func (b *Backend) Prepare(ctx context.Context, id, dir, base string, sizeBytes int64) (_ rootfs.Disk, err error) {
 	begin := time.Now()
-	dst := path(dir)
+	dst := b.Path(dir)
 	base, err = filepath.Abs(base)
 	if err != nil {
 		return rootfs.Disk{}, fmt.Errorf("prepare disk for %s: %w", id, err)
@@ -81,46 +79,19 @@ func (b *Backend) Prepare(ctx context.Context, id, dir, base string, sizeBytes i
 	return rootfs.Disk{Path: dst, Format: "qcow2"}, nil
 }
 
-// Detach checks the disk is there: a file holds nothing open on the host.
-func (b *Backend) Detach(ctx context.Context, id, dir string) error {
-	if err := diskfile.Exists(path(dir)); err != nil {
-		return fmt.Errorf("detach disk of %s: %w", id, err)
-	}
-	return nil
-}
-
-// Attach returns the disk kept in dir.
-func (b *Backend) Attach(ctx context.Context, id, dir string) (rootfs.Disk, error) {
-	if err := diskfile.Exists(path(dir)); err != nil {
-		return rootfs.Disk{}, fmt.Errorf("attach disk of %s: %w", id, err)
-	}
-	return rootfs.Disk{Path: path(dir), Format: "qcow2"}, nil
-}
-
 // Flatten writes the disk's content to dst as a raw image.
 func (b *Backend) Flatten(ctx context.Context, id, dir, dst string) error {
-	if err := diskfile.Exists(path(dir)); err != nil {
+	if err := diskfile.Exists(b.Path(dir)); err != nil {
 		return fmt.Errorf("flatten disk of %s: %w", id, err)
 	}
 	err := diskfile.Write(dst, func(out *os.File) error {
 		// qemu-img recreates the file and writes only data clusters, so
 		// the image stays sparse.
-		_, err := runner.Run(ctx, "qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", path(dir), out.Name())
+		_, err := runner.Run(ctx, "qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", b.Path(dir), out.Name())
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("flatten disk of %s: %w", id, err)
 	}
 	return nil
-}
-
-// Remove deletes the overlay; a missing disk is success.
-func (b *Backend) Remove(ctx context.Context, id, dir string) error {
-	return diskfile.Remove(path(dir))
-}
-
-// Usage returns the bytes the overlay's allocated blocks take; the shared
-// base is not counted.
-func (b *Backend) Usage(ctx context.Context, id, dir string) (int64, error) {
-	return diskfile.Usage(path(dir))
 }
