@@ -89,9 +89,10 @@ func TestEgressPolicyInGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// busybox 1.35's wget crashes on its own -T option; timeout(1) bounds it.
 	fetch := func(target string) (string, bool) {
 		t.Helper()
-		res, err := d.Client.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "wget", Args: []string{"-q", "-T", "2", "-O", "-", target}})
+		res, err := d.Client.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "timeout", Args: []string{"3", "wget", "-q", "-O", "-", target}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,7 +131,7 @@ func TestEgressPolicyInGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := d.Client.Exec(ctx, sb2.ID, client.ExecRequest{Cmd: "wget", Args: []string{"-q", "-T", "2", "-O", "-", url}})
+	res, err := d.Client.Exec(ctx, sb2.ID, client.ExecRequest{Cmd: "timeout", Args: []string{"3", "wget", "-q", "-O", "-", url}})
 	if err != nil || res.ExitCode == 0 {
 		t.Errorf("sandbox created offline reached the outside: %+v %v", res, err)
 	}
