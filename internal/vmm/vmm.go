@@ -85,3 +85,30 @@ const (
 type Stater interface {
 	State(ctx context.Context) (State, error)
 }
+
+// SnapshotOptions tune Snapshotter.Snapshot.
+type SnapshotOptions struct {
+	// Diff asks for only the memory dirtied since the last snapshot, where the
+	// VMM tracks dirty pages (Firecracker with track_dirty_pages); a driver
+	// that cannot takes a full snapshot.
+	Diff bool
+}
+
+// Snapshotter is implemented by machines that can save their whole state
+// (devices, vCPUs, memory) so that Restorer.Restore brings them back.
+type Snapshotter interface {
+	// Snapshot writes the state of the paused machine into dir (which exists
+	// and is empty), in the VMM's own format; the machine stays paused. The
+	// guest's disk is not part of it: the caller keeps the disk as it was at
+	// the snapshot.
+	Snapshot(ctx context.Context, dir string, opts SnapshotOptions) error
+}
+
+// Restorer is implemented by drivers that can start a machine from a
+// directory written by Snapshot. spec describes the new machine: its disk
+// (with the content it had at the snapshot), network slot, directory; its
+// vCPUs and memory must equal the snapshot's. The restored machine is
+// running when Restore returns.
+type Restorer interface {
+	Restore(ctx context.Context, spec Spec, snapshotDir string) (Machine, error)
+}
