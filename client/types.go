@@ -8,6 +8,7 @@ type CreateSandboxRequest struct {
 	Template  string            `json:"template,omitempty"`
 	VCPUs     int               `json:"vcpus,omitempty"`
 	MemoryMiB int               `json:"memory_mib,omitempty"`
+	DiskMiB   int               `json:"disk_mib,omitempty"`
 	TimeoutS  int               `json:"timeout_s,omitempty"`
 	Env       map[string]string `json:"env,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`

@@ -54,6 +54,7 @@ func createCmd() *cobra.Command {
 	f.StringVarP(&req.Template, "template", "t", "base", "template to create the sandbox from")
 	f.IntVar(&req.VCPUs, "vcpus", 0, "virtual CPUs (default: the daemon's, 1)")
 	f.IntVar(&req.MemoryMiB, "memory", 0, "memory in MiB (default: the daemon's, 256)")
+	f.IntVar(&req.DiskMiB, "disk", 0, "root disk size in MiB (default: the template's)")
 	f.IntVar(&req.TimeoutS, "timeout", 0, "seconds until the sandbox is destroyed (default: the daemon's, 300)")
 	f.StringArrayVarP(&env, "env", "e", nil, "KEY=VALUE default environment of every command (repeatable)")
 	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")

@@ -176,8 +176,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cr := sandbox.CreateRequest{
-		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, TimeoutS: req.TimeoutS,
-		Env: req.Env, Metadata: req.Metadata,
+		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
+		TimeoutS: req.TimeoutS, Env: req.Env, Metadata: req.Metadata,
 	}
 	if req.Network != nil {
 		pol, err := policy(*req.Network)

@@ -28,6 +28,7 @@ type Limits struct {
 	MaxMemoryMiB  int
 	MaxTimeout    time.Duration
 	MaxExecTimout time.Duration
+	MaxDiskMiB    int
 }
 
 // Config configures a Manager.
@@ -62,6 +63,7 @@ func DefaultConfig(dir string) Config {
 			MaxMemoryMiB:  64 * 1024,
 			MaxTimeout:    24 * time.Hour,
 			MaxExecTimout: 24 * time.Hour,
+			MaxDiskMiB:    256 * 1024,
 		},
 	}
 }
@@ -169,6 +171,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	} else if err != nil {
 		return store.Sandbox{}, fmt.Errorf("look up template %q: %w", req.Template, err)
 	}
+	baseMiB := int((tpl.RootfsSizeBytes + 1<<20 - 1) >> 20)
+	switch {
+	case req.DiskMiB == 0:
+		req.DiskMiB = baseMiB
+	case req.DiskMiB < baseMiB || req.DiskMiB > m.cfg.Limits.MaxDiskMiB:
+		return store.Sandbox{}, invalid("disk_mib", "must be between the template's %d and %d, got %d", baseMiB, m.cfg.Limits.MaxDiskMiB, req.DiskMiB)
+	}
 
 	start := time.Now()
 	id := newID()
@@ -177,7 +186,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	defer sb.mu.Unlock()
 	r := store.Sandbox{
 		ID: id, Template: tpl.Name, State: StateCreating, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
-		DiskMiB: int(tpl.RootfsSizeBytes >> 20), Env: req.Env, Metadata: req.Metadata,
+		DiskMiB: req.DiskMiB, Env: req.Env, Metadata: req.Metadata,
 		Token: newToken(), SlotIndex: -1, Dir: filepath.Join(m.cfg.Dir, id),
 		CreatedAt: start.UTC(), ExpiresAt: start.Add(time.Duration(req.TimeoutS) * time.Second).UTC(),
 		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
@@ -209,7 +218,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	undo.add(func(context.Context) error { return os.RemoveAll(r.Dir) })
 
 	phase := time.Now()
-	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, tpl.Rootfs, 0)
+	var size int64
+	if req.DiskMiB > baseMiB {
+		size = int64(req.DiskMiB) << 20
+	}
+	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, tpl.Rootfs, size)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("prepare disk of sandbox %s: %w", id, err)
 	}

@@ -308,6 +308,8 @@ func TestCreateRejectsBadInputLeavingNothing(t *testing.T) {
 		{"negative timeout", CreateRequest{TimeoutS: -5}, "timeout_s", ErrInvalid},
 		{"absurd timeout", CreateRequest{TimeoutS: 1 << 30}, "timeout_s", ErrInvalid},
 		{"bad env name", CreateRequest{Env: map[string]string{"A=B": "x"}}, "env", ErrInvalid},
+		{"disk below the template's", CreateRequest{DiskMiB: 512}, "disk_mib", ErrInvalid},
+		{"absurd disk", CreateRequest{DiskMiB: 1 << 30}, "disk_mib", ErrInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

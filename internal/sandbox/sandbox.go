@@ -105,9 +105,12 @@ type CreateRequest struct {
 	Template  string
 	VCPUs     int
 	MemoryMiB int
-	TimeoutS  int
-	Env       map[string]string
-	Metadata  map[string]string
+	// DiskMiB is the root disk's size; 0 keeps the template's, smaller is
+	// an error.
+	DiskMiB  int
+	TimeoutS int
+	Env      map[string]string
+	Metadata map[string]string
 	// Network is the egress policy; nil takes network.DefaultPolicy.
 	Network *network.Policy
 }
