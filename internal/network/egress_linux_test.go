@@ -30,7 +30,15 @@ var (
 	uplinkHostAddr    = netip.MustParseAddr("198.18.0.1")
 	uplinkOutsideAddr = netip.MustParseAddr("198.18.0.2")
 	farAddr           = netip.MustParseAddr("198.19.5.5")
+	// farAddr2 is a second outside destination (policy tests tell them
+	// apart); the outside also answers at the metadata address, which no
+	// policy may open.
+	farAddr2 = netip.MustParseAddr("198.19.6.6")
 )
+
+// outsideAddrs are the addresses the outside world serves on, each routed
+// from the host through the uplink.
+var outsideAddrs = []netip.Addr{farAddr, farAddr2, MetadataAddr}
 
 func TestEgress(t *testing.T) {
 	testutil.RequireRoot(t)
@@ -108,7 +116,7 @@ func keepForwarding(t *testing.T) {
 }
 
 // outsideWorld builds the outside namespace behind uplink, with an echo
-// server on farAddr, and returns the server's port.
+// server on every address of outsideAddrs, and returns the server's port.
 func outsideWorld(t *testing.T, uplink string) int {
 	t.Helper()
 	if err := createNetns(testOutsideNetns); err != nil {
@@ -136,19 +144,29 @@ func outsideWorld(t *testing.T, uplink string) int {
 	}
 	var ln net.Listener
 	err = Do(path, func() error {
-		for name, a := range map[string]*netlink.Addr{"eth0": addr(uplinkOutsideAddr, 30), "lo": addr(farAddr, 32)} {
-			l, err := netlink.LinkByName(name)
+		addrs := []struct {
+			dev string
+			a   *netlink.Addr
+		}{{"eth0", addr(uplinkOutsideAddr, 30)}}
+		for _, a := range outsideAddrs {
+			addrs = append(addrs, struct {
+				dev string
+				a   *netlink.Addr
+			}{"lo", addr(a, 32)})
+		}
+		for _, a := range addrs {
+			l, err := netlink.LinkByName(a.dev)
 			if err != nil {
 				return err
 			}
-			if err := netlink.AddrAdd(l, a); err != nil {
+			if err := netlink.AddrAdd(l, a.a); err != nil {
 				return err
 			}
 			if err := netlink.LinkSetUp(l); err != nil {
 				return err
 			}
 		}
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(farAddr, 0).String())
+		ln, err = net.Listen("tcp", "0.0.0.0:0")
 		return err
 	})
 	if err != nil {
@@ -156,13 +174,15 @@ func outsideWorld(t *testing.T, uplink string) int {
 	}
 	t.Cleanup(func() { ln.Close() })
 	go serveEcho(ln)
-	// Only the far address goes to the outside namespace (the route leaves
-	// with the link).
-	if err := netlink.RouteAdd(&netlink.Route{
-		Dst: &net.IPNet{IP: farAddr.AsSlice(), Mask: net.CIDRMask(32, 32)},
-		Gw:  uplinkOutsideAddr.AsSlice(),
-	}); err != nil {
-		t.Fatalf("route to %s: %v", farAddr, err)
+	// Only the outside addresses go to the outside namespace (the routes
+	// leave with the link).
+	for _, a := range outsideAddrs {
+		if err := netlink.RouteAdd(&netlink.Route{
+			Dst: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)},
+			Gw:  uplinkOutsideAddr.AsSlice(),
+		}); err != nil {
+			t.Fatalf("route to %s: %v", a, err)
+		}
 	}
 	return ln.Addr().(*net.TCPAddr).Port
 }

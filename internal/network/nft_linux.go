@@ -207,6 +207,13 @@ var (
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource}
 	slotForward = &nftables.Chain{Name: "forward", Table: slotTable, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: policyAccept()}
+	// slotOutput subjects packets the namespace itself sends as the guest
+	// to the policy too. The VMM's guest never takes this path (its packets
+	// are forwarded from tap0); a process standing in for the guest inside
+	// the namespace (tests, debugging tools) does, and must see the same
+	// policy.
+	slotOutput = &nftables.Chain{Name: "output", Table: slotTable, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: policyAccept()}
 	// slotPolicy is a regular chain holding the sandbox's Policy; forward
 	// jumps to it for everything the guest sends.
 	slotPolicy = &nftables.Chain{Name: "policy", Table: slotTable}
@@ -220,6 +227,7 @@ var (
 //	postrouting  oifname eth0 ip saddr 169.254.0.21 snat to <HostAddr>
 //	forward      iifname tap0 ip saddr != 169.254.0.21 drop (no spoofed sources)
 //	             iifname tap0 jump policy
+//	output       ip saddr 169.254.0.21 jump policy
 //	policy       see policyRules
 func writeSlotTable(hostAddr netip.Addr, denied []netip.Prefix, pol Policy) error {
 	c, err := nftables.New()
@@ -227,7 +235,7 @@ func writeSlotTable(hostAddr netip.Addr, denied []netip.Prefix, pol Policy) erro
 		return fmt.Errorf("open nftables: %w", err)
 	}
 	t := c.AddTable(slotTable)
-	for _, ch := range []*nftables.Chain{slotPrerouting, slotPostrouting, slotForward, slotPolicy} {
+	for _, ch := range []*nftables.Chain{slotPrerouting, slotPostrouting, slotForward, slotOutput, slotPolicy} {
 		c.AddChain(ch)
 	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: slotPrerouting, Exprs: concat(
@@ -243,6 +251,9 @@ func writeSlotTable(hostAddr netip.Addr, denied []netip.Prefix, pol Policy) erro
 		verdict(expr.VerdictDrop))})
 	c.AddRule(&nftables.Rule{Table: t, Chain: slotForward, Exprs: concat(
 		ifnameIs(unix.NFT_META_IIFNAME, TAPName),
+		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: slotPolicy.Name}})})
+	c.AddRule(&nftables.Rule{Table: t, Chain: slotOutput, Exprs: concat(
+		addrIs(12, GuestAddr),
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: slotPolicy.Name}})})
 	addPolicyRules(c, slotPolicy, denied, pol)
 	if err := c.Flush(); err != nil {

@@ -242,7 +242,7 @@ func TestGetBuildsSlot(t *testing.T) {
 			}
 		}
 		sort.Strings(names)
-		if got := strings.Join(names, " "); got != "forward:2 policy:5 postrouting:1 prerouting:1" {
+		if got := strings.Join(names, " "); got != "forward:2 output:1 policy:5 postrouting:1 prerouting:1" {
 			t.Errorf("namespace table ip %s chains:rules = %q", TableName, got)
 		}
 		return nil
