@@ -123,16 +123,7 @@ func TestPolicy(t *testing.T) {
 		if err := p.SetPolicy(context.Background(), s, DefaultPolicy); err != nil {
 			t.Fatal(err)
 		}
-		var c net.Conn
-		err := Do(s.NetnsPath, func() error {
-			var err error
-			c, err = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: GuestAddr.AsSlice()}, Timeout: time.Second}).Dial("tcp", far1.String())
-			return err
-		})
-		if err != nil {
-			t.Fatalf("guest -> %s: %v", far1, err)
-		}
-		defer c.Close()
+		c := guestConn(t, s, far1)
 		r := bufio.NewReader(c)
 		echo := func() error {
 			c.SetDeadline(time.Now().Add(300 * time.Millisecond))
@@ -173,16 +164,7 @@ func TestReusedSlotForgetsConnections(t *testing.T) {
 	serveGuest(t, s)
 	far := netip.AddrPortFrom(farAddr, port)
 	// An established flow: the guest holds a connection open.
-	var c net.Conn
-	err = Do(s.NetnsPath, func() error {
-		var err error
-		c, err = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: GuestAddr.AsSlice()}, Timeout: time.Second}).Dial("tcp", far.String())
-		return err
-	})
-	if err != nil {
-		t.Fatalf("guest -> %s: %v", far, err)
-	}
-	defer c.Close()
+	guestConn(t, s, far)
 	if n := flowsTo(t, s, farAddr); n.ns == 0 || n.host == 0 {
 		t.Fatalf("control: conntrack entries for the open flow: %d in the slot, %d on the host; want some in both", n.ns, n.host)
 	}
@@ -235,4 +217,21 @@ func flowsTo(t *testing.T, s *Slot, dst netip.Addr) flowCount {
 		}
 	}
 	return n
+}
+
+// guestConn opens a connection from the guest of s to target, closed when
+// the test ends.
+func guestConn(t *testing.T, s *Slot, target netip.AddrPort) net.Conn {
+	t.Helper()
+	var c net.Conn
+	err := Do(s.NetnsPath, func() error {
+		var err error
+		c, err = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: GuestAddr.AsSlice()}, Timeout: time.Second}).Dial("tcp", target.String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("guest -> %s: %v", target, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
