@@ -1,4 +1,4 @@
-// Package store persists the daemon's state (sandboxes, and later snapshots)
+// Package store persists the daemon's state (sandboxes and snapshots)
 // in an embedded SQLite database, so the daemon's view survives its own
 // restart. It stores records; it knows nothing about VMMs or kernels.
 package store
@@ -16,6 +16,9 @@ import (
 
 // ErrNotFound is returned for a record that does not exist.
 var ErrNotFound = errors.New("not found")
+
+// ErrExists is returned when inserting a record whose key is taken.
+var ErrExists = errors.New("already exists")
 
 // Sandbox is one sandbox's persisted record.
 type Sandbox struct {
@@ -45,6 +48,43 @@ type Sandbox struct {
 	TimingsMS map[string]float64
 	// Network is the sandbox's egress policy.
 	Network NetworkPolicy
+	// TimeoutS is the sandbox's lifetime in seconds, from create or the
+	// last timeout change; a resume starts it again.
+	TimeoutS int
+	// AutoPause pauses the sandbox at its end time instead of destroying it.
+	AutoPause bool
+	// Snapshot names the snapshot the sandbox was created from ("" for a
+	// template); the snapshot cannot be deleted while the sandbox exists.
+	Snapshot string
+
+	// DiskBytes and MemoryBytes are the bytes the sandbox's disk and saved
+	// memory occupy (allocated blocks). They are measured when read, never
+	// stored.
+	DiskBytes   int64
+	MemoryBytes int64
+}
+
+// Snapshot is a named, persistent capture of a sandbox: its memory and
+// device state and its flattened disk.
+type Snapshot struct {
+	Name string
+	// Sandbox is the id of the sandbox it was taken from.
+	Sandbox   string
+	Template  string
+	VCPUs     int
+	MemoryMiB int
+	DiskMiB   int
+	// Dir holds the snapshot's files.
+	Dir string
+	// Token is the guest agent's access token at the snapshot: the agents
+	// of sandboxes restored from it start out requiring it.
+	Token string
+	// Env is the source's default environment.
+	Env map[string]string
+	// Hidden snapshots (a fork's) are not listed and go away with the last
+	// sandbox created from them.
+	Hidden    bool
+	CreatedAt time.Time
 }
 
 // NetworkPolicy is a sandbox's egress policy as stored: prefixes in CIDR
@@ -84,6 +124,22 @@ var migrations = []string{
 	timings     TEXT NOT NULL
 )`,
 	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{"internet":true}'`,
+	`ALTER TABLE sandboxes ADD COLUMN timeout_s INTEGER NOT NULL DEFAULT 0`,
+	`ALTER TABLE sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0`,
+	`ALTER TABLE sandboxes ADD COLUMN snapshot TEXT NOT NULL DEFAULT ''`,
+	`CREATE TABLE snapshots (
+	name        TEXT PRIMARY KEY,
+	sandbox     TEXT NOT NULL,
+	template    TEXT NOT NULL,
+	vcpus       INTEGER NOT NULL,
+	memory_mib  INTEGER NOT NULL,
+	disk_mib    INTEGER NOT NULL,
+	dir         TEXT NOT NULL,
+	token       TEXT NOT NULL,
+	env         TEXT NOT NULL,
+	hidden      INTEGER NOT NULL,
+	created_at  INTEGER NOT NULL
+)`,
 }
 
 // Open opens (creating if needed) the database at path.
@@ -158,11 +214,13 @@ func (s *Store) PutSandbox(ctx context.Context, sb Sandbox) error {
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT OR REPLACE INTO sandboxes
 		(id, template, state, vcpus, memory_mib, disk_mib, env, metadata, token, slot_index,
-		 vmm_pid, dir, disk_path, disk_format, created_at, expires_at, error, timings, network)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		 vmm_pid, dir, disk_path, disk_format, created_at, expires_at, error, timings, network,
+		 timeout_s, auto_pause, snapshot)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.Template, sb.State, sb.VCPUs, sb.MemoryMiB, sb.DiskMiB, string(env), string(meta),
 		sb.Token, sb.SlotIndex, sb.VMMPID, sb.Dir, sb.DiskPath, sb.DiskFormat,
-		sb.CreatedAt.UnixMilli(), sb.ExpiresAt.UnixMilli(), sb.Error, string(timings), string(network))
+		sb.CreatedAt.UnixMilli(), sb.ExpiresAt.UnixMilli(), sb.Error, string(timings), string(network),
+		sb.TimeoutS, sb.AutoPause, sb.Snapshot)
 	if err != nil {
 		return fmt.Errorf("put sandbox %s: %w", sb.ID, err)
 	}
@@ -197,7 +255,7 @@ func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
 func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, template, state, vcpus, memory_mib, disk_mib, env,
 		metadata, token, slot_index, vmm_pid, dir, disk_path, disk_format, created_at, expires_at,
-		error, timings, network FROM sandboxes `+where+` ORDER BY created_at, id`, args...)
+		error, timings, network, timeout_s, auto_pause, snapshot FROM sandboxes `+where+` ORDER BY created_at, id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query sandboxes: %w", err)
 	}
@@ -209,7 +267,7 @@ func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox
 		var created, expires int64
 		if err := rows.Scan(&sb.ID, &sb.Template, &sb.State, &sb.VCPUs, &sb.MemoryMiB, &sb.DiskMiB,
 			&env, &meta, &sb.Token, &sb.SlotIndex, &sb.VMMPID, &sb.Dir, &sb.DiskPath, &sb.DiskFormat,
-			&created, &expires, &sb.Error, &timings, &network); err != nil {
+			&created, &expires, &sb.Error, &timings, &network, &sb.TimeoutS, &sb.AutoPause, &sb.Snapshot); err != nil {
 			return nil, fmt.Errorf("scan sandbox: %w", err)
 		}
 		if err := decode(sb.ID, env, &sb.Env, meta, &sb.Metadata, timings, &sb.TimingsMS); err != nil {
@@ -224,6 +282,83 @@ func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read sandboxes: %w", err)
+	}
+	return out, nil
+}
+
+// PutSnapshot inserts a snapshot record; a name already taken is ErrExists.
+func (s *Store) PutSnapshot(ctx context.Context, sn Snapshot) error {
+	env, err := json.Marshal(nonNil(sn.Env))
+	if err != nil {
+		return fmt.Errorf("encode env of snapshot %s: %w", sn.Name, err)
+	}
+	res, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO snapshots
+		(name, sandbox, template, vcpus, memory_mib, disk_mib, dir, token, env, hidden, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		sn.Name, sn.Sandbox, sn.Template, sn.VCPUs, sn.MemoryMiB, sn.DiskMiB, sn.Dir, sn.Token,
+		string(env), sn.Hidden, sn.CreatedAt.UnixMilli())
+	if err != nil {
+		return fmt.Errorf("put snapshot %s: %w", sn.Name, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("put snapshot %s: %w", sn.Name, err)
+	} else if n == 0 {
+		return fmt.Errorf("snapshot %s: %w", sn.Name, ErrExists)
+	}
+	return nil
+}
+
+// GetSnapshot returns one snapshot record or ErrNotFound.
+func (s *Store) GetSnapshot(ctx context.Context, name string) (Snapshot, error) {
+	rows, err := s.querySnapshots(ctx, "WHERE name = ?", name)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if len(rows) == 0 {
+		return Snapshot{}, fmt.Errorf("snapshot %s: %w", name, ErrNotFound)
+	}
+	return rows[0], nil
+}
+
+// ListSnapshots returns every snapshot record, hidden ones included, oldest
+// first.
+func (s *Store) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
+	return s.querySnapshots(ctx, "")
+}
+
+// DeleteSnapshot removes a snapshot record; deleting a missing one is not an
+// error.
+func (s *Store) DeleteSnapshot(ctx context.Context, name string) error {
+	if _, err := s.db.ExecContext(ctx, "DELETE FROM snapshots WHERE name = ?", name); err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *Store) querySnapshots(ctx context.Context, where string, args ...any) ([]Snapshot, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, sandbox, template, vcpus, memory_mib, disk_mib, dir,
+		token, env, hidden, created_at FROM snapshots `+where+` ORDER BY created_at, name`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("query snapshots: %w", err)
+	}
+	defer rows.Close()
+	var out []Snapshot
+	for rows.Next() {
+		var sn Snapshot
+		var env string
+		var created int64
+		if err := rows.Scan(&sn.Name, &sn.Sandbox, &sn.Template, &sn.VCPUs, &sn.MemoryMiB, &sn.DiskMiB,
+			&sn.Dir, &sn.Token, &env, &sn.Hidden, &created); err != nil {
+			return nil, fmt.Errorf("scan snapshot: %w", err)
+		}
+		if err := json.Unmarshal([]byte(env), &sn.Env); err != nil {
+			return nil, fmt.Errorf("decode env of snapshot %s: %w", sn.Name, err)
+		}
+		sn.CreatedAt = time.UnixMilli(created).UTC()
+		out = append(out, sn)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read snapshots: %w", err)
 	}
 	return out, nil
 }

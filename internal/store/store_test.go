@@ -93,8 +93,10 @@ func TestMigratesVersionOneDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.db.ExecContext(ctx, "DROP TABLE sandboxes"); err != nil {
-		t.Fatal(err)
+	for _, table := range []string{"sandboxes", "snapshots"} {
+		if _, err := s.db.ExecContext(ctx, "DROP TABLE "+table); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := s.db.ExecContext(ctx, migrations[0]); err != nil {
 		t.Fatal(err)
@@ -139,5 +141,56 @@ func TestRefusesNewerSchema(t *testing.T) {
 	s.Close()
 	if _, err := Open(ctx, path); err == nil {
 		t.Fatal("opened a database from a newer ember")
+	}
+}
+
+func TestSnapshotRoundTripAndNewSandboxFields(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ember.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.UnixMilli(time.Now().UnixMilli()).UTC()
+	sn := Snapshot{Name: "snap", Sandbox: "abc", Template: "base", VCPUs: 2, MemoryMiB: 512, DiskMiB: 1024,
+		Dir: "/s/snap", Token: "tok", Env: map[string]string{"A": "1"}, Hidden: true, CreatedAt: now}
+	if err := s.PutSnapshot(ctx, sn); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutSnapshot(ctx, sn); !errors.Is(err, ErrExists) {
+		t.Fatalf("second put: %v, want ErrExists", err)
+	}
+	sb := Sandbox{ID: "x", State: "paused", TimeoutS: 30, AutoPause: true, Snapshot: "snap", CreatedAt: now, ExpiresAt: now}
+	if err := s.PutSandbox(ctx, sb); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.GetSnapshot(ctx, "snap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Sandbox != "abc" || got.VCPUs != 2 || got.MemoryMiB != 512 || got.DiskMiB != 1024 || got.Dir != "/s/snap" ||
+		got.Token != "tok" || got.Env["A"] != "1" || !got.Hidden || !got.CreatedAt.Equal(now) {
+		t.Fatalf("round trip: got %+v, want %+v", got, sn)
+	}
+	gotSB, err := s.GetSandbox(ctx, "x")
+	if err != nil || gotSB.TimeoutS != 30 || !gotSB.AutoPause || gotSB.Snapshot != "snap" {
+		t.Fatalf("sandbox fields: %+v %v", gotSB, err)
+	}
+	if list, err := s.ListSnapshots(ctx); err != nil || len(list) != 1 {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	if err := s.DeleteSnapshot(ctx, "snap"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteSnapshot(ctx, "snap"); err != nil {
+		t.Fatalf("delete twice: %v", err)
+	}
+	if _, err := s.GetSnapshot(ctx, "snap"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
 	}
 }
