@@ -17,6 +17,11 @@ import (
 // host's entries for its host address deleted) and its policy is
 // DefaultPolicy again.
 func (p *Pool) reset(s *Slot) error {
+	return p.onHost(func() error { return p.resetHere(s) })
+}
+
+// resetHere is reset on a thread in the host namespace.
+func (p *Pool) resetHere(s *Slot) error {
 	ns, err := netns.GetFromPath(s.NetnsPath)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", s.NetnsPath, err)

@@ -3,6 +3,7 @@
 package network
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -118,28 +119,46 @@ func keepForwarding(t *testing.T) {
 // outsideWorld builds the outside namespace behind uplink, with an echo
 // server on every address of outsideAddrs, and returns the server's port.
 func outsideWorld(t *testing.T, uplink string) int {
+	return outsideWorldOf(t, uplink, "", testOutsideNetns)
+}
+
+// outsideWorldOf is outsideWorld for the host namespace at hostNetns ("" is
+// the test's own), with the outside namespace named outside.
+func outsideWorldOf(t *testing.T, uplink, hostNetns, outside string) int {
 	t.Helper()
-	if err := createNetns(testOutsideNetns); err != nil {
+	onHost := func(fn func() error) error {
+		if hostNetns == "" {
+			return fn()
+		}
+		return Do(hostNetns, fn)
+	}
+	if err := createNetns(outside); err != nil {
 		t.Fatalf("create outside netns: %v", err)
 	}
-	t.Cleanup(func() { deleteNetns(testOutsideNetns) })
-	path := netnsDir + "/" + testOutsideNetns
+	t.Cleanup(func() { deleteNetns(outside) })
+	path := netnsDir + "/" + outside
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: uplink, Flags: net.FlagUp}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatalf("add uplink veth: %v", err)
-	}
+	err = onHost(func() error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: uplink, Flags: net.FlagUp}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add uplink veth: %w", err)
+		}
+		return netlink.AddrAdd(veth, addr(uplinkHostAddr, 30))
+	})
 	t.Cleanup(func() {
+		if hostNetns != "" {
+			return // goes with the host namespace
+		}
 		if err := removeUplinkRules(uplink); err != nil {
 			t.Errorf("remove rules for uplink %s: %v", uplink, err)
 		}
 		deleteLink(uplink)
 	})
-	if err := netlink.AddrAdd(veth, addr(uplinkHostAddr, 30)); err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
 	var ln net.Listener
@@ -176,13 +195,19 @@ func outsideWorld(t *testing.T, uplink string) int {
 	go serveEcho(ln)
 	// Only the outside addresses go to the outside namespace (the routes
 	// leave with the link).
-	for _, a := range outsideAddrs {
-		if err := netlink.RouteAdd(&netlink.Route{
-			Dst: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)},
-			Gw:  uplinkOutsideAddr.AsSlice(),
-		}); err != nil {
-			t.Fatalf("route to %s: %v", a, err)
+	err = onHost(func() error {
+		for _, a := range outsideAddrs {
+			if err := netlink.RouteAdd(&netlink.Route{
+				Dst: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)},
+				Gw:  uplinkOutsideAddr.AsSlice(),
+			}); err != nil {
+				return fmt.Errorf("route to %s: %w", a, err)
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ln.Addr().(*net.TCPAddr).Port
 }

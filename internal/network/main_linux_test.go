@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
@@ -60,9 +61,12 @@ func TestMain(m *testing.M) {
 			_ = deleteLink(n)
 		}
 	}
-	if netnsExists(testOutsideNetns) {
-		leaks = append(leaks, "netns "+testOutsideNetns)
-		_ = deleteNetns(testOutsideNetns)
+	entries, _ := os.ReadDir(netnsDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), testNetnsPrefix) {
+			leaks = append(leaks, "netns "+e.Name())
+			_ = deleteNetns(e.Name())
+		}
 	}
 	if len(leaks) > 0 {
 		fmt.Fprintf(os.Stderr, "leak check: %d kernel objects left behind by the tests: %v\n", len(leaks), leaks)

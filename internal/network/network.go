@@ -95,6 +95,12 @@ type Config struct {
 	// FirstIndex is the lowest slot index the pool hands out. Tests offset
 	// their slots with it so they never collide with a running daemon.
 	FirstIndex int
+	// HostNetns, when set, is the path of a network namespace the pool
+	// treats as the host: host veths, routes, the host table and the
+	// uplink live there. Empty means the namespace the pool runs in. Tests
+	// and benchmarks use it to stand a whole host up without touching the
+	// real one.
+	HostNetns string
 	// PoolSize is how many idle slots the pool keeps built in the
 	// background and how many returned slots it keeps for reuse. 0 builds
 	// every slot on demand and tears every returned slot down; the daemon
@@ -144,6 +150,9 @@ func (c Config) Validate() error {
 	}
 	if c.HostCIDR.Overlaps(c.VethCIDR) {
 		return bad("host cidr %s overlaps veth cidr %s", c.HostCIDR, c.VethCIDR)
+	}
+	if c.HostNetns != "" && !strings.HasPrefix(c.HostNetns, "/") {
+		return bad("host netns %q is not an absolute path", c.HostNetns)
 	}
 	if c.PoolSize < 0 {
 		return bad("pool size %d is negative", c.PoolSize)

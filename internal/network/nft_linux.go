@@ -422,3 +422,86 @@ func hostTableExists(c *nftables.Conn) (bool, error) {
 // ctDirReply is conntrack's reply direction (IP_CT_DIR_REPLY), one byte to
 // nftables.
 const ctDirReply = 1
+
+// The foreign forward chain: iptables (and Docker, which sets its policy to
+// DROP) keep the host's forward filter in the base chain FORWARD of table
+// ip filter. nftables runs every base chain on a hook and a drop anywhere is
+// final, so ember's accept in its own table cannot override it: slot traffic
+// needs an accept in that chain too. The rules go at the head of the chain,
+// match only interfaces with ember's prefix and carry a comment tag, so they
+// are added once however often a pool starts. They only keep the foreign
+// chain from dropping slot traffic; what slots may reach is still decided by
+// ember's own table.
+var (
+	foreignFilter      = &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4}
+	foreignForwardName = "FORWARD"
+	foreignTagPrefix   = "ember: "
+)
+
+// foreignForwardRules are the accept rules ember keeps in a foreign FORWARD
+// chain, in insertion order (each goes to the head).
+func foreignForwardRules() []ruleSpec {
+	return []ruleSpec{
+		{nil, foreignTagPrefix + "slot traffic in", true, concat(ifnamePrefix(unix.NFT_META_IIFNAME, VethPrefix), verdict(expr.VerdictAccept))},
+		{nil, foreignTagPrefix + "slot traffic out", true, concat(ifnamePrefix(unix.NFT_META_OIFNAME, VethPrefix), verdict(expr.VerdictAccept))},
+	}
+}
+
+// ensureForeignForward adds ember's accept rules to the ip filter FORWARD
+// base chain when that chain exists and lacks them. added reports whether
+// it added any. Without such a chain it does nothing. (A host whose
+// iptables are the legacy, non-nftables kind keeps FORWARD where nftables
+// cannot see it.)
+func ensureForeignForward() (added bool, err error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("open nftables: %w", err)
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, fmt.Errorf("list ip chains: %w", err)
+	}
+	var fwd *nftables.Chain
+	for _, ch := range chains {
+		if ch.Table.Name == foreignFilter.Name && ch.Name == foreignForwardName && ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookForward {
+			fwd = ch
+		}
+	}
+	if fwd == nil {
+		return false, nil
+	}
+	rules, err := c.GetRules(fwd.Table, fwd)
+	if err != nil {
+		return false, fmt.Errorf("list rules of ip filter FORWARD: %w", err)
+	}
+	have := map[string]bool{}
+	for _, r := range rules {
+		if tag, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok {
+			have[tag] = true
+		}
+	}
+	for _, s := range foreignForwardRules() {
+		if have[s.tag] {
+			continue
+		}
+		c.InsertRule(&nftables.Rule{Table: fwd.Table, Chain: fwd, Exprs: s.exprs,
+			UserData: userdata.AppendString(nil, userdata.TypeComment, s.tag)})
+		added = true
+	}
+	if !added {
+		return false, nil
+	}
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("add rules to ip filter FORWARD: %w", err)
+	}
+	return true, nil
+}
+
+// ifnamePrefix matches interfaces whose name starts with prefix (nft's
+// iifname "prefix*", iptables' -i prefix+).
+func ifnamePrefix(key expr.MetaKey, prefix string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(prefix)},
+	}
+}

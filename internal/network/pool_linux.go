@@ -80,26 +80,8 @@ func newPool(cfg Config, log *slog.Logger, tune func(*Pool)) (*Pool, error) {
 	cfg = cfg.withDefaults()
 	p := &Pool{cfg: cfg, log: log, inUse: map[int]bool{}, out: map[int]bool{},
 		backoffMin: fillBackoffMin, backoffMax: fillBackoffMax}
-	if !cfg.NoEgress {
-		up, err := resolveUplink(cfg.Uplink)
-		if err != nil {
-			return nil, err
-		}
-		p.uplink = up
-	}
-	if err := ensureHostTable(hostRules(p.uplink, cfg.HostCIDR)); err != nil {
+	if err := p.onHost(p.setupHost); err != nil {
 		return nil, err
-	}
-	switch {
-	case cfg.NoEgress:
-		log.Info("sandbox egress disabled by config")
-	case p.uplink == "":
-		log.Warn("no default route: sandboxes get no egress")
-	default:
-		if err := enableForwarding(log); err != nil {
-			return nil, err
-		}
-		log.Info("sandbox egress", "uplink", p.uplink, "host_cidr", cfg.HostCIDR)
 	}
 	p.fillCtx, p.stopFill = context.WithCancel(context.Background())
 	if tune != nil {
@@ -115,6 +97,50 @@ func newPool(cfg Config, log *slog.Logger, tune func(*Pool)) (*Pool, error) {
 		p.filler.Go(p.fill)
 	}
 	return p, nil
+}
+
+// setupHost resolves the uplink, makes sure the host's nftables hold ember's
+// rules (its own table, and accept rules for slot traffic in a foreign
+// forward chain that would drop it) and, with egress, that the host
+// forwards IPv4.
+func (p *Pool) setupHost() error {
+	cfg, log := p.cfg, p.log
+	if !cfg.NoEgress {
+		up, err := resolveUplink(cfg.Uplink)
+		if err != nil {
+			return err
+		}
+		p.uplink = up
+	}
+	if err := ensureHostTable(hostRules(p.uplink, cfg.HostCIDR)); err != nil {
+		return err
+	}
+	if added, err := ensureForeignForward(); err != nil {
+		return err
+	} else if added {
+		log.Info("let slot traffic through the ip filter FORWARD chain", "chain", "ip filter FORWARD", "match", VethPrefix+"*")
+	}
+	switch {
+	case cfg.NoEgress:
+		log.Info("sandbox egress disabled by config")
+	case p.uplink == "":
+		log.Warn("no default route: sandboxes get no egress")
+	default:
+		if err := enableForwarding(log); err != nil {
+			return err
+		}
+		log.Info("sandbox egress", "uplink", p.uplink, "host_cidr", cfg.HostCIDR)
+	}
+	return nil
+}
+
+// onHost runs fn in the namespace the pool treats as the host: the caller's,
+// or Config.HostNetns.
+func (p *Pool) onHost(fn func() error) error {
+	if p.cfg.HostNetns == "" {
+		return fn()
+	}
+	return Do(p.cfg.HostNetns, fn)
 }
 
 // resolveUplink returns name after checking it exists, or, when name is
@@ -204,7 +230,16 @@ func (p *Pool) Get(ctx context.Context) (*Slot, error) {
 
 // create builds a new slot: the lowest index at or above FirstIndex that
 // this pool does not hold and whose namespace and host veth do not exist.
-func (p *Pool) create(ctx context.Context) (*Slot, error) {
+func (p *Pool) create(ctx context.Context) (s *Slot, err error) {
+	err = p.onHost(func() error {
+		s, err = p.createHere(ctx)
+		return err
+	})
+	return s, err
+}
+
+// createHere is create on a thread in the host namespace.
+func (p *Pool) createHere(ctx context.Context) (*Slot, error) {
 	start := time.Now()
 	for from := p.cfg.FirstIndex; ; {
 		index, err := p.reserve(from)
@@ -309,7 +344,7 @@ func (p *Pool) Return(ctx context.Context, s *Slot) error {
 func (p *Pool) destroy(s *Slot) error {
 	start := time.Now()
 	_, nsEnd := p.cfg.vethAddrs(s.Index)
-	err := remove(s.Index, hostRoute(s, nsEnd))
+	err := p.onHost(func() error { return remove(s.Index, hostRoute(s, nsEnd)) })
 	p.release(s.Index)
 	if err != nil {
 		return fmt.Errorf("return slot %d: %w", s.Index, err)
@@ -360,7 +395,7 @@ func (p *Pool) Adopt(index int) (*Slot, error) {
 	s := p.cfg.slot(index)
 	// The host table may have been recreated since the slot was made; put
 	// the slot back under its guard.
-	if err := addSlotElement(s.HostVeth); err != nil {
+	if err := p.onHost(func() error { return addSlotElement(s.HostVeth) }); err != nil {
 		p.release(index)
 		return nil, fmt.Errorf("adopt slot %d: %w", index, err)
 	}
