@@ -109,9 +109,10 @@ func Run(t *testing.T, newBackend New) {
 
 	t.Run("Grow", func(t *testing.T) {
 		b := newBackend(t)
-		for _, size := range []int64{BaseSize, BaseSize + 32<<20} {
+		// Disk ids are unique on a host, as sandbox ids are.
+		for i, size := range []int64{BaseSize, BaseSize + 32<<20} {
 			dir := t.TempDir()
-			d := prepare(t, b, "sb-grow", dir, base, size)
+			d := prepare(t, b, fmt.Sprintf("sb-grow%d", i), dir, base, size)
 			if got := virtualSize(t, d); got != size {
 				t.Errorf("virtual size %d, want %d", got, size)
 			}
@@ -261,9 +262,9 @@ func Run(t *testing.T, newBackend New) {
 			t.Fatal(err)
 		}
 		// The images outlive the disk and are bases in their own right.
-		for _, img := range []string{attached, detached} {
+		for i, img := range []string{attached, detached} {
 			checkFlat(t, img, size, written)
-			child := prepare(t, b, "sb-child", t.TempDir(), img, 0)
+			child := prepare(t, b, fmt.Sprintf("sb-child%d", i), t.TempDir(), img, 0)
 			expect(t, readable(t, child), written, bytes.Repeat([]byte{0x77}, int(written.len)))
 		}
 		if err := b.Flatten(ctx, "sb-none", t.TempDir(), filepath.Join(out, "none.raw")); !errors.Is(err, rootfs.ErrNotFound) {
