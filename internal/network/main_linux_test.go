@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 	"testing"
 
 	"github.com/google/nftables"
@@ -47,7 +48,7 @@ func TestMain(m *testing.M) {
 	}
 	var leaks []string
 	for i := testFirst; i <= testLast; i++ {
-		if l := leftovers(i, nil); len(l) > 0 {
+		if l := settledLeftovers(i, nil); len(l) > 0 {
 			leaks = append(leaks, l...)
 			if err := remove(i, nil); err != nil {
 				fmt.Fprintln(os.Stderr, "remove leaked slot:", err)
@@ -125,4 +126,18 @@ func deleteHostTable() error {
 		return err
 	}
 	return nil
+}
+
+// settledLeftovers is leftovers once the kernel has had time to reap the
+// veths of deleted namespaces (see discard): it waits up to two seconds for
+// them to go.
+func settledLeftovers(index int, hostAddr *netip.Addr) []string {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		l := leftovers(index, hostAddr)
+		if len(l) == 0 || time.Now().After(deadline) {
+			return l
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

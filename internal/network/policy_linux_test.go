@@ -161,6 +161,12 @@ func TestReusedSlotForgetsConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	returned := false
+	t.Cleanup(func() {
+		if !returned {
+			p.Return(context.Background(), s)
+		}
+	})
 	serveGuest(t, s)
 	far := netip.AddrPortFrom(farAddr, port)
 	// An established flow: the guest holds a connection open.
@@ -168,6 +174,7 @@ func TestReusedSlotForgetsConnections(t *testing.T) {
 	if n := flowsTo(t, s, farAddr); n.ns == 0 || n.host == 0 {
 		t.Fatalf("control: conntrack entries for the open flow: %d in the slot, %d on the host; want some in both", n.ns, n.host)
 	}
+	returned = true
 	if err := p.Return(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}

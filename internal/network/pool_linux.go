@@ -42,6 +42,7 @@ type Pool struct {
 	stopFill   context.CancelFunc
 	filler     sync.WaitGroup
 	inflight   sync.WaitGroup
+	reaping    sync.WaitGroup // background halves of destroy
 	closeOnce  sync.Once
 	closeErr   error
 	fillCtx    context.Context
@@ -309,15 +310,19 @@ func (p *Pool) Return(ctx context.Context, s *Slot) error {
 	}
 	p.mu.Lock()
 	out, held := p.out[s.Index], p.inUse[s.Index]
+	if !out && held {
+		p.mu.Unlock()
+		return nil // idle, being built or being torn down: not the caller's
+	}
+	// Hold the index until the teardown is over, so no Get rebuilds it
+	// while the background half of destroy still removes it by name.
+	p.inUse[s.Index] = true
 	delete(p.out, s.Index)
 	pooling := !p.closed && out && p.reused != nil
 	if pooling {
 		p.inflight.Add(1) // Close drains idle only after this is done
 	}
 	p.mu.Unlock()
-	if !out && held {
-		return nil // idle in the pool or being built: not the caller's
-	}
 	if pooling {
 		defer p.inflight.Done()
 		if len(p.reused) < cap(p.reused) {
@@ -338,19 +343,32 @@ func (p *Pool) Return(ctx context.Context, s *Slot) error {
 	return p.destroy(s)
 }
 
-// destroy tears slot s down and frees its index, even if some object could
-// not be removed (create skips an index whose namespace or veth still
-// exists).
+// destroy tears slot s down in two phases. The caller waits only for the
+// namespace to be deleted, which ends the slot (~1 ms). Deleting the host
+// veth blocks for some 20 ms (the kernel waits for a grace period), so a
+// background goroutine does it, with the route and the set element; the
+// index is free again only after that, even if some object could not be
+// removed (create skips an index whose namespace or veth still exists).
+// The kernel would reap the veth with the namespace by itself, but only
+// once nothing holds the namespace (a closing socket in it can for
+// minutes), and the veth must not outlive its place in the host guard.
+// Close waits for the background work.
 func (p *Pool) destroy(s *Slot) error {
 	start := time.Now()
-	_, nsEnd := p.cfg.vethAddrs(s.Index)
-	err := p.onHost(func() error { return remove(s.Index, hostRoute(s, nsEnd)) })
-	p.release(s.Index)
+	err := p.onHost(func() error { return deleteNetns(s.Netns) })
 	if err != nil {
-		return fmt.Errorf("return slot %d: %w", s.Index, err)
+		err = fmt.Errorf("return slot %d: delete netns %s: %w", s.Index, s.Netns, err)
 	}
-	p.log.Debug("slot removed", "slot", s.Index, "duration", time.Since(start))
-	return nil
+	_, nsEnd := p.cfg.vethAddrs(s.Index)
+	p.reaping.Go(func() {
+		rest := time.Now()
+		if err := p.onHost(func() error { return remove(s.Index, hostRoute(s, nsEnd)) }); err != nil {
+			p.log.Warn("remove slot", "slot", s.Index, "err", err)
+		}
+		p.release(s.Index)
+		p.log.Debug("slot removed", "slot", s.Index, "netns_duration", rest.Sub(start), "links_duration", time.Since(rest))
+	})
+	return err
 }
 
 // SetPolicy applies pol to slot s, replacing its previous policy in one
@@ -404,7 +422,7 @@ func (p *Pool) Adopt(index int) (*Slot, error) {
 
 // Close stops the pool handing out slots and pre-building them, waits for
 // the work in flight (a Get building a slot, a Return resetting one, the
-// filler) and tears down the idle slots. Slots handed out stay as they are
+// filler, slots being torn down) and tears down the idle slots. Slots handed out stay as they are
 // (a restarted daemon adopts them); Return still works on them and then
 // tears them down. Close is idempotent.
 func (p *Pool) Close() error {
@@ -421,6 +439,7 @@ func (p *Pool) Close() error {
 				errs = append(errs, p.destroy(<-ch))
 			}
 		}
+		p.reaping.Wait()
 		p.closeErr = errors.Join(errs...)
 	})
 	return p.closeErr

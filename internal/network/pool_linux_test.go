@@ -290,12 +290,13 @@ func TestReturnRemovesEverything(t *testing.T) {
 	if err := p.Return(context.Background(), s); err != nil {
 		t.Fatalf("Return: %v", err)
 	}
-	if l := leftovers(s.Index, &s.HostAddr); len(l) > 0 {
+	if l := settledLeftovers(s.Index, &s.HostAddr); len(l) > 0 {
 		t.Errorf("after Return: %v", l)
 	}
 	if err := p.Return(context.Background(), s); err != nil {
 		t.Errorf("second Return = %v, want nil (already gone is success)", err)
 	}
+	p.reaping.Wait() // the index is free once the teardown is over
 	again, err := p.Get(context.Background())
 	if err != nil {
 		t.Fatalf("Get after Return: %v", err)

@@ -62,7 +62,7 @@ func TestPoolPrebuildsAndClosesIdle(t *testing.T) {
 		if i == s.Index {
 			continue
 		}
-		if l := leftovers(i, nil); len(l) > 0 {
+		if l := settledLeftovers(i, nil); len(l) > 0 {
 			t.Errorf("Close left idle slot %d: %v", i, l)
 		}
 	}
@@ -72,7 +72,7 @@ func TestPoolPrebuildsAndClosesIdle(t *testing.T) {
 	if err := p.Return(context.Background(), s); err != nil {
 		t.Errorf("Return after Close: %v", err)
 	}
-	if l := leftovers(s.Index, &s.HostAddr); len(l) > 0 {
+	if l := settledLeftovers(s.Index, &s.HostAddr); len(l) > 0 {
 		t.Errorf("Return after Close kept slot %d: %v", s.Index, l)
 	}
 }
@@ -105,7 +105,7 @@ func TestPoolReusesReturnedSlots(t *testing.T) {
 	if err := p.Return(context.Background(), b); err != nil {
 		t.Fatalf("Return b: %v", err)
 	}
-	if l := leftovers(b.Index, &b.HostAddr); len(l) > 0 {
+	if l := settledLeftovers(b.Index, &b.HostAddr); len(l) > 0 {
 		t.Errorf("Return beyond the pool size kept slot %d: %v", b.Index, l)
 	}
 	again := getSlot(t, p)
