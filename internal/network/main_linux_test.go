@@ -9,8 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
