@@ -19,6 +19,16 @@ var (
 	ErrExecTimeout = errors.New("command timed out")
 	// ErrClosed: the manager is shutting down.
 	ErrClosed = errors.New("manager closed")
+	// ErrNotPaused: resume of a sandbox that is not paused.
+	ErrNotPaused = errors.New("sandbox not paused")
+	// ErrUnsupported: the VMM driver cannot snapshot or restore machines.
+	ErrUnsupported = errors.New("not supported by this vmm driver")
+	// ErrSnapshotNotFound: no snapshot with that name.
+	ErrSnapshotNotFound = errors.New("snapshot not found")
+	// ErrSnapshotExists: a snapshot with that name exists already.
+	ErrSnapshotExists = errors.New("snapshot exists")
+	// ErrSnapshotInUse: a sandbox created from the snapshot still exists.
+	ErrSnapshotInUse = errors.New("snapshot in use")
 )
 
 // InvalidError names the request field that was rejected and why.

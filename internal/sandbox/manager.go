@@ -29,12 +29,17 @@ type Limits struct {
 	MaxTimeout    time.Duration
 	MaxExecTimout time.Duration
 	MaxDiskMiB    int
+	// MaxForks bounds the sandboxes one fork request makes.
+	MaxForks int
 }
 
 // Config configures a Manager.
 type Config struct {
 	// Dir holds one directory per sandbox.
 	Dir string
+	// SnapshotDir holds one directory per snapshot; empty means "snapshots"
+	// next to Dir.
+	SnapshotDir string
 	// Defaults for fields a create request leaves zero.
 	DefaultTemplate  string
 	DefaultVCPUs     int
@@ -64,6 +69,7 @@ func DefaultConfig(dir string) Config {
 			MaxTimeout:    24 * time.Hour,
 			MaxExecTimout: 24 * time.Hour,
 			MaxDiskMiB:    256 * 1024,
+			MaxForks:      16,
 		},
 	}
 }
@@ -91,6 +97,13 @@ type Manager struct {
 	sandboxes map[string]*Sandbox
 	closed    bool
 
+	// snapMu serialises snapshot deletes against creates that use them;
+	// it guards snapBusy (names being written) and snapRefs (creates in
+	// flight per snapshot). Taken before mu, never the other way round.
+	snapMu   sync.Mutex
+	snapBusy map[string]bool
+	snapRefs map[string]int
+
 	// wg tracks background work (the reaper, reaps of dead machines).
 	wg   sync.WaitGroup
 	stop chan struct{}
@@ -102,17 +115,28 @@ func NewManager(cfg Config, d Deps) (*Manager, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create sandbox dir %s: %w", cfg.Dir, err)
 	}
+	if cfg.SnapshotDir == "" {
+		cfg.SnapshotDir = filepath.Join(filepath.Dir(cfg.Dir), "snapshots")
+	}
+	if err := os.MkdirAll(cfg.SnapshotDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create snapshot dir %s: %w", cfg.SnapshotDir, err)
+	}
+	if cfg.Limits.MaxForks == 0 {
+		cfg.Limits.MaxForks = DefaultConfig(cfg.Dir).Limits.MaxForks
+	}
 	return &Manager{
 		cfg:       cfg,
 		d:         d,
 		log:       d.Log,
 		sandboxes: map[string]*Sandbox{},
+		snapBusy:  map[string]bool{},
+		snapRefs:  map[string]int{},
 		stop:      make(chan struct{}),
 	}, nil
 }
 
 func (m *Manager) validate(req *CreateRequest) error {
-	if req.Template == "" {
+	if req.Template == "" && req.Snapshot == "" {
 		req.Template = m.cfg.DefaultTemplate
 	}
 	if req.VCPUs == 0 {
@@ -159,24 +183,53 @@ func containsAny(s, chars string) bool {
 	return false
 }
 
-// Create makes a sandbox and returns once its agent answers. On error
-// everything acquired is released and no record remains.
+// Create makes a sandbox and returns once its agent answers: cold-booted from
+// a template, or restored from a snapshot (req.Snapshot). On error everything
+// acquired is released and no record remains.
 func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sandbox, err error) {
+	var src source
+	if req.Snapshot != "" {
+		snap, release, err := m.useSnapshot(ctx, req.Snapshot)
+		if err != nil {
+			return store.Sandbox{}, err
+		}
+		// The reference keeps the snapshot from being deleted until the
+		// new sandbox's record, which names it, is registered or gone.
+		defer release()
+		if err := fromSnapshot(&req, snap); err != nil {
+			return store.Sandbox{}, err
+		}
+		src = source{template: snap.Template, kernel: snapKernel(snap.Dir), rootfs: snapRootfs(snap.Dir),
+			state: snapState(snap.Dir), snapshot: snap.Name, token: snap.Token}
+	}
 	if err := m.validate(&req); err != nil {
 		return store.Sandbox{}, err
 	}
-	tpl, err := m.d.Templates.Get(req.Template)
-	if errors.Is(err, template.ErrNotFound) {
-		return store.Sandbox{}, fmt.Errorf("template %q: %w", req.Template, ErrTemplateNotFound)
-	} else if err != nil {
-		return store.Sandbox{}, fmt.Errorf("look up template %q: %w", req.Template, err)
+	if src.snapshot == "" {
+		tpl, err := m.d.Templates.Get(req.Template)
+		if errors.Is(err, template.ErrNotFound) {
+			return store.Sandbox{}, fmt.Errorf("template %q: %w", req.Template, ErrTemplateNotFound)
+		} else if err != nil {
+			return store.Sandbox{}, fmt.Errorf("look up template %q: %w", req.Template, err)
+		}
+		baseMiB := int((tpl.RootfsSizeBytes + 1<<20 - 1) >> 20)
+		switch {
+		case req.DiskMiB == 0:
+			req.DiskMiB = baseMiB
+		case req.DiskMiB < baseMiB || req.DiskMiB > m.cfg.Limits.MaxDiskMiB:
+			return store.Sandbox{}, invalid("disk_mib", "must be between the template's %d and %d, got %d", baseMiB, m.cfg.Limits.MaxDiskMiB, req.DiskMiB)
+		}
+		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken()}
+		if req.DiskMiB > baseMiB {
+			src.sizeBytes = int64(req.DiskMiB) << 20
+		}
 	}
-	baseMiB := int((tpl.RootfsSizeBytes + 1<<20 - 1) >> 20)
-	switch {
-	case req.DiskMiB == 0:
-		req.DiskMiB = baseMiB
-	case req.DiskMiB < baseMiB || req.DiskMiB > m.cfg.Limits.MaxDiskMiB:
-		return store.Sandbox{}, invalid("disk_mib", "must be between the template's %d and %d, got %d", baseMiB, m.cfg.Limits.MaxDiskMiB, req.DiskMiB)
+	var restorer vmm.Restorer
+	if src.state != "" {
+		var ok bool
+		if restorer, ok = m.d.VMM.(vmm.Restorer); !ok {
+			return store.Sandbox{}, fmt.Errorf("restore from snapshot %q: %w", src.snapshot, ErrUnsupported)
+		}
 	}
 
 	start := time.Now()
@@ -185,13 +238,14 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	r := store.Sandbox{
-		ID: id, Template: tpl.Name, State: StateCreating, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
+		ID: id, Template: src.template, State: StateCreating, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskMiB: req.DiskMiB, Env: req.Env, Metadata: req.Metadata,
-		Token: newToken(), SlotIndex: -1, Dir: filepath.Join(m.cfg.Dir, id),
+		Token: src.token, SlotIndex: -1, Dir: filepath.Join(m.cfg.Dir, id),
 		CreatedAt: start.UTC(), ExpiresAt: start.Add(time.Duration(req.TimeoutS) * time.Second).UTC(),
 		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
+		TimeoutS: req.TimeoutS, AutoPause: req.AutoPause, Snapshot: src.snapshot,
 	}
-	log := m.log.With("sandbox", id, "template", tpl.Name)
+	log := m.log.With("sandbox", id, "template", src.template)
 
 	var undo cleanup
 	defer func() {
@@ -218,11 +272,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	undo.add(func(context.Context) error { return os.RemoveAll(r.Dir) })
 
 	phase := time.Now()
-	var size int64
-	if req.DiskMiB > baseMiB {
-		size = int64(req.DiskMiB) << 20
-	}
-	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, tpl.Rootfs, size)
+	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, src.rootfs, src.sizeBytes)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("prepare disk of sandbox %s: %w", id, err)
 	}
@@ -246,13 +296,23 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	}
 
 	phase = time.Now()
-	machine, err := m.d.VMM.Start(ctx, m.spec(r, tpl.Kernel, slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs()))
+	spec := m.spec(r, src.kernel, slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs())
+	var machine vmm.Machine
+	if restorer != nil {
+		machine, err = restorer.Restore(ctx, spec, src.state)
+	} else {
+		machine, err = m.d.VMM.Start(ctx, spec)
+	}
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("start vmm of sandbox %s: %w", id, err)
 	}
 	undo.add(func(ctx context.Context) error { return machine.Stop(ctx) })
 	r.VMMPID = machine.PID()
-	r.TimingsMS["boot"] = ms(time.Since(phase))
+	if restorer != nil {
+		r.TimingsMS["restore"] = ms(time.Since(phase))
+	} else {
+		r.TimingsMS["boot"] = ms(time.Since(phase))
+	}
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
@@ -263,6 +323,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	defer cancel()
 	if err := ag.WaitReady(readyCtx); err != nil {
 		return store.Sandbox{}, fmt.Errorf("wait for agent of sandbox %s (console log %s): %w", id, vmm.ConsoleLog(r.Dir), err)
+	}
+	if restorer != nil {
+		m.syncClock(readyCtx, ag, id)
 	}
 	if err := ag.Init(readyCtx, r.Env); err != nil {
 		return store.Sandbox{}, fmt.Errorf("init agent of sandbox %s: %w", id, err)
@@ -277,8 +340,21 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 		return store.Sandbox{}, err
 	}
 	m.watch(sb, machine)
-	log.Info("sandbox created", "slot", slot.Index, "pid", r.VMMPID, "timings_ms", r.TimingsMS)
+	log.Info("sandbox created", "slot", slot.Index, "pid", r.VMMPID, "snapshot", src.snapshot, "timings_ms", r.TimingsMS)
 	return r, nil
+}
+
+// source is what a new sandbox is made from: a template's kernel and base
+// image, or a snapshot's (with its saved machine state to restore).
+type source struct {
+	template  string
+	kernel    string
+	rootfs    string
+	sizeBytes int64
+	// state is the saved machine state to restore; "" cold-boots.
+	state    string
+	snapshot string
+	token    string
 }
 
 func (m *Manager) spec(r store.Sandbox, kernel, netnsPath, tap, mac, bootArgs string) vmm.Spec {
@@ -325,17 +401,26 @@ func (m *Manager) lookup(id string) (*Sandbox, error) {
 	return sb, nil
 }
 
-// Get returns one sandbox's record.
+// Get returns one sandbox's record, with its disk and memory usage.
 func (m *Manager) Get(id string) (store.Sandbox, error) {
 	sb, err := m.lookup(id)
 	if err != nil {
 		return store.Sandbox{}, err
 	}
-	return sb.Record(), nil
+	return m.withUsage(sb.Record()), nil
 }
 
-// List returns every sandbox's record, oldest first.
+// List returns every sandbox's record, with its usage, oldest first.
 func (m *Manager) List() []store.Sandbox {
+	recs := m.records()
+	for i := range recs {
+		recs[i] = m.withUsage(recs[i])
+	}
+	return recs
+}
+
+// records returns every sandbox's record, oldest first.
+func (m *Manager) records() []store.Sandbox {
 	m.mu.RLock()
 	out := make([]store.Sandbox, 0, len(m.sandboxes))
 	for _, sb := range m.sandboxes {
@@ -425,6 +510,9 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	}
 	m.unregister(id)
 	m.log.Info("sandbox destroyed", "sandbox", id, "duration_ms", ms(time.Since(start)))
+	if r.Snapshot != "" {
+		m.dropHidden(ctx, r.Snapshot)
+	}
 	return nil
 }
 

@@ -31,19 +31,29 @@ type world struct {
 	policies map[int]network.Policy
 	nextPID  int
 
+	// detached holds the disks kept for paused sandboxes; bases the image
+	// each disk was prepared over; restored the state dir each machine
+	// came from ("" for a cold boot).
+	detached map[string]bool
+	bases    map[string]string
+	kernel   string
+
 	failDisk, failSlot, failStart, failReady, failAdopt bool
+	failPause, failSnapshot, failRestore, failAttach    bool
+	failFlatten, failStop                               bool
 	execFn                                              func(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
 }
 
 func newWorld() *world {
-	return &world{disks: map[string]bool{}, slots: map[int]bool{}, machines: map[int]*fakeMachine{}, nextPID: 100}
+	return &world{disks: map[string]bool{}, slots: map[int]bool{}, machines: map[int]*fakeMachine{}, nextPID: 100,
+		detached: map[string]bool{}, bases: map[string]string{}, kernel: "/k"}
 }
 
 func (w *world) Get(name string) (template.Template, error) {
 	if name != "base" {
 		return template.Template{}, template.ErrNotFound
 	}
-	return template.Template{Name: "base", Kernel: "/k", Rootfs: "/r", RootfsSizeBytes: 1 << 30}, nil
+	return template.Template{Name: "base", Kernel: w.kernel, Rootfs: "/r", RootfsSizeBytes: 1 << 30}, nil
 }
 
 func (w *world) Name() string { return "fake" }
@@ -54,20 +64,62 @@ func (w *world) Prepare(ctx context.Context, id, dir, base string, size int64) (
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.disks[id] = true
+	w.bases[id] = base
 	return rootfs.Disk{Path: filepath.Join(dir, "disk"), Format: "raw"}, nil
 }
 func (w *world) Remove(ctx context.Context, id, dir string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.disks, id)
+	delete(w.detached, id)
 	return nil
 }
-func (w *world) Usage(ctx context.Context, id, dir string) (int64, error) { return 0, nil }
-func (w *world) Detach(ctx context.Context, id, dir string) error         { return nil }
+func (w *world) Usage(ctx context.Context, id, dir string) (int64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.disks[id] {
+		return 0, rootfs.ErrNotFound
+	}
+	return 4096, nil
+}
+func (w *world) Detach(ctx context.Context, id, dir string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.disks[id] {
+		return rootfs.ErrNotFound
+	}
+	for _, m := range w.machines {
+		if m.disk == id {
+			return errors.New("disk still open by a vmm")
+		}
+	}
+	w.detached[id] = true
+	return nil
+}
 func (w *world) Attach(ctx context.Context, id, dir string) (rootfs.Disk, error) {
+	if w.failAttach {
+		return rootfs.Disk{}, errors.New("loop device busy")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.disks[id] {
+		return rootfs.Disk{}, rootfs.ErrNotFound
+	}
+	delete(w.detached, id)
 	return rootfs.Disk{Path: filepath.Join(dir, "disk"), Format: "raw"}, nil
 }
-func (w *world) Flatten(ctx context.Context, id, dir, dst string) error { return nil }
+func (w *world) Flatten(ctx context.Context, id, dir, dst string) error {
+	if w.failFlatten {
+		return errors.New("no space")
+	}
+	w.mu.Lock()
+	ok := w.disks[id]
+	w.mu.Unlock()
+	if !ok {
+		return rootfs.ErrNotFound
+	}
+	return os.WriteFile(dst, []byte("image of "+id), 0o600)
+}
 
 type fakeSlots struct{ w *world }
 
@@ -122,12 +174,35 @@ func (d fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, erro
 	if w.failStart {
 		return nil, errors.New("qemu exploded")
 	}
+	return w.newMachine(spec, ""), nil
+}
+
+func (w *world) newMachine(spec vmm.Spec, from string) *fakeMachine {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.nextPID++
-	m := &fakeMachine{w: w, pid: w.nextPID, done: make(chan struct{})}
+	m := &fakeMachine{w: w, pid: w.nextPID, done: make(chan struct{}), disk: spec.ID, from: from, spec: spec}
 	w.machines[m.pid] = m
-	return m, nil
+	return m
+}
+
+// Restore checks what a real driver needs: a state directory written by
+// Snapshot and the snapshot's shape.
+func (d fakeDriver) Restore(ctx context.Context, spec vmm.Spec, dir string) (vmm.Machine, error) {
+	if d.w.failRestore {
+		return nil, errors.New("incoming migration failed")
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "mem"))
+	if err != nil {
+		return nil, err
+	}
+	if want := fmt.Sprintf("vcpus=%d mem=%d", spec.VCPUs, spec.MemoryMiB); string(b) != want {
+		return nil, fmt.Errorf("state %q, spec %q", b, want)
+	}
+	if _, err := os.Stat(spec.Kernel); err != nil {
+		return nil, err
+	}
+	return d.w.newMachine(spec, dir), nil
 }
 func (d fakeDriver) Attach(ctx context.Context, spec vmm.Spec, pid int) (vmm.Machine, error) {
 	d.w.mu.Lock()
@@ -142,15 +217,50 @@ func (d fakeDriver) Attach(ctx context.Context, spec vmm.Spec, pid int) (vmm.Mac
 type fakeMachine struct {
 	w    *world
 	pid  int
+	disk string
+	from string
 	once sync.Once
 	done chan struct{}
+
+	mu     sync.Mutex
+	paused bool
+	spec   vmm.Spec
 }
 
-func (m *fakeMachine) PID() int                         { return m.pid }
-func (m *fakeMachine) Pause(ctx context.Context) error  { return nil }
-func (m *fakeMachine) Resume(ctx context.Context) error { return nil }
-func (m *fakeMachine) Done() <-chan struct{}            { return m.done }
+func (m *fakeMachine) PID() int { return m.pid }
+func (m *fakeMachine) Pause(ctx context.Context) error {
+	if m.w.failPause {
+		return errors.New("qmp stop failed")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.paused = true
+	return nil
+}
+func (m *fakeMachine) Resume(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.paused = false
+	return nil
+}
+func (m *fakeMachine) isPaused() bool { m.mu.Lock(); defer m.mu.Unlock(); return m.paused }
+
+// Snapshot writes a state file naming the machine's shape.
+func (m *fakeMachine) Snapshot(ctx context.Context, dir string, _ vmm.SnapshotOptions) error {
+	if m.w.failSnapshot {
+		os.WriteFile(filepath.Join(dir, "partial"), []byte("x"), 0o600)
+		return errors.New("migration failed")
+	}
+	if !m.isPaused() {
+		return errors.New("snapshot of a running machine")
+	}
+	return os.WriteFile(filepath.Join(dir, "mem"), []byte(fmt.Sprintf("vcpus=%d mem=%d", m.spec.VCPUs, m.spec.MemoryMiB)), 0o600)
+}
+func (m *fakeMachine) Done() <-chan struct{} { return m.done }
 func (m *fakeMachine) Stop(ctx context.Context) error {
+	if m.w.failStop {
+		return errors.New("qemu will not die")
+	}
 	m.crash()
 	return nil
 }
@@ -225,6 +335,10 @@ func setup(t *testing.T) (*world, *store.Store, string, *Manager) {
 	}
 	t.Cleanup(func() { st.Close() })
 	sbDir := filepath.Join(dir, "sandboxes")
+	w.kernel = filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(w.kernel, []byte("kernel"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return w, st, sbDir, newManager(t, w, st, sbDir)
 }
 

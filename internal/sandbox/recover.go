@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/emberhq/ember/internal/store"
@@ -28,8 +29,20 @@ func (m *Manager) Recover(ctx context.Context) (slots map[int]bool, err error) {
 			return nil, err
 		}
 		switch r.State {
-		case StateError:
+		case StateError, StatePaused:
 			continue
+		case StatePausing, StateResuming:
+			// Interrupted with the saved state either complete (the
+			// directory appears by rename) or not there at all.
+			m.stopOrphan(ctx, sb, r)
+			sb.mu.Lock()
+			if _, err := os.Stat(pauseDir(r)); err == nil {
+				m.settlePaused(ctx, sb, r)
+			} else {
+				m.fail(sb, r, "daemon stopped while the sandbox was "+r.State+", before its state was saved")
+				failed++
+			}
+			sb.mu.Unlock()
 		case StateRunning:
 			if err := m.adopt(ctx, sb, r); err == nil {
 				slots[r.SlotIndex] = true
@@ -56,6 +69,9 @@ func (m *Manager) Recover(ctx context.Context) (slots map[int]bool, err error) {
 			sb.mu.Unlock()
 			failed++
 		}
+	}
+	if err := m.reclaimSnapshots(ctx); err != nil {
+		m.log.Error("reclaim snapshot files", "err", err)
 	}
 	m.log.Info("recovered sandboxes", "adopted", adopted, "failed", failed, "destroyed", finished)
 	return slots, nil
@@ -87,6 +103,19 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	sb.mu.Unlock()
 	m.watch(sb, machine)
 	return nil
+}
+
+// settlePaused finishes an interrupted pause or undoes an interrupted
+// resume: no VMM runs, the disk is detached and the sandbox is paused.
+// Called with sb.mu held.
+func (m *Manager) settlePaused(ctx context.Context, sb *Sandbox, r store.Sandbox) {
+	if err := m.d.Disks.Detach(ctx, r.ID, r.Dir); err != nil {
+		m.log.Warn("detach disk of paused sandbox", "sandbox", r.ID, "err", err)
+	}
+	r.State, r.VMMPID, r.SlotIndex = StatePaused, 0, -1
+	if err := m.put(ctx, sb, r); err != nil {
+		m.log.Error("record paused sandbox", "sandbox", r.ID, "err", err)
+	}
 }
 
 // stopOrphan stops a machine recorded for a sandbox that is not to be kept.
@@ -125,12 +154,25 @@ func (m *Manager) RunReaper(ctx context.Context, every time.Duration) {
 	}()
 }
 
+// reap ends the running sandboxes past their end time: paused when they
+// asked for auto-pause (destroyed if this VMM cannot pause), else destroyed.
+// Paused sandboxes do not expire: their end time starts again on resume.
 func (m *Manager) reap(ctx context.Context, now time.Time) {
-	for _, r := range m.List() {
+	for _, r := range m.records() {
 		if r.State != StateRunning || now.Before(r.ExpiresAt) {
 			continue
 		}
-		m.log.Info("sandbox timed out", "sandbox", r.ID, "expires_at", r.ExpiresAt)
+		m.log.Info("sandbox timed out", "sandbox", r.ID, "expires_at", r.ExpiresAt, "auto_pause", r.AutoPause)
+		if r.AutoPause {
+			_, err := m.Pause(ctx, r.ID)
+			if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrConflict) {
+				continue
+			}
+			if !errors.Is(err, ErrUnsupported) {
+				m.log.Error("pause timed-out sandbox", "sandbox", r.ID, "err", err)
+				continue // try again at the next tick
+			}
+		}
 		if err := m.Destroy(ctx, r.ID); err != nil && !errors.Is(err, ErrNotFound) {
 			m.log.Error("destroy timed-out sandbox", "sandbox", r.ID, "err", err)
 		}

@@ -28,6 +28,13 @@ const (
 	StateCreating = "creating"
 	StateRunning  = "running"
 	StateStopping = "stopping"
+	// StatePaused: the machine's state is saved in the sandbox directory,
+	// no VMM runs and no slot is held; its disk is kept, detached.
+	StatePaused = "paused"
+	// StatePausing and StateResuming mark a pause or resume in progress, so
+	// Recover can finish or undo one a crash interrupted.
+	StatePausing  = "pausing"
+	StateResuming = "resuming"
 	// StateError: the sandbox's machine is gone (it failed, or did not survive
 	// a daemon restart); its resources are released and its record kept so a
 	// client sees what happened. Deleting it removes the record.
@@ -113,6 +120,12 @@ type CreateRequest struct {
 	Metadata map[string]string
 	// Network is the egress policy; nil takes network.DefaultPolicy.
 	Network *network.Policy
+	// Snapshot names a snapshot to restore instead of booting a template;
+	// VCPUs, MemoryMiB and DiskMiB then default to (and must equal) the
+	// snapshot's.
+	Snapshot string
+	// AutoPause pauses the sandbox at its end time instead of destroying it.
+	AutoPause bool
 }
 
 // ExecRequest runs one command in a sandbox.

@@ -1,0 +1,380 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/rootfs"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// pauseDir holds a paused sandbox's saved machine state. It appears (by a
+// rename) only once the state is complete, so its presence means "resumable".
+func pauseDir(r store.Sandbox) string { return filepath.Join(r.Dir, "pause") }
+
+// Pause saves a running sandbox's machine state, stops its VMM, detaches its
+// disk and returns its slot. A paused sandbox costs disk space only.
+func (m *Manager) Pause(ctx context.Context, id string) (store.Sandbox, error) {
+	sb, err := m.lookupLocked(id)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	defer sb.mu.Unlock()
+	r, err := m.pauseLocked(ctx, sb, sb.Record())
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	return m.withUsage(r), nil
+}
+
+// lookupLocked finds a sandbox and locks it; a sandbox destroyed while the
+// caller waited for the lock is not found.
+func (m *Manager) lookupLocked(id string) (*Sandbox, error) {
+	sb, err := m.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	sb.mu.Lock()
+	if _, err := m.lookup(id); err != nil {
+		sb.mu.Unlock()
+		return nil, err
+	}
+	return sb, nil
+}
+
+func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox) (store.Sandbox, error) {
+	if r.State != StateRunning || sb.machine == nil {
+		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s, not running: %w", r.ID, r.State, ErrConflict)
+	}
+	snapper, ok := sb.machine.(vmm.Snapshotter)
+	if !ok {
+		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, ErrUnsupported)
+	}
+	start := time.Now()
+	machine, prev := sb.machine, sb.live.Load()
+	// Back to running when the machine could not be saved: it never stopped.
+	rollback := func(cause error) (store.Sandbox, error) {
+		ctx := context.WithoutCancel(ctx)
+		errs := []error{cause}
+		if err := machine.Resume(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("resume vcpus: %w", err))
+		}
+		r.State = StateRunning
+		sb.live.Store(prev)
+		if err := m.put(ctx, sb, r); err != nil {
+			errs = append(errs, err)
+		}
+		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, errors.Join(errs...))
+	}
+
+	r.State = StatePausing
+	sb.setLive(nil, netip.Addr{})
+	if err := m.put(ctx, sb, r); err != nil {
+		sb.live.Store(prev)
+		return store.Sandbox{}, err
+	}
+	if err := machine.Pause(ctx); err != nil {
+		return rollback(fmt.Errorf("pause vcpus: %w", err))
+	}
+	dir := pauseDir(r)
+	tmp := dir + ".tmp"
+	if err := freshDir(tmp); err != nil {
+		return rollback(err)
+	}
+	if err := snapper.Snapshot(ctx, tmp, vmm.SnapshotOptions{}); err != nil {
+		return rollback(errors.Join(fmt.Errorf("save machine state: %w", err), os.RemoveAll(tmp)))
+	}
+	if err := replaceDir(tmp, dir); err != nil {
+		return rollback(errors.Join(err, os.RemoveAll(tmp)))
+	}
+	saved := time.Since(start)
+
+	// From here the saved state is the sandbox: the VMM goes first (it
+	// holds the disk open), then the disk is detached and the slot returned.
+	ctx = context.WithoutCancel(ctx)
+	sb.machine = nil // a stop on purpose: the watcher must not fail the sandbox
+	if err := machine.Stop(ctx); err != nil {
+		sb.machine = machine
+		m.fail(sb, r, "pause: stop vmm: "+err.Error())
+		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: stop vmm: %w", r.ID, err)
+	}
+	if err := m.d.Disks.Detach(ctx, r.ID, r.Dir); err != nil {
+		// Resume attaches an attached disk as it is: only host resources
+		// stay held, and the next destroy releases them.
+		m.log.Warn("detach disk of paused sandbox", "sandbox", r.ID, "err", err)
+	}
+	if sb.slot != nil {
+		if err := m.d.Slots.Return(ctx, sb.slot); err != nil {
+			m.log.Warn("return slot of paused sandbox", "sandbox", r.ID, "slot", sb.slot.Index, "err", err)
+		}
+		sb.slot = nil
+	}
+	r.State, r.VMMPID, r.SlotIndex = StatePaused, 0, -1
+	r.TimingsMS = withTiming(r.TimingsMS, "pause", time.Since(start))
+	if err := m.put(ctx, sb, r); err != nil {
+		return store.Sandbox{}, err
+	}
+	m.log.Info("sandbox paused", "sandbox", r.ID, "save_ms", ms(saved), "total_ms", ms(time.Since(start)))
+	return r, nil
+}
+
+// Resume brings a paused sandbox back: its disk re-attached, a fresh slot,
+// the machine restored from the saved state and the agent answering. Its end
+// time starts again from now.
+func (m *Manager) Resume(ctx context.Context, id string) (store.Sandbox, error) {
+	sb, err := m.lookupLocked(id)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	defer sb.mu.Unlock()
+	r, err := m.resumeLocked(ctx, sb, sb.Record())
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	return m.withUsage(r), nil
+}
+
+func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox) (rec store.Sandbox, err error) {
+	switch r.State {
+	case StatePaused:
+	case StateRunning:
+		return store.Sandbox{}, fmt.Errorf("sandbox %s is running, not paused: %w", r.ID, ErrNotPaused)
+	default:
+		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s, not paused: %w", r.ID, r.State, ErrNotPaused)
+	}
+	restorer, ok := m.d.VMM.(vmm.Restorer)
+	if !ok {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, ErrUnsupported)
+	}
+	kernel, err := m.kernelFor(r)
+	if err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, err)
+	}
+	pol, err := Policy(r.Network)
+	if err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: stored policy: %w", r.ID, err)
+	}
+	dir := pauseDir(r)
+	if _, err := os.Stat(dir); err != nil {
+		return store.Sandbox{}, m.lost(sb, r, fmt.Sprintf("saved machine state %s unreadable: %v", dir, err))
+	}
+	start := time.Now()
+	paused := r
+	r.State = StateResuming
+	if err := m.put(ctx, sb, r); err != nil {
+		return store.Sandbox{}, err
+	}
+	var undo cleanup
+	lostDisk := false
+	defer func() {
+		if err == nil || lostDisk {
+			return
+		}
+		if cerr := undo.run(ctx); cerr != nil {
+			m.log.Error("undo failed resume", "sandbox", r.ID, "err", cerr)
+		}
+		sb.machine, sb.slot = nil, nil
+		if perr := m.put(ctx, sb, paused); perr != nil {
+			err = errors.Join(err, perr)
+		}
+	}()
+
+	disk, err := m.d.Disks.Attach(ctx, r.ID, r.Dir)
+	if errors.Is(err, rootfs.ErrNotFound) {
+		lostDisk = true
+		return store.Sandbox{}, m.lost(sb, r, "disk gone: "+err.Error())
+	} else if err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: attach disk: %w", r.ID, err)
+	}
+	undo.add(func(ctx context.Context) error { return m.d.Disks.Detach(ctx, r.ID, r.Dir) })
+	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
+
+	slot, err := m.d.Slots.Get(ctx)
+	if err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: get network slot: %w", r.ID, err)
+	}
+	undo.add(func(ctx context.Context) error { return m.d.Slots.Return(ctx, slot) })
+	if err := m.d.Slots.SetPolicy(ctx, slot, pol); err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: apply network policy: %w", r.ID, err)
+	}
+	r.SlotIndex = slot.Index
+
+	machine, err := restorer.Restore(ctx, m.spec(r, kernel, slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs()), dir)
+	if err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: restore vmm: %w", r.ID, err)
+	}
+	undo.add(func(ctx context.Context) error { return machine.Stop(ctx) })
+	r.VMMPID = machine.PID()
+	if err := m.put(ctx, sb, r); err != nil {
+		return store.Sandbox{}, err
+	}
+
+	ag := m.d.Agent(slot.HostAddr, r.Token)
+	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
+	defer cancel()
+	if err := ag.WaitReady(readyCtx); err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: wait for agent (console log %s): %w", r.ID, vmm.ConsoleLog(r.Dir), err)
+	}
+	m.syncClock(readyCtx, ag, r.ID)
+
+	now := time.Now()
+	r.State = StateRunning
+	r.ExpiresAt = now.Add(m.lifetime(r)).UTC()
+	r.TimingsMS = withTiming(r.TimingsMS, "resume", now.Sub(start))
+	sb.machine, sb.slot = machine, slot
+	sb.setLive(ag, slot.HostAddr)
+	if err := m.put(ctx, sb, r); err != nil {
+		sb.setLive(nil, netip.Addr{})
+		return store.Sandbox{}, err
+	}
+	m.watch(sb, machine)
+	// The saved state is stale once the guest runs on: drop it.
+	if err := os.RemoveAll(dir); err != nil {
+		m.log.Warn("remove saved state of resumed sandbox", "sandbox", r.ID, "err", err)
+	}
+	m.log.Info("sandbox resumed", "sandbox", r.ID, "slot", slot.Index, "pid", r.VMMPID, "duration_ms", ms(now.Sub(start)))
+	return r, nil
+}
+
+// lost moves a paused sandbox whose saved state or disk is gone to the error
+// state (it can never resume) and returns the error that says so.
+func (m *Manager) lost(sb *Sandbox, r store.Sandbox, reason string) error {
+	m.fail(sb, r, "resume: "+reason)
+	return fmt.Errorf("sandbox %s cannot resume (%s); it is now in the error state: %w", r.ID, reason, ErrConflict)
+}
+
+// lifetime is how long a sandbox lives from its (re)start.
+func (m *Manager) lifetime(r store.Sandbox) time.Duration {
+	if r.TimeoutS > 0 {
+		return time.Duration(r.TimeoutS) * time.Second
+	}
+	return m.cfg.DefaultTimeout
+}
+
+// kernelFor returns the kernel a sandbox's machine runs: its snapshot's copy,
+// or its template's.
+func (m *Manager) kernelFor(r store.Sandbox) (string, error) {
+	if r.Snapshot != "" {
+		sn, err := m.d.Store.GetSnapshot(context.Background(), r.Snapshot)
+		if err != nil {
+			return "", fmt.Errorf("snapshot %q of the sandbox: %w", r.Snapshot, err)
+		}
+		return snapKernel(sn.Dir), nil
+	}
+	tpl, err := m.d.Templates.Get(r.Template)
+	if errors.Is(err, template.ErrNotFound) {
+		return "", fmt.Errorf("template %q: %w", r.Template, ErrTemplateNotFound)
+	} else if err != nil {
+		return "", fmt.Errorf("look up template %q: %w", r.Template, err)
+	}
+	return tpl.Kernel, nil
+}
+
+// syncClock sets a restored guest's clock to the host's: the guest's clock
+// stood still while it was saved. Best effort: a guest with a wrong clock is
+// still a working sandbox.
+func (m *Manager) syncClock(ctx context.Context, ag Agent, id string) {
+	now := time.Now().Unix()
+	st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: "date", Args: []string{"-u", "-s", "@" + strconv.FormatInt(now, 10)}}, discard{}, discard{})
+	if err != nil || st.Code != 0 {
+		m.log.Warn("set clock of restored guest", "sandbox", id, "err", err, "exit_code", st.Code)
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// SetTimeout sets a sandbox's end time to now + seconds; a paused sandbox
+// keeps it as its lifetime for when it resumes.
+func (m *Manager) SetTimeout(ctx context.Context, id string, seconds int) (store.Sandbox, error) {
+	if seconds < 1 || time.Duration(seconds)*time.Second > m.cfg.Limits.MaxTimeout {
+		return store.Sandbox{}, invalid("timeout_s", "must be between 1 and %d seconds, got %d", int(m.cfg.Limits.MaxTimeout/time.Second), seconds)
+	}
+	sb, err := m.lookupLocked(id)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	defer sb.mu.Unlock()
+	r := sb.Record()
+	if r.State != StateRunning && r.State != StatePaused {
+		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s: %w", id, r.State, ErrConflict)
+	}
+	r.TimeoutS = seconds
+	r.ExpiresAt = time.Now().Add(time.Duration(seconds) * time.Second).UTC()
+	if err := m.put(ctx, sb, r); err != nil {
+		return store.Sandbox{}, err
+	}
+	return m.withUsage(r), nil
+}
+
+// withUsage fills in the bytes a sandbox's disk and saved memory occupy.
+func (m *Manager) withUsage(r store.Sandbox) store.Sandbox {
+	switch r.State {
+	case StateError, StateCreating, StateStopping:
+		return r
+	}
+	if n, err := m.d.Disks.Usage(context.Background(), r.ID, r.Dir); err == nil {
+		r.DiskBytes = n
+	}
+	if r.State == StatePaused {
+		r.MemoryBytes = allocated(pauseDir(r))
+	}
+	return r
+}
+
+// allocated sums the blocks the files under path occupy (st_blocks × 512).
+func allocated(path string) int64 {
+	var n int64
+	filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			n += blocks(info)
+		}
+		return nil
+	})
+	return n
+}
+
+func withTiming(t map[string]float64, phase string, d time.Duration) map[string]float64 {
+	out := make(map[string]float64, len(t)+1)
+	for k, v := range t {
+		out[k] = v
+	}
+	out[phase] = ms(d)
+	return out
+}
+
+// freshDir makes path an empty directory.
+func freshDir(path string) error {
+	if err := os.RemoveAll(path); err != nil {
+		return fmt.Errorf("clear %s: %w", path, err)
+	}
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	return nil
+}
+
+// replaceDir renames src over dst, dropping what dst held.
+func replaceDir(src, dst string) error {
+	if err := os.RemoveAll(dst); err != nil {
+		return fmt.Errorf("clear %s: %w", dst, err)
+	}
+	if err := os.Rename(src, dst); err != nil {
+		return fmt.Errorf("publish %s: %w", dst, err)
+	}
+	return nil
+}

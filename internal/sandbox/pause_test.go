@@ -1,0 +1,449 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+func machineOf(t *testing.T, w *world, pid int) *fakeMachine {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m, ok := w.machines[pid]
+	if !ok {
+		t.Fatalf("no machine with pid %d", pid)
+	}
+	return m
+}
+
+// assertPaused checks what a paused sandbox holds: a record in "paused", its
+// saved state, a detached disk, and no machine or slot.
+func assertPaused(t *testing.T, w *world, st *store.Store, m *Manager, id string) store.Sandbox {
+	t.Helper()
+	r, err := m.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != StatePaused || r.VMMPID != 0 || r.SlotIndex != -1 {
+		t.Fatalf("paused record %+v", r)
+	}
+	if r.MemoryBytes <= 0 || r.DiskBytes <= 0 {
+		t.Fatalf("paused usage: disk %d memory %d", r.DiskBytes, r.MemoryBytes)
+	}
+	if stored, _ := st.GetSandbox(context.Background(), id); stored.State != StatePaused {
+		t.Fatalf("stored state %s", stored.State)
+	}
+	if _, err := os.Stat(filepath.Join(pauseDir(r), "mem")); err != nil {
+		t.Fatalf("saved state: %v", err)
+	}
+	if _, err := os.Stat(pauseDir(r) + ".tmp"); !os.IsNotExist(err) {
+		t.Fatalf("temporary state dir left: %v", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.detached[id] || len(w.machines) != 0 || len(w.slots) != 0 {
+		t.Fatalf("paused sandbox holds detached=%v machines=%d slots=%v", w.detached[id], len(w.machines), w.slots)
+	}
+	return r
+}
+
+func TestPauseResume(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{TimeoutS: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := machineOf(t, w, r.VMMPID)
+	p, err := m.Pause(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.State != StatePaused || p.MemoryBytes <= 0 {
+		t.Fatalf("pause returned %+v", p)
+	}
+	if _, ok := p.TimingsMS["pause"]; !ok {
+		t.Fatalf("no pause timing in %v", p.TimingsMS)
+	}
+	// The stopped machine must not look like a crash to the watcher.
+	<-first.done
+	time.Sleep(20 * time.Millisecond)
+	assertPaused(t, w, st, m, r.ID)
+
+	if _, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); !errors.Is(err, ErrConflict) {
+		t.Fatalf("exec in paused sandbox: %v", err)
+	}
+	if _, err := m.Address(r.ID); !errors.Is(err, ErrConflict) {
+		t.Fatalf("address of paused sandbox: %v", err)
+	}
+	if _, err := m.Pause(ctx, r.ID); !errors.Is(err, ErrConflict) {
+		t.Fatalf("pause twice: %v", err)
+	}
+
+	before := time.Now()
+	res, err := m.Resume(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.State != StateRunning || res.VMMPID == 0 || res.VMMPID == r.VMMPID || res.SlotIndex < 0 || res.MemoryBytes != 0 {
+		t.Fatalf("resumed record %+v", res)
+	}
+	if res.ExpiresAt.Before(before.Add(59 * time.Second)) {
+		t.Fatalf("end time %s not restarted on resume", res.ExpiresAt)
+	}
+	if mach := machineOf(t, w, res.VMMPID); mach.from != pauseDir(r) {
+		t.Fatalf("restored from %q, want %q", mach.from, pauseDir(r))
+	}
+	if _, err := os.Stat(pauseDir(r)); !os.IsNotExist(err) {
+		t.Fatalf("saved state kept after resume: %v", err)
+	}
+	if _, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("exec after resume: %v", err)
+	}
+	if _, err := m.Resume(ctx, r.ID); !errors.Is(err, ErrNotPaused) {
+		t.Fatalf("resume of a running sandbox: %v", err)
+	}
+	// Pause and resume again: nothing accumulates.
+	if _, err := m.Pause(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Resume(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Destroy(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, w, st, m, dir)
+}
+
+func TestPauseFailureKeepsRunning(t *testing.T) {
+	cases := []struct {
+		name string
+		set  func(*world)
+	}{
+		{"vcpus will not stop", func(w *world) { w.failPause = true }},
+		{"state not saved", func(w *world) { w.failSnapshot = true }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w, st, dir, m := setup(t)
+			ctx := context.Background()
+			r, err := m.Create(ctx, CreateRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.set(w)
+			if _, err := m.Pause(ctx, r.ID); err == nil {
+				t.Fatal("pause succeeded")
+			}
+			got, _ := m.Get(r.ID)
+			if got.State != StateRunning || got.VMMPID != r.VMMPID {
+				t.Fatalf("after failed pause: %+v", got)
+			}
+			if machineOf(t, w, r.VMMPID).isPaused() {
+				t.Fatal("vcpus left stopped")
+			}
+			if _, err := os.Stat(pauseDir(r)); !os.IsNotExist(err) {
+				t.Fatalf("saved state after failed pause: %v", err)
+			}
+			if _, err := os.Stat(pauseDir(r) + ".tmp"); !os.IsNotExist(err) {
+				t.Fatalf("partial state after failed pause: %v", err)
+			}
+			if _, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); err != nil {
+				t.Fatalf("exec after failed pause: %v", err)
+			}
+			if err := m.Destroy(ctx, r.ID); err != nil {
+				t.Fatal(err)
+			}
+			assertEmpty(t, w, st, m, dir)
+		})
+	}
+}
+
+func TestPauseStopFailureFailsTheSandbox(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.failStop = true
+	if _, err := m.Pause(ctx, r.ID); err == nil {
+		t.Fatal("pause succeeded")
+	}
+	if got, _ := m.Get(r.ID); got.State != StateError {
+		t.Fatalf("state %s", got.State)
+	}
+	w.failStop = false
+	if err := m.Destroy(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, w, st, m, dir)
+}
+
+func TestResumeFailureStaysPaused(t *testing.T) {
+	cases := []struct {
+		name string
+		set  func(*world, bool)
+	}{
+		{"disk will not attach", func(w *world, on bool) { w.failAttach = on }},
+		{"no slot", func(w *world, on bool) { w.failSlot = on }},
+		{"restore fails", func(w *world, on bool) { w.failRestore = on }},
+		{"agent silent", func(w *world, on bool) { w.failReady = on }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w, st, dir, m := setup(t)
+			ctx := context.Background()
+			r, err := m.Create(ctx, CreateRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Pause(ctx, r.ID); err != nil {
+				t.Fatal(err)
+			}
+			tc.set(w, true)
+			if _, err := m.Resume(ctx, r.ID); err == nil || errors.Is(err, ErrConflict) {
+				t.Fatalf("resume: %v", err)
+			}
+			assertPaused(t, w, st, m, r.ID)
+			tc.set(w, false)
+			if _, err := m.Resume(ctx, r.ID); err != nil {
+				t.Fatalf("resume after the failure cleared: %v", err)
+			}
+			if err := m.Destroy(ctx, r.ID); err != nil {
+				t.Fatal(err)
+			}
+			assertEmpty(t, w, st, m, dir)
+		})
+	}
+}
+
+func TestResumeAfterDiskOrStateVanished(t *testing.T) {
+	cases := []struct {
+		name string
+		lose func(*world, store.Sandbox)
+	}{
+		{"disk gone", func(w *world, r store.Sandbox) {
+			w.mu.Lock()
+			delete(w.disks, r.ID)
+			w.mu.Unlock()
+		}},
+		{"saved state gone", func(w *world, r store.Sandbox) { os.RemoveAll(pauseDir(r)) }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w, st, dir, m := setup(t)
+			ctx := context.Background()
+			r, err := m.Create(ctx, CreateRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Pause(ctx, r.ID); err != nil {
+				t.Fatal(err)
+			}
+			tc.lose(w, r)
+			if _, err := m.Resume(ctx, r.ID); !errors.Is(err, ErrConflict) {
+				t.Fatalf("resume: %v", err)
+			}
+			got, _ := m.Get(r.ID)
+			if got.State != StateError || got.Error == "" {
+				t.Fatalf("after lost resume: %+v", got)
+			}
+			if l := w.leaks(); len(l) > 0 {
+				t.Fatalf("leaked: %v", l)
+			}
+			if err := m.Destroy(ctx, r.ID); err != nil {
+				t.Fatal(err)
+			}
+			assertEmpty(t, w, st, m, dir)
+		})
+	}
+}
+
+func TestPauseRacingDestroy(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		w, st, dir, m := setup(t)
+		ctx := context.Background()
+		r, err := m.Create(ctx, CreateRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var pauseErr, destroyErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); _, pauseErr = m.Pause(ctx, r.ID) }()
+		go func() { defer wg.Done(); destroyErr = m.Destroy(ctx, r.ID) }()
+		wg.Wait()
+		if destroyErr != nil {
+			t.Fatalf("destroy: %v", destroyErr)
+		}
+		if pauseErr != nil && !errors.Is(pauseErr, ErrNotFound) {
+			t.Fatalf("pause lost the race with %v, want not found", pauseErr)
+		}
+		assertEmpty(t, w, st, m, dir)
+	}
+}
+
+func TestUnsupportedDriver(t *testing.T) {
+	w, st, dir, _ := setup(t)
+	cfg := DefaultConfig(dir)
+	type plain struct{ vmm.Driver }
+	m, err := NewManager(cfg, Deps{Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: plain{fakeDriver{w}},
+		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fake machine can snapshot, so pause works; resume cannot.
+	if _, err := m.Pause(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Resume(ctx, r.ID); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("resume: %v", err)
+	}
+	assertPaused(t, w, st, m, r.ID)
+	if err := m.Destroy(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, w, st, m, dir)
+}
+
+func TestSetTimeout(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []int{0, -1, 1 << 30} {
+		if _, err := m.SetTimeout(ctx, r.ID, bad); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("timeout %d: %v", bad, err)
+		}
+	}
+	if _, err := m.SetTimeout(ctx, "nope", 10); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown id: %v", err)
+	}
+	before := time.Now()
+	got, err := m.SetTimeout(ctx, r.ID, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := got.ExpiresAt.Sub(before); d < 3599*time.Second || d > 3601*time.Second || got.TimeoutS != 3600 {
+		t.Fatalf("end time %s after now, timeout %d", d, got.TimeoutS)
+	}
+	if stored, _ := st.GetSandbox(ctx, r.ID); stored.ExpiresAt.Sub(got.ExpiresAt).Abs() > time.Millisecond {
+		t.Fatalf("stored end time %s, want %s", stored.ExpiresAt, got.ExpiresAt)
+	}
+	if err := m.Destroy(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, w, st, m, dir)
+}
+
+func TestReaperPausesAutoPauseSandboxes(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	ap, err := m.Create(ctx, CreateRequest{TimeoutS: 1, AutoPause: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := m.Create(ctx, CreateRequest{TimeoutS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.reap(ctx, time.Now().Add(2*time.Second))
+	if _, err := m.Get(plain.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired sandbox without auto-pause: %v", err)
+	}
+	got := assertPaused(t, w, st, m, ap.ID)
+	if !got.AutoPause {
+		t.Fatal("auto_pause lost")
+	}
+	// A paused sandbox does not expire.
+	m.reap(ctx, time.Now().Add(time.Hour))
+	assertPaused(t, w, st, m, ap.ID)
+	if err := m.Destroy(ctx, ap.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, w, st, m, dir)
+}
+
+func TestRecoverKeepsPausedAndSettlesInterrupted(t *testing.T) {
+	w, st, dir, m := setup(t)
+	ctx := context.Background()
+	paused, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Pause(ctx, paused.ID); err != nil {
+		t.Fatal(err)
+	}
+	// A pause interrupted after the state was saved, and one before.
+	saved, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unsaved, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	for _, r := range []store.Sandbox{saved, unsaved} {
+		r.State = StatePausing
+		if err := st.PutSandbox(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(pauseDir(saved), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	machineOf(t, w, saved.VMMPID).Pause(ctx)
+	os.WriteFile(filepath.Join(pauseDir(saved), "mem"), []byte("vcpus=1 mem=256"), 0o600)
+	w.mu.Lock()
+	w.slots = map[int]bool{} // the network reclaim's job, as in TestRecoverAdoptsSurvivorsAndMarksTheLost
+	w.mu.Unlock()
+
+	m2 := newManager(t, w, st, dir)
+	if _, err := m2.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := m2.Get(unsaved.ID); got.State != StateError {
+		t.Fatalf("pause interrupted before saving: %s", got.State)
+	}
+	assertPausedRecord := func(id string) {
+		got, _ := m2.Get(id)
+		if got.State != StatePaused {
+			t.Fatalf("%s: state %s", id, got.State)
+		}
+	}
+	assertPausedRecord(paused.ID)
+	assertPausedRecord(saved.ID)
+	for _, id := range []string{paused.ID, saved.ID} {
+		if _, err := m2.Resume(ctx, id); err != nil {
+			t.Fatalf("resume %s after restart: %v", id, err)
+		}
+	}
+	for _, id := range []string{paused.ID, saved.ID, unsaved.ID} {
+		if err := m2.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertEmpty(t, w, st, m2, dir)
+}
