@@ -81,6 +81,9 @@ func newPool(cfg Config, log *slog.Logger, tune func(*Pool)) (*Pool, error) {
 	cfg = cfg.withDefaults()
 	p := &Pool{cfg: cfg, log: log, inUse: map[int]bool{}, out: map[int]bool{},
 		backoffMin: fillBackoffMin, backoffMax: fillBackoffMax}
+	if err := shareNetnsDir(); err != nil {
+		return nil, err
+	}
 	if err := p.onHost(p.setupHost); err != nil {
 		return nil, err
 	}
