@@ -52,5 +52,12 @@ type Backend interface {
 	Usage(ctx context.Context, id, dir string) (int64, error)
 }
 
+// Reconciler is implemented by backends that record intent before
+// multi-step changes (devmapper): Reconcile finishes or rolls back what a
+// crash interrupted, and must run at start before any other disk call.
+type Reconciler interface {
+	Reconcile(ctx context.Context) error
+}
+
 // ErrTooSmall is returned by Prepare for a size below the base image's.
 var ErrTooSmall = errors.New("disk size below the base image's size")

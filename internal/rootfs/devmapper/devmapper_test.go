@@ -151,3 +151,34 @@ func TestReconcile(t *testing.T) {
 		})
 	}
 }
+
+// TestReclaimDevices checks that startup reclaim removes the devices of
+// sandboxes it does not keep, grown ones included, and nothing else.
+func TestReclaimDevices(t *testing.T) {
+	requireDM(t)
+	base := filepath.Join(t.TempDir(), "base.raw")
+	if err := os.WriteFile(base, bytes.Repeat([]byte{3}, 4<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(t).(*devmapper.Backend)
+	ctx := t.Context()
+	keepDir, goneDir := t.TempDir(), t.TempDir()
+	if _, err := b.Prepare(ctx, "sb-keep", keepDir, base, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Prepare(ctx, "sb-orphan", goneDir, base, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	n, err := b.ReclaimDevices(ctx, map[string]bool{"sb-keep": true})
+	if err != nil || n != 1 {
+		t.Errorf("reclaim: %d, %v; want 1 sandbox's devices", n, err)
+	}
+	if names, _ := devmapper.Names(devmapper.Prefix + "sb-"); len(names) != 1 || names[0] != "ember-sb-keep" {
+		t.Errorf("devices after reclaim: %v, want [ember-sb-keep]", names)
+	}
+	for id, dir := range map[string]string{"sb-keep": keepDir, "sb-orphan": goneDir} {
+		if err := b.Remove(ctx, id, dir); err != nil {
+			t.Error(err)
+		}
+	}
+}

@@ -117,3 +117,30 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 
 // lookPath is exec.LookPath, a variable for tests.
 var lookPath = exec.LookPath
+
+// ReclaimDevices removes the dm devices of sandboxes keep does not name
+// (id → true), so startup reclaim can delete their directories: a device
+// over a deleted CoW file would hold it forever. It returns how many
+// sandboxes' devices it removed.
+func (b *Backend) ReclaimDevices(ctx context.Context, keep map[string]bool) (int, error) {
+	names, err := Names(Prefix)
+	if err != nil {
+		return 0, fmt.Errorf("reclaim dm devices: %w", err)
+	}
+	ids := map[string]bool{}
+	for _, n := range names {
+		// An origin device belongs to the sandbox its name ends in.
+		id := strings.TrimSuffix(strings.TrimPrefix(n, Prefix), "-origin")
+		if !keep[id] {
+			ids[id] = true
+		}
+	}
+	var errs []error
+	for id := range ids {
+		b.log.Warn("removing orphaned dm devices", "sandbox", id)
+		if err := b.detach(ctx, id, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return len(ids), errors.Join(errs...)
+}
