@@ -71,24 +71,36 @@ func kernelArgs(tscKHz int64, extra string) string {
 	return strings.Join(args, " ")
 }
 
+// withDefaults fills the sizes and disk format a spec leaves empty.
+func withDefaults(spec vmm.Spec) vmm.Spec {
+	if spec.VCPUs <= 0 {
+		spec.VCPUs = defaultVCPUs
+	}
+	if spec.MemoryMiB <= 0 {
+		spec.MemoryMiB = defaultMemoryMiB
+	}
+	if spec.DiskFormat == "" {
+		spec.DiskFormat = "raw"
+	}
+	return spec
+}
+
+// cpuModel is the guest CPU model for an accelerator: the host's under KVM,
+// a fixed baseline under TCG.
+func cpuModel(accel string) string {
+	if accel == AccelTCG {
+		return "qemu64"
+	}
+	return "host"
+}
+
 // buildArgs returns QEMU's arguments for spec. tscKHz is the host's TSC
 // frequency, used only under TCG.
 func buildArgs(accel string, tscKHz int64, spec vmm.Spec) []string {
-	vcpus, mem := spec.VCPUs, spec.MemoryMiB
-	if vcpus <= 0 {
-		vcpus = defaultVCPUs
-	}
-	if mem <= 0 {
-		mem = defaultMemoryMiB
-	}
-	format := spec.DiskFormat
-	if format == "" {
-		format = "raw"
-	}
-	cpu := "host"
-	if accel == AccelTCG {
-		cpu = "qemu64"
-	} else {
+	spec = withDefaults(spec)
+	vcpus, mem, format := spec.VCPUs, spec.MemoryMiB, spec.DiskFormat
+	cpu := cpuModel(accel)
+	if accel != AccelTCG {
 		tscKHz = 0
 	}
 	args := []string{

@@ -36,9 +36,11 @@ const qmpTimeout = 5 * time.Second
 // QMP client at a time, and a connection held open would lock out the
 // daemon that attaches after a restart.
 type Machine struct {
-	log  *slog.Logger
-	spec vmm.Spec
-	pid  int
+	log *slog.Logger
+	// driver made the machine; snapshots record its configuration.
+	driver *Driver
+	spec   vmm.Spec
+	pid    int
 	// signal sends a signal to the process (through a pidfd where the
 	// process is not our child, so a recycled pid is never hit).
 	signal func(syscall.Signal) error
@@ -55,6 +57,7 @@ type Machine struct {
 
 var _ vmm.Machine = (*Machine)(nil)
 var _ vmm.Stater = (*Machine)(nil)
+var _ vmm.Snapshotter = (*Machine)(nil)
 
 // newChildMachine wraps a QEMU process this process started; a goroutine
 // reaps it and closes done.
@@ -167,12 +170,16 @@ func (m *Machine) Resume(ctx context.Context) error {
 
 // State reports QEMU's run state: vmm.StateRunning, vmm.StatePaused or
 // QEMU's own name for any other state ("shutdown", "guest-panicked", ...).
+// A machine that has been snapshotted ("postmigrate" to QEMU) is paused.
 func (m *Machine) State(ctx context.Context) (vmm.State, error) {
 	var st struct {
 		Status string `json:"status"`
 	}
 	if err := m.qmp(ctx, "query-status", nil, &st); err != nil {
 		return "", fmt.Errorf("query state of %s: %w", m.spec.ID, err)
+	}
+	if st.Status == "postmigrate" {
+		return vmm.StatePaused, nil
 	}
 	return vmm.State(st.Status), nil
 }

@@ -57,6 +57,7 @@ type Driver struct {
 }
 
 var _ vmm.Driver = (*Driver)(nil)
+var _ vmm.Restorer = (*Driver)(nil)
 
 // New returns a driver for cfg. It fails when the binary is missing or KVM
 // was asked for and is not usable.
@@ -119,39 +120,51 @@ func (d *Driver) AccelReason() string { return d.reason }
 // empty), in a process group of its own so it outlives the daemon, and
 // returns once QMP answers: the guest is booting. On error no QEMU process
 // is left.
-func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (_ vmm.Machine, err error) {
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	begin := time.Now()
-	if err := checkSpec(spec); err != nil {
+	m, err := d.launch(ctx, spec)
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+	}
+	m.log.Info("vmm started", "accel", d.accel, "duration", time.Since(begin))
+	return m, nil
+}
+
+// launch runs QEMU for spec with extra arguments appended to its command
+// line and waits until QMP answers. On error no QEMU process is left.
+func (d *Driver) launch(ctx context.Context, spec vmm.Spec, extra ...string) (_ *Machine, err error) {
+	if err := checkSpec(spec); err != nil {
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+		return nil, err
 	}
 	if pid, ok := runningIn(spec.Dir); ok {
-		return nil, fmt.Errorf("start %s: qemu pid %d already runs in %s", spec.ID, pid, spec.Dir)
+		return nil, fmt.Errorf("qemu pid %d already runs in %s", pid, spec.Dir)
 	}
 	// A stale socket or pid file from an earlier run must not pass for
 	// this one's.
 	for _, p := range []string{qmpPath(spec.Dir), pidPath(spec.Dir)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("start %s: remove stale %s: %w", spec.ID, p, err)
+			return nil, fmt.Errorf("remove stale %s: %w", p, err)
 		}
 	}
 	logFile, err := os.OpenFile(logPath(spec.Dir), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("start %s: open vmm log: %w", spec.ID, err)
+		return nil, fmt.Errorf("open vmm log: %w", err)
 	}
 	// QEMU holds its own descriptor; ours is not needed past the fork.
 	defer logFile.Close()
 
-	cmd := exec.Command(d.binary, buildArgs(d.accel, d.tscKHz, spec)...)
+	cmd := exec.Command(d.binary, append(buildArgs(d.accel, d.tscKHz, spec), extra...)...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := startIn(spec.Netns, cmd); err != nil {
-		return nil, fmt.Errorf("start %s: run %s: %w", spec.ID, d.binary, err)
+		return nil, fmt.Errorf("run %s: %w", d.binary, err)
 	}
 	m := newChildMachine(d.log, spec, cmd)
+	m.driver = d
 	defer func() {
 		if err != nil {
 			m.kill()
@@ -161,9 +174,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (_ vmm.Machine, err e
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	if err := m.waitReady(ctx); err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+		return nil, err
 	}
-	m.log.Info("vmm started", "accel", d.accel, "duration", time.Since(begin))
 	return m, nil
 }
 
@@ -263,6 +275,7 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
 	m, release := newAttachedMachine(d.log, spec, pid, pidfd)
+	m.driver = d
 	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
 		release()
 		return nil, fmt.Errorf("attach %s: pid %d: %w: %w", spec.ID, pid, vmm.ErrNotRunning, err)

@@ -5,16 +5,16 @@
 // private sparse copy of the root filesystem, and checks what the sandbox
 // manager relies on: the guest reaches init, pause and resume take effect,
 // stop ends the process and is idempotent, a machine can be re-adopted by
-// pid, and a failed start leaves nothing running.
+// pid, a failed start leaves nothing running, and, for drivers that
+// implement vmm.Snapshotter and vmm.Restorer, a restored guest carries on
+// where it was saved.
 package vmmtest
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,7 +25,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	rootfscopy "github.com/emberhq/ember/internal/rootfs/copy"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -149,6 +148,15 @@ func Run(t *testing.T, newDriver New) {
 		}
 	})
 
+	t.Run("Restore", func(t *testing.T) { runRestore(t, newDriver(t), guest) })
+
+	t.Run("SnapshotTimes", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("three saves and restores; not in -short")
+		}
+		runSnapshotTimes(t, newDriver(t), guest)
+	})
+
 	t.Run("BootTime", func(t *testing.T) {
 		if testing.Short() {
 			t.Skip("five boots; not in -short")
@@ -171,20 +179,7 @@ func Run(t *testing.T, newDriver New) {
 // copy of the root filesystem.
 func newSpec(t testing.TB, guest testutil.GuestImage) vmm.Spec {
 	t.Helper()
-	dir := t.TempDir()
-	disk, err := rootfscopy.New(slog.New(slog.DiscardHandler)).Prepare(t.Context(), "vmmtest", dir, guest.Rootfs, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return vmm.Spec{
-		ID:         "vmmtest-" + filepath.Base(filepath.Dir(dir)),
-		Dir:        dir,
-		Kernel:     guest.Kernel,
-		RootDisk:   disk.Path,
-		DiskFormat: disk.Format,
-		VCPUs:      1,
-		MemoryMiB:  256,
-	}
+	return copyDisk(t, vmm.Spec{Kernel: guest.Kernel, RootDisk: guest.Rootfs, VCPUs: 1, MemoryMiB: 256})
 }
 
 // boot starts a machine and waits for the guest's Marker. The machine is
@@ -197,22 +192,26 @@ func boot(t testing.TB, d vmm.Driver, guest testutil.GuestImage) (vmm.Machine, v
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := m.Stop(context.Background()); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	stopAtEnd(t, m)
+	waitConsole(t, m, spec, fmt.Sprintf("%q", Marker), func(b []byte) bool { return bytes.Contains(b, []byte(Marker)) })
+	return m, spec, time.Since(begin)
+}
+
+// waitConsole waits until ok accepts the machine's console log and returns
+// the log; what names what it waits for.
+func waitConsole(t testing.TB, m vmm.Machine, spec vmm.Spec, what string, ok func([]byte) bool) []byte {
+	t.Helper()
 	deadline := time.After(bootTimeout)
 	for {
 		b, _ := os.ReadFile(vmm.ConsoleLog(spec.Dir))
-		if bytes.Contains(b, []byte(Marker)) {
-			return m, spec, time.Since(begin)
+		if ok(b) {
+			return b
 		}
 		select {
 		case <-m.Done():
-			t.Fatalf("vmm exited before %q; console:\n%s", Marker, tail(b))
+			t.Fatalf("vmm exited before %s; console:\n%s", what, tail(b))
 		case <-deadline:
-			t.Fatalf("no %q after %s; console:\n%s", Marker, bootTimeout, tail(b))
+			t.Fatalf("no %s after %s; console:\n%s", what, bootTimeout, tail(b))
 		case <-time.After(5 * time.Millisecond):
 		}
 	}

@@ -1,0 +1,358 @@
+//go:build linux
+
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// ErrSnapshotMismatch is returned by Restore when the spec or the QEMU at
+// hand cannot take the snapshot (other vCPU count, memory size, devices,
+// accelerator or QEMU build than at the save).
+var ErrSnapshotMismatch = errors.New("snapshot does not match the machine")
+
+// Files in a snapshot directory.
+const (
+	// vmstateFile is QEMU's migration stream: device and vCPU state and
+	// guest memory.
+	vmstateFile = "vmstate"
+	// manifestFile describes the machine the snapshot was taken of. It is
+	// written last: a directory without it holds no usable snapshot.
+	manifestFile = "manifest.json"
+)
+
+// manifestVersion changes whenever the snapshot layout does.
+const manifestVersion = 1
+
+// maxBandwidth is the migration bandwidth cap set before a save, in bytes per
+// second: in effect none. QEMU's default cap (32 MiB/s) made saving a
+// 256 MiB guest take a second.
+const maxBandwidth = 1 << 40
+
+// migratePoll is how often a save or restore asks QEMU for progress.
+const migratePoll = 2 * time.Millisecond
+
+// manifest records what a snapshot was taken of, so that Restore can refuse a
+// machine the migration stream would not load into, with a clear reason
+// instead of QEMU's.
+type manifest struct {
+	Version int `json:"version"`
+	// QEMU is the version of the QEMU that wrote the stream; only the same
+	// build is trusted to read it.
+	QEMU    string `json:"qemu"`
+	Machine string `json:"machine"`
+	Accel   string `json:"accel"`
+	CPU     string `json:"cpu"`
+	VCPUs   int    `json:"vcpus"`
+	// MemoryMiB is the guest's memory size.
+	MemoryMiB  int    `json:"memory_mib"`
+	Kernel     string `json:"kernel"`
+	Initrd     string `json:"initrd,omitempty"`
+	DiskFormat string `json:"disk_format"`
+	// Network tells whether the machine had a network device; MAC is the
+	// address it had, which the guest keeps after a restore.
+	Network bool   `json:"network"`
+	MAC     string `json:"mac,omitempty"`
+	// Created is when the save completed.
+	Created time.Time `json:"created"`
+}
+
+// manifestFor describes a machine started by d from spec.
+func (d *Driver) manifestFor(spec vmm.Spec, version string) manifest {
+	spec = withDefaults(spec)
+	return manifest{
+		Version:    manifestVersion,
+		QEMU:       version,
+		Machine:    machineOpts,
+		Accel:      d.accel,
+		CPU:        cpuModel(d.accel),
+		VCPUs:      spec.VCPUs,
+		MemoryMiB:  spec.MemoryMiB,
+		Kernel:     spec.Kernel,
+		Initrd:     spec.Initrd,
+		DiskFormat: spec.DiskFormat,
+		Network:    spec.TAP != "",
+		MAC:        spec.MAC,
+	}
+}
+
+// mismatch lists how want (a restore's machine) differs from the snapshot's
+// manifest m, in the words a user can act on; empty when it does not.
+func (m manifest) mismatch(want manifest) []string {
+	var diffs []string
+	diff := func(what string, have, got any) {
+		if have != got {
+			diffs = append(diffs, fmt.Sprintf("%s %v, snapshot has %v", what, got, have))
+		}
+	}
+	diff("qemu", m.QEMU, want.QEMU)
+	diff("machine", m.Machine, want.Machine)
+	diff("accel", m.Accel, want.Accel)
+	diff("cpu", m.CPU, want.CPU)
+	diff("vcpus", m.VCPUs, want.VCPUs)
+	diff("memory_mib", m.MemoryMiB, want.MemoryMiB)
+	diff("kernel", m.Kernel, want.Kernel)
+	diff("initrd", m.Initrd, want.Initrd)
+	diff("disk format", m.DiskFormat, want.DiskFormat)
+	diff("network device", m.Network, want.Network)
+	return diffs
+}
+
+// readManifest loads the manifest of the snapshot in dir.
+func readManifest(dir string) (manifest, error) {
+	var m manifest
+	b, err := os.ReadFile(filepath.Join(dir, manifestFile))
+	if err != nil {
+		return m, fmt.Errorf("read snapshot manifest: %w", err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("parse snapshot manifest %s: %w", filepath.Join(dir, manifestFile), err)
+	}
+	if m.Version != manifestVersion {
+		return m, fmt.Errorf("snapshot manifest version %d, this driver reads %d: %w", m.Version, manifestVersion, ErrSnapshotMismatch)
+	}
+	return m, nil
+}
+
+// writeFileSynced writes data to path through a temporary file, synced and
+// renamed into place, then syncs the directory.
+func writeFileSynced(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncPath(filepath.Dir(path))
+}
+
+// syncPath fsyncs a file or directory.
+func syncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// shellQuote quotes s for /bin/sh, which runs QEMU's exec: migration URIs.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// qemuVersion asks QEMU for its version: "7.2.11 (Debian 1:7.2+dfsg-7+deb12u12)".
+func (m *Machine) qemuVersion(ctx context.Context) (string, error) {
+	var v struct {
+		QEMU struct {
+			Major int `json:"major"`
+			Minor int `json:"minor"`
+			Micro int `json:"micro"`
+		} `json:"qemu"`
+		Package string `json:"package"`
+	}
+	if err := m.qmp(ctx, "query-version", nil, &v); err != nil {
+		return "", err
+	}
+	s := fmt.Sprintf("%d.%d.%d", v.QEMU.Major, v.QEMU.Minor, v.QEMU.Micro)
+	if p := strings.TrimSpace(v.Package); p != "" {
+		s += " (" + p + ")"
+	}
+	return s, nil
+}
+
+// migrationStatus is the part of query-migrate's reply a save or restore
+// follows.
+type migrationStatus struct {
+	Status string `json:"status"`
+	Error  string `json:"error-desc"`
+}
+
+// waitMigration polls query-migrate until the migration has completed or
+// failed. When ctx ends first, an outgoing migration is cancelled.
+func (m *Machine) waitMigration(ctx context.Context, outgoing bool) error {
+	tick := time.NewTicker(migratePoll)
+	defer tick.Stop()
+	for {
+		var st migrationStatus
+		if err := m.qmp(ctx, "query-migrate", nil, &st); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			desc := st.Error
+			if desc == "" {
+				desc = "no reason given"
+			}
+			return fmt.Errorf("migration %s: %s", st.Status, desc)
+		}
+		select {
+		case <-ctx.Done():
+			if outgoing {
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), qmpTimeout)
+				if err := m.qmp(cctx, "migrate_cancel", nil, nil); err != nil {
+					m.log.Warn("cancel migration", "err", err)
+				}
+				cancel()
+			}
+			return fmt.Errorf("migration %s: %w", st.Status, context.Cause(ctx))
+		case <-m.done:
+			return vmm.ErrNotRunning
+		case <-tick.C:
+		}
+	}
+}
+
+// setMigrationParams raises the bandwidth cap; saves and restores set the
+// same parameters so the stream is read as it was written.
+func (m *Machine) setMigrationParams(ctx context.Context) error {
+	return m.qmp(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil)
+}
+
+// Snapshot saves the paused machine's device, vCPU and memory state into
+// dir as a QEMU migration stream (dir/vmstate) and records what the machine
+// was in dir/manifest.json. The machine stays paused; QEMU flushes the
+// guest's disk before the save completes, so the disk as it is now belongs
+// with the snapshot. QEMU 7.2 has no file: migration URI, so the stream goes
+// through cat. opts.Diff is ignored: QEMU saves all memory.
+func (m *Machine) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOptions) error {
+	begin := time.Now()
+	if err := m.snapshot(ctx, dir); err != nil {
+		return fmt.Errorf("snapshot %s into %s: %w", m.spec.ID, dir, err)
+	}
+	m.log.Info("vmm snapshot", "dir", dir, "duration", time.Since(begin))
+	return nil
+}
+
+func (m *Machine) snapshot(ctx context.Context, dir string) error {
+	if m.driver == nil {
+		return errors.New("machine was not made by a driver")
+	}
+	st, err := m.State(ctx)
+	if err != nil {
+		return err
+	}
+	if st != vmm.StatePaused {
+		return fmt.Errorf("machine is %s, not paused", st)
+	}
+	version, err := m.qemuVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if err := m.setMigrationParams(ctx); err != nil {
+		return err
+	}
+	state := filepath.Join(dir, vmstateFile)
+	uri := "exec:cat > " + shellQuote(state)
+	if err := m.qmp(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
+		return err
+	}
+	if err := m.waitMigration(ctx, true); err != nil {
+		return err
+	}
+	if err := syncPath(state); err != nil {
+		return fmt.Errorf("sync %s: %w", state, err)
+	}
+	man := m.driver.manifestFor(m.spec, version)
+	man.Created = time.Now().UTC()
+	b, err := json.MarshalIndent(man, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode manifest: %w", err)
+	}
+	if err := writeFileSynced(filepath.Join(dir, manifestFile), append(b, '\n')); err != nil {
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	return nil
+}
+
+// Restore starts a machine for spec from the snapshot in snapshotDir and
+// returns it running. spec must describe the machine the snapshot was taken
+// of: the same vCPUs, memory, kernel (empty takes the snapshot's), initrd,
+// disk format and whether it has a network device, under the same
+// accelerator and QEMU build; otherwise Restore fails with
+// ErrSnapshotMismatch before starting anything. The disk, directory and
+// network slot may differ from the snapshot's; the disk must hold what it
+// held at the snapshot. On error no QEMU process is left.
+func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string) (vmm.Machine, error) {
+	begin := time.Now()
+	m, err := d.restore(ctx, spec, snapshotDir)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s from %s: %w", spec.ID, snapshotDir, err)
+	}
+	m.log.Info("vmm restored", "snapshot", snapshotDir, "accel", d.accel, "duration", time.Since(begin))
+	return m, nil
+}
+
+func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string) (_ *Machine, err error) {
+	man, err := readManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Kernel == "" {
+		spec.Kernel = man.Kernel
+	}
+	state := filepath.Join(dir, vmstateFile)
+	if _, err := os.Stat(state); err != nil {
+		return nil, fmt.Errorf("snapshot state: %w", err)
+	}
+	// Everything but the QEMU build is known before QEMU runs.
+	want := d.manifestFor(spec, man.QEMU)
+	if diffs := man.mismatch(want); len(diffs) > 0 {
+		return nil, fmt.Errorf("%s: %w", strings.Join(diffs, "; "), ErrSnapshotMismatch)
+	}
+	m, err := d.launch(ctx, spec, "-incoming", "defer")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.kill()
+		}
+	}()
+	version, err := m.qemuVersion(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if version != man.QEMU {
+		return nil, fmt.Errorf("qemu %s, snapshot written by %s: %w", version, man.QEMU, ErrSnapshotMismatch)
+	}
+	if err := m.setMigrationParams(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.qmp(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}, nil); err != nil {
+		return nil, err
+	}
+	if err := m.waitMigration(ctx, false); err != nil {
+		return nil, fmt.Errorf("%w (qemu log: %s)", err, logTail(spec.Dir))
+	}
+	// The source was paused when it was saved, so QEMU leaves the restored
+	// machine paused too.
+	if err := m.qmp(ctx, "cont", nil, nil); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
