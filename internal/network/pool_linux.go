@@ -494,3 +494,6 @@ func linkExists(name string) bool {
 	_, missing := errors.AsType[netlink.LinkNotFoundError](err)
 	return !missing
 }
+
+// Idle reports how many slots wait in the pool, new and reused.
+func (p *Pool) Idle() int { return len(p.idle) + len(p.reused) }
