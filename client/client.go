@@ -87,6 +87,61 @@ func (c *Client) SetNetwork(ctx context.Context, id string, pol NetworkPolicy) (
 	return sb, err
 }
 
+// PauseSandbox saves a running sandbox's memory and stops it; it then costs
+// only disk space.
+func (c *Client) PauseSandbox(ctx context.Context, id string) (Sandbox, error) {
+	var sb Sandbox
+	err := c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/pause", nil, &sb)
+	return sb, err
+}
+
+// ResumeSandbox brings a paused sandbox back exactly as it was.
+func (c *Client) ResumeSandbox(ctx context.Context, id string) (Sandbox, error) {
+	var sb Sandbox
+	err := c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/resume", nil, &sb)
+	return sb, err
+}
+
+// SetTimeout sets a sandbox's end time to now + seconds.
+func (c *Client) SetTimeout(ctx context.Context, id string, seconds int) (Sandbox, error) {
+	var sb Sandbox
+	err := c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/timeout", TimeoutRequest{TimeoutS: seconds}, &sb)
+	return sb, err
+}
+
+// ForkSandbox makes count copies of a running sandbox as it is now.
+func (c *Client) ForkSandbox(ctx context.Context, id string, count int) ([]Sandbox, error) {
+	var out []Sandbox
+	err := c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/fork", ForkRequest{Count: count}, &out)
+	return out, err
+}
+
+// CreateSnapshot captures a running or paused sandbox as the named snapshot.
+func (c *Client) CreateSnapshot(ctx context.Context, sandboxID, name string) (Snapshot, error) {
+	var sn Snapshot
+	err := c.do(ctx, http.MethodPost, "/v1/snapshots", CreateSnapshotRequest{Sandbox: sandboxID, Name: name}, &sn)
+	return sn, err
+}
+
+// ListSnapshots lists the snapshots.
+func (c *Client) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
+	var out []Snapshot
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &out)
+	return out, err
+}
+
+// GetSnapshot returns one snapshot.
+func (c *Client) GetSnapshot(ctx context.Context, name string) (Snapshot, error) {
+	var sn Snapshot
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots/"+url.PathEscape(name), nil, &sn)
+	return sn, err
+}
+
+// DeleteSnapshot deletes a snapshot no sandbox was created from.
+func (c *Client) DeleteSnapshot(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(name), nil, nil)
+}
+
 // Exec runs a command to completion and returns its whole output.
 func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
 	var res ExecResult

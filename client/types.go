@@ -2,10 +2,13 @@ package client
 
 import "time"
 
-// CreateSandboxRequest is the body of POST /v1/sandboxes. Every field but
-// Template may be left zero to take the daemon's default.
+// CreateSandboxRequest is the body of POST /v1/sandboxes. Every field may be
+// left zero to take the daemon's default. Snapshot restores the named snapshot
+// instead of booting a template; VCPUs, MemoryMiB and DiskMiB are then the
+// snapshot's.
 type CreateSandboxRequest struct {
 	Template  string            `json:"template,omitempty"`
+	Snapshot  string            `json:"snapshot,omitempty"`
 	VCPUs     int               `json:"vcpus,omitempty"`
 	MemoryMiB int               `json:"memory_mib,omitempty"`
 	DiskMiB   int               `json:"disk_mib,omitempty"`
@@ -14,6 +17,8 @@ type CreateSandboxRequest struct {
 	Metadata  map[string]string `json:"metadata,omitempty"`
 	// Network is the egress policy; nil allows the internet.
 	Network *NetworkPolicy `json:"network,omitempty"`
+	// AutoPause pauses the sandbox at its end time instead of destroying it.
+	AutoPause bool `json:"auto_pause,omitempty"`
 }
 
 // NetworkPolicy is what a sandbox may reach. A destination in Deny is
@@ -41,6 +46,47 @@ type Sandbox struct {
 	Network   NetworkPolicy      `json:"network"`
 	// Error says why a sandbox is in the "error" state.
 	Error string `json:"error,omitempty"`
+	// AutoPause: the sandbox is paused, not destroyed, at its end time.
+	AutoPause bool `json:"auto_pause"`
+	// Snapshot names the snapshot the sandbox was created from.
+	Snapshot string `json:"snapshot,omitempty"`
+	// DiskBytes and MemoryBytes are the bytes its disk and, while paused,
+	// its saved memory occupy on the host (allocated blocks).
+	DiskBytes   int64 `json:"disk_bytes"`
+	MemoryBytes int64 `json:"memory_bytes"`
+}
+
+// Snapshot is a named capture of a sandbox (memory, device state and disk)
+// that sandboxes can be created from.
+type Snapshot struct {
+	Name      string    `json:"name"`
+	Sandbox   string    `json:"sandbox"`
+	Template  string    `json:"template"`
+	VCPUs     int       `json:"vcpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskMiB   int       `json:"disk_mib"`
+	CreatedAt time.Time `json:"created_at"`
+	// DiskBytes and MemoryBytes are the bytes the flattened disk and the
+	// saved machine state occupy on the host (allocated blocks).
+	DiskBytes   int64 `json:"disk_bytes"`
+	MemoryBytes int64 `json:"memory_bytes"`
+}
+
+// CreateSnapshotRequest is the body of POST /v1/snapshots.
+type CreateSnapshotRequest struct {
+	Sandbox string `json:"sandbox"`
+	Name    string `json:"name"`
+}
+
+// ForkRequest is the body of POST /v1/sandboxes/{id}/fork; Count 0 means 1.
+type ForkRequest struct {
+	Count int `json:"count,omitempty"`
+}
+
+// TimeoutRequest is the body of POST /v1/sandboxes/{id}/timeout: the
+// sandbox's end time becomes now + TimeoutS.
+type TimeoutRequest struct {
+	TimeoutS int `json:"timeout_s"`
 }
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and its streaming

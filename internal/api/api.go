@@ -37,6 +37,14 @@ type Sandboxes interface {
 	Destroy(ctx context.Context, id string) error
 	SetNetwork(ctx context.Context, id string, pol network.Policy) (store.Sandbox, error)
 	Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error)
+	Pause(ctx context.Context, id string) (store.Sandbox, error)
+	Resume(ctx context.Context, id string) (store.Sandbox, error)
+	SetTimeout(ctx context.Context, id string, seconds int) (store.Sandbox, error)
+	Fork(ctx context.Context, id string, count int) ([]store.Sandbox, error)
+	CreateSnapshot(ctx context.Context, id, name string) (store.Snapshot, error)
+	GetSnapshot(ctx context.Context, name string) (store.Snapshot, error)
+	ListSnapshots(ctx context.Context) ([]store.Snapshot, error)
+	DeleteSnapshot(ctx context.Context, name string) error
 	Addresser
 }
 
@@ -87,6 +95,14 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("PUT /v1/sandboxes/{id}/network", s.auth(s.setNetwork))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.auth(s.exec))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec/stream", s.auth(s.execStream))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.auth(s.pauseSandbox))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.auth(s.resumeSandbox))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/timeout", s.auth(s.setTimeout))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/fork", s.auth(s.forkSandbox))
+	s.mux.HandleFunc("GET /v1/snapshots", s.auth(s.listSnapshots))
+	s.mux.HandleFunc("POST /v1/snapshots", s.auth(s.createSnapshot))
+	s.mux.HandleFunc("GET /v1/snapshots/{name}", s.auth(s.getSnapshot))
+	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
 	s.mux.HandleFunc("GET /test", s.testPage)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/test", http.StatusFound)
@@ -178,6 +194,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 	cr := sandbox.CreateRequest{
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		TimeoutS: req.TimeoutS, Env: req.Env, Metadata: req.Metadata,
+		Snapshot: req.Snapshot, AutoPause: req.AutoPause,
 	}
 	if req.Network != nil {
 		pol, err := policy(*req.Network)
@@ -235,6 +252,104 @@ func policy(p client.NetworkPolicy) (network.Policy, error) {
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 	if err := s.sandboxes.Destroy(r.Context(), r.PathValue("id")); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.sandboxes.Pause(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toSandbox(rec))
+}
+
+func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.sandboxes.Resume(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toSandbox(rec))
+}
+
+func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
+	var req client.TimeoutRequest
+	if !decode(w, r, maxCreateBody, &req) {
+		return
+	}
+	rec, err := s.sandboxes.SetTimeout(r.Context(), r.PathValue("id"), req.TimeoutS)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toSandbox(rec))
+}
+
+func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) {
+	var req client.ForkRequest
+	if !decode(w, r, maxCreateBody, &req) {
+		return
+	}
+	if req.Count == 0 {
+		req.Count = 1
+	}
+	recs, err := s.sandboxes.Fork(r.Context(), r.PathValue("id"), req.Count)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := make([]client.Sandbox, 0, len(recs))
+	for _, rec := range recs {
+		out = append(out, toSandbox(rec))
+	}
+	writeJSON(w, http.StatusCreated, out)
+}
+
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	sns, err := s.sandboxes.ListSnapshots(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := make([]client.Snapshot, 0, len(sns))
+	for _, sn := range sns {
+		out = append(out, toSnapshot(sn))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	var req client.CreateSnapshotRequest
+	if !decode(w, r, maxCreateBody, &req) {
+		return
+	}
+	if req.Sandbox == "" {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "sandbox: must not be empty")
+		return
+	}
+	sn, err := s.sandboxes.CreateSnapshot(r.Context(), req.Sandbox, req.Name)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toSnapshot(sn))
+}
+
+func (s *Server) getSnapshot(w http.ResponseWriter, r *http.Request) {
+	sn, err := s.sandboxes.GetSnapshot(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toSnapshot(sn))
+}
+
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	if err := s.sandboxes.DeleteSnapshot(r.Context(), r.PathValue("name")); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -363,7 +478,15 @@ func toSandbox(r store.Sandbox) client.Sandbox {
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB,
 		DiskMiB: r.DiskMiB, Metadata: r.Metadata, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt,
 		TimingsMS: r.TimingsMS, Error: r.Error,
-		Network: client.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
+		Network:   client.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
+		AutoPause: r.AutoPause, Snapshot: r.Snapshot, DiskBytes: r.DiskBytes, MemoryBytes: r.MemoryBytes,
+	}
+}
+
+func toSnapshot(sn store.Snapshot) client.Snapshot {
+	return client.Snapshot{
+		Name: sn.Name, Sandbox: sn.Sandbox, Template: sn.Template, VCPUs: sn.VCPUs, MemoryMiB: sn.MemoryMiB,
+		DiskMiB: sn.DiskMiB, CreatedAt: sn.CreatedAt, DiskBytes: sn.DiskBytes, MemoryBytes: sn.MemoryBytes,
 	}
 }
 
@@ -401,6 +524,16 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 		return http.StatusBadRequest, "invalid_argument", inv.Error()
 	case errors.Is(err, sandbox.ErrTemplateNotFound):
 		return http.StatusNotFound, "template_not_found", err.Error()
+	case errors.Is(err, sandbox.ErrSnapshotNotFound):
+		return http.StatusNotFound, "snapshot_not_found", err.Error()
+	case errors.Is(err, sandbox.ErrSnapshotExists):
+		return http.StatusConflict, "snapshot_exists", err.Error()
+	case errors.Is(err, sandbox.ErrSnapshotInUse):
+		return http.StatusConflict, "snapshot_in_use", err.Error()
+	case errors.Is(err, sandbox.ErrNotPaused):
+		return http.StatusConflict, "sandbox_not_paused", err.Error()
+	case errors.Is(err, sandbox.ErrUnsupported):
+		return http.StatusNotImplemented, "not_supported", err.Error()
 	case errors.Is(err, sandbox.ErrNotFound):
 		return http.StatusNotFound, "sandbox_not_found", err.Error()
 	case errors.Is(err, sandbox.ErrConflict):

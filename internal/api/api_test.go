@@ -31,6 +31,9 @@ type fakeSandboxes struct {
 	execErr error
 	created []sandbox.CreateRequest
 	policy  network.Policy
+	// snaps holds snapshots; inUse names those a sandbox depends on.
+	snaps map[string]store.Snapshot
+	inUse map[string]bool
 }
 
 func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
@@ -174,23 +177,29 @@ func TestErrorsCarryStableCodes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))
-			if tc.key != "" {
-				req.Header.Set("X-API-Key", tc.key)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var e client.Error
-			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
-				t.Fatalf("error body is not JSON: %v", err)
-			}
-			if resp.StatusCode != tc.status || e.Code != tc.code || e.Message == "" {
-				t.Fatalf("got %d %+v, want %d %s with a message", resp.StatusCode, e, tc.status, tc.code)
-			}
+			wantError(t, srv, tc.method, tc.path, tc.key, tc.body, tc.status, tc.code)
 		})
+	}
+}
+
+// wantError sends a request and checks its status and error code.
+func wantError(t *testing.T, srv *httptest.Server, method, path, apiKey, body string, status int, code string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	if apiKey != "" {
+		req.Header.Set("X-API-Key", apiKey)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e client.Error
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+		t.Fatalf("error body is not JSON: %v", err)
+	}
+	if resp.StatusCode != status || e.Code != code || e.Message == "" {
+		t.Fatalf("got %d %+v, want %d %s with a message", resp.StatusCode, e, status, code)
 	}
 }
 
@@ -312,6 +321,9 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		{"/health", "get"}, {"/openapi.yaml", "get"}, {"/v1/info", "get"}, {"/v1/templates", "get"},
 		{"/v1/sandboxes", "get"}, {"/v1/sandboxes", "post"}, {"/v1/sandboxes/{id}", "get"},
 		{"/v1/sandboxes/{id}", "delete"}, {"/v1/sandboxes/{id}/network", "put"}, {"/v1/sandboxes/{id}/exec", "post"}, {"/v1/sandboxes/{id}/exec/stream", "post"},
+		{"/v1/sandboxes/{id}/pause", "post"}, {"/v1/sandboxes/{id}/resume", "post"}, {"/v1/sandboxes/{id}/timeout", "post"},
+		{"/v1/sandboxes/{id}/fork", "post"}, {"/v1/snapshots", "get"}, {"/v1/snapshots", "post"},
+		{"/v1/snapshots/{name}", "get"}, {"/v1/snapshots/{name}", "delete"},
 	}
 	paths := openapiPaths(string(doc))
 	for _, r := range routes {

@@ -16,6 +16,26 @@ import (
 	"github.com/emberhq/ember/internal/vmm"
 )
 
+// mustCreate creates a sandbox or fails the test.
+func mustCreate(t *testing.T, m *Manager, req CreateRequest) store.Sandbox {
+	t.Helper()
+	r, err := m.Create(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// destroyAll destroys the sandboxes or fails the test.
+func destroyAll(t *testing.T, m *Manager, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if err := m.Destroy(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func machineOf(t *testing.T, w *world, pid int) *fakeMachine {
 	t.Helper()
 	w.mu.Lock()
@@ -61,10 +81,7 @@ func assertPaused(t *testing.T, w *world, st *store.Store, m *Manager, id string
 func TestPauseResume(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	r, err := m.Create(ctx, CreateRequest{TimeoutS: 60})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := mustCreate(t, m, CreateRequest{TimeoutS: 60})
 	first := machineOf(t, w, r.VMMPID)
 	p, err := m.Pause(ctx, r.ID)
 	if err != nil {
@@ -121,9 +138,7 @@ func TestPauseResume(t *testing.T) {
 	if _, err := m.Resume(ctx, r.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Destroy(ctx, r.ID); err != nil {
-		t.Fatal(err)
-	}
+	destroyAll(t, m, r.ID)
 	assertEmpty(t, w, st, m, dir)
 }
 
@@ -139,10 +154,7 @@ func TestPauseFailureKeepsRunning(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w, st, dir, m := setup(t)
 			ctx := context.Background()
-			r, err := m.Create(ctx, CreateRequest{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := mustCreate(t, m, CreateRequest{})
 			tc.set(w)
 			if _, err := m.Pause(ctx, r.ID); err == nil {
 				t.Fatal("pause succeeded")
@@ -163,9 +175,7 @@ func TestPauseFailureKeepsRunning(t *testing.T) {
 			if _, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); err != nil {
 				t.Fatalf("exec after failed pause: %v", err)
 			}
-			if err := m.Destroy(ctx, r.ID); err != nil {
-				t.Fatal(err)
-			}
+			destroyAll(t, m, r.ID)
 			assertEmpty(t, w, st, m, dir)
 		})
 	}
@@ -174,10 +184,7 @@ func TestPauseFailureKeepsRunning(t *testing.T) {
 func TestPauseStopFailureFailsTheSandbox(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	r, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := mustCreate(t, m, CreateRequest{})
 	w.failStop = true
 	if _, err := m.Pause(ctx, r.ID); err == nil {
 		t.Fatal("pause succeeded")
@@ -186,9 +193,7 @@ func TestPauseStopFailureFailsTheSandbox(t *testing.T) {
 		t.Fatalf("state %s", got.State)
 	}
 	w.failStop = false
-	if err := m.Destroy(ctx, r.ID); err != nil {
-		t.Fatal(err)
-	}
+	destroyAll(t, m, r.ID)
 	assertEmpty(t, w, st, m, dir)
 }
 
@@ -206,10 +211,7 @@ func TestResumeFailureStaysPaused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w, st, dir, m := setup(t)
 			ctx := context.Background()
-			r, err := m.Create(ctx, CreateRequest{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := mustCreate(t, m, CreateRequest{})
 			if _, err := m.Pause(ctx, r.ID); err != nil {
 				t.Fatal(err)
 			}
@@ -222,9 +224,7 @@ func TestResumeFailureStaysPaused(t *testing.T) {
 			if _, err := m.Resume(ctx, r.ID); err != nil {
 				t.Fatalf("resume after the failure cleared: %v", err)
 			}
-			if err := m.Destroy(ctx, r.ID); err != nil {
-				t.Fatal(err)
-			}
+			destroyAll(t, m, r.ID)
 			assertEmpty(t, w, st, m, dir)
 		})
 	}
@@ -246,10 +246,7 @@ func TestResumeAfterDiskOrStateVanished(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w, st, dir, m := setup(t)
 			ctx := context.Background()
-			r, err := m.Create(ctx, CreateRequest{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := mustCreate(t, m, CreateRequest{})
 			if _, err := m.Pause(ctx, r.ID); err != nil {
 				t.Fatal(err)
 			}
@@ -264,9 +261,7 @@ func TestResumeAfterDiskOrStateVanished(t *testing.T) {
 			if l := w.leaks(); len(l) > 0 {
 				t.Fatalf("leaked: %v", l)
 			}
-			if err := m.Destroy(ctx, r.ID); err != nil {
-				t.Fatal(err)
-			}
+			destroyAll(t, m, r.ID)
 			assertEmpty(t, w, st, m, dir)
 		})
 	}
@@ -276,10 +271,7 @@ func TestPauseRacingDestroy(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		w, st, dir, m := setup(t)
 		ctx := context.Background()
-		r, err := m.Create(ctx, CreateRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := mustCreate(t, m, CreateRequest{})
 		var wg sync.WaitGroup
 		var pauseErr, destroyErr error
 		wg.Add(2)
@@ -307,10 +299,7 @@ func TestUnsupportedDriver(t *testing.T) {
 	}
 	t.Cleanup(m.Close)
 	ctx := context.Background()
-	r, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := mustCreate(t, m, CreateRequest{})
 	// The fake machine can snapshot, so pause works; resume cannot.
 	if _, err := m.Pause(ctx, r.ID); err != nil {
 		t.Fatal(err)
@@ -319,19 +308,14 @@ func TestUnsupportedDriver(t *testing.T) {
 		t.Fatalf("resume: %v", err)
 	}
 	assertPaused(t, w, st, m, r.ID)
-	if err := m.Destroy(ctx, r.ID); err != nil {
-		t.Fatal(err)
-	}
+	destroyAll(t, m, r.ID)
 	assertEmpty(t, w, st, m, dir)
 }
 
 func TestSetTimeout(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	r, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := mustCreate(t, m, CreateRequest{})
 	for _, bad := range []int{0, -1, 1 << 30} {
 		if _, err := m.SetTimeout(ctx, r.ID, bad); !errors.Is(err, ErrInvalid) {
 			t.Fatalf("timeout %d: %v", bad, err)
@@ -351,23 +335,15 @@ func TestSetTimeout(t *testing.T) {
 	if stored, _ := st.GetSandbox(ctx, r.ID); stored.ExpiresAt.Sub(got.ExpiresAt).Abs() > time.Millisecond {
 		t.Fatalf("stored end time %s, want %s", stored.ExpiresAt, got.ExpiresAt)
 	}
-	if err := m.Destroy(ctx, r.ID); err != nil {
-		t.Fatal(err)
-	}
+	destroyAll(t, m, r.ID)
 	assertEmpty(t, w, st, m, dir)
 }
 
 func TestReaperPausesAutoPauseSandboxes(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	ap, err := m.Create(ctx, CreateRequest{TimeoutS: 1, AutoPause: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err := m.Create(ctx, CreateRequest{TimeoutS: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ap := mustCreate(t, m, CreateRequest{TimeoutS: 1, AutoPause: true})
+	plain := mustCreate(t, m, CreateRequest{TimeoutS: 1})
 	m.reap(ctx, time.Now().Add(2*time.Second))
 	if _, err := m.Get(plain.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("expired sandbox without auto-pause: %v", err)
@@ -379,31 +355,20 @@ func TestReaperPausesAutoPauseSandboxes(t *testing.T) {
 	// A paused sandbox does not expire.
 	m.reap(ctx, time.Now().Add(time.Hour))
 	assertPaused(t, w, st, m, ap.ID)
-	if err := m.Destroy(ctx, ap.ID); err != nil {
-		t.Fatal(err)
-	}
+	destroyAll(t, m, ap.ID)
 	assertEmpty(t, w, st, m, dir)
 }
 
 func TestRecoverKeepsPausedAndSettlesInterrupted(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	paused, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	paused := mustCreate(t, m, CreateRequest{})
 	if _, err := m.Pause(ctx, paused.ID); err != nil {
 		t.Fatal(err)
 	}
 	// A pause interrupted after the state was saved, and one before.
-	saved, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	unsaved, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	saved := mustCreate(t, m, CreateRequest{})
+	unsaved := mustCreate(t, m, CreateRequest{})
 	m.Close()
 	for _, r := range []store.Sandbox{saved, unsaved} {
 		r.State = StatePausing

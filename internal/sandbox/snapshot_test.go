@@ -34,10 +34,7 @@ func TestSnapshotCreateFromAndDelete(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			w, st, dir, m := setup(t)
 			ctx := context.Background()
-			src, err := m.Create(ctx, CreateRequest{VCPUs: 2, MemoryMiB: 512, Env: map[string]string{"FROM": "src"}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			src := mustCreate(t, m, CreateRequest{VCPUs: 2, MemoryMiB: 512, Env: map[string]string{"FROM": "src"}})
 			if pauseFirst {
 				if _, err := m.Pause(ctx, src.ID); err != nil {
 					t.Fatal(err)
@@ -72,10 +69,7 @@ func TestSnapshotCreateFromAndDelete(t *testing.T) {
 
 			var kids []store.Sandbox
 			for range 3 {
-				k, err := m.Create(ctx, CreateRequest{Snapshot: "snap-1", Env: map[string]string{"KID": "1"}})
-				if err != nil {
-					t.Fatal(err)
-				}
+				k := mustCreate(t, m, CreateRequest{Snapshot: "snap-1", Env: map[string]string{"KID": "1"}})
 				kids = append(kids, k)
 			}
 			for _, k := range kids {
@@ -130,10 +124,7 @@ func TestSnapshotCreateFromAndDelete(t *testing.T) {
 func TestSnapshotBadInput(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	src, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := mustCreate(t, m, CreateRequest{})
 	if _, err := m.CreateSnapshot(ctx, src.ID, "s"); err != nil {
 		t.Fatal(err)
 	}
@@ -188,10 +179,7 @@ func TestSnapshotFailureLeavesNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w, st, dir, m := setup(t)
 			ctx := context.Background()
-			src, err := m.Create(ctx, CreateRequest{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			src := mustCreate(t, m, CreateRequest{})
 			tc.set(w, true)
 			if _, err := m.CreateSnapshot(ctx, src.ID, "s"); err == nil {
 				t.Fatal("snapshot succeeded")
@@ -222,10 +210,7 @@ func TestSnapshotFailureLeavesNothing(t *testing.T) {
 func TestCreateFromSnapshotFailureUnwinds(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	src, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := mustCreate(t, m, CreateRequest{})
 	if _, err := m.CreateSnapshot(ctx, src.ID, "s"); err != nil {
 		t.Fatal(err)
 	}
@@ -254,10 +239,7 @@ func TestCreateFromSnapshotFailureUnwinds(t *testing.T) {
 func TestFork(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	src, err := m.Create(ctx, CreateRequest{AutoPause: true, Metadata: map[string]string{"k": "v"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := mustCreate(t, m, CreateRequest{AutoPause: true, Metadata: map[string]string{"k": "v"}})
 	forks, err := m.Fork(ctx, src.ID, 3)
 	if err != nil {
 		t.Fatal(err)
@@ -286,9 +268,7 @@ func TestFork(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := m.Destroy(ctx, src.ID); err != nil {
-		t.Fatal(err)
-	}
+	destroyAll(t, m, src.ID)
 	assertEmpty(t, w, st, m, dir)
 	assertNoSnapshots(t, st, m)
 }
@@ -296,10 +276,7 @@ func TestFork(t *testing.T) {
 func TestForkFailureLeavesNoFork(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	src, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := mustCreate(t, m, CreateRequest{})
 	// The second restore fails: the first fork must go too.
 	var mu sync.Mutex
 	restores := 0
@@ -320,9 +297,7 @@ func TestForkFailureLeavesNoFork(t *testing.T) {
 		t.Fatalf("sandboxes after failed fork: %+v", l)
 	}
 	assertNoSnapshots(t, st, m)
-	if err := m.Destroy(ctx, src.ID); err != nil {
-		t.Fatal(err)
-	}
+	destroyAll(t, m, src.ID)
 	assertEmpty(t, w, st, m, dir)
 }
 
@@ -341,10 +316,7 @@ func (c countingRestorer) Restore(ctx context.Context, spec vmm.Spec, dir string
 func TestConcurrentDeleteAndCreateFromSnapshot(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	src, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := mustCreate(t, m, CreateRequest{})
 	if _, err := m.CreateSnapshot(ctx, src.ID, "s"); err != nil {
 		t.Fatal(err)
 	}
@@ -377,10 +349,7 @@ func TestConcurrentDeleteAndCreateFromSnapshot(t *testing.T) {
 func TestRecoverReclaimsSnapshotOrphans(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	src, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := mustCreate(t, m, CreateRequest{})
 	if _, err := m.CreateSnapshot(ctx, src.ID, "keep"); err != nil {
 		t.Fatal(err)
 	}
