@@ -16,12 +16,17 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/agent/server"
+	"github.com/emberhq/ember/internal/rootfs/growfs"
 )
 
 func main() {
 	listen := flag.String("listen", fmt.Sprintf("0.0.0.0:%d", agent.Port), "TCP address to serve on")
 	dir := flag.String("dir", "", "working directory of processes that name none (default $HOME, else /)")
 	debug := flag.Bool("debug", false, "log every process start and end")
+	// Started by init (parent pid 1), as in every guest, it owns the
+	// machine's root filesystem; started any other way, it must not touch
+	// the host's.
+	growRoot := flag.Bool("grow-root", os.Getppid() == 1, "grow the root ext4 filesystem to fill its disk before serving (default: when started by init)")
 	flag.Parse()
 
 	level := slog.LevelInfo
@@ -29,6 +34,16 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *growRoot {
+		// A sandbox created with a disk larger than its template's image
+		// has a larger device than filesystem: grow it before serving, so
+		// the first command already sees the space.
+		if from, to, err := growfs.Ext4("/"); err != nil {
+			log.Warn("root filesystem not grown", "err", err)
+		} else if to > from {
+			log.Info("root filesystem grown", "from", from, "to", to)
+		}
+	}
 	if err := run(log, *listen, *dir); err != nil {
 		log.Error("ember-agent stopped", "err", err)
 		os.Exit(1)

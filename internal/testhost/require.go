@@ -25,5 +25,5 @@ func Require(t testing.TB, err error) {
 	if Inside() {
 		t.Fatalf("the test host lacks what this test needs: %v", err)
 	}
-	t.Skipf("%v: this host's kernel lacks it; `make test-host` runs this test inside a VM that has it", err)
+	t.Skipf("%v: not available on this host; `make test-host` runs this test inside a VM that has it", err)
 }

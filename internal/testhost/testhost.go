@@ -41,7 +41,7 @@ const ExitMarker = "EMBER-TESTHOST-EXIT "
 var DefaultModules = []string{"loop", "dm-mod", "dm-snapshot", "dm-zero", "nbd", "kvm", "kvm-amd", "tun", "veth"}
 
 // DefaultTools are copied in when Config.Tools is nil.
-var DefaultTools = []string{"dmsetup"}
+var DefaultTools = []string{"dmsetup", "mkfs.ext4"}
 
 // Config says what a test-host run builds and runs.
 type Config struct {

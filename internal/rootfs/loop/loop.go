@@ -190,3 +190,18 @@ func Clear(n int) error {
 	}
 	return nil
 }
+
+// Refresh makes loop device n pick up its backing file's new size (after
+// the file grew), as a guest's disk grows.
+func Refresh(n int) error {
+	p := "/dev/loop" + strconv.Itoa(n)
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("refresh %s: %w", p, err)
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_SET_CAPACITY, 0); err != nil {
+		return fmt.Errorf("refresh %s: %w", p, err)
+	}
+	return nil
+}
