@@ -85,6 +85,11 @@ type Snapshot struct {
 	// sandbox created from them.
 	Hidden    bool
 	CreatedAt time.Time
+
+	// DiskBytes and MemoryBytes are the bytes the flattened disk and the
+	// saved machine state occupy (allocated blocks), measured when read.
+	DiskBytes   int64
+	MemoryBytes int64
 }
 
 // NetworkPolicy is a sandbox's egress policy as stored: prefixes in CIDR
