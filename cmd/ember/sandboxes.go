@@ -31,6 +31,9 @@ func createCmd() *cobra.Command {
 			if req.Metadata, err = keyValues("--metadata", meta); err != nil {
 				return err
 			}
+			if req.Snapshot != "" && !cmd.Flags().Changed("template") {
+				req.Template = "" // the snapshot names its template
+			}
 			if noInternet || len(allow) > 0 || len(deny) > 0 {
 				internet := !noInternet
 				req.Network = &client.NetworkPolicy{Internet: &internet, Allow: allow, Deny: deny}
@@ -52,10 +55,12 @@ func createCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVarP(&req.Template, "template", "t", "base", "template to create the sandbox from")
+	f.StringVar(&req.Snapshot, "snapshot", "", "snapshot to restore instead of booting the template")
+	f.BoolVar(&req.AutoPause, "auto-pause", false, "pause instead of destroying the sandbox at its end time")
 	f.IntVar(&req.VCPUs, "vcpus", 0, "virtual CPUs (default: the daemon's, 1)")
 	f.IntVar(&req.MemoryMiB, "memory", 0, "memory in MiB (default: the daemon's, 256)")
 	f.IntVar(&req.DiskMiB, "disk", 0, "root disk size in MiB (default: the template's)")
-	f.IntVar(&req.TimeoutS, "timeout", 0, "seconds until the sandbox is destroyed (default: the daemon's, 300)")
+	f.IntVar(&req.TimeoutS, "timeout", 0, "seconds until the sandbox is destroyed, or paused with --auto-pause (default: the daemon's, 300)")
 	f.StringArrayVarP(&env, "env", "e", nil, "KEY=VALUE default environment of every command (repeatable)")
 	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
 	f.BoolVar(&asJSON, "json", false, "print the whole sandbox as JSON")
