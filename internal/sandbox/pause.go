@@ -14,7 +14,6 @@ import (
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/store"
-	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/internal/vmm"
 )
 
@@ -156,10 +155,6 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if !ok {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, ErrUnsupported)
 	}
-	kernel, err := m.kernelFor(r)
-	if err != nil {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, err)
-	}
 	pol, err := Policy(r.Network)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: stored policy: %w", r.ID, err)
@@ -209,7 +204,8 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	}
 	r.SlotIndex = slot.Index
 
-	machine, err := restorer.Restore(ctx, m.spec(r, kernel, slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs()), dir)
+	// No kernel: a restore runs the one its saved state names.
+	machine, err := restorer.Restore(ctx, m.spec(r, "", slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs()), dir)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: restore vmm: %w", r.ID, err)
 	}
@@ -259,25 +255,6 @@ func (m *Manager) lifetime(r store.Sandbox) time.Duration {
 		return time.Duration(r.TimeoutS) * time.Second
 	}
 	return m.cfg.DefaultTimeout
-}
-
-// kernelFor returns the kernel a sandbox's machine runs: its snapshot's copy,
-// or its template's.
-func (m *Manager) kernelFor(r store.Sandbox) (string, error) {
-	if r.Snapshot != "" {
-		sn, err := m.d.Store.GetSnapshot(context.Background(), r.Snapshot)
-		if err != nil {
-			return "", fmt.Errorf("snapshot %q of the sandbox: %w", r.Snapshot, err)
-		}
-		return snapKernel(sn.Dir), nil
-	}
-	tpl, err := m.d.Templates.Get(r.Template)
-	if errors.Is(err, template.ErrNotFound) {
-		return "", fmt.Errorf("template %q: %w", r.Template, ErrTemplateNotFound)
-	} else if err != nil {
-		return "", fmt.Errorf("look up template %q: %w", r.Template, err)
-	}
-	return tpl.Kernel, nil
 }
 
 // syncClock sets a restored guest's clock to the host's: the guest's clock

@@ -15,11 +15,10 @@ import (
 	"github.com/emberhq/ember/internal/vmm"
 )
 
-// A snapshot directory holds the saved machine state, the flattened disk and
-// the kernel the machine ran, so a snapshot outlives its template.
+// A snapshot directory holds the saved machine state (which names the kernel
+// it ran, for the driver) and the flattened disk.
 func snapState(dir string) string  { return filepath.Join(dir, "state") }
 func snapRootfs(dir string) string { return filepath.Join(dir, "rootfs") }
-func snapKernel(dir string) string { return filepath.Join(dir, "vmlinux") }
 
 // snapshotName is what a client may call a snapshot. Names starting with a
 // dot are the manager's own (a fork's hidden snapshot, directories being
@@ -103,17 +102,10 @@ func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (s
 	return sn, nil
 }
 
-// captureLocked writes the machine state, flattened disk and kernel of a
-// running or paused sandbox into dir. A running machine is paused for the
-// capture (so state and disk agree) and resumed afterwards.
+// captureLocked writes the machine state and flattened disk of a running or
+// paused sandbox into dir. A running machine is paused for the capture (so
+// state and disk agree) and resumed afterwards.
 func (m *Manager) captureLocked(ctx context.Context, sb *Sandbox, r store.Sandbox, dir string) (err error) {
-	kernel, err := m.kernelFor(r)
-	if err != nil {
-		return err
-	}
-	if err := linkOrCopy(kernel, snapKernel(dir)); err != nil {
-		return err
-	}
 	if err := os.Mkdir(snapState(dir), 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}

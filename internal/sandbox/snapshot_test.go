@@ -55,7 +55,7 @@ func TestSnapshotCreateFromAndDelete(t *testing.T) {
 			} else if got.State != StateRunning || got.VMMPID != src.VMMPID || machineOf(t, w, src.VMMPID).isPaused() {
 				t.Fatalf("source after snapshot: %+v", got)
 			}
-			for _, f := range []string{snapKernel(sn.Dir), snapRootfs(sn.Dir), filepath.Join(snapState(sn.Dir), "mem")} {
+			for _, f := range []string{snapRootfs(sn.Dir), filepath.Join(snapState(sn.Dir), "mem")} {
 				if _, err := os.Stat(f); err != nil {
 					t.Fatalf("snapshot file: %v", err)
 				}
