@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -28,8 +27,7 @@ import (
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/rootfs"
-	rootfscopy "github.com/emberhq/ember/internal/rootfs/copy"
-	"github.com/emberhq/ember/internal/rootfs/qcow2"
+	"github.com/emberhq/ember/internal/rootfs/auto"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
@@ -68,7 +66,7 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.dataDir, "data-dir", defaultDataDir, "directory for the database, API key, templates and sandboxes")
 	fl.StringVar(&f.cacheDir, "cache-dir", envOr("EMBER_CACHE_DIR", defaultCacheDir), "directory for build caches (the guest kernel)")
 	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (kvm when /dev/kvm is usable)`)
-	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "qcow2", "copy" or "" (automatic)`)
+	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "devmapper", "reflink", "qcow2", "copy" or "" (automatic)`)
 	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
@@ -128,11 +126,15 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	disks, diskReason, err := chooseRootfs(f.rootfs, log)
+	disks, diskReason, err := auto.Select(f.dataDir, f.rootfs, log)
 	if err != nil {
 		return err
 	}
-	log.Info("root disk backend", "backend", disks.Name(), "reason", diskReason)
+	if r, ok := disks.(rootfs.Reconciler); ok {
+		if err := r.Reconcile(ctx); err != nil {
+			return fmt.Errorf("reconcile %s disks: %w", disks.Name(), err)
+		}
+	}
 
 	pool, err := network.NewPool(network.Config{FirstIndex: f.slotFirst, NoEgress: f.noEgress, Uplink: f.uplink}, log)
 	if err != nil {
@@ -177,6 +179,16 @@ func serve(ctx context.Context, f serveFlags) error {
 		log.Error("reclaim network slots", "err", err)
 	} else if n > 0 {
 		log.Info("reclaimed orphaned network slots", "count", n)
+	}
+	// Devices over sandbox directories go before the directories.
+	if dr, ok := disks.(interface {
+		ReclaimDevices(context.Context, map[string]bool) (int, error)
+	}); ok {
+		if n, err := dr.ReclaimDevices(ctx, keepDirs); err != nil {
+			log.Error("reclaim disk devices", "err", err)
+		} else if n > 0 {
+			log.Info("reclaimed orphaned disk devices", "count", n)
+		}
 	}
 	if n, err := reclaim.Dirs(filepath.Join(f.dataDir, "sandboxes"), keepDirs, log); err != nil {
 		log.Error("reclaim sandbox dirs", "err", err)
@@ -252,25 +264,4 @@ func loadAPIKey(path string) (string, error) {
 		return "", fmt.Errorf("write API key: %w", err)
 	}
 	return key, nil
-}
-
-// chooseRootfs picks the root disk backend: qcow2 overlays when qemu-img is
-// there (O(1) in the image size), else sparse copies; name overrides.
-func chooseRootfs(name string, log *slog.Logger) (rootfs.Backend, string, error) {
-	_, imgErr := exec.LookPath("qemu-img")
-	switch name {
-	case "":
-		if imgErr == nil {
-			return qcow2.New(log), "automatic: qemu-img found, qcow2 overlays are O(1) in the image size", nil
-		}
-		return rootfscopy.New(log), "automatic: qemu-img not found, sparse copies work everywhere", nil
-	case "qcow2":
-		if imgErr != nil {
-			return nil, "", fmt.Errorf("--rootfs qcow2: %w", imgErr)
-		}
-		return qcow2.New(log), "configured", nil
-	case "copy":
-		return rootfscopy.New(log), "configured", nil
-	}
-	return nil, "", fmt.Errorf("--rootfs %q: want qcow2, copy or empty for automatic", name)
 }
