@@ -106,7 +106,31 @@ type Config struct {
 	// every slot on demand and tears every returned slot down; the daemon
 	// uses DefaultPoolSize.
 	PoolSize int
+
+	// Mode is ModeNetns (the default: a namespace per sandbox) or
+	// ModeBridge (every sandbox's TAP on one host bridge). HostCIDR,
+	// VethCIDR, FirstIndex and PoolSize apply to ModeNetns only; Bridge and
+	// BridgeCIDR to ModeBridge only.
+	Mode string
+	// Bridge is the bridge's interface name (default DefaultBridge).
+	Bridge string
+	// BridgeCIDR is the bridge's subnet (default DefaultBridgeCIDR): the
+	// first usable address is the host's (the guests' gateway), the rest
+	// go to guests. At most /29, at least /16.
+	BridgeCIDR netip.Prefix
 }
+
+// Network modes.
+const (
+	ModeNetns  = "netns"
+	ModeBridge = "bridge"
+)
+
+// Bridge mode defaults.
+var (
+	DefaultBridge     = "ember-br0"
+	DefaultBridgeCIDR = netip.MustParsePrefix("172.30.0.0/24")
+)
 
 // DefaultPoolSize is the daemon's pool size.
 const DefaultPoolSize = 8
@@ -118,6 +142,17 @@ func (c Config) withDefaults() Config {
 	}
 	if !c.VethCIDR.IsValid() {
 		c.VethCIDR = DefaultVethCIDR
+	}
+	if c.Mode == "" {
+		c.Mode = ModeNetns
+	}
+	if c.Mode == ModeBridge {
+		if c.Bridge == "" {
+			c.Bridge = DefaultBridge
+		}
+		if !c.BridgeCIDR.IsValid() {
+			c.BridgeCIDR = DefaultBridgeCIDR
+		}
 	}
 	return c
 }
@@ -161,14 +196,59 @@ func (c Config) Validate() error {
 		return bad("first index %d outside [0, %d)", c.FirstIndex, n)
 	}
 	if c.Uplink != "" && !c.NoEgress {
-		if len(c.Uplink) > 15 || strings.ContainsAny(c.Uplink, "/ \t\n:") {
+		if !validIfname(c.Uplink) {
 			return bad("uplink %q is not an interface name", c.Uplink)
 		}
 		if strings.HasPrefix(c.Uplink, VethPrefix) {
 			return bad("uplink %q is a slot veth", c.Uplink)
 		}
 	}
+	switch c.Mode {
+	case ModeNetns:
+	case ModeBridge:
+		return c.validateBridge(bad)
+	default:
+		return bad("mode %q is neither %q nor %q", c.Mode, ModeNetns, ModeBridge)
+	}
 	return nil
+}
+
+// validateBridge checks the bridge mode settings.
+func (c Config) validateBridge(bad func(string, ...any) error) error {
+	p := c.BridgeCIDR
+	switch {
+	case !validIfname(c.Bridge):
+		return bad("bridge %q is not an interface name (1-15 letters, digits, '-', '_', '.')", c.Bridge)
+	case c.Bridge == c.Uplink:
+		return bad("bridge %q is the uplink", c.Bridge)
+	case !p.Addr().Is4():
+		return bad("bridge cidr %s is not IPv4", p)
+	case p != p.Masked():
+		return bad("bridge cidr %s has host bits set (want %s)", p, p.Masked())
+	case p.Bits() > 29:
+		return bad("bridge cidr %s is too small: a /%d leaves no room for a gateway and guests (at most /29)", p, p.Bits())
+	case p.Bits() < 16:
+		return bad("bridge cidr %s is too large (at least /16)", p)
+	case p.Overlaps(guestNet) || p.Overlaps(netip.PrefixFrom(MetadataAddr, 32)):
+		return bad("bridge cidr %s overlaps the link-local guest range", p)
+	case p.Overlaps(c.HostCIDR) || p.Overlaps(c.VethCIDR):
+		return bad("bridge cidr %s overlaps the slot ranges %s, %s", p, c.HostCIDR, c.VethCIDR)
+	}
+	return nil
+}
+
+// validIfname reports whether name can be a Linux interface name that is
+// safe to log and match: 1-15 letters, digits, '-', '_' or '.'.
+func validIfname(name string) bool {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // capacity is the number of slot indexes the ranges allow: one usable host
@@ -203,6 +283,9 @@ func (c Config) slot(index int) *Slot {
 		GuestMAC:  GuestMAC(index),
 		HostVeth:  VethName(index),
 		HostAddr:  c.hostAddr(index),
+		GuestAddr: GuestAddr,
+		Gateway:   GatewayAddr,
+		GuestBits: GuestPrefixLen,
 	}
 }
 
@@ -258,20 +341,28 @@ type Slot struct {
 	GuestMAC string
 	// HostVeth is the veth end in the host namespace ("ember-v<index>").
 	HostVeth string
-	// HostAddr is where the host reaches the guest (DNAT to GuestAddr inside
-	// the namespace).
+	// HostAddr is where the host reaches the guest: in ModeNetns a
+	// per-slot address DNATed to GuestAddr inside the namespace, in
+	// ModeBridge the guest's own address.
 	HostAddr netip.Addr
+	// GuestAddr, Gateway and GuestBits are the guest's own address
+	// configuration (BootArgs): the fixed 169.254.0.21/30 via .22 in
+	// ModeNetns, an address of the bridge subnet via the bridge in
+	// ModeBridge. Zero values mean the ModeNetns ones.
+	GuestAddr netip.Addr
+	Gateway   netip.Addr
+	GuestBits int
 }
 
 // BootArgs returns the guest kernel's static IP configuration argument
-// (ip=<client>::<gateway>:<netmask>::<device>:off), the same for every slot.
+// (ip=<client>::<gateway>:<netmask>::<device>:off). In ModeNetns it is the
+// same for every slot.
 func (s *Slot) BootArgs() string {
-	return bootArgs
-}
-
-var bootArgs = func() string {
-	mask := netip.PrefixFrom(GuestAddr, GuestPrefixLen)
-	m := uint32(math.MaxUint32) << (32 - mask.Bits())
+	guest, gw, bits := s.GuestAddr, s.Gateway, s.GuestBits
+	if !guest.IsValid() {
+		guest, gw, bits = GuestAddr, GatewayAddr, GuestPrefixLen
+	}
+	m := uint32(math.MaxUint32) << (32 - bits)
 	netmask := netip.AddrFrom4([4]byte{byte(m >> 24), byte(m >> 16), byte(m >> 8), byte(m)})
-	return fmt.Sprintf("ip=%s::%s:%s::%s:off", GuestAddr, GatewayAddr, netmask, guestDevice)
-}()
+	return fmt.Sprintf("ip=%s::%s:%s::%s:off", guest, gw, netmask, guestDevice)
+}
