@@ -94,24 +94,38 @@ func cpuModel(accel string) string {
 	return "host"
 }
 
+// memoryBackend is the id of the guest RAM backend when RAM lives in a file.
+const memoryBackend = "mem"
+
 // buildArgs returns QEMU's arguments for spec. tscKHz is the host's TSC
-// frequency, used only under TCG.
-func buildArgs(accel string, tscKHz int64, spec vmm.Spec) []string {
+// frequency, used only under TCG. memPath, when set, is the file that holds
+// guest RAM, mapped shared so that a snapshot can leave RAM out of the
+// migration stream and copy the file instead.
+func buildArgs(accel string, tscKHz int64, memPath string, spec vmm.Spec) []string {
 	spec = withDefaults(spec)
 	vcpus, mem, format := spec.VCPUs, spec.MemoryMiB, spec.DiskFormat
 	cpu := cpuModel(accel)
 	if accel != AccelTCG {
 		tscKHz = 0
 	}
-	args := []string{
-		"-machine", machineOpts,
+	machine := machineOpts
+	var ram []string
+	if memPath != "" {
+		machine += ",memory-backend=" + memoryBackend
+		ram = []string{"-object", "memory-backend-file,id=" + memoryBackend + ",size=" + strconv.Itoa(mem) + "M" +
+			",mem-path=" + optEscape(memPath) + ",share=on"}
+	}
+	args := append([]string{
+		"-machine", machine,
 		"-accel", accel,
 		"-cpu", cpu,
 		"-m", strconv.Itoa(mem),
+	}, ram...)
+	args = append(args,
 		"-smp", strconv.Itoa(vcpus),
 		"-nodefaults", "-no-user-config", "-no-reboot", "-nographic",
 		"-kernel", spec.Kernel,
-	}
+	)
 	if spec.Initrd != "" {
 		args = append(args, "-initrd", spec.Initrd)
 	}

@@ -27,12 +27,13 @@ func TestBuildArgs(t *testing.T) {
 		DiskFormat: "raw", VCPUs: 2, MemoryMiB: 512,
 	}
 	for _, tc := range []struct {
-		name   string
-		accel  string
-		spec   func(s *vmm.Spec)
-		checks map[string]string // flag (with "#n" for its n-th use) → exact value
-		has    []string          // substrings of the joined command line
-		hasNot []string
+		name    string
+		accel   string
+		memPath string
+		spec    func(s *vmm.Spec)
+		checks  map[string]string // flag (with "#n" for its n-th use) → exact value
+		has     []string          // substrings of the joined command line
+		hasNot  []string
 	}{
 		{
 			name:  "tcg",
@@ -52,7 +53,16 @@ func TestBuildArgs(t *testing.T) {
 				"-pidfile":   "/run/ember/sb1/vmm.pid",
 			},
 			has:    []string{"-nodefaults", "-no-user-config", "-no-reboot", "-nographic"},
-			hasNot: []string{"-netdev", "-initrd"},
+			hasNot: []string{"-netdev", "-initrd", "-object"},
+		},
+		{
+			name:    "guest ram in a shared file",
+			accel:   AccelTCG,
+			memPath: "/dev/shm/ember,sb1.mem",
+			checks: map[string]string{
+				"-machine": "microvm,acpi=off,memory-backend=mem", "-m": "512",
+				"-object": "memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/ember,,sb1.mem,share=on",
+			},
 		},
 		{
 			name:  "kvm has no tsc arguments",
@@ -98,7 +108,7 @@ func TestBuildArgs(t *testing.T) {
 			if tc.spec != nil {
 				tc.spec(&spec)
 			}
-			args := buildArgs(tc.accel, 2096000, spec)
+			args := buildArgs(tc.accel, 2096000, tc.memPath, spec)
 			for flag, want := range tc.checks {
 				name, n := flag, 0
 				if f, idx, ok := strings.Cut(flag, "#"); ok {

@@ -11,17 +11,30 @@ import (
 	"github.com/emberhq/ember/internal/vmm/vmmtest"
 )
 
-// TestConformance boots the default template's guest under real QEMU.
+// TestConformance boots the default template's guest under real QEMU,
+// guest RAM in a shared file (the default).
 func TestConformance(t *testing.T) {
 	testutil.RequireTool(t, "qemu-system-x86_64")
-	vmmtest.Run(t, func(t testing.TB) vmm.Driver {
-		d, err := New(Config{}, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	vmmtest.Run(t, newTestDriver(Config{}))
+}
+
+// TestSnapshotStreamMemory runs the snapshot cases with guest RAM saved
+// inside the migration stream.
+func TestSnapshotStreamMemory(t *testing.T) {
+	testutil.RequireTool(t, "qemu-system-x86_64")
+	vmmtest.RunSnapshot(t, newTestDriver(Config{StreamMemory: true}))
+}
+
+// newTestDriver makes drivers for cfg that log to the test's log.
+func newTestDriver(cfg Config) vmmtest.New {
+	return func(t testing.TB) vmm.Driver {
+		d, err := New(cfg, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("accel %s: %s", d.Accel(), d.AccelReason())
 		return d
-	})
+	}
 }
 
 // testWriter sends log lines to the test's log.

@@ -39,8 +39,10 @@ type Machine struct {
 	log *slog.Logger
 	// driver made the machine; snapshots record its configuration.
 	driver *Driver
-	spec   vmm.Spec
-	pid    int
+	// memPath is the file holding guest RAM, "" when RAM is anonymous.
+	memPath string
+	spec    vmm.Spec
+	pid     int
 	// signal sends a signal to the process (through a pidfd where the
 	// process is not our child, so a recycled pid is never hit).
 	signal func(syscall.Signal) error
@@ -307,9 +309,13 @@ func (m *Machine) waitExit(d time.Duration) bool {
 }
 
 // removeFiles deletes the control socket and pid file of an exited QEMU,
-// so nothing mistakes them for a live machine's. Logs stay.
+// so nothing mistakes them for a live machine's, and its guest RAM. Logs
+// stay.
 func (m *Machine) removeFiles() {
-	for _, p := range []string{qmpPath(m.spec.Dir), pidPath(m.spec.Dir)} {
+	for _, p := range []string{qmpPath(m.spec.Dir), pidPath(m.spec.Dir), m.memPath} {
+		if p == "" {
+			continue
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			m.log.Warn("remove vmm file", "path", p, "err", err)
 		}

@@ -12,12 +12,14 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,7 +46,19 @@ type Config struct {
 	// Accel is "kvm", "tcg" or empty: empty picks kvm when /dev/kvm opens
 	// read-write, else tcg.
 	Accel string
+	// MemoryDir holds the files of running machines' guest RAM; empty means
+	// /dev/shm. See StreamMemory.
+	MemoryDir string
+	// StreamMemory keeps guest RAM in anonymous memory and saves it inside
+	// the migration stream. By default guest RAM is a file in MemoryDir,
+	// mapped shared, so that a snapshot writes only device state and
+	// copies the file, and a restore copies it back.
+	StreamMemory bool
 }
+
+// defaultMemoryDir is where guest RAM files live unless configured: tmpfs,
+// so a running guest's memory is never written back to a disk.
+const defaultMemoryDir = "/dev/shm"
 
 // Driver starts and attaches to QEMU microVMs. It implements vmm.Driver.
 type Driver struct {
@@ -54,6 +68,9 @@ type Driver struct {
 	reason string
 	// tscKHz is the host TSC frequency handed to TCG guests (0 under KVM).
 	tscKHz int64
+	// memDir holds guest RAM files; empty when RAM is anonymous and
+	// snapshots stream it.
+	memDir string
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -71,6 +88,15 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 		return nil, fmt.Errorf("find qemu binary %q: %w", bin, err)
 	}
 	d := &Driver{log: log.With("vmm", "qemu"), binary: path}
+	if !cfg.StreamMemory {
+		d.memDir = cfg.MemoryDir
+		if d.memDir == "" {
+			d.memDir = defaultMemoryDir
+		}
+		if st, err := os.Stat(d.memDir); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("use memory directory %q: not a directory: %v", d.memDir, err)
+		}
+	}
 	kvmErr := kvmUsable()
 	switch cfg.Accel {
 	case "":
@@ -122,7 +148,7 @@ func (d *Driver) AccelReason() string { return d.reason }
 // is left.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	begin := time.Now()
-	m, err := d.launch(ctx, spec)
+	m, err := d.launch(ctx, spec, nil)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
 	}
@@ -130,9 +156,29 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	return m, nil
 }
 
+// memPath is the file that holds the guest RAM of the machine in spec.Dir,
+// or "" when RAM is anonymous. The name carries the ember prefix and the
+// machine's id, for reclaim and for people, and a digest of its directory,
+// so two machines never share one.
+func (d *Driver) memPath(spec vmm.Spec) string {
+	if d.memDir == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(spec.Dir))
+	id := strings.Map(func(r rune) rune {
+		if r == '/' || r == 0 {
+			return '_'
+		}
+		return r
+	}, spec.ID)
+	return filepath.Join(d.memDir, fmt.Sprintf("ember-%s-%x.mem", id, sum[:6]))
+}
+
 // launch runs QEMU for spec with extra arguments appended to its command
-// line and waits until QMP answers. On error no QEMU process is left.
-func (d *Driver) launch(ctx context.Context, spec vmm.Spec, extra ...string) (_ *Machine, err error) {
+// line and waits until QMP answers. fillMemory, when set, writes the guest
+// RAM file before QEMU starts (a restore); otherwise the guest starts with
+// fresh RAM. On error no QEMU process and no RAM file is left.
+func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path string) error, extra ...string) (_ *Machine, err error) {
 	if err := checkSpec(spec); err != nil {
 		return nil, err
 	}
@@ -143,11 +189,25 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 		return nil, fmt.Errorf("qemu pid %d already runs in %s", pid, spec.Dir)
 	}
 	// A stale socket or pid file from an earlier run must not pass for
-	// this one's.
-	for _, p := range []string{qmpPath(spec.Dir), pidPath(spec.Dir)} {
+	// this one's, nor its memory for this guest's.
+	mem := d.memPath(spec)
+	for _, p := range []string{qmpPath(spec.Dir), pidPath(spec.Dir), mem} {
+		if p == "" {
+			continue
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("remove stale %s: %w", p, err)
 		}
+	}
+	if mem != "" && fillMemory != nil {
+		if err := fillMemory(mem); err != nil {
+			return nil, fmt.Errorf("fill guest memory %s: %w", mem, err)
+		}
+		defer func() {
+			if err != nil {
+				os.Remove(mem)
+			}
+		}()
 	}
 	logFile, err := os.OpenFile(logPath(spec.Dir), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -156,7 +216,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 	// QEMU holds its own descriptor; ours is not needed past the fork.
 	defer logFile.Close()
 
-	cmd := exec.Command(d.binary, append(buildArgs(d.accel, d.tscKHz, spec), extra...)...)
+	cmd := exec.Command(d.binary, append(buildArgs(d.accel, d.tscKHz, mem, spec), extra...)...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -164,7 +224,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 		return nil, fmt.Errorf("run %s: %w", d.binary, err)
 	}
 	m := newChildMachine(d.log, spec, cmd)
-	m.driver = d
+	m.driver, m.memPath = d, mem
 	defer func() {
 		if err != nil {
 			m.kill()
@@ -275,7 +335,7 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
 	m, release := newAttachedMachine(d.log, spec, pid, pidfd)
-	m.driver = d
+	m.driver, m.memPath = d, d.memPath(spec)
 	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
 		release()
 		return nil, fmt.Errorf("attach %s: pid %d: %w: %w", spec.ID, pid, vmm.ErrNotRunning, err)

@@ -22,9 +22,12 @@ var ErrSnapshotMismatch = errors.New("snapshot does not match the machine")
 
 // Files in a snapshot directory.
 const (
-	// vmstateFile is QEMU's migration stream: device and vCPU state and
-	// guest memory.
+	// vmstateFile is QEMU's migration stream: device and vCPU state, and
+	// guest memory when the machine's RAM was not in a file.
 	vmstateFile = "vmstate"
+	// memoryFile is a sparse copy of the guest RAM file, when the machine
+	// had one.
+	memoryFile = "memory"
 	// manifestFile describes the machine the snapshot was taken of. It is
 	// written last: a directory without it holds no usable snapshot.
 	manifestFile = "manifest.json"
@@ -32,6 +35,14 @@ const (
 
 // manifestVersion changes whenever the snapshot layout does.
 const manifestVersion = 1
+
+// Where a snapshot keeps guest memory (manifest.Memory).
+const (
+	// memoryInFile: in memoryFile; the stream holds device state only.
+	memoryInFile = "file"
+	// memoryInStream: inside the migration stream.
+	memoryInStream = "stream"
+)
 
 // maxBandwidth is the migration bandwidth cap set before a save, in bytes per
 // second: in effect none. QEMU's default cap (32 MiB/s) made saving a
@@ -54,7 +65,11 @@ type manifest struct {
 	CPU     string `json:"cpu"`
 	VCPUs   int    `json:"vcpus"`
 	// MemoryMiB is the guest's memory size.
-	MemoryMiB  int    `json:"memory_mib"`
+	MemoryMiB int `json:"memory_mib"`
+	// Memory says where guest memory is: memoryInFile or memoryInStream.
+	// QEMU names the RAM block after its backend, so a stream loads only
+	// into a machine whose RAM is set up the same way.
+	Memory     string `json:"memory"`
 	Kernel     string `json:"kernel"`
 	Initrd     string `json:"initrd,omitempty"`
 	DiskFormat string `json:"disk_format"`
@@ -69,6 +84,10 @@ type manifest struct {
 // manifestFor describes a machine started by d from spec.
 func (d *Driver) manifestFor(spec vmm.Spec, version string) manifest {
 	spec = withDefaults(spec)
+	memory := memoryInStream
+	if d.memDir != "" {
+		memory = memoryInFile
+	}
 	return manifest{
 		Version:    manifestVersion,
 		QEMU:       version,
@@ -77,6 +96,7 @@ func (d *Driver) manifestFor(spec vmm.Spec, version string) manifest {
 		CPU:        cpuModel(d.accel),
 		VCPUs:      spec.VCPUs,
 		MemoryMiB:  spec.MemoryMiB,
+		Memory:     memory,
 		Kernel:     spec.Kernel,
 		Initrd:     spec.Initrd,
 		DiskFormat: spec.DiskFormat,
@@ -100,6 +120,7 @@ func (m manifest) mismatch(want manifest) []string {
 	diff("cpu", m.CPU, want.CPU)
 	diff("vcpus", m.VCPUs, want.VCPUs)
 	diff("memory_mib", m.MemoryMiB, want.MemoryMiB)
+	diff("memory kept in", m.Memory, want.Memory)
 	diff("kernel", m.Kernel, want.Kernel)
 	diff("initrd", m.Initrd, want.Initrd)
 	diff("disk format", m.DiskFormat, want.DiskFormat)
@@ -227,28 +248,60 @@ func (m *Machine) waitMigration(ctx context.Context, outgoing bool) error {
 	}
 }
 
-// setMigrationParams raises the bandwidth cap; saves and restores set the
-// same parameters so the stream is read as it was written.
+// setMigrationParams raises the bandwidth cap and, when guest RAM is in a
+// shared file, has QEMU leave it out of the stream (x-ignore-shared).
+// Saves and restores set the same, so the stream is read as it was written.
 func (m *Machine) setMigrationParams(ctx context.Context) error {
+	if m.memPath != "" {
+		caps := []map[string]any{{"capability": "x-ignore-shared", "state": true}}
+		if err := m.qmp(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+			return err
+		}
+	}
 	return m.qmp(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil)
 }
 
-// Snapshot saves the paused machine's device, vCPU and memory state into
-// dir as a QEMU migration stream (dir/vmstate) and records what the machine
-// was in dir/manifest.json. The machine stays paused; QEMU flushes the
-// guest's disk before the save completes, so the disk as it is now belongs
-// with the snapshot. QEMU 7.2 has no file: migration URI, so the stream goes
-// through cat. opts.Diff is ignored: QEMU saves all memory.
+// Snapshot saves the paused machine's device and vCPU state into dir as a
+// QEMU migration stream (dir/vmstate), its memory as a sparse copy of the
+// guest RAM file (dir/memory) or, when RAM is anonymous, inside the
+// stream, and records what the machine was in dir/manifest.json. The
+// machine stays paused; QEMU flushes the guest's disk before the save
+// completes, so the disk as it is now belongs with the snapshot. QEMU 7.2
+// has no file: migration URI, so the stream goes through cat. opts.Diff is
+// ignored: all memory is saved.
 func (m *Machine) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOptions) error {
-	begin := time.Now()
-	if err := m.snapshot(ctx, dir); err != nil {
+	p := newPhases()
+	if err := m.snapshot(ctx, dir, p); err != nil {
 		return fmt.Errorf("snapshot %s into %s: %w", m.spec.ID, dir, err)
 	}
-	m.log.Info("vmm snapshot", "dir", dir, "duration", time.Since(begin))
+	m.log.Info("vmm snapshot", append([]any{"dir", dir}, p.attrs()...)...)
 	return nil
 }
 
-func (m *Machine) snapshot(ctx context.Context, dir string) error {
+// phases times the steps of a save or restore for its log line.
+type phases struct {
+	begin, last time.Time
+	steps       []any
+}
+
+func newPhases() *phases {
+	now := time.Now()
+	return &phases{begin: now, last: now}
+}
+
+// done records that the step named name has just finished.
+func (p *phases) done(name string) {
+	now := time.Now()
+	p.steps = append(p.steps, name, now.Sub(p.last))
+	p.last = now
+}
+
+// attrs returns the steps' durations and the total as log attributes.
+func (p *phases) attrs() []any {
+	return append(p.steps, "duration", time.Since(p.begin))
+}
+
+func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) error {
 	if m.driver == nil {
 		return errors.New("machine was not made by a driver")
 	}
@@ -274,9 +327,23 @@ func (m *Machine) snapshot(ctx context.Context, dir string) error {
 	if err := m.waitMigration(ctx, true); err != nil {
 		return err
 	}
+	p.done("stream")
+	if m.memPath != "" {
+		// The guest is paused: its RAM file holds still while it is
+		// copied.
+		mem := filepath.Join(dir, memoryFile)
+		if err := copyMemory(ctx, mem, m.memPath); err != nil {
+			return fmt.Errorf("save guest memory: %w", err)
+		}
+		p.done("memory")
+		if err := syncPath(mem); err != nil {
+			return fmt.Errorf("sync %s: %w", mem, err)
+		}
+	}
 	if err := syncPath(state); err != nil {
 		return fmt.Errorf("sync %s: %w", state, err)
 	}
+	p.done("sync")
 	man := m.driver.manifestFor(m.spec, version)
 	man.Created = time.Now().UTC()
 	b, err := json.MarshalIndent(man, "", "  ")
@@ -290,7 +357,9 @@ func (m *Machine) snapshot(ctx context.Context, dir string) error {
 }
 
 // Restore starts a machine for spec from the snapshot in snapshotDir and
-// returns it running. spec must describe the machine the snapshot was taken
+// returns it running. Guest memory saved in a file is copied into the new
+// machine's own RAM file first, so every restore of one snapshot (a fork)
+// runs on memory of its own and the snapshot stays as it was. spec must describe the machine the snapshot was taken
 // of: the same vCPUs, memory, kernel (empty takes the snapshot's), initrd,
 // disk format and whether it has a network device, under the same
 // accelerator and QEMU build; otherwise Restore fails with
@@ -298,16 +367,16 @@ func (m *Machine) snapshot(ctx context.Context, dir string) error {
 // network slot may differ from the snapshot's; the disk must hold what it
 // held at the snapshot. On error no QEMU process is left.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string) (vmm.Machine, error) {
-	begin := time.Now()
-	m, err := d.restore(ctx, spec, snapshotDir)
+	p := newPhases()
+	m, err := d.restore(ctx, spec, snapshotDir, p)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s from %s: %w", spec.ID, snapshotDir, err)
 	}
-	m.log.Info("vmm restored", "snapshot", snapshotDir, "accel", d.accel, "duration", time.Since(begin))
+	m.log.Info("vmm restored", append([]any{"snapshot", snapshotDir, "accel", d.accel}, p.attrs()...)...)
 	return m, nil
 }
 
-func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string) (_ *Machine, err error) {
+func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phases) (_ *Machine, err error) {
 	man, err := readManifest(dir)
 	if err != nil {
 		return nil, err
@@ -324,10 +393,20 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string) (_ *Mac
 	if diffs := man.mismatch(want); len(diffs) > 0 {
 		return nil, fmt.Errorf("%s: %w", strings.Join(diffs, "; "), ErrSnapshotMismatch)
 	}
-	m, err := d.launch(ctx, spec, "-incoming", "defer")
+	var fill func(string) error
+	if man.Memory == memoryInFile {
+		mem := filepath.Join(dir, memoryFile)
+		fill = func(path string) error {
+			err := copyMemory(ctx, path, mem)
+			p.done("memory")
+			return err
+		}
+	}
+	m, err := d.launch(ctx, spec, fill, "-incoming", "defer")
 	if err != nil {
 		return nil, err
 	}
+	p.done("launch")
 	defer func() {
 		if err != nil {
 			m.kill()
@@ -349,6 +428,7 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string) (_ *Mac
 	if err := m.waitMigration(ctx, false); err != nil {
 		return nil, fmt.Errorf("%w (qemu log: %s)", err, logTail(spec.Dir))
 	}
+	p.done("stream")
 	// The source was paused when it was saved, so QEMU leaves the restored
 	// machine paused too.
 	if err := m.qmp(ctx, "cont", nil, nil); err != nil {

@@ -148,14 +148,7 @@ func Run(t *testing.T, newDriver New) {
 		}
 	})
 
-	t.Run("Restore", func(t *testing.T) { runRestore(t, newDriver(t), guest) })
-
-	t.Run("SnapshotTimes", func(t *testing.T) {
-		if testing.Short() {
-			t.Skip("three saves and restores; not in -short")
-		}
-		runSnapshotTimes(t, newDriver(t), guest)
-	})
+	RunSnapshot(t, newDriver)
 
 	t.Run("BootTime", func(t *testing.T) {
 		if testing.Short() {
