@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/emberhq/ember/internal/rootfs"
@@ -54,25 +53,20 @@ func (b *Backend) Prepare(ctx context.Context, id, dir, base string, sizeBytes i
 	if err != nil {
 		return rootfs.Disk{}, fmt.Errorf("prepare disk for %s: %w", id, err)
 	}
-	// qemu-img create overwrites silently; refuse instead.
-	if err := diskfile.Claim(dst); err != nil {
-		return rootfs.Disk{}, fmt.Errorf("prepare disk for %s: %w", id, err)
-	}
 	if err := ctx.Err(); err != nil {
 		return rootfs.Disk{}, fmt.Errorf("prepare disk for %s: %w", id, err)
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(dst)
-		}
-	}()
-	// -u: base is checked above, so qemu-img need not open it (40 of the
-	// 100 ms a create takes here).
-	if _, err := runner.Run(ctx, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-F", "raw", "-b", base,
-		dst, strconv.FormatInt(size, 10)); err != nil {
+	// O_EXCL: never overwrite a disk that is already there.
+	f, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
 		return rootfs.Disk{}, fmt.Errorf("prepare disk for %s: %w", id, err)
 	}
-	if err := os.Chmod(dst, 0o600); err != nil {
+	err = writeOverlay(f, base, size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(dst)
 		return rootfs.Disk{}, fmt.Errorf("prepare disk for %s: %w", id, err)
 	}
 	b.log.Debug("disk prepared", "sandbox", id, "size", size, "duration", time.Since(begin))
