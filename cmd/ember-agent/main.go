@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/agent/server"
@@ -38,10 +39,11 @@ func main() {
 		// A sandbox created with a disk larger than its template's image
 		// has a larger device than filesystem: grow it before serving, so
 		// the first command already sees the space.
+		begin := time.Now()
 		if from, to, err := growfs.Ext4("/"); err != nil {
 			log.Warn("root filesystem not grown", "err", err)
 		} else if to > from {
-			log.Info("root filesystem grown", "from", from, "to", to)
+			log.Info("root filesystem grown", "from", from, "to", to, "duration", time.Since(begin))
 		}
 	}
 	if err := run(log, *listen, *dir); err != nil {
