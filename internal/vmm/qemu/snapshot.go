@@ -434,5 +434,10 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 	if err := m.qmp(ctx, "cont", nil, nil); err != nil {
 		return nil, err
 	}
+	if man.Network && spec.MAC != man.MAC {
+		// virtio-net's saved state carries the MAC, and the guest keeps
+		// the address its driver read at boot.
+		m.log.Warn("restored guest keeps the snapshot's mac", "mac", man.MAC, "spec_mac", spec.MAC)
+	}
 	return m, nil
 }

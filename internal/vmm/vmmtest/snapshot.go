@@ -25,16 +25,16 @@ import (
 )
 
 // counterInit is the guest's first process in the snapshot cases: it starts
-// a counter that prints a numbered tick with the guest's wall clock on the
-// console and appends the number to a file on the root disk (synced), then
-// hands over to the template's init. A restored guest must go on counting
-// from where it was.
+// a counter that prints a numbered tick with the guest's wall clock and,
+// once sysfs is up, eth0's MAC address on the console and appends the
+// number to a file on the root disk (synced), then hands over to the
+// template's init. A restored guest must go on counting from where it was.
 const counterInit = `#!/bin/sh
 (
 	n=0
 	while :; do
 		n=$((n+1))
-		echo "vmmtest-tick $n $(date +%s)" >/dev/console
+		echo "vmmtest-tick $n $(date +%s) $(cat /sys/class/net/eth0/address 2>/dev/null)" >/dev/console
 		echo $n >>/vmmtest-ticks
 		sync
 		sleep 0.2
@@ -50,17 +50,22 @@ const (
 )
 
 // tickLine matches one complete counter line on the console.
-var tickLine = regexp.MustCompile(`^vmmtest-tick (\d+) (\d+)$`)
+var tickLine = regexp.MustCompile(`^vmmtest-tick (\d+) (\d+) ?(\S*)$`)
 
-// tick is one counter line: its number and the guest's clock (Unix seconds).
-type tick struct {
-	n     int
-	clock int64
+// Tick is one line of the guest counter CounterSpec starts.
+type Tick struct {
+	// N counts from 1.
+	N int
+	// Clock is the guest's wall clock, Unix seconds.
+	Clock int64
+	// MAC is the guest's eth0 address; empty without a network device or
+	// before sysfs is mounted.
+	MAC string
 }
 
 // ticks parses the complete counter lines of a console log.
-func ticks(b []byte) []tick {
-	var out []tick
+func ticks(b []byte) []Tick {
+	var out []Tick
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		m := tickLine.FindStringSubmatch(strings.TrimSpace(sc.Text()))
@@ -69,14 +74,15 @@ func ticks(b []byte) []tick {
 		}
 		n, _ := strconv.Atoi(m[1])
 		c, _ := strconv.ParseInt(m[2], 10, 64)
-		out = append(out, tick{n, c})
+		out = append(out, Tick{n, c, m[3]})
 	}
 	return out
 }
 
-// counterSpec returns a spec whose guest runs counterInit, on a private
-// copy of the root filesystem with the script added.
-func counterSpec(t testing.TB, guest testutil.GuestImage) vmm.Spec {
+// CounterSpec returns a spec for guest in a fresh directory, on a private
+// copy of the root filesystem, whose guest runs a counter on the console
+// (see WaitTick) and on disk.
+func CounterSpec(t testing.TB, guest testutil.GuestImage) vmm.Spec {
 	t.Helper()
 	testutil.RequireTool(t, "debugfs")
 	spec := newSpec(t, guest)
@@ -114,13 +120,13 @@ func stopAtEnd(t testing.TB, m vmm.Machine) {
 	})
 }
 
-// waitTick waits until the machine's console shows a tick numbered at least
-// n and returns the ticks seen.
-func waitTick(t testing.TB, m vmm.Machine, spec vmm.Spec, n int) []tick {
+// WaitTick waits until the machine's console shows a counter tick numbered
+// at least n and returns the complete ticks on it.
+func WaitTick(t testing.TB, m vmm.Machine, spec vmm.Spec, n int) []Tick {
 	t.Helper()
 	b := waitConsole(t, m, spec, fmt.Sprintf("tick %d", n), func(b []byte) bool {
 		ts := ticks(b)
-		return len(ts) > 0 && ts[len(ts)-1].n >= n
+		return len(ts) > 0 && ts[len(ts)-1].N >= n
 	})
 	return ticks(b)
 }
@@ -152,7 +158,7 @@ func startCounter(t testing.TB, d vmm.Driver, guest testutil.GuestImage) (vmm.Ma
 	if !ok {
 		t.Skipf("%s does not implement vmm.Restorer", d.Name())
 	}
-	spec := counterSpec(t, guest)
+	spec := CounterSpec(t, guest)
 	m, err := d.Start(t.Context(), spec)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +168,7 @@ func startCounter(t testing.TB, d vmm.Driver, guest testutil.GuestImage) (vmm.Ma
 	if !ok {
 		t.Skipf("%s machines do not implement vmm.Snapshotter", d.Name())
 	}
-	waitTick(t, m, spec, 3)
+	WaitTick(t, m, spec, 3)
 	return m, spec, s, r
 }
 
@@ -197,7 +203,7 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 	if err := snap.Snapshot(ctx, dir, vmm.SnapshotOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("snapshot: %s; guest at tick %d", time.Since(begin), saved.n)
+	t.Logf("snapshot: %s; guest at tick %d", time.Since(begin), saved.N)
 	expectState(t, m, vmm.StatePaused)
 	if err := m.Stop(ctx); err != nil {
 		t.Fatal(err)
@@ -216,10 +222,10 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 	stopAtEnd(t, r)
 	t.Logf("restore: %s", time.Since(begin))
 	expectState(t, r, vmm.StateRunning)
-	ts := waitTick(t, r, spec, saved.n+4)
+	ts := WaitTick(t, r, spec, saved.N+4)
 	expectContinues(t, ts, saved)
 	t.Logf("guest clock: %d at the save, %d at the first tick after a %s pause (host: %s later)",
-		saved.clock, ts[0].clock, time.Since(pausedAt).Round(time.Millisecond), time.Since(pausedAt).Round(time.Second))
+		saved.Clock, ts[0].Clock, time.Since(pausedAt).Round(time.Millisecond), time.Since(pausedAt).Round(time.Second))
 	if err := r.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -227,8 +233,8 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 	// The counter file on disk runs without a gap from 1 across the
 	// snapshot: memory and disk were saved consistent with each other.
 	onDisk := diskTicks(t, spec.RootDisk)
-	if len(onDisk) == 0 || onDisk[len(onDisk)-1] <= saved.n {
-		t.Errorf("counter file ends at %v, want past the snapshot's tick %d", onDisk[max(0, len(onDisk)-3):], saved.n)
+	if len(onDisk) == 0 || onDisk[len(onDisk)-1] <= saved.N {
+		t.Errorf("counter file ends at %v, want past the snapshot's tick %d", onDisk[max(0, len(onDisk)-3):], saved.N)
 	}
 	for i, n := range onDisk {
 		if n != i+1 {
@@ -247,7 +253,7 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 			ms = append(ms, f)
 		}
 		for i, f := range ms {
-			expectContinues(t, waitTick(t, f, forks[i], saved.n+4), saved)
+			expectContinues(t, WaitTick(t, f, forks[i], saved.N+4), saved)
 		}
 	})
 }
@@ -255,14 +261,14 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 // expectContinues checks that the ticks a restored guest printed continue
 // the count from the snapshot's last tick. The first line after the
 // restore may be the unfinished line of the tick the save caught.
-func expectContinues(t testing.TB, ts []tick, saved tick) {
+func expectContinues(t testing.TB, ts []Tick, saved Tick) {
 	t.Helper()
-	if first := ts[0].n; first != saved.n+1 && first != saved.n+2 {
-		t.Errorf("restored guest counts from %d, the snapshot's last tick was %d", first, saved.n)
+	if first := ts[0].N; first != saved.N+1 && first != saved.N+2 {
+		t.Errorf("restored guest counts from %d, the snapshot's last tick was %d", first, saved.N)
 	}
 	for i := 1; i < len(ts); i++ {
-		if ts[i].n != ts[i-1].n+1 {
-			t.Errorf("restored guest skipped from tick %d to %d", ts[i-1].n, ts[i].n)
+		if ts[i].N != ts[i-1].N+1 {
+			t.Errorf("restored guest skipped from tick %d to %d", ts[i-1].N, ts[i].N)
 		}
 	}
 }
@@ -273,7 +279,7 @@ func expectContinues(t testing.TB, ts []tick, saved tick) {
 func runSnapshotTimes(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 	ctx := t.Context()
 	m, spec, snap, restorer := startCounter(t, d, guest)
-	at := waitTick(t, m, spec, 3)
+	at := WaitTick(t, m, spec, 3)
 	var saves, restores, firstTicks []time.Duration
 	var dir string
 	var saved vmm.Spec
@@ -294,7 +300,7 @@ func runSnapshotTimes(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 			t.Fatal(err)
 		}
 		expectState(t, m, vmm.StateRunning)
-		at = waitTick(t, m, spec, at[len(at)-1].n+2)
+		at = WaitTick(t, m, spec, at[len(at)-1].N+2)
 	}
 	if err := m.Stop(ctx); err != nil {
 		t.Fatal(err)
@@ -307,7 +313,7 @@ func runSnapshotTimes(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 			t.Fatal(err)
 		}
 		restores = append(restores, time.Since(begin))
-		waitTick(t, r, spec, 0)
+		WaitTick(t, r, spec, 0)
 		firstTicks = append(firstTicks, time.Since(begin))
 		if err := r.Stop(ctx); err != nil {
 			t.Fatal(err)
@@ -345,7 +351,7 @@ func dirSize(t testing.TB, dir string) string {
 }
 
 // lastTick returns the last complete tick on the console.
-func lastTick(t testing.TB, spec vmm.Spec) tick {
+func lastTick(t testing.TB, spec vmm.Spec) Tick {
 	t.Helper()
 	b, err := os.ReadFile(vmm.ConsoleLog(spec.Dir))
 	if err != nil {
