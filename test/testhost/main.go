@@ -3,7 +3,7 @@
 // inside a QEMU TCG VM booted from a Debian kernel, with device-mapper,
 // nbd and KVM available. It exits with the tests' status.
 //
-//	go run ./test/testhost [-run RE] [-race] [packages]
+//	go run ./test/testhost [-run RE] [-race] [-env K=V] [-memory MiB] [packages]
 package main
 
 import (
@@ -30,6 +30,14 @@ func main() {
 	race := flag.Bool("race", false, "build the tests with the race detector")
 	timeout := flag.Duration("timeout", 10*time.Minute, "bound on the tests inside the VM")
 	mem := flag.Int("memory", 2048, "VM memory in MiB")
+	var env []string
+	flag.Func("env", "KEY=VALUE for the tests' environment (repeatable)", func(v string) error {
+		if !strings.Contains(v, "=") {
+			return fmt.Errorf("want KEY=VALUE, got %q", v)
+		}
+		env = append(env, v)
+		return nil
+	})
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
@@ -46,7 +54,7 @@ func main() {
 	log.Info("test host", "packages", pkgs)
 	code, err := testhost.Run(ctx, testhost.Config{
 		CacheDir: *cache, Packages: pkgs, Run: *run, Race: *race,
-		Timeout: *timeout, MemoryMiB: *mem, Log: log,
+		Timeout: *timeout, MemoryMiB: *mem, Env: env, Log: log,
 	})
 	if err != nil {
 		log.Error("test host", "err", err)
