@@ -69,7 +69,7 @@ func main() {
 // marked lists the packages whose tests import the testhost package.
 func marked(ctx context.Context) ([]string, error) {
 	out, err := exec.CommandContext(ctx, "go", "list", "-e", "-f",
-		`{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}}`, "./...").Output()
+		`{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}}`, "github.com/emberhq/ember/...").Output()
 	if err != nil {
 		return nil, err
 	}
