@@ -5,7 +5,6 @@ package network
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -62,13 +61,8 @@ func flushConntrack(ns netns.NsHandle, hostAddr netip.Addr) error {
 	if err := h.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
 		errs = append(errs, fmt.Errorf("flush conntrack in slot netns: %w", err))
 	}
-	ip := net.IP(hostAddr.AsSlice())
-	from, to := &netlink.ConntrackFilter{}, &netlink.ConntrackFilter{}
-	if err := errors.Join(from.AddIP(netlink.ConntrackOrigSrcIP, ip), to.AddIP(netlink.ConntrackOrigDstIP, ip)); err != nil {
-		return fmt.Errorf("conntrack filter for %s: %w", hostAddr, err)
-	}
-	if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, from, to); err != nil {
-		errs = append(errs, fmt.Errorf("delete host conntrack entries of %s: %w", hostAddr, err))
+	if err := flushHostConntrack(hostAddr); err != nil {
+		errs = append(errs, fmt.Errorf("host: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -14,6 +14,7 @@
 package network
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -325,6 +326,22 @@ func parseIndex(name, prefix string) (int, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// Slots hands out network slots; Pool (ModeNetns) and BridgePool
+// (ModeBridge) implement it, and New picks one by Config.Mode.
+type Slots interface {
+	// Get returns a slot ready for a sandbox, with DefaultPolicy.
+	Get(ctx context.Context) (*Slot, error)
+	// Return gives a slot back; the caller must not use it afterwards.
+	Return(ctx context.Context, s *Slot) error
+	// Adopt takes back a slot a previous daemon process handed out.
+	Adopt(index int) (*Slot, error)
+	// SetPolicy replaces a slot's policy at once (see Policy).
+	SetPolicy(ctx context.Context, s *Slot, pol Policy) error
+	// Close stops handing out slots and waits for work in flight; slots
+	// handed out stay.
+	Close() error
 }
 
 // Slot is one sandbox's network: everything a VMM and the daemon need to know.

@@ -93,10 +93,10 @@ func hostRules(uplink string, hostCIDR netip.Prefix) []ruleSpec {
 // uplinkTag tags a rule that belongs to one uplink.
 func uplinkTag(what, uplink string) string { return what + " via " + uplink }
 
-// ensureHostTable creates the host table, its set and chains if missing and
+// ensureHostTable creates the host table, its sets and chains if missing and
 // adds the rules it lacks. It never removes anything, so concurrent pools
 // and a running daemon keep their slots.
-func ensureHostTable(rules []ruleSpec) error {
+func ensureHostTable(rules []ruleSpec, sets ...*nftables.Set) error {
 	hostMu.Lock()
 	defer hostMu.Unlock()
 	c, err := nftables.New()
@@ -104,8 +104,10 @@ func ensureHostTable(rules []ruleSpec) error {
 		return fmt.Errorf("open nftables: %w", err)
 	}
 	c.AddTable(hostTable)
-	if err := c.AddSet(newSlotSet(), nil); err != nil {
-		return fmt.Errorf("add set %s: %w", slotSetName, err)
+	for _, set := range append([]*nftables.Set{newSlotSet()}, sets...) {
+		if err := c.AddSet(set, nil); err != nil {
+			return fmt.Errorf("add set %s: %w", set.Name, err)
+		}
 	}
 	for _, ch := range hostChains {
 		c.AddChain(ch)
@@ -439,20 +441,29 @@ var (
 )
 
 // foreignForwardRules are the accept rules ember keeps in a foreign FORWARD
-// chain, in insertion order (each goes to the head).
-func foreignForwardRules() []ruleSpec {
-	return []ruleSpec{
+// chain, in insertion order (each goes to the head): for the slot veths and
+// for each bridge.
+func foreignForwardRules(bridges ...string) []ruleSpec {
+	rules := []ruleSpec{
 		{nil, foreignTagPrefix + "slot traffic in", true, concat(ifnamePrefix(unix.NFT_META_IIFNAME, VethPrefix), verdict(expr.VerdictAccept))},
 		{nil, foreignTagPrefix + "slot traffic out", true, concat(ifnamePrefix(unix.NFT_META_OIFNAME, VethPrefix), verdict(expr.VerdictAccept))},
 	}
+	for _, b := range bridges {
+		rules = append(rules,
+			ruleSpec{nil, foreignTagPrefix + "bridge " + b + " traffic in", true, concat(ifnameIs(unix.NFT_META_IIFNAME, b), verdict(expr.VerdictAccept))},
+			ruleSpec{nil, foreignTagPrefix + "bridge " + b + " traffic out", true, concat(ifnameIs(unix.NFT_META_OIFNAME, b), verdict(expr.VerdictAccept))},
+		)
+	}
+	return rules
 }
 
-// ensureForeignForward adds ember's accept rules to the ip filter FORWARD
-// base chain when that chain exists and lacks them. added reports whether
+// ensureForeignForward adds ember's accept rules (for slot veths and the
+// given bridges) to the ip filter FORWARD base chain when that chain exists
+// and lacks them. added reports whether
 // it added any. Without such a chain it does nothing. (A host whose
 // iptables are the legacy, non-nftables kind keeps FORWARD where nftables
 // cannot see it.)
-func ensureForeignForward() (added bool, err error) {
+func ensureForeignForward(bridges ...string) (added bool, err error) {
 	c, err := nftables.New()
 	if err != nil {
 		return false, fmt.Errorf("open nftables: %w", err)
@@ -480,7 +491,7 @@ func ensureForeignForward() (added bool, err error) {
 			have[tag] = true
 		}
 	}
-	for _, s := range foreignForwardRules() {
+	for _, s := range foreignForwardRules(bridges...) {
 		if have[s.tag] {
 			continue
 		}

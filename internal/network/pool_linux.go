@@ -41,7 +41,7 @@ type Pool struct {
 
 	stopFill   context.CancelFunc
 	filler     sync.WaitGroup
-	inflight   sync.WaitGroup
+	work       gate           // Get, Adopt and pooling Returns in flight
 	reaping    sync.WaitGroup // background halves of destroy
 	closeOnce  sync.Once
 	closeErr   error
@@ -49,10 +49,9 @@ type Pool struct {
 	backoffMin time.Duration
 	backoffMax time.Duration
 
-	mu     sync.Mutex
-	inUse  map[int]bool // indexes held by this pool (built, being built, idle or out)
-	out    map[int]bool // indexes handed out (Get or Adopt) and not yet returned
-	closed bool
+	mu    sync.Mutex
+	inUse map[int]bool // indexes held by this pool (built, being built, idle or out)
+	out   map[int]bool // indexes handed out (Get or Adopt) and not yet returned
 }
 
 // Filler backoff after a failed build: doubling from the minimum up to the
@@ -69,6 +68,20 @@ func NewPool(cfg Config, log *slog.Logger) (*Pool, error) {
 	return newPool(cfg, log, nil)
 }
 
+// New returns the Slots for cfg.Mode: a Pool (ModeNetns, the default) or a
+// BridgePool (ModeBridge).
+func New(cfg Config, log *slog.Logger) (Slots, error) {
+	if cfg.Mode == ModeBridge {
+		return NewBridgePool(cfg, log)
+	}
+	return NewPool(cfg, log)
+}
+
+var (
+	_ Slots = (*Pool)(nil)
+	_ Slots = (*BridgePool)(nil)
+)
+
 // newPool is NewPool; tune, when set, adjusts the pool before its filler
 // starts (tests inject failures and shorten the backoff with it).
 func newPool(cfg Config, log *slog.Logger, tune func(*Pool)) (*Pool, error) {
@@ -79,6 +92,9 @@ func newPool(cfg Config, log *slog.Logger, tune func(*Pool)) (*Pool, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	if cfg.Mode != ModeNetns {
+		return nil, fmt.Errorf("%w: namespace pool with mode %q (use New or NewBridgePool)", ErrInvalidConfig, cfg.Mode)
+	}
 	p := &Pool{cfg: cfg, log: log, inUse: map[int]bool{}, out: map[int]bool{},
 		backoffMin: fillBackoffMin, backoffMax: fillBackoffMax}
 	if err := shareNetnsDir(); err != nil {
@@ -207,10 +223,10 @@ func enableForwarding(log *slog.Logger) error {
 // from the pool when there is one, else a new one built on the spot. On
 // error nothing of a new slot is left behind.
 func (p *Pool) Get(ctx context.Context) (*Slot, error) {
-	if err := p.enter(); err != nil {
+	if err := p.work.enter(); err != nil {
 		return nil, err
 	}
-	defer p.inflight.Done()
+	defer p.work.leave()
 	select {
 	case s := <-p.reused:
 		p.markOut(s.Index)
@@ -321,13 +337,10 @@ func (p *Pool) Return(ctx context.Context, s *Slot) error {
 	// while the background half of destroy still removes it by name.
 	p.inUse[s.Index] = true
 	delete(p.out, s.Index)
-	pooling := !p.closed && out && p.reused != nil
-	if pooling {
-		p.inflight.Add(1) // Close drains idle only after this is done
-	}
 	p.mu.Unlock()
-	if pooling {
-		defer p.inflight.Done()
+	// Close drains the reuse queue only after a pooling Return is done.
+	if out && p.reused != nil && p.work.enter() == nil {
+		defer p.work.leave()
 		if len(p.reused) < cap(p.reused) {
 			start := time.Now()
 			err := p.reset(s)
@@ -401,10 +414,10 @@ func (p *Pool) Adopt(index int) (*Slot, error) {
 	if !isNetnsMount(NetnsPath(index)) {
 		return nil, fmt.Errorf("adopt slot %d: %w: no namespace at %s", index, ErrNotFound, NetnsPath(index))
 	}
-	if err := p.enter(); err != nil {
+	if err := p.work.enter(); err != nil {
 		return nil, err
 	}
-	defer p.inflight.Done()
+	defer p.work.leave()
 	p.mu.Lock()
 	if p.inUse[index] {
 		p.mu.Unlock()
@@ -425,17 +438,14 @@ func (p *Pool) Adopt(index int) (*Slot, error) {
 
 // Close stops the pool handing out slots and pre-building them, waits for
 // the work in flight (a Get building a slot, a Return resetting one, the
-// filler, slots being torn down) and tears down the idle slots. Slots handed out stay as they are
-// (a restarted daemon adopts them); Return still works on them and then
-// tears them down. Close is idempotent.
+// filler, slots being torn down) and tears down the idle slots. Slots
+// handed out stay as they are (a restarted daemon adopts them); Return still
+// works on them and then tears them down. Close is idempotent.
 func (p *Pool) Close() error {
 	p.closeOnce.Do(func() {
-		p.mu.Lock()
-		p.closed = true
-		p.mu.Unlock()
+		p.work.close()
 		p.stopFill()
 		p.filler.Wait()
-		p.inflight.Wait()
 		var errs []error
 		for _, ch := range []chan *Slot{p.idle, p.reused} {
 			for len(ch) > 0 {
@@ -446,17 +456,6 @@ func (p *Pool) Close() error {
 		p.closeErr = errors.Join(errs...)
 	})
 	return p.closeErr
-}
-
-// enter registers an operation in flight unless the pool is closed.
-func (p *Pool) enter() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return ErrClosed
-	}
-	p.inflight.Add(1)
-	return nil
 }
 
 // reserve marks the lowest index at or above from that the pool does not

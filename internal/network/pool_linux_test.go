@@ -53,7 +53,7 @@ func testPool(t *testing.T, cfg Config) *Pool {
 }
 
 // getSlot gets a slot that is returned when the test ends.
-func getSlot(t *testing.T, p *Pool) *Slot {
+func getSlot(t *testing.T, p Slots) *Slot {
 	t.Helper()
 	s, err := p.Get(context.Background())
 	if err != nil {
