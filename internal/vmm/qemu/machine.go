@@ -174,11 +174,21 @@ func (m *Machine) Resume(ctx context.Context) error {
 // QEMU's own name for any other state ("shutdown", "guest-panicked", ...).
 // A machine that has been snapshotted ("postmigrate" to QEMU) is paused.
 func (m *Machine) State(ctx context.Context) (vmm.State, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, err := m.stateLocked(ctx)
+	if err != nil {
+		return "", fmt.Errorf("query state of %s: %w", m.spec.ID, err)
+	}
+	return st, nil
+}
+
+func (m *Machine) stateLocked(ctx context.Context) (vmm.State, error) {
 	var st struct {
 		Status string `json:"status"`
 	}
-	if err := m.qmp(ctx, "query-status", nil, &st); err != nil {
-		return "", fmt.Errorf("query state of %s: %w", m.spec.ID, err)
+	if err := m.qmpLocked(ctx, "query-status", nil, &st); err != nil {
+		return "", err
 	}
 	if st.Status == "postmigrate" {
 		return vmm.StatePaused, nil
@@ -196,6 +206,12 @@ func (m *Machine) qmp(ctx context.Context, command string, args, out any) error 
 }
 
 func (m *Machine) qmpLocked(ctx context.Context, command string, args, out any) error {
+	return m.qmpFileLocked(ctx, command, args, out, nil)
+}
+
+// qmpFileLocked is qmpLocked that passes f's descriptor along with the
+// command.
+func (m *Machine) qmpFileLocked(ctx context.Context, command string, args, out any, f *os.File) error {
 	if m.exited() {
 		return vmm.ErrNotRunning
 	}
@@ -205,7 +221,7 @@ func (m *Machine) qmpLocked(ctx context.Context, command string, args, out any) 
 	defer stop()
 	conn, err := dialQMP(ctx, qmpPath(m.spec.Dir))
 	if err == nil {
-		err = conn.execute(ctx, command, args, out)
+		err = conn.executeFile(ctx, command, args, out, f)
 		conn.Close()
 	}
 	if err != nil && m.exited() {

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // QMPError is an error QEMU returned for a QMP command: its class (for
@@ -80,6 +84,12 @@ func (c *qmpConn) Close() error { return c.conn.Close() }
 // value into out (when out is not nil). A command QEMU rejects yields a
 // *QMPError.
 func (c *qmpConn) execute(ctx context.Context, command string, args, out any) error {
+	return c.executeFile(ctx, command, args, out, nil)
+}
+
+// executeFile is execute that also passes f's descriptor to QEMU with the
+// command (SCM_RIGHTS), as getfd wants; f may be nil.
+func (c *qmpConn) executeFile(ctx context.Context, command string, args, out any, f *os.File) error {
 	c.next++
 	id := strconv.FormatUint(c.next, 10)
 	req := struct {
@@ -93,7 +103,7 @@ func (c *qmpConn) execute(ctx context.Context, command string, args, out any) er
 	}
 	wantID, _ := json.Marshal(id)
 	return c.withContext(ctx, func() error {
-		if _, err := c.conn.Write(append(b, '\n')); err != nil {
+		if err := c.send(append(b, '\n'), f); err != nil {
 			return fmt.Errorf("qmp %s: send: %w", command, err)
 		}
 		for {
@@ -123,6 +133,29 @@ func (c *qmpConn) execute(ctx context.Context, command string, args, out any) er
 			return nil
 		}
 	})
+}
+
+// send writes one request, with f's descriptor attached when f is set.
+func (c *qmpConn) send(b []byte, f *os.File) error {
+	if f == nil {
+		_, err := c.conn.Write(b)
+		return err
+	}
+	uc, ok := c.conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("passing a file needs a unix socket")
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var werr error
+	if err := rc.Control(func(fd uintptr) {
+		_, _, werr = uc.WriteMsgUnix(b, unix.UnixRights(int(fd)), nil)
+	}); err != nil {
+		return err
+	}
+	return werr
 }
 
 // withContext runs fn, which does blocking I/O on the connection, so that

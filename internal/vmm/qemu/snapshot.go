@@ -179,13 +179,23 @@ func syncPath(path string) error {
 	return f.Sync()
 }
 
-// shellQuote quotes s for /bin/sh, which runs QEMU's exec: migration URIs.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+// migrationFD is the name under which the stream's file descriptor is
+// handed to QEMU (getfd) for an fd: migration URI.
+const migrationFD = "ember-vmstate"
+
+// createState creates the file a save writes its stream into; tests swap
+// it to make writes fail.
+var createState = func(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+}
+
+// passFDLocked hands f's descriptor to QEMU as migrationFD.
+func (m *Machine) passFDLocked(ctx context.Context, f *os.File) error {
+	return m.qmpFileLocked(ctx, "getfd", map[string]any{"fdname": migrationFD}, nil, f)
 }
 
 // qemuVersion asks QEMU for its version: "7.2.11 (Debian 1:7.2+dfsg-7+deb12u12)".
-func (m *Machine) qemuVersion(ctx context.Context) (string, error) {
+func (m *Machine) qemuVersionLocked(ctx context.Context) (string, error) {
 	var v struct {
 		QEMU struct {
 			Major int `json:"major"`
@@ -194,7 +204,7 @@ func (m *Machine) qemuVersion(ctx context.Context) (string, error) {
 		} `json:"qemu"`
 		Package string `json:"package"`
 	}
-	if err := m.qmp(ctx, "query-version", nil, &v); err != nil {
+	if err := m.qmpLocked(ctx, "query-version", nil, &v); err != nil {
 		return "", err
 	}
 	s := fmt.Sprintf("%d.%d.%d", v.QEMU.Major, v.QEMU.Minor, v.QEMU.Micro)
@@ -213,12 +223,12 @@ type migrationStatus struct {
 
 // waitMigration polls query-migrate until the migration has completed or
 // failed. When ctx ends first, an outgoing migration is cancelled.
-func (m *Machine) waitMigration(ctx context.Context, outgoing bool) error {
+func (m *Machine) waitMigrationLocked(ctx context.Context, outgoing bool) error {
 	tick := time.NewTicker(migratePoll)
 	defer tick.Stop()
 	for {
 		var st migrationStatus
-		if err := m.qmp(ctx, "query-migrate", nil, &st); err != nil {
+		if err := m.qmpLocked(ctx, "query-migrate", nil, &st); err != nil {
 			return err
 		}
 		switch st.Status {
@@ -235,7 +245,7 @@ func (m *Machine) waitMigration(ctx context.Context, outgoing bool) error {
 		case <-ctx.Done():
 			if outgoing {
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), qmpTimeout)
-				if err := m.qmp(cctx, "migrate_cancel", nil, nil); err != nil {
+				if err := m.qmpLocked(cctx, "migrate_cancel", nil, nil); err != nil {
 					m.log.Warn("cancel migration", "err", err)
 				}
 				cancel()
@@ -251,14 +261,14 @@ func (m *Machine) waitMigration(ctx context.Context, outgoing bool) error {
 // setMigrationParams raises the bandwidth cap and, when guest RAM is in a
 // shared file, has QEMU leave it out of the stream (x-ignore-shared).
 // Saves and restores set the same, so the stream is read as it was written.
-func (m *Machine) setMigrationParams(ctx context.Context) error {
+func (m *Machine) setMigrationParamsLocked(ctx context.Context) error {
 	if m.memPath != "" {
 		caps := []map[string]any{{"capability": "x-ignore-shared", "state": true}}
-		if err := m.qmp(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+		if err := m.qmpLocked(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
 			return err
 		}
 	}
-	return m.qmp(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil)
+	return m.qmpLocked(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil)
 }
 
 // Snapshot saves the paused machine's device and vCPU state into dir as a
@@ -267,8 +277,8 @@ func (m *Machine) setMigrationParams(ctx context.Context) error {
 // stream, and records what the machine was in dir/manifest.json. The
 // machine stays paused; QEMU flushes the guest's disk before the save
 // completes, so the disk as it is now belongs with the snapshot. QEMU 7.2
-// has no file: migration URI, so the stream goes through cat. opts.Diff is
-// ignored: all memory is saved.
+// has no file: migration URI; the stream goes to a descriptor passed over
+// QMP. opts.Diff is ignored: all memory is saved.
 func (m *Machine) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOptions) error {
 	p := newPhases()
 	if err := m.snapshot(ctx, dir, p); err != nil {
@@ -301,30 +311,58 @@ func (p *phases) attrs() []any {
 	return append(p.steps, "duration", time.Since(p.begin))
 }
 
-func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) error {
+// snapshot holds the machine's lock throughout, so that no Resume runs
+// the guest while its state is being saved.
+func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) (err error) {
 	if m.driver == nil {
 		return errors.New("machine was not made by a driver")
 	}
-	st, err := m.State(ctx)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, err := m.stateLocked(ctx)
 	if err != nil {
 		return err
 	}
 	if st != vmm.StatePaused {
 		return fmt.Errorf("machine is %s, not paused", st)
 	}
-	version, err := m.qemuVersion(ctx)
+	if fi, err := os.Stat(dir); err != nil {
+		return err
+	} else if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	// A failed save leaves no part of itself behind.
+	defer func() {
+		if err != nil {
+			for _, f := range []string{vmstateFile, memoryFile, manifestFile, manifestFile + ".tmp"} {
+				os.Remove(filepath.Join(dir, f))
+			}
+		}
+	}()
+	version, err := m.qemuVersionLocked(ctx)
 	if err != nil {
 		return err
 	}
-	if err := m.setMigrationParams(ctx); err != nil {
+	if err := m.setMigrationParamsLocked(ctx); err != nil {
 		return err
 	}
+	// QEMU writes the stream straight into a file opened here, so that
+	// a write error (a full disk) fails the migration. Through a pipe to a
+	// helper process, a helper that failed after QEMU had filled the pipe
+	// went unnoticed: QEMU does not check how the helper ended.
 	state := filepath.Join(dir, vmstateFile)
-	uri := "exec:cat > " + shellQuote(state)
-	if err := m.qmp(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
+	f, err := createState(state)
+	if err != nil {
 		return err
 	}
-	if err := m.waitMigration(ctx, true); err != nil {
+	defer f.Close()
+	if err := m.passFDLocked(ctx, f); err != nil {
+		return err
+	}
+	if err := m.qmpLocked(ctx, "migrate", map[string]any{"uri": "fd:" + migrationFD}, nil); err != nil {
+		return err
+	}
+	if err := m.waitMigrationLocked(ctx, true); err != nil {
 		return err
 	}
 	p.done("stream")
@@ -340,7 +378,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) error {
 			return fmt.Errorf("sync %s: %w", mem, err)
 		}
 	}
-	if err := syncPath(state); err != nil {
+	if err := f.Sync(); err != nil {
 		return fmt.Errorf("sync %s: %w", state, err)
 	}
 	p.done("sync")
@@ -406,32 +444,42 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 	if err != nil {
 		return nil, err
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	p.done("launch")
 	defer func() {
 		if err != nil {
 			m.kill()
 		}
 	}()
-	version, err := m.qemuVersion(ctx)
+	version, err := m.qemuVersionLocked(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if version != man.QEMU {
 		return nil, fmt.Errorf("qemu %s, snapshot written by %s: %w", version, man.QEMU, ErrSnapshotMismatch)
 	}
-	if err := m.setMigrationParams(ctx); err != nil {
+	if err := m.setMigrationParamsLocked(ctx); err != nil {
 		return nil, err
 	}
-	if err := m.qmp(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}, nil); err != nil {
+	f, err := os.Open(state)
+	if err != nil {
 		return nil, err
 	}
-	if err := m.waitMigration(ctx, false); err != nil {
+	defer f.Close()
+	if err := m.passFDLocked(ctx, f); err != nil {
+		return nil, err
+	}
+	if err := m.qmpLocked(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + migrationFD}, nil); err != nil {
+		return nil, err
+	}
+	if err := m.waitMigrationLocked(ctx, false); err != nil {
 		return nil, fmt.Errorf("%w (qemu log: %s)", err, logTail(spec.Dir))
 	}
 	p.done("stream")
 	// The source was paused when it was saved, so QEMU leaves the restored
 	// machine paused too.
-	if err := m.qmp(ctx, "cont", nil, nil); err != nil {
+	if err := m.qmpLocked(ctx, "cont", nil, nil); err != nil {
 		return nil, err
 	}
 	if man.Network && spec.MAC != man.MAC {

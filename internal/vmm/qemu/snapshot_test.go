@@ -3,36 +3,19 @@
 package qemu
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/vmmtest"
 )
-
-func TestShellQuote(t *testing.T) {
-	for _, tc := range []struct{ name, in string }{
-		{"plain", "/var/lib/ember/snap/vmstate"},
-		{"spaces", "/tmp/a dir/vmstate"},
-		{"quotes", `/tmp/it's "here"/vmstate`},
-		{"shell syntax", "/tmp/$(touch x);`y` > z/*"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			out, err := exec.Command("/bin/sh", "-c", "printf %s "+shellQuote(tc.in)).Output()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if string(out) != tc.in {
-				t.Errorf("sh read %q, want %q", out, tc.in)
-			}
-		})
-	}
-}
 
 // writeManifest puts a manifest for a machine d would start from spec into
 // a fresh snapshot directory, with an empty state file.
@@ -125,4 +108,46 @@ func TestSnapshotRefusesRunning(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not paused") {
 		t.Errorf("snapshot of a running machine: %v, want a refusal", err)
 	}
+}
+
+// TestSnapshotStreamFails makes QEMU's writes of the stream fail (a full
+// disk) and checks that the error carries QEMU's words, nothing of the
+// save is left and the machine still runs on.
+func TestSnapshotStreamFails(t *testing.T) {
+	testutil.RequireTool(t, "qemu-system-x86_64")
+	guest := testutil.Guest(t)
+	d, err := New(Config{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := vmmtest.CounterSpec(t, guest)
+	ctx := t.Context()
+	vm, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Stop(context.Background()) })
+	m := vm.(*Machine)
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	orig := createState
+	t.Cleanup(func() { createState = orig })
+	createState = func(string) (*os.File, error) { return os.OpenFile("/dev/full", os.O_WRONLY, 0) }
+	err = m.Snapshot(ctx, dir, vmm.SnapshotOptions{})
+	if err == nil || !strings.Contains(err.Error(), "migration failed") || !strings.Contains(err.Error(), "No space left on device") {
+		t.Fatalf("snapshot: %v, want QEMU's migration failure and its reason", err)
+	}
+	t.Log(err)
+	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
+		t.Errorf("failed snapshot left %v", ents)
+	}
+	if st, err := m.State(ctx); err != nil || st != vmm.StatePaused {
+		t.Fatalf("state after a failed snapshot: %q, %v", st, err)
+	}
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	vmmtest.WaitTick(t, m, spec, 2)
 }

@@ -131,6 +131,21 @@ func WaitTick(t testing.TB, m vmm.Machine, spec vmm.Spec, n int) []Tick {
 	return ticks(b)
 }
 
+// expectDiskCount checks that the counter file on a stopped machine's disk
+// runs from 1 without a gap to past tick n.
+func expectDiskCount(t testing.TB, disk string, n int) {
+	t.Helper()
+	onDisk := diskTicks(t, disk)
+	if len(onDisk) == 0 || onDisk[len(onDisk)-1] <= n {
+		t.Errorf("counter file ends at %v, want past tick %d", onDisk[max(0, len(onDisk)-3):], n)
+	}
+	for i, got := range onDisk {
+		if got != i+1 {
+			t.Fatalf("counter file line %d holds %d: %v", i+1, got, onDisk)
+		}
+	}
+}
+
 // diskTicks reads the counter file from a stopped machine's ext4 disk.
 func diskTicks(t testing.TB, disk string) []int {
 	t.Helper()
@@ -178,6 +193,7 @@ func startCounter(t testing.TB, d vmm.Driver, guest testutil.GuestImage) (vmm.Ma
 func RunSnapshot(t *testing.T, newDriver New) {
 	guest := testutil.Guest(t)
 	t.Run("Restore", func(t *testing.T) { runRestore(t, newDriver(t), guest) })
+	t.Run("SnapshotFailure", func(t *testing.T) { runSnapshotFailure(t, newDriver(t), guest) })
 	t.Run("SnapshotTimes", func(t *testing.T) {
 		if testing.Short() {
 			t.Skip("three saves and restores; not in -short")
@@ -230,17 +246,8 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 		t.Fatal(err)
 	}
 	expectGone(t, r, spec)
-	// The counter file on disk runs without a gap from 1 across the
-	// snapshot: memory and disk were saved consistent with each other.
-	onDisk := diskTicks(t, spec.RootDisk)
-	if len(onDisk) == 0 || onDisk[len(onDisk)-1] <= saved.N {
-		t.Errorf("counter file ends at %v, want past the snapshot's tick %d", onDisk[max(0, len(onDisk)-3):], saved.N)
-	}
-	for i, n := range onDisk {
-		if n != i+1 {
-			t.Fatalf("counter file line %d holds %d: %v", i+1, n, onDisk)
-		}
-	}
+	// Memory and disk were saved consistent with each other.
+	expectDiskCount(t, spec.RootDisk, saved.N)
 
 	t.Run("Fork", func(t *testing.T) {
 		var ms []vmm.Machine
@@ -256,6 +263,55 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 			expectContinues(t, WaitTick(t, f, forks[i], saved.N+4), saved)
 		}
 	})
+
+	t.Run("Refused", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			dir  string
+			edit func(s *vmm.Spec)
+		}{
+			{"not a snapshot", t.TempDir(), nil},
+			{"other memory size", dir, func(s *vmm.Spec) { s.MemoryMiB *= 2 }},
+			{"other vcpu count", dir, func(s *vmm.Spec) { s.VCPUs++ }},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				s := copyDisk(t, spec)
+				if tc.edit != nil {
+					tc.edit(&s)
+				}
+				r, err := restorer.Restore(t.Context(), s, tc.dir)
+				if err == nil {
+					r.Stop(context.Background())
+					t.Fatal("restore succeeded")
+				}
+				t.Logf("restore: %v", err)
+				if pids := ProcessesNaming(t, s.Dir); len(pids) > 0 {
+					t.Errorf("processes left running: %v", pids)
+				}
+			})
+		}
+	})
+}
+
+// runSnapshotFailure checks that a save that fails leaves the machine
+// paused and able to run on.
+func runSnapshotFailure(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
+	ctx := t.Context()
+	m, spec, snap, _ := startCounter(t, d, guest)
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	saved := lastTick(t, spec)
+	err := snap.Snapshot(ctx, filepath.Join(t.TempDir(), "missing"), vmm.SnapshotOptions{})
+	if err == nil {
+		t.Fatal("snapshot into a missing directory succeeded")
+	}
+	t.Logf("snapshot: %v", err)
+	expectState(t, m, vmm.StatePaused)
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	WaitTick(t, m, spec, saved.N+2)
 }
 
 // expectContinues checks that the ticks a restored guest printed continue
@@ -305,6 +361,9 @@ func runSnapshotTimes(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 	if err := m.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The guest wrote its disk on after each save: a saved machine's disk
+	// works when it resumes.
+	expectDiskCount(t, spec.RootDisk, at[len(at)-1].N-3)
 	for range 3 {
 		spec := copyDisk(t, saved)
 		begin := time.Now()
