@@ -17,7 +17,8 @@ TEST_TEMPLATES := $(CACHE_DIR)/test-templates
 # Debian packages the daemon, the template build and the tests need.
 APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
-	cpio xz-utils dwarves kmod nftables iproute2 procps
+	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
+	dmsetup xfsprogs btrfs-progs
 # Node.js and npm (for the protocol test's npm package) come from Debian only
 # when the machine has none: a Node.js installed another way ships its own
 # npm, which Debian's npm package would conflict with.
@@ -30,7 +31,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
 
-.PHONY: all deps apt npm build run test test-unit test-vm template bench proto clean
+.PHONY: all deps apt npm build run test test-host template bench bench-network bench-rootfs proto clean
 
 all: build
 
@@ -77,16 +78,30 @@ run: deps build
 TEST_ENV := EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/ember \
 	EMBER_CACHE_DIR=$(CACHE_DIR) EMBER_E2B_PKG=$(CURDIR)/test/e2b/node_modules/e2b
 
-## test: every test tier (unit, privileged, VM under QEMU)
+## test: every test tier (unit, privileged, VM under QEMU, test host)
 # The VM tier runs after the others, not beside them: its daemons reclaim
 # ember objects at start and must not meet the privileged tests' slots.
 test: deps build template
 	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v /test/e2e)
 	$(TEST_ENV) go test -race -count=1 -timeout 20m -v ./test/e2e
+	$(MAKE) --no-print-directory test-host
+
+## test-host: the tests this kernel cannot run (device-mapper, nbd, KVM),
+## inside a throwaway QEMU VM booted from Debian's cloud kernel
+test-host: deps
+	go run ./test/testhost -cache $(CACHE_DIR)/testhost
 
 ## bench: create→first-exec latency, destroy latency and the phase breakdown
 bench: deps build template
 	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/bench -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
+
+## bench-network: slot setup vs the ip/iptables way, pool Get, growth
+bench-network: deps
+	go run ./test/benchnet
+
+## bench-rootfs: Prepare time vs image size and vs a full copy, per backend
+bench-rootfs: deps
+	go run ./test/benchrootfs -dir /var/tmp
 
 ## proto: regenerate the agent's Go code from its .proto files
 proto:
