@@ -59,15 +59,8 @@ func run(ctx context.Context, log *slog.Logger, n, gets, growth, first int) (err
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, nftables)")
 	}
-	// The baseline runs first: its `ip netns add` may bind-mount /run/netns
-	// over itself (see network.shareNetnsDir), which must not happen over
-	// ember's namespaces.
 	shellHost, err := fakeHost(ctx, "embench-host-shell")
 	defer func() { err = errors.Join(err, deleteFakeHost("embench-host-shell")) }()
-	if err != nil {
-		return err
-	}
-	shell, err := benchShell(ctx, shellHost, n)
 	if err != nil {
 		return err
 	}
@@ -77,7 +70,7 @@ func run(ctx context.Context, log *slog.Logger, n, gets, growth, first int) (err
 		return err
 	}
 	cfg := network.Config{HostNetns: emberHost, Uplink: uplink, FirstIndex: first}
-	ember, err := benchEmber(ctx, cfg, log, n)
+	shell, ember, err := benchSlots(ctx, shellHost, cfg, log, n)
 	if err != nil {
 		return err
 	}
@@ -153,53 +146,47 @@ func deleteFakeHost(name string) error {
 // cycles are per-cycle medians.
 type cycles struct{ setup, teardown, background, full time.Duration }
 
-func benchShell(ctx context.Context, host string, n int) (cycles, error) {
-	var full []time.Duration
-	for i := range n {
-		s := newShellSlot(host, uplink, i)
-		start := time.Now()
-		err := s.setup(ctx)
-		if err != nil {
-			s.teardown(context.WithoutCancel(ctx))
-			return cycles{}, err
-		}
-		if err := s.teardown(context.WithoutCancel(ctx)); err != nil {
-			return cycles{}, err
-		}
-		full = append(full, time.Since(start))
-	}
-	return cycles{full: median(full)}, nil
-}
-
-// benchEmber times Get and Return of a pool without pre-built slots, and
-// the background half of the teardown (until the host veth is gone), so
-// full is everything the kernel does for a slot.
-func benchEmber(ctx context.Context, cfg network.Config, log *slog.Logger, n int) (c cycles, err error) {
+// benchSlots times n setup+teardown cycles of the shell baseline and of
+// ember, alternating, so both see the same load on a shared machine. For
+// ember it times Get and Return of a pool without pre-built slots and the
+// background half of the teardown (until the host veth is gone), so full
+// is everything the kernel does for a slot.
+func benchSlots(ctx context.Context, shellHost string, cfg network.Config, log *slog.Logger, n int) (shell, ember cycles, err error) {
 	p, err := network.NewPool(cfg, log)
 	if err != nil {
-		return c, err
+		return shell, ember, err
 	}
 	defer func() { err = errors.Join(err, p.Close()) }()
-	var setup, teardown, background, full []time.Duration
-	for range n {
+	var shellFull, setup, teardown, background, full []time.Duration
+	for i := range n {
+		s := newShellSlot(shellHost, uplink, i)
+		start := time.Now()
+		if err := s.setup(ctx); err != nil {
+			return shell, ember, errors.Join(err, s.teardown(context.WithoutCancel(ctx)))
+		}
+		if err := s.teardown(context.WithoutCancel(ctx)); err != nil {
+			return shell, ember, err
+		}
+		shellFull = append(shellFull, time.Since(start))
+
 		t0 := time.Now()
-		s, err := p.Get(ctx)
+		slot, err := p.Get(ctx)
 		if err != nil {
-			return c, err
+			return shell, ember, err
 		}
 		t1 := time.Now()
-		if err := p.Return(context.WithoutCancel(ctx), s); err != nil {
-			return c, err
+		if err := p.Return(context.WithoutCancel(ctx), slot); err != nil {
+			return shell, ember, err
 		}
 		t2 := time.Now()
-		if err := waitLinkGone(cfg.HostNetns, s.HostVeth); err != nil {
-			return c, err
+		if err := waitLinkGone(cfg.HostNetns, slot.HostVeth); err != nil {
+			return shell, ember, err
 		}
 		t3 := time.Now()
 		setup, teardown, background, full = append(setup, t1.Sub(t0)), append(teardown, t2.Sub(t1)),
 			append(background, t3.Sub(t2)), append(full, t3.Sub(t0))
 	}
-	return cycles{median(setup), median(teardown), median(background), median(full)}, nil
+	return cycles{full: median(shellFull)}, cycles{median(setup), median(teardown), median(background), median(full)}, nil
 }
 
 // waitLinkGone polls the host namespace until the link is gone.
