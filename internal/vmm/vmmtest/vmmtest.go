@@ -12,6 +12,7 @@ package vmmtest
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -136,14 +137,7 @@ func Run(t *testing.T, newDriver New) {
 				spec := newSpec(t, guest)
 				tc.edit(&spec)
 				m, err := d.Start(t.Context(), spec)
-				if err == nil {
-					m.Stop(t.Context())
-					t.Fatal("start succeeded")
-				}
-				t.Logf("start: %v", err)
-				if pids := ProcessesNaming(t, spec.Dir); len(pids) > 0 {
-					t.Errorf("processes left running: %v", pids)
-				}
+				expectFailed(t, "start", m, err, spec)
 			})
 		}
 	})
@@ -268,6 +262,20 @@ func waitDone(t testing.TB, m vmm.Machine) {
 	case <-m.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("Done not closed 10s after the process was stopped")
+	}
+}
+
+// expectFailed checks that a start or restore failed and left nothing
+// running for spec.
+func expectFailed(t testing.TB, op string, m vmm.Machine, err error, spec vmm.Spec) {
+	t.Helper()
+	if err == nil {
+		m.Stop(context.Background())
+		t.Fatalf("%s succeeded", op)
+	}
+	t.Logf("%s: %v", op, err)
+	if pids := ProcessesNaming(t, spec.Dir); len(pids) > 0 {
+		t.Errorf("processes left running: %v", pids)
 	}
 }
 

@@ -1,0 +1,100 @@
+//go:build linux
+
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// memFilePattern matches the guest RAM files memPath names.
+const memFilePattern = "ember-*.mem"
+
+// ReclaimMemory deletes the guest RAM files in the driver's memory
+// directory that no running process's command line names: what a QEMU that
+// died while no daemon watched it leaves behind (Stop deletes the file of a
+// machine it stops). Call it at startup, before any machine starts: a
+// restore fills its RAM file before QEMU runs. It returns the files
+// removed.
+func (d *Driver) ReclaimMemory() ([]string, error) {
+	if d.memDir == "" {
+		return nil, nil
+	}
+	files, err := filepath.Glob(filepath.Join(d.memDir, memFilePattern))
+	if err != nil || len(files) == 0 {
+		return nil, err
+	}
+	inUse, err := memPathsInUse()
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, f := range files {
+		if inUse[f] {
+			continue
+		}
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove orphaned guest memory %s: %w", f, err))
+			continue
+		}
+		removed = append(removed, f)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// memPathsInUse returns the mem-path= values on running processes'
+// command lines.
+func memPathsInUse() (map[string]bool, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	inUse := make(map[string]bool)
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		for _, arg := range strings.Split(string(b), "\x00") {
+			if p, ok := optValue(arg, "mem-path"); ok {
+				inUse[p] = true
+			}
+		}
+	}
+	return inUse, nil
+}
+
+// optValue returns the value of key in a QEMU option string
+// ("a=1,key=value,b=2", commas in values doubled).
+func optValue(opts, key string) (string, bool) {
+	// Split on single commas only: ",," is an escaped comma.
+	var parts []string
+	var cur strings.Builder
+	for i := 0; i < len(opts); i++ {
+		if opts[i] == ',' {
+			if i+1 < len(opts) && opts[i+1] == ',' {
+				cur.WriteByte(',')
+				i++
+				continue
+			}
+			parts = append(parts, cur.String())
+			cur.Reset()
+			continue
+		}
+		cur.WriteByte(opts[i])
+	}
+	parts = append(parts, cur.String())
+	for _, p := range parts {
+		if v, ok := strings.CutPrefix(p, key+"="); ok {
+			return v, true
+		}
+	}
+	return "", false
+}
