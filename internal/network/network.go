@@ -29,6 +29,18 @@ var (
 	GatewayAddr = netip.MustParseAddr("169.254.0.22")
 )
 
+// The link-layer side of the fixed addressing: the guest NIC's MAC and the
+// TAP's are the same in every namespace slot too. A restored guest keeps the
+// NIC address and the gateway neighbour entry it had when it was saved, so
+// with per-slot addresses a guest restored into another slot (a resume, a
+// create from a snapshot) would drop the host's frames, and one restored
+// into a rebuilt slot would send its replies to the old TAP's address until
+// its neighbour entry expired (35-50 s).
+const (
+	NetnsGuestMAC   = "02:eb:00:00:00:15"
+	NetnsGatewayMAC = "02:eb:00:00:00:16"
+)
+
 // GuestPrefixLen is the prefix length of the guest/TAP link.
 const GuestPrefixLen = 30
 
@@ -281,7 +293,7 @@ func (c Config) slot(index int) *Slot {
 		Netns:     NetnsName(index),
 		NetnsPath: NetnsPath(index),
 		TAP:       TAPName,
-		GuestMAC:  GuestMAC(index),
+		GuestMAC:  NetnsGuestMAC,
 		HostVeth:  VethName(index),
 		HostAddr:  c.hostAddr(index),
 		GuestAddr: GuestAddr,

@@ -25,12 +25,12 @@ func TestSlotDerivation(t *testing.T) {
 		vethHost string
 		vethNS   string
 	}{
-		{"first slot", Config{}, 0, "ember-ns-0", "/run/netns/ember-ns-0", "ember-v0", "02:eb:00:00:00:00", "10.11.0.1", "10.12.0.0", "10.12.0.1"},
-		{"second slot", Config{}, 1, "ember-ns-1", "/run/netns/ember-ns-1", "ember-v1", "02:eb:00:00:00:01", "10.11.0.2", "10.12.0.2", "10.12.0.3"},
-		{"crosses an octet", Config{}, 300, "ember-ns-300", "/run/netns/ember-ns-300", "ember-v300", "02:eb:00:00:01:2c", "10.11.1.45", "10.12.2.88", "10.12.2.89"},
-		{"test range", Config{}, 2000, "ember-ns-2000", "/run/netns/ember-ns-2000", "ember-v2000", "02:eb:00:00:07:d0", "10.11.7.209", "10.12.15.160", "10.12.15.161"},
-		{"last of default ranges", Config{}, 32767, "ember-ns-32767", "/run/netns/ember-ns-32767", "ember-v32767", "02:eb:00:00:7f:ff", "10.11.128.0", "10.12.255.254", "10.12.255.255"},
-		{"custom ranges", custom, 5, "ember-ns-5", "/run/netns/ember-ns-5", "ember-v5", "02:eb:00:00:00:05", "172.20.0.6", "172.21.0.10", "172.21.0.11"},
+		{"first slot", Config{}, 0, "ember-ns-0", "/run/netns/ember-ns-0", "ember-v0", NetnsGuestMAC, "10.11.0.1", "10.12.0.0", "10.12.0.1"},
+		{"second slot", Config{}, 1, "ember-ns-1", "/run/netns/ember-ns-1", "ember-v1", NetnsGuestMAC, "10.11.0.2", "10.12.0.2", "10.12.0.3"},
+		{"crosses an octet", Config{}, 300, "ember-ns-300", "/run/netns/ember-ns-300", "ember-v300", NetnsGuestMAC, "10.11.1.45", "10.12.2.88", "10.12.2.89"},
+		{"test range", Config{}, 2000, "ember-ns-2000", "/run/netns/ember-ns-2000", "ember-v2000", NetnsGuestMAC, "10.11.7.209", "10.12.15.160", "10.12.15.161"},
+		{"last of default ranges", Config{}, 32767, "ember-ns-32767", "/run/netns/ember-ns-32767", "ember-v32767", NetnsGuestMAC, "10.11.128.0", "10.12.255.254", "10.12.255.255"},
+		{"custom ranges", custom, 5, "ember-ns-5", "/run/netns/ember-ns-5", "ember-v5", NetnsGuestMAC, "172.20.0.6", "172.21.0.10", "172.21.0.11"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -169,6 +169,13 @@ func setupNamespace(s *Slot, nsEnd, hostEnd netip.Addr, denied []netip.Prefix) e
 	if err := h.LinkAdd(tap); err != nil {
 		return fmt.Errorf("create tap %s in netns %s: %w", s.TAP, s.Netns, err)
 	}
+	gwMAC, err := net.ParseMAC(NetnsGatewayMAC)
+	if err != nil {
+		return fmt.Errorf("parse gateway mac %q: %w", NetnsGatewayMAC, err)
+	}
+	if err := h.LinkSetHardwareAddr(tap, gwMAC); err != nil {
+		return fmt.Errorf("set mac of %s in netns %s: %w", s.TAP, s.Netns, err)
+	}
 	if err := h.AddrAdd(tap, addr(GatewayAddr, GuestPrefixLen)); err != nil {
 		return fmt.Errorf("add address %s/%d to %s in netns %s: %w", GatewayAddr, GuestPrefixLen, s.TAP, s.Netns, err)
 	}
