@@ -573,3 +573,94 @@ func flushHostConntrack(a netip.Addr) error {
 	}
 	return nil
 }
+
+// ReclaimBridge removes every slot of cfg's bridge (ModeBridge) whose index
+// is not in keep: its TAP, its policy chain and its policy map element. It
+// is meant for daemon start, before NewBridgePool, with keep holding the
+// slots of sandboxes that survived the restart (Adopt them afterwards, and
+// Reserve the addresses of paused ones). removed counts the slots it
+// cleared. Like all releasing, it runs to the end even when ctx is
+// cancelled.
+func ReclaimBridge(ctx context.Context, cfg Config, keep map[int]bool, log *slog.Logger) (removed int, err error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg.Mode = ModeBridge
+	if err := cfg.Validate(); err != nil {
+		return 0, err
+	}
+	cfg = cfg.withDefaults()
+	p := &BridgePool{cfg: cfg,
+		policyMap: &nftables.Set{Table: hostTable, Name: "policy-" + cfg.Bridge, KeyType: nftables.TypeIPAddr,
+			DataType: nftables.TypeVerdict, IsMap: true}}
+	err = p.onHost(func() error {
+		found := map[int]bool{}
+		ls, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("list links: %w", err)
+		}
+		prefix := bridgeTAPPrefix(cfg.Bridge)
+		var errs []error
+		for _, l := range ls {
+			if i, ok := parseIndex(l.Attrs().Name, prefix); ok && !keep[i] {
+				found[i] = true
+				errs = append(errs, deleteLink(l.Attrs().Name))
+			}
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return fmt.Errorf("open nftables: %w", err)
+		}
+		if ok, err := hostTableExists(c); err != nil || !ok {
+			removed = len(found)
+			return errors.Join(append(errs, err)...)
+		}
+		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		if err != nil {
+			return fmt.Errorf("list inet chains: %w", err)
+		}
+		chainPrefix := "p-" + cfg.Bridge + "-"
+		n := 0
+		for _, ch := range chains {
+			i, ok := parseIndex(ch.Name, chainPrefix)
+			if ch.Table.Name != TableName || !ok || keep[i] {
+				continue
+			}
+			found[i] = true
+			// The element may be gone already; delete it on its own so a
+			// missing one does not fail the chain's removal.
+			if err := p.delElement(i); err != nil {
+				errs = append(errs, err)
+			}
+			c.FlushChain(ch)
+			c.DelChain(ch)
+			n++
+		}
+		if n > 0 {
+			if err := c.Flush(); err != nil {
+				errs = append(errs, fmt.Errorf("delete policy chains of bridge %s: %w", cfg.Bridge, err))
+			}
+		}
+		removed = len(found)
+		return errors.Join(errs...)
+	})
+	log.Info("reclaimed bridge slots", "bridge", cfg.Bridge, "removed", removed, "kept", len(keep))
+	return removed, err
+}
+
+// delElement deletes slot index's policy map element; a missing one is
+// success.
+func (p *BridgePool) delElement(index int) error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("open nftables: %w", err)
+	}
+	a := p.cfg.bridgeSlot(index).GuestAddr
+	if err := c.SetDeleteElements(p.policyMap, []nftables.SetElement{{Key: a.AsSlice()}}); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete %s from map %s: %w", a, p.policyMap.Name, err)
+	}
+	return nil
+}

@@ -348,3 +348,51 @@ func TestBridgeIsolation(t *testing.T) {
 		reach{"C spoofing A's address -> B", gc, a.GuestAddr, toB, false},
 	)
 }
+
+func TestBridgeReclaim(t *testing.T) {
+	testutil.RequireRoot(t)
+	host := fakeHost(t, testNetnsPrefix+"brhost4")
+	cfg := Config{Bridge: "embt-br4", BridgeCIDR: netip.MustParsePrefix("172.31.252.0/29")}
+	crashed := testBridgePool(t, host, cfg)
+	var slots []*Slot
+	for range 3 {
+		s, err := crashed.Get(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots = append(slots, s)
+	}
+	crashed.Close() // the daemon dies holding all three
+
+	cfg.Mode, cfg.HostNetns, cfg.NoEgress = ModeBridge, host, true
+	removed, err := ReclaimBridge(context.Background(), cfg, map[int]bool{1: true}, testLogger(t))
+	if err != nil {
+		t.Fatalf("ReclaimBridge: %v", err)
+	}
+	if removed != 2 {
+		t.Errorf("ReclaimBridge removed %d slots, want 2", removed)
+	}
+	for _, s := range slots {
+		var exists bool
+		_ = Do(host, func() error { exists = linkExists(s.TAP); return nil })
+		if want := s.Index == 1; exists != want {
+			t.Errorf("tap %s exists = %v after reclaim, want %v", s.TAP, exists, want)
+		}
+	}
+	p := testBridgePool(t, host, cfg)
+	kept, err := p.Adopt(1)
+	if err != nil {
+		t.Fatalf("Adopt(1) after reclaim: %v", err)
+	}
+	t.Cleanup(func() { p.Return(context.Background(), kept) })
+	if _, err := p.Adopt(0); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Adopt(0) of a reclaimed slot = %v, want ErrNotFound", err)
+	}
+	if s := getSlot(t, p); s.Index != 0 {
+		t.Errorf("Get after reclaim = slot %d, want the freed 0", s.Index)
+	}
+	// A second reclaim finds nothing more (the policy chains went too).
+	if removed, err := ReclaimBridge(context.Background(), cfg, map[int]bool{0: true, 1: true}, testLogger(t)); err != nil || removed != 0 {
+		t.Errorf("second ReclaimBridge = %d, %v, want 0, nil", removed, err)
+	}
+}
