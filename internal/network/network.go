@@ -11,6 +11,12 @@
 // in VethCIDR), the host address (the Nth usable address of HostCIDR) and the
 // guest MAC. Nothing is stored, so a restarted daemon finds its slots again
 // from their indexes alone.
+//
+// Pool keeps slots pre-built and reuses returned ones; every slot carries a
+// Policy (internet on/off, allow and deny prefixes) that SetPolicy changes
+// while the sandbox runs. ModeBridge (BridgePool) is the alternative the
+// single-host Firecracker libraries use: one host bridge, a TAP and an
+// address per sandbox. Both implement Slots; New picks one by Config.Mode.
 package network
 
 import (
