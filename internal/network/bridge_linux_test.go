@@ -242,6 +242,7 @@ func TestBridgeNotABridge(t *testing.T) {
 func TestBridgeIsolation(t *testing.T) {
 	testutil.RequireRoot(t)
 	host := fakeHost(t, testNetnsPrefix+"brhost2")
+	dockerForward(t, host) // and the host drops forwarded traffic by default
 	uplink := testUplinkPrefix + "2600"
 	port := uint16(outsideWorldOf(t, uplink, host, testNetnsPrefix+"out2600"))
 	cfg := Config{Bridge: "embt-br2", BridgeCIDR: netip.MustParsePrefix("172.31.251.0/24"), Uplink: uplink}
