@@ -238,16 +238,40 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 	stopAtEnd(t, r)
 	t.Logf("restore: %s", time.Since(begin))
 	expectState(t, r, vmm.StateRunning)
+	asleep := time.Since(pausedAt)
 	ts := WaitTick(t, r, spec, saved.N+4)
 	expectContinues(t, ts, saved)
-	t.Logf("guest clock: %d at the save, %d at the first tick after a %s pause (host: %s later)",
-		saved.Clock, ts[0].Clock, time.Since(pausedAt).Round(time.Millisecond), time.Since(pausedAt).Round(time.Second))
+	t.Logf("guest clock: %d at the save, %d at the first tick after %s asleep",
+		saved.Clock, ts[0].Clock, asleep.Round(time.Millisecond))
+
+	// A restored machine saves and restores again (pause and resume, twice),
+	// here into another directory on the same disk.
+	if err := r.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	saved2 := lastTick(t, spec)
+	dir2 := t.TempDir()
+	if err := r.(vmm.Snapshotter).Snapshot(ctx, dir2, vmm.SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if err := r.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
 	expectGone(t, r, spec)
-	// Memory and disk were saved consistent with each other.
-	expectDiskCount(t, spec.RootDisk, saved.N)
+	again := spec
+	again.Dir = t.TempDir()
+	r, err = restorer.Restore(ctx, again, dir2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, r)
+	expectContinues(t, WaitTick(t, r, again, saved2.N+3), saved2)
+	if err := r.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectGone(t, r, again)
+	// Memory and disk were saved consistent with each other, twice.
+	expectDiskCount(t, spec.RootDisk, saved2.N)
 
 	t.Run("Fork", func(t *testing.T) {
 		var ms []vmm.Machine
