@@ -47,6 +47,8 @@ type serveFlags struct {
 	noEgress  bool
 	domain    string
 	uplink    string
+	poolSize  int
+	netMode   string
 }
 
 func serveCmd() *cobra.Command {
@@ -72,6 +74,8 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
 	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
 	fl.StringVar(&f.uplink, "uplink", "", "interface sandbox egress leaves by (default: the default route's)")
+	fl.IntVar(&f.poolSize, "slot-pool", network.DefaultPoolSize, "network slots kept built ahead of demand")
+	fl.StringVar(&f.netMode, "network-mode", network.ModeNetns, `"netns" (a namespace per sandbox) or "bridge" (one shared bridge)`)
 	fl.BoolVar(&f.noEgress, "no-egress", false, "give sandboxes no route out (leaves host forwarding and NAT alone)")
 	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
 	return cmd
@@ -136,7 +140,9 @@ func serve(ctx context.Context, f serveFlags) error {
 		}
 	}
 
-	pool, err := network.NewPool(network.Config{FirstIndex: f.slotFirst, NoEgress: f.noEgress, Uplink: f.uplink}, log)
+	netCfg := network.Config{FirstIndex: f.slotFirst, NoEgress: f.noEgress, Uplink: f.uplink,
+		PoolSize: f.poolSize, Mode: f.netMode}
+	pool, err := network.New(netCfg, log)
 	if err != nil {
 		return err
 	}
@@ -175,7 +181,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	} else if n > 0 {
 		log.Info("reclaimed orphaned vmm processes", "count", n)
 	}
-	if n, err := network.Reclaim(ctx, f.slotFirst, slots, log); err != nil {
+	if n, err := reclaimSlots(ctx, pool, netCfg, slots, log); err != nil {
 		log.Error("reclaim network slots", "err", err)
 	} else if n > 0 {
 		log.Info("reclaimed orphaned network slots", "count", n)
@@ -264,4 +270,17 @@ func loadAPIKey(path string) (string, error) {
 		return "", fmt.Errorf("write API key: %w", err)
 	}
 	return key, nil
+}
+
+// reclaimSlots removes the network slots no surviving sandbox owns. The
+// API is not serving yet, so only the pool's filler runs beside it, and
+// Pool.Reclaim spares what the filler builds.
+func reclaimSlots(ctx context.Context, slots network.Slots, cfg network.Config, keep map[int]bool, log *slog.Logger) (int, error) {
+	switch p := slots.(type) {
+	case *network.Pool:
+		return p.Reclaim(ctx, keep)
+	case *network.BridgePool:
+		return network.ReclaimBridge(ctx, cfg, keep, log)
+	}
+	return 0, fmt.Errorf("reclaim: unknown slot provider %T", slots)
 }

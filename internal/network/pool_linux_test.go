@@ -573,3 +573,51 @@ func TestSlotTiming(t *testing.T) {
 	t.Logf("slot setup: median %v (min %v, max %v); teardown: median %v (min %v, max %v); n=%d",
 		up[n/2], up[0], up[n-1], down[n/2], down[0], down[n-1], n)
 }
+
+// A daemon reclaims at start while its pool's filler is already building
+// slots: the pool's own slots must survive, orphans must not.
+func TestPoolReclaimSparesItsOwnSlots(t *testing.T) {
+	p := testPool(t, Config{FirstIndex: 2700, PoolSize: 2})
+	held := getSlot(t, p)
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Idle() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool filled %d of 2", p.Idle())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	orphan := 2750
+	if err := createNetns(NetnsName(orphan)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteNetns(NetnsName(orphan)) })
+	// Everything above this test's range belongs to other tests.
+	keep := map[int]bool{}
+	for _, i := range allSlotIndexes(t) {
+		if i > 2799 {
+			keep[i] = true
+		}
+	}
+	removed, err := p.Reclaim(context.Background(), keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removed != 1 {
+		t.Errorf("removed %d slots, want the 1 orphan", removed)
+	}
+	if l := leftovers(orphan, nil); len(l) > 0 {
+		t.Errorf("orphan left: %v", l)
+	}
+	if !netnsExists(NetnsName(held.Index)) {
+		t.Errorf("reclaim removed slot %d, which is handed out", held.Index)
+	}
+	if p.Idle() != 2 {
+		t.Errorf("idle slots after reclaim: %d, want 2", p.Idle())
+	}
+	// The idle slots are whole: Get hands one out and it works.
+	s := getSlot(t, p)
+	port := serveGuest(t, s)
+	if _, err := exchange(netip.AddrPortFrom(s.HostAddr, uint16(port)), netip.Addr{}, 2*time.Second); err != nil {
+		t.Errorf("pooled slot unreachable after reclaim: %v", err)
+	}
+}

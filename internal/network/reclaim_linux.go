@@ -14,15 +14,49 @@ import (
 )
 
 // Reclaim removes every ember slot on the host whose index is at least first
-// and not in keep:
-// namespaces named ember-ns-<n>, host links named ember-v<n> and their
-// entries in the host table's slots set. It is meant for daemon start, before
-// the pool hands out slots, with keep holding the slots of sandboxes that
-// survived the restart, and first the daemon's first slot index (slots below
-// it belong to whoever runs there: another daemon, a test). removed counts the slot indexes it cleared. Like all
-// releasing, it runs to the end even when ctx is cancelled.
+// and not in keep: namespaces named ember-ns-<n>, host links named
+// ember-v<n> and their entries in the host table's slots set. It is meant for
+// daemon start, before a pool exists, with keep holding the slots of
+// sandboxes that survived the restart, and first the daemon's first slot
+// index (slots below it belong to whoever runs there: another daemon, a
+// test). removed counts the slot indexes it cleared. Like all releasing, it
+// runs to the end even when ctx is cancelled. With a pool running, use
+// Pool.Reclaim, which spares the pool's own slots.
 func Reclaim(ctx context.Context, first int, keep map[int]bool, log *slog.Logger) (removed int, err error) {
-	mine := func(i int) bool { return i >= first && !keep[i] }
+	return reclaim(ctx, func(i int) bool { return i >= first && !keep[i] }, log)
+}
+
+// Reclaim is the package's Reclaim over this pool's index range, sparing
+// every slot the pool holds (handed out, idle, or being built by the
+// filler). Each index it removes is reserved in the pool meanwhile, so the
+// filler cannot build a fresh slot under a removal in progress.
+func (p *Pool) Reclaim(ctx context.Context, keep map[int]bool) (int, error) {
+	held := map[int]bool{}
+	defer func() {
+		for i := range held {
+			p.release(i)
+		}
+	}()
+	return reclaim(ctx, func(i int) bool {
+		if i < p.cfg.FirstIndex || keep[i] {
+			return false
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if held[i] {
+			return true
+		}
+		if p.inUse[i] {
+			return false
+		}
+		p.inUse[i] = true
+		held[i] = true
+		return true
+	}, p.log)
+}
+
+// reclaim removes the slots whose index mine accepts.
+func reclaim(ctx context.Context, mine func(int) bool, log *slog.Logger) (removed int, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -74,7 +108,7 @@ func Reclaim(ctx context.Context, first int, keep map[int]bool, log *slog.Logger
 		}
 		removed++
 	}
-	log.Info("reclaimed network slots", "removed", removed, "kept", len(keep),
+	log.Info("reclaimed network slots", "removed", removed,
 		"namespaces", namespaces, "links", links, "set_elements", elements)
 	return removed, errors.Join(errs...)
 }

@@ -406,7 +406,10 @@ func TestKillDuringCreateLeaksNothing(t *testing.T) {
 			t.Errorf("sandbox %s is %s after restart", sb.ID, sb.State)
 		}
 	}
-	// Whatever is not a running sandbox's must be gone already.
+	// Whatever is not a running sandbox's must be gone already, but for the
+	// new daemon's pre-built network slots; those go when it stops, and the
+	// cleanup's leak check then proves the killed daemon's slots were
+	// reclaimed (no pool knows them).
 	for _, leak := range d.Leaks(slotSpan) {
 		owned := false
 		for id := range running {
@@ -415,15 +418,6 @@ func TestKillDuringCreateLeaksNothing(t *testing.T) {
 		if !owned && !strings.HasPrefix(leak, "netns") && !strings.HasPrefix(leak, "link") {
 			t.Errorf("leaked after restart: %s", leak)
 		}
-	}
-	var nets int
-	for _, leak := range d.Leaks(slotSpan) {
-		if strings.HasPrefix(leak, "netns") {
-			nets++
-		}
-	}
-	if nets != len(running) {
-		t.Errorf("%d namespaces for %d running sandboxes: %v", nets, len(running), d.Leaks(slotSpan))
 	}
 	t.Logf("after SIGKILL and restart: %d running, %d in error", len(running), len(sbs)-len(running))
 }
