@@ -49,6 +49,10 @@ const (
 // 256 MiB guest take a second.
 const maxBandwidth = 1 << 40
 
+// exitGrace is how long a failed restore waits for QEMU to exit, to tell
+// a stream QEMU refused (it exits) from other failures.
+const exitGrace = 200 * time.Millisecond
+
 // migratePoll is how often a save or restore asks QEMU for progress.
 const migratePoll = 2 * time.Millisecond
 
@@ -474,7 +478,11 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 		return nil, err
 	}
 	if err := m.waitMigrationLocked(ctx, false); err != nil {
-		return nil, fmt.Errorf("%w (qemu log: %s)", err, logTail(spec.Dir))
+		// QEMU ends itself when it cannot load a stream; its log says why.
+		if m.waitExit(exitGrace) {
+			return nil, fmt.Errorf("load snapshot: qemu exited: %s", logTail(spec.Dir))
+		}
+		return nil, fmt.Errorf("load snapshot: %w (qemu log: %s)", err, logTail(spec.Dir))
 	}
 	p.done("stream")
 	// The source was paused when it was saved, so QEMU leaves the restored

@@ -110,10 +110,10 @@ func TestSnapshotRefusesRunning(t *testing.T) {
 	}
 }
 
-// TestSnapshotStreamFails makes QEMU's writes of the stream fail (a full
-// disk) and checks that the error carries QEMU's words, nothing of the
-// save is left and the machine still runs on.
-func TestSnapshotStreamFails(t *testing.T) {
+// startCounterGuest boots vmmtest's counter guest under real QEMU; it is
+// stopped when the test ends.
+func startCounterGuest(t *testing.T) (*Driver, vmm.Spec, *Machine) {
+	t.Helper()
 	testutil.RequireTool(t, "qemu-system-x86_64")
 	guest := testutil.Guest(t)
 	d, err := New(Config{}, slog.New(slog.DiscardHandler))
@@ -121,13 +121,20 @@ func TestSnapshotStreamFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := vmmtest.CounterSpec(t, guest)
-	ctx := t.Context()
-	vm, err := d.Start(ctx, spec)
+	vm, err := d.Start(t.Context(), spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { vm.Stop(context.Background()) })
-	m := vm.(*Machine)
+	return d, spec, vm.(*Machine)
+}
+
+// TestSnapshotStreamFails makes QEMU's writes of the stream fail (a full
+// disk) and checks that the error carries QEMU's words, nothing of the
+// save is left and the machine still runs on.
+func TestSnapshotStreamFails(t *testing.T) {
+	_, spec, m := startCounterGuest(t)
+	ctx := t.Context()
 	if err := m.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +142,7 @@ func TestSnapshotStreamFails(t *testing.T) {
 	orig := createState
 	t.Cleanup(func() { createState = orig })
 	createState = func(string) (*os.File, error) { return os.OpenFile("/dev/full", os.O_WRONLY, 0) }
-	err = m.Snapshot(ctx, dir, vmm.SnapshotOptions{})
+	err := m.Snapshot(ctx, dir, vmm.SnapshotOptions{})
 	if err == nil || !strings.Contains(err.Error(), "migration failed") || !strings.Contains(err.Error(), "No space left on device") {
 		t.Fatalf("snapshot: %v, want QEMU's migration failure and its reason", err)
 	}
@@ -150,4 +157,61 @@ func TestSnapshotStreamFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	vmmtest.WaitTick(t, m, spec, 2)
+}
+
+// TestRestoreBadState restores from snapshots whose QEMU build or stream
+// is wrong: each fails with a clear error and leaves nothing running.
+func TestRestoreBadState(t *testing.T) {
+	d, spec, m := startCounterGuest(t)
+	m.mu.Lock()
+	version, err := m.qemuVersionLocked(t.Context())
+	m.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name, version string
+		state         []byte
+		wantErr       string
+		mismatch      bool
+	}{
+		{"other qemu build", "6.2.0 (elsewhere)", nil, "snapshot written by 6.2.0", true},
+		{"truncated stream", version, []byte("QEVM\x00\x00\x00\x03"), "load snapshot: qemu exited", false},
+		{"not a stream", version, []byte("not a migration stream\n"), "Not a migration stream", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			man := d.manifestFor(spec, tc.version)
+			b, _ := json.Marshal(man)
+			for name, data := range map[string][]byte{manifestFile: b, vmstateFile: tc.state, memoryFile: nil} {
+				if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.Truncate(filepath.Join(dir, memoryFile), int64(man.MemoryMiB)<<20); err != nil {
+				t.Fatal(err)
+			}
+			s := spec
+			s.Dir = t.TempDir()
+			r, err := d.Restore(t.Context(), s, dir)
+			if err == nil {
+				r.Stop(context.Background())
+				t.Fatal("restore succeeded")
+			}
+			t.Log(err)
+			if !strings.Contains(err.Error(), tc.wantErr) || errors.Is(err, ErrSnapshotMismatch) != tc.mismatch {
+				t.Errorf("error %q: want %q, ErrSnapshotMismatch %v", err, tc.wantErr, tc.mismatch)
+			}
+			if pids := vmmtest.ProcessesNaming(t, s.Dir); len(pids) > 0 {
+				t.Errorf("processes left running: %v", pids)
+			}
+			if _, err := os.Stat(d.memPath(s)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("guest memory file left behind: %v", err)
+			}
+		})
+	}
 }
