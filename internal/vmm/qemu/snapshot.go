@@ -45,7 +45,7 @@ const (
 )
 
 // maxBandwidth is the migration bandwidth cap set before a save, in bytes per
-// second: in effect none. QEMU's default cap (32 MiB/s) made saving a
+// second: in effect none. QEMU's default cap (128 MiB/s) made saving a
 // 256 MiB guest take a second.
 const maxBandwidth = 1 << 40
 
