@@ -5,6 +5,12 @@
 // network and entropy devices, and QMP over a Unix socket for control. It
 // uses KVM when /dev/kvm is usable and software emulation (TCG) otherwise.
 //
+// Guest RAM lives in a file on tmpfs, mapped shared, so that a snapshot
+// (snapshot.go) is QEMU's migration stream of device state, written to a
+// descriptor the daemon opens, plus a sparse copy of that file; a restore
+// copies the file back and loads the stream into a QEMU started with
+// -incoming.
+//
 // No maintained QMP library is available to ember, so the package speaks the
 // protocol itself (qmp.go); it needs only a handful of commands.
 package qemu
