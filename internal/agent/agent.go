@@ -92,13 +92,16 @@ func (c *Client) Health(ctx context.Context) error {
 	return c.call(ctx, http.MethodGet, "/health", nil)
 }
 
-// Init sets the environment every later process starts with and hands the
-// agent the client's token, which it then requires on every request.
+// Init sets the environment every later process starts with, hands the
+// agent the client's token, which it then requires on every request, and
+// moves the guest's clock forward to the host's when it is behind (as after
+// a restore from a snapshot).
 func (c *Client) Init(ctx context.Context, env map[string]string) error {
 	body, err := json.Marshal(struct {
 		EnvVars     map[string]string `json:"envVars,omitempty"`
 		AccessToken string            `json:"accessToken,omitempty"`
-	}{env, c.token})
+		Timestamp   time.Time         `json:"timestamp"`
+	}{env, c.token, time.Now().UTC()})
 	if err != nil {
 		return fmt.Errorf("encode init request: %w", err)
 	}

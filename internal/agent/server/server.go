@@ -169,11 +169,17 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 }
 
 // initRequest is envd's /init body. Fields we do not act on yet
-// (hyperloopIP, timestamp, defaultUser, defaultWorkdir) are ignored.
+// (hyperloopIP, defaultUser, defaultWorkdir) are ignored.
 type initRequest struct {
 	EnvVars     map[string]string `json:"envVars"`
 	AccessToken *string           `json:"accessToken"`
+	// Timestamp is the host's time: a guest restored from a snapshot wakes
+	// with the clock it was saved with, and moves it forward to this.
+	Timestamp *time.Time `json:"timestamp"`
 }
+
+// setClock sets the system clock; a variable so tests do not.
+var setClock = setSystemClock
 
 // initialize merges the given variables into the default environment and, when
 // the body carries one, sets the access token.
@@ -191,6 +197,11 @@ func (s *Server) initialize(w http.ResponseWriter, r *http.Request) {
 		s.token = *req.AccessToken
 	}
 	s.mu.Unlock()
+	if req.Timestamp != nil && time.Now().Before(*req.Timestamp) {
+		if err := setClock(*req.Timestamp); err != nil {
+			s.log.Warn("set clock", "to", *req.Timestamp, "err", err)
+		}
+	}
 	s.log.Info("initialized", "env_vars", len(req.EnvVars), "token_set", req.AccessToken != nil && *req.AccessToken != "")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)

@@ -611,3 +611,25 @@ func TestKeepAliveEvery(t *testing.T) {
 		}
 	}
 }
+
+func TestInitMovesTheClockForwardOnly(t *testing.T) {
+	var got []time.Time
+	setClock = func(ts time.Time) error { got = append(got, ts); return nil }
+	t.Cleanup(func() { setClock = setSystemClock })
+	_, url := serve(t, Config{})
+	future, past := time.Now().Add(time.Hour).UTC(), time.Now().Add(-time.Hour).UTC()
+	for _, ts := range []time.Time{future, past} {
+		body := fmt.Sprintf(`{"timestamp":%q}`, ts.Format(time.RFC3339Nano))
+		resp, err := http.Post(url+"/init", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("init = %d", resp.StatusCode)
+		}
+	}
+	if len(got) != 1 || !got[0].Equal(future) {
+		t.Fatalf("clock set to %v, want only %v", got, future)
+	}
+}
