@@ -8,10 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
-	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
@@ -221,7 +219,11 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := ag.WaitReady(readyCtx); err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: wait for agent (console log %s): %w", r.ID, vmm.ConsoleLog(r.Dir), err)
 	}
-	m.syncClock(readyCtx, ag, r.ID)
+	// The guest wakes with the clock it was saved with; Init moves it to
+	// the host's (and re-sends env and token, which it already has).
+	if err := ag.Init(readyCtx, nil); err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: init agent: %w", r.ID, err)
+	}
 
 	now := time.Now()
 	r.State = StateRunning
@@ -256,21 +258,6 @@ func (m *Manager) lifetime(r store.Sandbox) time.Duration {
 	}
 	return m.cfg.DefaultTimeout
 }
-
-// syncClock sets a restored guest's clock to the host's: the guest's clock
-// stood still while it was saved. Best effort: a guest with a wrong clock is
-// still a working sandbox.
-func (m *Manager) syncClock(ctx context.Context, ag Agent, id string) {
-	now := time.Now().Unix()
-	st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: "date", Args: []string{"-u", "-s", "@" + strconv.FormatInt(now, 10)}}, discard{}, discard{})
-	if err != nil || st.Code != 0 {
-		m.log.Warn("set clock of restored guest", "sandbox", id, "err", err, "exit_code", st.Code)
-	}
-}
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // SetTimeout sets a sandbox's end time to now + seconds; a paused sandbox
 // keeps it as its lifetime for when it resumes.
