@@ -8,4 +8,6 @@ import (
 )
 
 // setSystemClock is Linux-only: the agent runs in Linux guests.
-func setSystemClock(time.Time) error { return errors.New("setting the clock is supported on linux only") }
+func setSystemClock(time.Time) error {
+	return errors.New("setting the clock is supported on linux only")
+}
