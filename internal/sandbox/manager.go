@@ -40,6 +40,10 @@ type Config struct {
 	// SnapshotDir holds one directory per snapshot; empty means "snapshots"
 	// next to Dir.
 	SnapshotDir string
+	// TemplateSnapshots makes creates from a template restore a memory
+	// snapshot of it, captured once (per template build, vCPUs and memory)
+	// from the first cold boot's ready guest, instead of cold-booting.
+	TemplateSnapshots bool
 	// Defaults for fields a create request leaves zero.
 	DefaultTemplate  string
 	DefaultVCPUs     int
@@ -62,6 +66,7 @@ func DefaultConfig(dir string) Config {
 		DefaultTimeout:     5 * time.Minute,
 		DefaultExecTimeout: 60 * time.Second,
 		BootTimeout:        60 * time.Second,
+		TemplateSnapshots:  true,
 		Limits: Limits{
 			MaxVCPUs:      32,
 			MinMemoryMiB:  64,
@@ -223,6 +228,8 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken()}
 		if req.DiskMiB > baseMiB {
 			src.sizeBytes = int64(req.DiskMiB) << 20
+		} else {
+			m.useTemplateSnapshot(&src, tpl, req)
 		}
 	}
 	var restorer vmm.Restorer
@@ -326,6 +333,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 		return store.Sandbox{}, fmt.Errorf("wait for agent of sandbox %s (console log %s): %w", id, vmm.ConsoleLog(r.Dir), err)
 	}
 	r.TimingsMS["agent"] = ms(time.Since(phase))
+	if src.capture != "" {
+		phase = time.Now()
+		if err := m.captureTemplate(ctx, machine, r, src.capture); err != nil {
+			return store.Sandbox{}, err
+		}
+		r.TimingsMS["template_snapshot"] = ms(time.Since(phase))
+	}
 	phase = time.Now()
 	// Init also moves a restored guest's clock to the host's.
 	if err := ag.Init(readyCtx, r.Env); err != nil {
@@ -356,6 +370,9 @@ type source struct {
 	state    string
 	snapshot string
 	token    string
+	// capture, on a cold boot, is where to save the template snapshot
+	// once the agent is ready (see useTemplateSnapshot).
+	capture string
 }
 
 func (m *Manager) spec(r store.Sandbox, kernel, netnsPath, tap, mac, bootArgs string) vmm.Spec {

@@ -37,6 +37,8 @@ type world struct {
 	detached map[string]bool
 	bases    map[string]string
 	kernel   string
+	// tplKey is the template's build key; "" turns template snapshots off.
+	tplKey string
 
 	failDisk, failSlot, failStart, failReady, failAdopt bool
 	failPause, failSnapshot, failRestore, failAttach    bool
@@ -53,7 +55,7 @@ func (w *world) Get(name string) (template.Template, error) {
 	if name != "base" {
 		return template.Template{}, template.ErrNotFound
 	}
-	return template.Template{Name: "base", Kernel: w.kernel, Rootfs: "/r", RootfsSizeBytes: 1 << 30}, nil
+	return template.Template{Name: "base", Kernel: w.kernel, Rootfs: "/r", RootfsSizeBytes: 1 << 30, Key: w.tplKey}, nil
 }
 
 func (w *world) Name() string { return "fake" }

@@ -332,7 +332,7 @@ func (m *Manager) reclaimSnapshots(ctx context.Context) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if !keep[e.Name()] {
+		if !keep[e.Name()] && !strings.HasPrefix(e.Name(), templatePrefix) {
 			m.log.Info("remove orphaned snapshot files", "path", filepath.Join(m.cfg.SnapshotDir, e.Name()))
 			errs = append(errs, os.RemoveAll(filepath.Join(m.cfg.SnapshotDir, e.Name())))
 		}
