@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +46,8 @@ type memFile struct {
 	// scanned is closed when the zero scan has covered the whole file.
 	scanned chan struct{}
 	stop    atomic.Bool
+	// file is handed to scan, which closes it.
+	file *os.File
 }
 
 // openMemFile maps path and records its holes; the caller starts scan.
@@ -53,7 +56,11 @@ func openMemFile(path string) (_ *memFile, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open memory file: %w", err)
 	}
-	defer f.Close()
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("stat memory file: %w", err)
@@ -72,6 +79,7 @@ func openMemFile(path string) (_ *memFile, err error) {
 		unix.Munmap(m.data)
 		return nil, err
 	}
+	m.file = f
 	return m, nil
 }
 
@@ -102,17 +110,30 @@ func (m *memFile) markHoles(fd int) error {
 }
 
 // scan marks the all-zero pages among the data; it runs once, in the
-// background, and stops early on close.
-func (m *memFile) scan() {
+// background, and stops early on close. It reads with pread(2) rather than
+// through the mapping so that it sits in system calls, where the runtime
+// can schedule the fault workers around it, and yields between chunks.
+func (m *memFile) scan(f *os.File) {
 	defer close(m.scanned)
-	pages := uint64(len(m.data)) / filePage
-	for p := uint64(0); p < pages && !m.stop.Load(); p++ {
-		if m.zero.get(p) {
-			continue
+	defer f.Close()
+	const chunk = 1 << 20
+	buf := make([]byte, chunk)
+	for off := uint64(0); off < m.size && !m.stop.Load(); off += chunk {
+		first, n := off/filePage, min(chunk, m.size-off)
+		if m.zero.get(first) && m.isZero(off, n) {
+			continue // a hole
 		}
-		if bytes.Equal(m.data[p*filePage:(p+1)*filePage], zero4K[:]) {
-			m.zero.set(p)
+		k, err := f.ReadAt(buf[:n], int64(off))
+		if k == 0 && err != nil {
+			return
 		}
+		for p := uint64(0); p*filePage < uint64(k); p++ {
+			page := buf[p*filePage : min((p+1)*filePage, uint64(k))]
+			if bytes.Equal(page, zero4K[:len(page)]) {
+				m.zero.set(first + p)
+			}
+		}
+		runtime.Gosched()
 	}
 }
 

@@ -102,7 +102,7 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	go f.scan()
+	go f.scan(f.file)
 	defer func() {
 		if err != nil {
 			f.close()

@@ -1,0 +1,346 @@
+//go:build linux
+
+package firecracker
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmtest"
+)
+
+// requireSpec returns the validator for Firecracker's swagger document.
+func requireSpec(t testing.TB) *validator {
+	t.Helper()
+	p := specPath()
+	if _, err := os.Stat(p); err != nil {
+		if os.Getenv("EMBER_REQUIRE_ALL") == "1" {
+			t.Fatalf("firecracker api spec: %v (set %s)", err, specEnv)
+		}
+		t.Skipf("firecracker api spec: %v (set %s)", err, specEnv)
+	}
+	v, err := loadValidator(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// fakeDriver returns a driver whose "firecracker" is this test binary
+// serving the fake API, and the journal file its processes append to.
+func fakeDriver(t *testing.T, cfg Config) (*Driver, string) {
+	t.Helper()
+	requireSpec(t)
+	journal := filepath.Join(t.TempDir(), "journal")
+	t.Setenv(fakeEnv, "1")
+	t.Setenv(journalEnv, journal)
+	t.Setenv(specEnv, specPath())
+	cfg.Binary = os.Args[0]
+	cfg.StopWait = time.Second
+	d, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, journal
+}
+
+// testSpec returns a spec with a stand-in kernel (an ELF header) and disk.
+func testSpec(t testing.TB, tap string) vmm.Spec {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "fc-") // short: the api socket path is bounded
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	kernel, disk := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(kernel, append([]byte("\x7fELF"), make([]byte, 60)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	return vmm.Spec{
+		ID: "fc-" + filepath.Base(dir), Dir: dir, Kernel: kernel, RootDisk: disk, DiskFormat: "raw",
+		Netns: "", TAP: tap, MAC: "02:fc:00:00:00:01", BootArgs: "ip=10.11.0.2::10.11.0.1:255.255.255.252::eth0:off",
+		VCPUs: 2, MemoryMiB: 256,
+	}
+}
+
+func readJournal(t testing.TB, path string) []entry {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var es []entry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var e entry
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatal(err)
+		}
+		es = append(es, e)
+	}
+	return es
+}
+
+// checkJournal validates every request the driver sent against the spec
+// (again, in this process), checks none was refused, and returns the
+// requests as "METHOD path" in order.
+func checkJournal(t testing.TB, v *validator, es []entry) []string {
+	t.Helper()
+	var calls []string
+	for _, e := range es {
+		var body []byte
+		if len(e.Body) > 0 {
+			body = e.Body
+		}
+		if _, err := v.check(e.Method, e.Path, body); err != nil {
+			t.Errorf("driver sent a request the spec rejects: %v", err)
+		}
+		if e.Status/100 != 2 {
+			t.Errorf("%s %s %s: refused with %d: %s", e.Method, e.Path, e.Body, e.Status, e.Fault)
+		}
+		calls = append(calls, e.Method+" "+e.Path)
+	}
+	return calls
+}
+
+func expectState(t testing.TB, m vmm.Machine, want vmm.State) {
+	t.Helper()
+	got, err := m.(vmm.Stater).State(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("state %q, want %q", got, want)
+	}
+}
+
+func waitDone(t testing.TB, m vmm.Machine) {
+	t.Helper()
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("process still running after stop")
+	}
+}
+
+// TestLifecycle runs boot, pause, snapshot, stop, restore, resume against
+// the fake and checks every request against the spec and the order.
+func TestLifecycle(t *testing.T) {
+	v := requireSpec(t)
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		diff bool
+		want []string // boot requests in order
+		snap string   // snapshot_type sent
+	}{
+		{
+			name: "plain", want: []string{"PUT /logger", "PUT /metrics", "PUT /machine-config", "PUT /boot-source",
+				"PUT /drives/rootfs", "PUT /network-interfaces/eth0", "PUT /entropy", "PUT /actions"},
+			snap: "Full",
+		},
+		{
+			name: "balloon, vsock, dirty pages", cfg: Config{BalloonMiB: 64, VsockCID: 3, TrackDirtyPages: true}, diff: true,
+			want: []string{"PUT /logger", "PUT /metrics", "PUT /machine-config", "PUT /boot-source",
+				"PUT /drives/rootfs", "PUT /network-interfaces/eth0", "PUT /entropy", "PUT /balloon", "PUT /vsock", "PUT /actions"},
+			snap: "Diff",
+		},
+		{
+			name: "diff asked without dirty tracking", diff: true, want: []string{"PUT /logger", "PUT /metrics", "PUT /machine-config",
+				"PUT /boot-source", "PUT /drives/rootfs", "PUT /network-interfaces/eth0", "PUT /entropy", "PUT /actions"},
+			snap: "Full",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, journal := fakeDriver(t, tc.cfg)
+			ctx := t.Context()
+			spec := testSpec(t, "ember-tap-1")
+			m, err := d.Start(ctx, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { m.Stop(ctx) })
+			expectState(t, m, vmm.StateRunning)
+			if err := m.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+			expectState(t, m, vmm.StatePaused)
+			snap := t.TempDir()
+			if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{Diff: tc.diff}); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			waitDone(t, m)
+			if err := m.Stop(ctx); err != nil {
+				t.Errorf("second stop: %v", err)
+			}
+			if err := m.Pause(ctx); !errors.Is(err, vmm.ErrNotRunning) {
+				t.Errorf("pause after stop: %v, want ErrNotRunning", err)
+			}
+
+			calls := checkJournal(t, v, readJournal(t, journal))
+			// GET / (readiness polls, state) is left out of the order; a
+			// paused machine is killed without ctrl-alt-del.
+			boot := slices.DeleteFunc(calls, func(c string) bool { return c == "GET /" })
+			wantAll := append(slices.Clone(tc.want), "PATCH /vm", "PUT /snapshot/create")
+			if !slices.Equal(boot, wantAll) {
+				t.Errorf("requests:\n %v\nwant\n %v", boot, wantAll)
+			}
+			for _, e := range readJournal(t, journal) {
+				if e.Path == "/snapshot/create" && !strings.Contains(string(e.Body), `"snapshot_type":"`+tc.snap+`"`) {
+					t.Errorf("snapshot request %s, want type %s", e.Body, tc.snap)
+				}
+				if e.Path == "/boot-source" && !strings.Contains(string(e.Body), BaseBootArgs+" "+spec.BootArgs) {
+					t.Errorf("boot source %s lacks the boot arguments", e.Body)
+				}
+			}
+
+			// Restore in a fresh process onto another TAP.
+			os.Remove(journal)
+			spec2 := testSpec(t, "ember-tap-2")
+			r, err := d.Restore(ctx, spec2, snap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Stop(ctx) })
+			expectState(t, r, vmm.StateRunning)
+			if err := r.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Resume(ctx); err != nil {
+				t.Fatal(err)
+			}
+			expectState(t, r, vmm.StateRunning)
+			if err := r.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			waitDone(t, r)
+			es := readJournal(t, journal)
+			calls = slices.DeleteFunc(checkJournal(t, v, es), func(c string) bool { return c == "GET /" })
+			want := []string{"PUT /logger", "PUT /metrics", "PUT /snapshot/load", "PATCH /vm", "PATCH /vm", "PATCH /vm", "PUT /actions"}
+			if !slices.Equal(calls, want) {
+				t.Errorf("restore requests:\n %v\nwant\n %v", calls, want)
+			}
+			for _, e := range es {
+				if e.Path != "/snapshot/load" {
+					continue
+				}
+				var load snapshotLoad
+				json.Unmarshal(e.Body, &load)
+				if load.MemBackend == nil || load.MemBackend.BackendType != "Uffd" {
+					t.Errorf("snapshot load %s: want a Uffd memory backend", e.Body)
+				}
+				if len(load.NetworkOverrides) != 1 || load.NetworkOverrides[0].HostDevName != "ember-tap-2" {
+					t.Errorf("snapshot load %s: want the new TAP as a network override", e.Body)
+				}
+			}
+		})
+	}
+}
+
+func TestAttach(t *testing.T) {
+	d, _ := fakeDriver(t, Config{})
+	ctx := t.Context()
+	spec := testSpec(t, "")
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(ctx) })
+	if _, err := d.Attach(ctx, spec, os.Getpid()); !errors.Is(err, vmm.ErrNotRunning) {
+		t.Errorf("attach to a process that is not the vmm: %v, want ErrNotRunning", err)
+	}
+	again, err := d.Attach(ctx, spec, m.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m, vmm.StatePaused)
+	if err := again.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, again)
+	waitDone(t, m)
+	if err := m.Stop(ctx); err != nil {
+		t.Errorf("stop through the first handle: %v", err)
+	}
+	if _, err := d.Attach(ctx, spec, m.PID()); !errors.Is(err, vmm.ErrNotRunning) {
+		t.Errorf("attach to an exited vmm: %v, want ErrNotRunning", err)
+	}
+}
+
+func TestStartFailure(t *testing.T) {
+	d, _ := fakeDriver(t, Config{})
+	for _, tc := range []struct {
+		name string
+		edit func(s *vmm.Spec)
+		is   error
+	}{
+		{"missing kernel", func(s *vmm.Spec) { s.Kernel = filepath.Join(s.Dir, "no-vmlinux") }, os.ErrNotExist},
+		{"missing disk", func(s *vmm.Spec) { s.RootDisk = filepath.Join(s.Dir, "no-disk") }, os.ErrNotExist},
+		{"qcow2 disk", func(s *vmm.Spec) { s.DiskFormat = "qcow2" }, ErrDiskFormat},
+		{"odd vcpus", func(s *vmm.Spec) { s.VCPUs = 3 }, nil},
+		{"kernel is not a kernel", func(s *vmm.Spec) { os.WriteFile(s.Kernel, []byte("not a kernel\n"), 0o644) }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := testSpec(t, "")
+			tc.edit(&spec)
+			m, err := d.Start(t.Context(), spec)
+			if err == nil {
+				m.Stop(t.Context())
+				t.Fatal("start succeeded")
+			}
+			t.Logf("start: %v", err)
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("error %v, want %v", err, tc.is)
+			}
+			if pids := vmmtest.ProcessesNaming(t, spec.Dir); len(pids) > 0 {
+				t.Errorf("processes left running: %v", pids)
+			}
+		})
+	}
+}
+
+func TestRestoreMissingSnapshot(t *testing.T) {
+	d, _ := fakeDriver(t, Config{})
+	spec := testSpec(t, "")
+	if m, err := d.Restore(t.Context(), spec, t.TempDir()); err == nil {
+		m.Stop(t.Context())
+		t.Fatal("restore from an empty directory succeeded")
+	}
+	if pids := vmmtest.ProcessesNaming(t, spec.Dir); len(pids) > 0 {
+		t.Errorf("processes left running: %v", pids)
+	}
+}
+
+func TestAvailable(t *testing.T) {
+	ok, reason := Available(Config{Binary: "/nonexistent/firecracker"})
+	if ok {
+		t.Fatal("available without a binary")
+	}
+	if reason == "" {
+		t.Error("no reason given")
+	}
+	t.Log(reason)
+}

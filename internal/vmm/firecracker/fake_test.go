@@ -1,0 +1,378 @@
+//go:build linux
+
+package firecracker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi2"
+	"github.com/getkin/kin-openapi/openapi2conv"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/oasdiff/yaml"
+	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/memory/uffd"
+)
+
+// The fake Firecracker: this test binary, started by the driver as its
+// "firecracker" with fakeEnv set, serves the API on --api-sock. It routes
+// and validates every request against Firecracker's swagger document and
+// keeps Firecracker's state machine; every request and its verdict go to
+// the journal file so the tests can check what the driver sent.
+const (
+	fakeEnv     = "EMBER_FAKE_FIRECRACKER"
+	journalEnv  = "EMBER_FAKE_FIRECRACKER_JOURNAL"
+	specEnv     = "EMBER_FIRECRACKER_SPEC"
+	defaultSpec = "../../../../shared/spec/firecracker-v1.16.1.yaml"
+)
+
+// specPath is the swagger document the tests hold the driver to.
+func specPath() string {
+	if p := os.Getenv(specEnv); p != "" {
+		return p
+	}
+	p, _ := filepath.Abs(defaultSpec)
+	return p
+}
+
+// validator checks requests against the spec with kin-openapi: the swagger
+// 2.0 document converted to OpenAPI 3, routed with gorillamux and checked
+// with openapi3filter.
+type validator struct {
+	router routers.Router
+}
+
+func loadValidator(path string) (*validator, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var doc2 openapi2.T
+	if _, err := yaml.Unmarshal(data, &doc2, yaml.DecodeOpts{DisableTimestamps: true}); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", path, err)
+	}
+	doc3, err := openapi2conv.ToV3(&doc2)
+	if err != nil {
+		return nil, fmt.Errorf("convert %s to openapi 3: %w", path, err)
+	}
+	if err := doc3.Validate(context.Background()); err != nil {
+		return nil, fmt.Errorf("validate %s: %w", path, err)
+	}
+	r, err := gorillamux.NewRouter(doc3)
+	if err != nil {
+		return nil, err
+	}
+	return &validator{router: r}, nil
+}
+
+// check validates one request (method, path, body); it returns the
+// operation's id.
+func (v *validator) check(method, path string, body []byte) (string, error) {
+	req, err := http.NewRequest(method, "http://localhost"+path, bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	route, params, err := v.router.FindRoute(req)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: not in the spec: %w", method, path, err)
+	}
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
+		Options: &openapi3filter.Options{MultiError: true}}
+	if err := openapi3filter.ValidateRequest(context.Background(), in); err != nil {
+		return route.Operation.OperationID, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	return route.Operation.OperationID, nil
+}
+
+// entry is one journal line.
+type entry struct {
+	Method string          `json:"method"`
+	Path   string          `json:"path"`
+	Body   json.RawMessage `json:"body,omitempty"`
+	Status int             `json:"status"`
+	Fault  string          `json:"fault,omitempty"`
+}
+
+// fakeState is Firecracker's microVM state as the API sees it.
+type fakeState int
+
+const (
+	notStarted fakeState = iota
+	running
+	paused
+)
+
+// fake is the API server's state machine.
+type fake struct {
+	v       *validator
+	journal string
+	stop    func()
+
+	mu         sync.Mutex
+	state      fakeState
+	configured bool // a boot resource was set: snapshot/load is refused
+	loaded     bool
+	kernel     string
+	memMiB     int
+	trackDirty bool
+	uffdConn   *net.UnixConn
+}
+
+// preBoot lists the operations Firecracker accepts only before
+// InstanceStart (or a snapshot load).
+var preBoot = map[string]bool{
+	"putGuestBootSource": true, "putGuestDriveByID": true, "putGuestNetworkInterfaceByID": true,
+	"putMachineConfiguration": true, "patchMachineConfiguration": true, "putEntropyDevice": true,
+	"putBalloon": true, "putGuestVsock": true, "putLogger": true, "putMetrics": true,
+	"putCpuConfiguration": true, "putMmdsConfig": true, "putSerialDevice": true,
+}
+
+// bootResource lists the pre-boot operations that configure the machine
+// (logger and metrics do not): after one, snapshot/load is refused.
+var bootResource = map[string]bool{
+	"putGuestBootSource": true, "putGuestDriveByID": true, "putGuestNetworkInterfaceByID": true,
+	"putMachineConfiguration": true, "patchMachineConfiguration": true, "putEntropyDevice": true,
+	"putBalloon": true, "putGuestVsock": true, "putCpuConfiguration": true,
+}
+
+func (f *fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	if len(body) == 0 {
+		body = nil
+	}
+	status, fault, out := f.handle(r.Method, r.URL.Path, body)
+	f.record(entry{Method: r.Method, Path: r.URL.Path, Body: json.RawMessage(body), Status: status, Fault: fault})
+	switch {
+	case fault != "":
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(map[string]string{"fault_message": fault})
+	case out != nil:
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(out)
+	default:
+		w.WriteHeader(status)
+	}
+	if r.Method == "PUT" && r.URL.Path == "/actions" && status == http.StatusNoContent && strings.Contains(string(body), "SendCtrlAltDel") {
+		// reboot=k: the guest resets and Firecracker exits.
+		go f.stop()
+	}
+}
+
+func (f *fake) record(e entry) {
+	if f.journal == "" {
+		return
+	}
+	b, _ := json.Marshal(e)
+	fd, err := os.OpenFile(f.journal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return
+	}
+	fd.Write(append(b, '\n'))
+	fd.Close()
+}
+
+func (f *fake) handle(method, path string, body []byte) (int, string, any) {
+	op, err := f.v.check(method, path, body)
+	if err != nil {
+		return http.StatusBadRequest, "request does not match the API: " + err.Error(), nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var m map[string]any
+	json.Unmarshal(body, &m)
+	str := func(k string) string { s, _ := m[k].(string); return s }
+	started := f.state != notStarted
+	if preBoot[op] && started {
+		return 400, "The requested operation is not supported after starting the microVM.", nil
+	}
+	if bootResource[op] {
+		f.configured = true
+	}
+	switch op {
+	case "describeInstance":
+		return 200, "", map[string]string{"app_name": "Firecracker", "id": "fake", "state": [...]string{"Not started", "Running", "Paused"}[f.state], "vmm_version": "1.16.1"}
+	case "putGuestBootSource":
+		if _, err := os.Stat(str("kernel_image_path")); err != nil {
+			return 400, "Invalid kernel path: " + err.Error(), nil
+		}
+		f.kernel = str("kernel_image_path")
+	case "putGuestDriveByID":
+		if _, err := os.Stat(str("path_on_host")); err != nil {
+			return 400, "Unable to create the block device: " + err.Error(), nil
+		}
+	case "putMachineConfiguration":
+		n, _ := m["vcpu_count"].(float64)
+		if n > 1 && int(n)%2 != 0 {
+			return 400, "The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.", nil
+		}
+		mem, _ := m["mem_size_mib"].(float64)
+		f.memMiB = int(mem)
+		f.trackDirty, _ = m["track_dirty_pages"].(bool)
+	case "createSyncAction":
+		switch str("action_type") {
+		case "InstanceStart":
+			if started {
+				return 400, "The requested operation is not supported after starting the microVM.", nil
+			}
+			if f.kernel == "" {
+				return 400, "Cannot start microvm without kernel configuration.", nil
+			}
+			if b, err := os.ReadFile(f.kernel); err != nil || !bytes.HasPrefix(b, []byte("\x7fELF")) {
+				return 400, "Cannot load kernel due to invalid memory configuration or invalid kernel image.", nil
+			}
+			f.state = running
+		case "SendCtrlAltDel":
+			if !started {
+				return 400, "The requested operation is not supported before starting the microVM.", nil
+			}
+		}
+	case "patchVm":
+		if !started {
+			return 400, "The requested operation is not supported before starting the microVM.", nil
+		}
+		if str("state") == "Paused" {
+			f.state = paused
+		} else {
+			f.state = running
+		}
+	case "createSnapshot":
+		if f.state != paused {
+			return 400, "Cannot create snapshot: the microVM is not paused.", nil
+		}
+		if str("snapshot_type") == "Diff" && !f.trackDirty {
+			return 400, "Diff snapshots are not allowed on uVMs with dirty page tracking disabled.", nil
+		}
+		// A small memory image: one distinctive page per MiB of guest.
+		mem := make([]byte, 4<<20)
+		for i := 0; i < len(mem); i += 1 << 20 {
+			copy(mem[i:], fmt.Sprintf("page at %#x of %d MiB", i, f.memMiB))
+		}
+		if err := os.WriteFile(str("mem_file_path"), mem, 0o644); err != nil {
+			return 400, err.Error(), nil
+		}
+		state := fmt.Sprintf(`{"mem_size_mib":%d,"track_dirty_pages":%v}`, f.memMiB, f.trackDirty)
+		if err := os.WriteFile(str("snapshot_path"), []byte(state), 0o644); err != nil {
+			return 400, err.Error(), nil
+		}
+	case "loadSnapshot":
+		if f.configured || started || f.loaded {
+			return 400, "Loading a microVM snapshot not allowed after configuring boot-specific resources.", nil
+		}
+		_, hasFile := m["mem_file_path"]
+		_, hasBackend := m["mem_backend"]
+		if hasFile == hasBackend {
+			return 400, "Exactly one of mem_file_path and mem_backend must be given.", nil
+		}
+		st, err := os.ReadFile(str("snapshot_path"))
+		if err != nil {
+			return 400, "Cannot open snapshot file: " + err.Error(), nil
+		}
+		var saved struct {
+			MemSizeMiB int  `json:"mem_size_mib"`
+			Dirty      bool `json:"track_dirty_pages"`
+		}
+		if err := json.Unmarshal(st, &saved); err != nil {
+			return 400, "Cannot deserialize the microVM state: " + err.Error(), nil
+		}
+		f.memMiB = saved.MemSizeMiB
+		if hasBackend {
+			be := m["mem_backend"].(map[string]any)
+			if be["backend_type"] == "Uffd" {
+				if err := f.connectUFFD(be["backend_path"].(string)); err != nil {
+					return 400, "Failed to connect to the UFFD handler: " + err.Error(), nil
+				}
+			}
+		}
+		f.loaded = true
+		f.state = paused
+		if r, _ := m["resume_vm"].(bool); r {
+			f.state = running
+		}
+	}
+	return http.StatusNoContent, "", nil
+}
+
+// connectUFFD does what Firecracker does on a Uffd restore: maps guest
+// memory, registers it, sends the handshake; then it reads the first page
+// back through the page server and checks it against the memory file.
+func (f *fake) connectUFFD(socket string) error {
+	const size = 4 << 20
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return err
+	}
+	fd, err := uffd.Register(uffd.Addr(mem), size, uffd.FeatureEventRemove)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socket, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	f.uffdConn = conn
+	if err := uffd.SendHandshake(conn, []uffd.Region{{BaseHostVirtAddr: uffd.Addr(mem), Size: size, PageSize: 4096}}, fd); err != nil {
+		return err
+	}
+	if want := fmt.Sprintf("page at %#x of %d MiB", 1<<20, f.memMiB); !bytes.HasPrefix(mem[1<<20:], []byte(want)) {
+		return fmt.Errorf("guest memory at 1 MiB reads %q, want %q", mem[1<<20:1<<20+len(want)], want)
+	}
+	return nil
+}
+
+// runFake is the fake firecracker's main: it serves until SendCtrlAltDel
+// or a signal ends the process.
+func runFake(args []string) int {
+	fs := flag.NewFlagSet("firecracker", flag.ContinueOnError)
+	sock := fs.String("api-sock", "", "")
+	fs.String("id", "", "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	v, err := loadValidator(os.Getenv(specEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake firecracker:", err)
+		return 2
+	}
+	l, err := net.Listen("unix", *sock)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake firecracker:", err)
+		return 2
+	}
+	srv := &http.Server{}
+	f := &fake{v: v, journal: os.Getenv(journalEnv)}
+	f.stop = func() { l.Close(); os.Remove(*sock) }
+	srv.Handler = f
+	fmt.Println("fake firecracker serving on", *sock)
+	if err := srv.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
+		fmt.Fprintln(os.Stderr, "fake firecracker:", err)
+		return 1
+	}
+	return 0
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(fakeEnv) == "1" {
+		os.Exit(runFake(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}

@@ -1,0 +1,498 @@
+//go:build linux
+
+// Package firecracker runs ember's microVMs under Firecracker, directly or
+// through its jailer. A machine is configured through the API socket in the
+// order Firecracker documents (logger, metrics, machine-config, boot-source,
+// drives, network-interfaces, entropy, optional balloon and vsock, then
+// InstanceStart), paused and resumed with PATCH /vm, snapshotted with PUT
+// /snapshot/create, and restored in a fresh process with PUT /snapshot/load
+// whose memory is served by ember's userfaultfd page server
+// (internal/memory/uffd).
+//
+// The API contract is Firecracker v1.16.1's swagger document; the package's
+// tests check every request against it.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/memory/uffd"
+	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// BaseBootArgs is the kernel command line every machine gets before
+// Spec.BootArgs (which carries the ip= argument for the slot).
+const BaseBootArgs = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw init=/sbin/init"
+
+// startTimeout bounds how long Start waits for the API socket.
+const startTimeout = 10 * time.Second
+
+// maxSocketPath is the longest path a Unix socket address holds.
+const maxSocketPath = 107
+
+// Names of the files a machine keeps in its directory (or its jail).
+const (
+	apiSocketName  = "firecracker.sock"
+	logName        = "firecracker.log"
+	metricsName    = "firecracker.metrics"
+	uffdSocketName = "uffd.sock"
+	// In a snapshot directory.
+	stateFile  = "vmstate"
+	memoryFile = "memory"
+)
+
+// Interface and drive ids used in the API.
+const (
+	rootDriveID = "rootfs"
+	ifaceID     = "eth0"
+)
+
+// ErrDiskFormat is returned for a root disk Firecracker cannot use.
+var ErrDiskFormat = errors.New("firecracker takes raw disks only")
+
+// Config configures the driver.
+type Config struct {
+	// Binary is the firecracker executable; empty means firecracker from
+	// PATH.
+	Binary string
+	// Jailer, when set, runs every machine through the jailer.
+	Jailer *JailerConfig
+	// TrackDirtyPages turns on dirty page tracking so that snapshots after
+	// the first can be Diff snapshots.
+	TrackDirtyPages bool
+	// BalloonMiB, when positive, adds a balloon device inflated to that
+	// size (deflated on guest OOM).
+	BalloonMiB int
+	// VsockCID, when at least 3, adds a vsock device with that guest CID,
+	// its host socket in the machine's directory.
+	VsockCID uint32
+	// StopWait is how long Stop waits for the guest to shut down after
+	// SendCtrlAltDel before it kills the process; zero means 3 seconds.
+	StopWait time.Duration
+	// UFFDReadahead is the page server's readahead for restored machines
+	// (zero: its default).
+	UFFDReadahead int
+}
+
+// JailerConfig configures the jailer.
+type JailerConfig struct {
+	// Binary is the jailer executable; empty means jailer from PATH.
+	Binary string
+	// ChrootBase is the directory jails are made under
+	// (<ChrootBase>/firecracker/<id>/root).
+	ChrootBase string
+	// UID and GID run Firecracker inside the jail.
+	UID, GID int
+	// CPUMax and MemoryMax are cgroup v2 limits written as cpu.max and
+	// memory.max (for example "200000 100000" and "1073741824"); empty
+	// leaves a limit unset.
+	CPUMax, MemoryMax string
+}
+
+// Driver starts Firecracker microVMs. It implements vmm.Driver and
+// vmm.Restorer.
+type Driver struct {
+	log    *slog.Logger
+	cfg    Config
+	binary string
+	jailer string
+}
+
+var (
+	_ vmm.Driver   = (*Driver)(nil)
+	_ vmm.Restorer = (*Driver)(nil)
+)
+
+// Available reports whether the driver can run on this host: /dev/kvm
+// opens read-write and the firecracker binary (cfg.Binary, or firecracker
+// on PATH) exists. reason says why in one line either way.
+func Available(cfg Config) (ok bool, reason string) {
+	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Sprintf("firecracker unavailable: open /dev/kvm: %v", err)
+	}
+	unix.Close(fd)
+	bin, err := lookBinary(cfg.Binary, "firecracker")
+	if err != nil {
+		return false, "firecracker unavailable: " + err.Error()
+	}
+	return true, "firecracker " + bin + " with /dev/kvm"
+}
+
+func lookBinary(path, name string) (string, error) {
+	if path == "" {
+		path = name
+	}
+	p, err := exec.LookPath(path)
+	if err != nil {
+		return "", fmt.Errorf("find %s binary %q: %w", name, path, err)
+	}
+	return p, nil
+}
+
+// New returns a driver for cfg. It fails when a binary is missing; it does
+// not check /dev/kvm (Available does).
+func New(cfg Config, log *slog.Logger) (*Driver, error) {
+	bin, err := lookBinary(cfg.Binary, "firecracker")
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{log: log.With("vmm", "firecracker"), cfg: cfg, binary: bin}
+	if cfg.StopWait <= 0 {
+		d.cfg.StopWait = 3 * time.Second
+	}
+	if j := cfg.Jailer; j != nil {
+		if d.jailer, err = lookBinary(j.Binary, "jailer"); err != nil {
+			return nil, err
+		}
+		if j.ChrootBase == "" || !filepath.IsAbs(j.ChrootBase) {
+			return nil, fmt.Errorf("jailer chroot base %q: want an absolute path", j.ChrootBase)
+		}
+	}
+	return d, nil
+}
+
+// Name returns "firecracker".
+func (d *Driver) Name() string { return "firecracker" }
+
+// checkSpec rejects a spec Firecracker would refuse, with a clearer
+// message than Firecracker's.
+func checkSpec(spec vmm.Spec) error {
+	if spec.Dir == "" {
+		return errors.New("spec has no directory")
+	}
+	if n := len(filepath.Join(spec.Dir, apiSocketName)); n > maxSocketPath {
+		return fmt.Errorf("api socket path in %s is %d bytes, over the %d a unix socket takes", spec.Dir, n, maxSocketPath)
+	}
+	switch spec.DiskFormat {
+	case "", "raw":
+	default:
+		return fmt.Errorf("disk format %q: %w", spec.DiskFormat, ErrDiskFormat)
+	}
+	if spec.VCPUs > 1 && spec.VCPUs%2 != 0 {
+		return fmt.Errorf("%d vcpus: firecracker takes 1 or an even number", spec.VCPUs)
+	}
+	for _, p := range []struct{ what, path string }{
+		{"directory", spec.Dir}, {"kernel", spec.Kernel}, {"root disk", spec.RootDisk}, {"initrd", spec.Initrd},
+	} {
+		if p.path == "" && p.what == "initrd" {
+			continue
+		}
+		if _, err := os.Stat(p.path); err != nil {
+			return fmt.Errorf("%s: %w", p.what, err)
+		}
+	}
+	return nil
+}
+
+// Start launches Firecracker for spec and boots the guest. On error no
+// process and no jail is left.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (_ vmm.Machine, err error) {
+	begin := time.Now()
+	m, err := d.launch(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			m.kill()
+		}
+	}()
+	if err := d.configure(ctx, m, spec); err != nil {
+		return nil, fmt.Errorf("start %s: %w: %s", spec.ID, err, logTail(m.hostLog()))
+	}
+	m.log.Info("vmm started", "duration", time.Since(begin))
+	return m, nil
+}
+
+// configure sends the boot configuration in Firecracker's documented order
+// and starts the instance.
+func (d *Driver) configure(ctx context.Context, m *Machine, spec vmm.Spec) error {
+	kernel, err := m.jail.inside(spec.Kernel, false)
+	if err != nil {
+		return err
+	}
+	disk, err := m.jail.inside(spec.RootDisk, true)
+	if err != nil {
+		return err
+	}
+	boot := bootSource{KernelImagePath: kernel, BootArgs: strings.TrimSpace(BaseBootArgs + " " + spec.BootArgs)}
+	if spec.Initrd != "" {
+		if boot.InitrdPath, err = m.jail.inside(spec.Initrd, false); err != nil {
+			return err
+		}
+	}
+	vcpus := max(spec.VCPUs, 1)
+	mem := spec.MemoryMiB
+	if mem <= 0 {
+		mem = 256
+	}
+	steps := []struct {
+		method, path string
+		body         any
+	}{
+		{"PUT", "/machine-config", machineConfig{VCPUCount: vcpus, MemSizeMiB: mem, TrackDirtyPages: d.cfg.TrackDirtyPages}},
+		{"PUT", "/boot-source", boot},
+		{"PUT", "/drives/" + rootDriveID, drive{DriveID: rootDriveID, PathOnHost: disk, IsRootDevice: true}},
+	}
+	if spec.TAP != "" {
+		steps = append(steps, struct {
+			method, path string
+			body         any
+		}{"PUT", "/network-interfaces/" + ifaceID, networkInterface{IfaceID: ifaceID, HostDevName: spec.TAP, GuestMAC: spec.MAC}})
+	}
+	steps = append(steps, struct {
+		method, path string
+		body         any
+	}{"PUT", "/entropy", entropyDevice{}})
+	if d.cfg.BalloonMiB > 0 {
+		steps = append(steps, struct {
+			method, path string
+			body         any
+		}{"PUT", "/balloon", balloon{AmountMiB: d.cfg.BalloonMiB, DeflateOnOOM: true}})
+	}
+	if d.cfg.VsockCID >= 3 {
+		steps = append(steps, struct {
+			method, path string
+			body         any
+		}{"PUT", "/vsock", vsock{GuestCID: d.cfg.VsockCID, UDSPath: m.jail.own("vsock.sock")}})
+	}
+	if err := m.setupLogging(ctx); err != nil {
+		return err
+	}
+	for _, s := range steps {
+		if err := m.api.do(ctx, s.method, s.path, s.body, nil); err != nil {
+			return err
+		}
+	}
+	return m.api.do(ctx, "PUT", "/actions", action{ActionType: "InstanceStart"}, nil)
+}
+
+// Restore starts a fresh Firecracker for spec, loads the snapshot in
+// snapshotDir with its memory served by a userfaultfd page server, and
+// resumes it. The page server lives as long as the machine.
+func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string) (_ vmm.Machine, err error) {
+	begin := time.Now()
+	fail := func(err error) error { return fmt.Errorf("restore %s from %s: %w", spec.ID, snapshotDir, err) }
+	for _, name := range []string{stateFile, memoryFile} {
+		if _, err := os.Stat(filepath.Join(snapshotDir, name)); err != nil {
+			return nil, fail(err)
+		}
+	}
+	m, err := d.launch(ctx, spec)
+	if err != nil {
+		return nil, fail(err)
+	}
+	defer func() {
+		if err != nil {
+			m.kill()
+		}
+	}()
+	srv, err := uffd.New(uffd.Config{
+		Socket: m.jail.ownHost(uffdSocketName), MemFile: filepath.Join(snapshotDir, memoryFile), Readahead: d.cfg.UFFDReadahead,
+	}, m.log)
+	if err != nil {
+		return nil, fail(err)
+	}
+	if d.cfg.Jailer != nil {
+		os.Chown(srv.Socket(), d.cfg.Jailer.UID, d.cfg.Jailer.GID)
+	}
+	m.servePages(srv)
+	state, err := m.jail.inside(filepath.Join(snapshotDir, stateFile), false)
+	if err != nil {
+		return nil, fail(err)
+	}
+	if err := m.setupLogging(ctx); err != nil {
+		return nil, fail(err)
+	}
+	load := snapshotLoad{
+		SnapshotPath:    state,
+		MemBackend:      &memoryBackend{BackendType: "Uffd", BackendPath: m.jail.own(uffdSocketName)},
+		TrackDirtyPages: d.cfg.TrackDirtyPages,
+	}
+	if spec.TAP != "" {
+		load.NetworkOverrides = []networkOverride{{IfaceID: ifaceID, HostDevName: spec.TAP}}
+	}
+	if err := m.api.do(ctx, "PUT", "/snapshot/load", load, nil); err != nil {
+		return nil, fail(fmt.Errorf("%w: %s", err, logTail(m.hostLog())))
+	}
+	if err := m.Resume(ctx); err != nil {
+		return nil, fail(err)
+	}
+	m.log.Info("vmm restored", "snapshot", snapshotDir, "duration", time.Since(begin))
+	return m, nil
+}
+
+// launch starts the Firecracker process (through the jailer when
+// configured) inside spec.Netns and waits for its API socket.
+func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (_ *Machine, err error) {
+	if err := checkSpec(spec); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	j, err := d.newJail(spec)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			j.remove()
+		}
+	}()
+	if err := os.Remove(j.ownHost(apiSocketName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale api socket: %w", err)
+	}
+	console, err := os.OpenFile(vmm.ConsoleLog(spec.Dir), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open console log: %w", err)
+	}
+	// Firecracker holds its own descriptor; ours is not needed past the fork.
+	defer console.Close()
+
+	cmd := d.command(spec, j)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = console, console
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if spec.Netns == "" || j.jailed {
+		// The jailer joins the namespace itself (--netns).
+		err = cmd.Start()
+	} else {
+		err = network.Do(spec.Netns, cmd.Start)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("run %s: %w", cmd.Path, err)
+	}
+	m := newChildMachine(d, spec, j, cmd)
+	defer func() {
+		if err != nil {
+			m.kill()
+		}
+	}()
+	wctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	if err := m.waitReady(wctx); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// command builds the firecracker (or jailer) command line. The api socket
+// path on it is how Attach recognises the process.
+func (d *Driver) command(spec vmm.Spec, j *jail) *exec.Cmd {
+	if !j.jailed {
+		return exec.Command(d.binary, "--api-sock", j.ownHost(apiSocketName), "--id", jailID(spec))
+	}
+	c := d.cfg.Jailer
+	args := []string{
+		"--id", jailID(spec), "--exec-file", d.binary,
+		"--uid", fmt.Sprint(c.UID), "--gid", fmt.Sprint(c.GID),
+		"--chroot-base-dir", c.ChrootBase, "--cgroup-version", "2",
+	}
+	if spec.Netns != "" {
+		args = append(args, "--netns", spec.Netns)
+	}
+	if c.CPUMax != "" {
+		args = append(args, "--cgroup", "cpu.max="+c.CPUMax)
+	}
+	if c.MemoryMax != "" {
+		args = append(args, "--cgroup", "memory.max="+c.MemoryMax)
+	}
+	args = append(args, "--", "--api-sock", "/"+apiSocketName)
+	return exec.Command(d.jailer, args...)
+}
+
+// Attach re-adopts the Firecracker process pid started for spec. It
+// returns vmm.ErrNotRunning when pid is gone, is not that Firecracker (its
+// command line does not carry the machine's id), or does not answer on the
+// API socket. A machine restored through the page server cannot be
+// re-adopted by another process once its page server is gone: its
+// unserved memory is lost with it.
+func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Machine, err error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("attach %s: pid %d: %w", spec.ID, pid, vmm.ErrNotRunning)
+	}
+	pidfd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if errors.Is(err, unix.ESRCH) {
+		return nil, fmt.Errorf("attach %s: pid %d: %w", spec.ID, pid, vmm.ErrNotRunning)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: open pidfd of %d: %w", spec.ID, pid, err)
+	}
+	if err := isOurs(pid, jailID(spec)); err != nil {
+		unix.Close(pidfd)
+		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
+	}
+	j := d.existingJail(spec)
+	m := newAttachedMachine(d, spec, j, pid, pidfd)
+	var info instanceInfo
+	if err := m.api.do(ctx, "GET", "/", nil, &info); err != nil {
+		m.release()
+		return nil, fmt.Errorf("attach %s: pid %d: %w: %w", spec.ID, pid, vmm.ErrNotRunning, err)
+	}
+	m.log.Info("vmm attached", "state", info.State)
+	return m, nil
+}
+
+// jailID is the machine's id for Firecracker and the jailer: the jailer
+// takes letters, digits and hyphens, at most 64.
+func jailID(spec vmm.Spec) string {
+	id := []byte(spec.ID)
+	for i, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			id[i] = '-'
+		}
+	}
+	if len(id) > 64 {
+		id = id[:64]
+	}
+	if len(id) == 0 {
+		return "ember"
+	}
+	return string(id)
+}
+
+// isOurs checks that pid's command line carries "--id id".
+func isOurs(pid int, id string) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return fmt.Errorf("read command line of %d: %w", pid, vmm.ErrNotRunning)
+	}
+	args := strings.Split(string(b), "\x00")
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--id" && args[i+1] == id {
+			return nil
+		}
+	}
+	return fmt.Errorf("pid %d is not the firecracker of %s: %w", pid, id, vmm.ErrNotRunning)
+}
+
+// logTail returns the end of Firecracker's log, for errors.
+func logTail(path string) string {
+	const max = 2048
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "no firecracker log: " + err.Error()
+	}
+	if len(b) > max {
+		b = b[len(b)-max:]
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "empty firecracker log"
+	}
+	return "firecracker log: " + strings.ReplaceAll(s, "\n", "; ")
+}

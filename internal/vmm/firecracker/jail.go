@@ -1,0 +1,130 @@
+//go:build linux
+
+package firecracker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/emberhq/ember/internal/vmm"
+)
+
+// jail maps the host paths a machine uses to the paths Firecracker sees.
+// Without the jailer both are the same and the machine's files live in
+// spec.Dir; with it Firecracker runs chrooted in root, the files it needs
+// are linked in, and the whole jail is removed on Stop.
+type jail struct {
+	jailed bool
+	// dir is the machine's directory (spec.Dir); root is the chroot on the
+	// host (spec.Dir when not jailed).
+	dir, root string
+	// base is the jailer's per-machine directory, <base>/firecracker/<id>.
+	base     string
+	uid, gid int
+}
+
+func (d *Driver) newJail(spec vmm.Spec) (*jail, error) {
+	j := d.existingJail(spec)
+	if !j.jailed {
+		return j, nil
+	}
+	// A jail left by a crashed run would make the jailer refuse to start.
+	if err := os.RemoveAll(j.base); err != nil {
+		return nil, fmt.Errorf("remove stale jail %s: %w", j.base, err)
+	}
+	if err := os.MkdirAll(j.root, 0o755); err != nil {
+		return nil, fmt.Errorf("create jail %s: %w", j.root, err)
+	}
+	return j, nil
+}
+
+// existingJail describes spec's jail without touching the file system.
+func (d *Driver) existingJail(spec vmm.Spec) *jail {
+	c := d.cfg.Jailer
+	if c == nil {
+		return &jail{dir: spec.Dir, root: spec.Dir}
+	}
+	base := filepath.Join(c.ChrootBase, "firecracker", jailID(spec))
+	return &jail{jailed: true, dir: spec.Dir, base: base, root: filepath.Join(base, "root"), uid: c.UID, gid: c.GID}
+}
+
+// ownHost is the host path of a file the machine creates (a socket, a
+// log); own is the same file as Firecracker names it.
+func (j *jail) ownHost(name string) string { return filepath.Join(j.root, name) }
+
+func (j *jail) own(name string) string {
+	if j.jailed {
+		return "/" + name
+	}
+	return filepath.Join(j.root, name)
+}
+
+// inside makes the host file at path visible to Firecracker and returns
+// the path Firecracker is to use. In a jail the file is hard-linked in
+// (owned by the jail's user when writable); a read-only file on another
+// file system is copied instead. A writable file (the root disk) is never
+// copied: the guest's writes must land on the caller's file.
+func (j *jail) inside(path string, writable bool) (string, error) {
+	if !j.jailed {
+		return path, nil
+	}
+	name := filepath.Base(path)
+	dst := filepath.Join(j.root, name)
+	if err := os.Link(path, dst); err != nil {
+		if writable || !errors.Is(err, syscall.EXDEV) {
+			return "", fmt.Errorf("link %s into jail %s: %w", path, j.root, err)
+		}
+		if err := copyFile(path, dst); err != nil {
+			return "", fmt.Errorf("copy %s into jail %s: %w", path, j.root, err)
+		}
+	}
+	if writable {
+		if err := os.Chown(dst, j.uid, j.gid); err != nil {
+			return "", fmt.Errorf("give %s to the jail's user: %w", dst, err)
+		}
+	}
+	return "/" + name, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// export moves a file Firecracker wrote in the jail (a snapshot file) to
+// dst on the host; outside a jail Firecracker wrote it there already.
+func (j *jail) export(name, dst string) error {
+	if !j.jailed {
+		return nil
+	}
+	return os.Rename(filepath.Join(j.root, name), dst)
+}
+
+// remove deletes the jail; without the jailer there is nothing to delete
+// (the machine's directory belongs to the caller). Removing a jail that is
+// gone is success.
+func (j *jail) remove() error {
+	if !j.jailed {
+		return nil
+	}
+	if err := os.RemoveAll(j.base); err != nil {
+		return fmt.Errorf("remove jail %s: %w", j.base, err)
+	}
+	return nil
+}
