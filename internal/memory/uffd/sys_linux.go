@@ -22,6 +22,7 @@ const (
 	ioctlCopy      = 0xc028aa03 // _IOWR(0xAA, 0x03, struct uffdio_copy)
 	ioctlZeropage  = 0xc020aa04 // _IOWR(0xAA, 0x04, struct uffdio_zeropage)
 	registerMissng = 1          // UFFDIO_REGISTER_MODE_MISSING
+	userModeOnly   = 1          // UFFD_USER_MODE_ONLY, a userfaultfd(2) flag
 
 	eventPagefault = 0x12
 	eventFork      = 0x13
@@ -142,11 +143,18 @@ func le64(b []byte) uint64 {
 
 // Register is the faulting side of the protocol, what Firecracker does
 // before it hands the descriptor over: it opens a userfaultfd with the
-// given features, negotiates the API, and registers [addr, addr+n) for
+// given features (for user-mode faults only when the caller lacks the
+// privilege for more), negotiates the API, and registers [addr, addr+n) for
 // missing-page faults. It is exported for tests and benchmarks that play
 // the VMM.
 func Register(addr, n uint64, features uint64) (fd int, err error) {
-	r, _, e := unix.Syscall(unix.SYS_USERFAULTFD, uintptr(unix.O_CLOEXEC|unix.O_NONBLOCK), 0, 0)
+	flags := uintptr(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	r, _, e := unix.Syscall(unix.SYS_USERFAULTFD, flags, 0, 0)
+	if e == unix.EPERM {
+		// Without CAP_SYS_PTRACE (and vm.unprivileged_userfaultfd=0) only
+		// faults from user mode can be handled, as in a jailed VMM.
+		r, _, e = unix.Syscall(unix.SYS_USERFAULTFD, flags|userModeOnly, 0, 0)
+	}
 	if e != 0 {
 		return -1, fmt.Errorf("userfaultfd: %w", e)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/vmmtest"
 )
@@ -343,4 +344,95 @@ func TestAvailable(t *testing.T) {
 		t.Error("no reason given")
 	}
 	t.Log(reason)
+}
+
+// TestJailer runs boot, snapshot, stop and restore through a fake jailer
+// that chroots into the jail and drops to an unprivileged user before it
+// serves the API, as the real jailer does before it execs Firecracker.
+func TestJailer(t *testing.T) {
+	testutil.RequireRoot(t)
+	requireSpec(t)
+	t.Setenv(fakeEnv, "jailer")
+	t.Setenv(specEnv, specPath())
+	base, err := os.MkdirTemp("", "fc-jails-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	const nobody = 65534
+	d, err := New(Config{
+		Binary: os.Args[0], StopWait: time.Second,
+		Jailer: &JailerConfig{Binary: os.Args[0], ChrootBase: base, UID: nobody, GID: nobody, CPUMax: "100000 100000", MemoryMax: "536870912"},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	spec := testSpec(t, "ember-tap-1")
+	jailDir := filepath.Join(base, "firecracker", jailID(spec))
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(ctx) })
+	for _, name := range []string{"vmlinux", "disk.raw", apiSocketName} {
+		if _, err := os.Stat(filepath.Join(jailDir, "root", name)); err != nil {
+			t.Errorf("jail lacks %s: %v", name, err)
+		}
+	}
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap := t.TempDir()
+	if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{stateFile, memoryFile} {
+		if _, err := os.Stat(filepath.Join(snap, name)); err != nil {
+			t.Errorf("snapshot lacks %s: %v", name, err)
+		}
+	}
+	again, err := d.Attach(ctx, spec, m.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, again, vmm.StatePaused)
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, m)
+	if _, err := os.Stat(jailDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("jail left after stop: %v", err)
+	}
+	if _, err := os.Stat(spec.RootDisk); err != nil {
+		t.Errorf("root disk gone with the jail: %v", err)
+	}
+
+	r, err := d.Restore(ctx, spec, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop(ctx) })
+	expectState(t, r, vmm.StateRunning)
+	if err := r.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, r)
+	if _, err := os.Stat(jailDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("jail left after stop of the restored machine: %v", err)
+	}
+}
+
+func TestJailerCommand(t *testing.T) {
+	d := &Driver{binary: "/usr/bin/firecracker", jailer: "/usr/bin/jailer", cfg: Config{Jailer: &JailerConfig{
+		ChrootBase: "/srv/jail", UID: 123, GID: 456, CPUMax: "50000 100000", MemoryMax: "1073741824",
+	}}}
+	spec := vmm.Spec{ID: "sb_1/x", Dir: "/run/ember/sb", Netns: "/run/netns/ember-ns-3"}
+	cmd := d.command(spec, d.existingJail(spec))
+	want := "/usr/bin/jailer --id sb-1-x --exec-file /usr/bin/firecracker --uid 123 --gid 456 --chroot-base-dir /srv/jail " +
+		"--cgroup-version 2 --netns /run/netns/ember-ns-3 --cgroup cpu.max=50000 100000 --cgroup memory.max=1073741824 " +
+		"-- --api-sock /firecracker.sock"
+	if got := strings.Join(cmd.Args, " "); got != want {
+		t.Errorf("jailer command:\n %s\nwant\n %s", got, want)
+	}
 }

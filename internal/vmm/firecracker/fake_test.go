@@ -342,15 +342,20 @@ func (f *fake) connectUFFD(socket string) error {
 // runFake is the fake firecracker's main: it serves until SendCtrlAltDel
 // or a signal ends the process.
 func runFake(args []string) int {
+	v, err := loadValidator(os.Getenv(specEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake firecracker:", err)
+		return 2
+	}
+	return serveFake(v, args, os.Getenv(journalEnv))
+}
+
+// serveFake serves the fake API on the socket named by --api-sock.
+func serveFake(v *validator, args []string, journal string) int {
 	fs := flag.NewFlagSet("firecracker", flag.ContinueOnError)
 	sock := fs.String("api-sock", "", "")
 	fs.String("id", "", "")
 	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	v, err := loadValidator(os.Getenv(specEnv))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fake firecracker:", err)
 		return 2
 	}
 	l, err := net.Listen("unix", *sock)
@@ -359,7 +364,7 @@ func runFake(args []string) int {
 		return 2
 	}
 	srv := &http.Server{}
-	f := &fake{v: v, journal: os.Getenv(journalEnv)}
+	f := &fake{v: v, journal: journal}
 	f.stop = func() { l.Close(); os.Remove(*sock) }
 	srv.Handler = f
 	fmt.Println("fake firecracker serving on", *sock)
@@ -370,9 +375,70 @@ func runFake(args []string) int {
 	return 0
 }
 
+// runFakeJailer plays the jailer: it checks its arguments, chroots into
+// <chroot-base>/firecracker/<id>/root, drops to the given uid and gid, and
+// serves the fake API there on the socket Firecracker would open. (The
+// real jailer execs firecracker at this point; the test binary cannot be
+// exec'd inside an empty chroot, so it serves in place.)
+func runFakeJailer(args []string) int {
+	fs := flag.NewFlagSet("jailer", flag.ContinueOnError)
+	id := fs.String("id", "", "")
+	fs.String("exec-file", "", "")
+	uid := fs.Int("uid", -1, "")
+	gid := fs.Int("gid", -1, "")
+	base := fs.String("chroot-base-dir", "", "")
+	cgv := fs.String("cgroup-version", "", "")
+	fs.String("netns", "", "")
+	var cgroups []string
+	fs.Func("cgroup", "", func(s string) error {
+		if !strings.Contains(s, "=") {
+			return fmt.Errorf("cgroup %q: want file=value", s)
+		}
+		cgroups = append(cgroups, s)
+		return nil
+	})
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *id == "" || *uid < 0 || *gid < 0 || *base == "" || *cgv != "2" {
+		fmt.Fprintln(os.Stderr, "fake jailer: missing or bad arguments:", args)
+		return 2
+	}
+	fmt.Println("fake jailer cgroups:", cgroups)
+	v, err := loadValidator(os.Getenv(specEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer:", err)
+		return 2
+	}
+	root := filepath.Join(*base, "firecracker", *id, "root")
+	fcArgs := fs.Args()
+	if err := unix.Chroot(root); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer: chroot:", err)
+		return 2
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return 2
+	}
+	// Threads share credentials in Go (setgroups/setgid/setuid are
+	// process-wide since Go 1.16).
+	if err := unix.Setgroups(nil); err != nil {
+		return 2
+	}
+	if err := unix.Setgid(*gid); err != nil {
+		return 2
+	}
+	if err := unix.Setuid(*uid); err != nil {
+		return 2
+	}
+	return serveFake(v, fcArgs, "")
+}
+
 func TestMain(m *testing.M) {
-	if os.Getenv(fakeEnv) == "1" {
+	switch os.Getenv(fakeEnv) {
+	case "1":
 		os.Exit(runFake(os.Args[1:]))
+	case "jailer":
+		os.Exit(runFakeJailer(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }

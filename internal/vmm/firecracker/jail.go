@@ -39,6 +39,12 @@ func (d *Driver) newJail(spec vmm.Spec) (*jail, error) {
 	if err := os.MkdirAll(j.root, 0o755); err != nil {
 		return nil, fmt.Errorf("create jail %s: %w", j.root, err)
 	}
+	// Firecracker, running as the jail's user, creates its sockets and
+	// snapshot files in the jail's root.
+	if err := os.Chown(j.root, j.uid, j.gid); err != nil {
+		j.remove()
+		return nil, fmt.Errorf("give jail %s to %d:%d: %w", j.root, j.uid, j.gid, err)
+	}
 	return j, nil
 }
 
@@ -113,7 +119,15 @@ func (j *jail) export(name, dst string) error {
 	if !j.jailed {
 		return nil
 	}
-	return os.Rename(filepath.Join(j.root, name), dst)
+	src := filepath.Join(j.root, name)
+	err := os.Rename(src, dst)
+	if !errors.Is(err, syscall.EXDEV) {
+		return err
+	}
+	if err := copyFile(src, dst); err != nil {
+		return fmt.Errorf("copy %s out of the jail: %w", name, err)
+	}
+	return os.Remove(src)
 }
 
 // remove deletes the jail; without the jailer there is nothing to delete
