@@ -195,4 +195,9 @@ type snapshotLoad struct {
 	TrackDirtyPages  bool              `json:"track_dirty_pages"`
 	ResumeVM         bool              `json:"resume_vm"`
 	NetworkOverrides []networkOverride `json:"network_overrides,omitempty"`
+	VsockOverride    *vsockOverride    `json:"vsock_override,omitempty"`
+}
+
+type vsockOverride struct {
+	UDSPath string `json:"uds_path"`
 }

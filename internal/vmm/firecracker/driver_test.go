@@ -250,6 +250,9 @@ func TestLifecycle(t *testing.T) {
 				if load.MemBackend == nil || load.MemBackend.BackendType != "Uffd" {
 					t.Errorf("snapshot load %s: want a Uffd memory backend", e.Body)
 				}
+				if (tc.cfg.VsockCID >= 3) != (load.VsockOverride != nil) {
+					t.Errorf("snapshot load %s: vsock override iff the machine has vsock", e.Body)
+				}
 				if len(load.NetworkOverrides) != 1 || load.NetworkOverrides[0].HostDevName != "ember-tap-2" {
 					t.Errorf("snapshot load %s: want the new TAP as a network override", e.Body)
 				}

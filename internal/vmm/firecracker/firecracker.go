@@ -48,6 +48,7 @@ const (
 	logName        = "firecracker.log"
 	metricsName    = "firecracker.metrics"
 	uffdSocketName = "uffd.sock"
+	vsockName      = "vsock.sock"
 	// In a snapshot directory.
 	stateFile  = "vmstate"
 	memoryFile = "memory"
@@ -239,35 +240,24 @@ func (d *Driver) configure(ctx context.Context, m *Machine, spec vmm.Spec) error
 	if mem <= 0 {
 		mem = 256
 	}
-	steps := []struct {
+	type step struct {
 		method, path string
 		body         any
-	}{
+	}
+	steps := []step{
 		{"PUT", "/machine-config", machineConfig{VCPUCount: vcpus, MemSizeMiB: mem, TrackDirtyPages: d.cfg.TrackDirtyPages}},
 		{"PUT", "/boot-source", boot},
 		{"PUT", "/drives/" + rootDriveID, drive{DriveID: rootDriveID, PathOnHost: disk, IsRootDevice: true}},
 	}
 	if spec.TAP != "" {
-		steps = append(steps, struct {
-			method, path string
-			body         any
-		}{"PUT", "/network-interfaces/" + ifaceID, networkInterface{IfaceID: ifaceID, HostDevName: spec.TAP, GuestMAC: spec.MAC}})
+		steps = append(steps, step{"PUT", "/network-interfaces/" + ifaceID, networkInterface{IfaceID: ifaceID, HostDevName: spec.TAP, GuestMAC: spec.MAC}})
 	}
-	steps = append(steps, struct {
-		method, path string
-		body         any
-	}{"PUT", "/entropy", entropyDevice{}})
+	steps = append(steps, step{"PUT", "/entropy", entropyDevice{}})
 	if d.cfg.BalloonMiB > 0 {
-		steps = append(steps, struct {
-			method, path string
-			body         any
-		}{"PUT", "/balloon", balloon{AmountMiB: d.cfg.BalloonMiB, DeflateOnOOM: true}})
+		steps = append(steps, step{"PUT", "/balloon", balloon{AmountMiB: d.cfg.BalloonMiB, DeflateOnOOM: true}})
 	}
 	if d.cfg.VsockCID >= 3 {
-		steps = append(steps, struct {
-			method, path string
-			body         any
-		}{"PUT", "/vsock", vsock{GuestCID: d.cfg.VsockCID, UDSPath: m.jail.own("vsock.sock")}})
+		steps = append(steps, step{"PUT", "/vsock", vsock{GuestCID: d.cfg.VsockCID, UDSPath: m.jail.own(vsockName)}})
 	}
 	if err := m.setupLogging(ctx); err != nil {
 		return err
@@ -282,7 +272,9 @@ func (d *Driver) configure(ctx context.Context, m *Machine, spec vmm.Spec) error
 
 // Restore starts a fresh Firecracker for spec, loads the snapshot in
 // snapshotDir with its memory served by a userfaultfd page server, and
-// resumes it. The page server lives as long as the machine.
+// resumes it. The page server lives as long as the machine. The memory
+// file must be complete: a Diff snapshot's memory is to be laid over its
+// base by the caller first.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string) (_ vmm.Machine, err error) {
 	begin := time.Now()
 	fail := func(err error) error { return fmt.Errorf("restore %s from %s: %w", spec.ID, snapshotDir, err) }
@@ -324,6 +316,10 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string)
 	}
 	if spec.TAP != "" {
 		load.NetworkOverrides = []networkOverride{{IfaceID: ifaceID, HostDevName: spec.TAP}}
+	}
+	if d.cfg.VsockCID >= 3 {
+		// The snapshot names the old machine's socket.
+		load.VsockOverride = &vsockOverride{UDSPath: m.jail.own(vsockName)}
 	}
 	if err := m.api.do(ctx, "PUT", "/snapshot/load", load, nil); err != nil {
 		return nil, fail(fmt.Errorf("%w: %s", err, logTail(m.hostLog())))
