@@ -61,14 +61,15 @@ var _ vmm.Machine = (*Machine)(nil)
 var _ vmm.Stater = (*Machine)(nil)
 var _ vmm.Snapshotter = (*Machine)(nil)
 
-// newChildMachine wraps a QEMU process this process started; a goroutine
-// reaps it and closes done.
-func newChildMachine(log *slog.Logger, spec vmm.Spec, cmd *exec.Cmd) *Machine {
-	m := newMachine(log, spec, cmd.Process.Pid)
+// newChildMachine wraps a QEMU process d started; a goroutine reaps it,
+// deletes its guest RAM and closes done.
+func newChildMachine(d *Driver, spec vmm.Spec, cmd *exec.Cmd) *Machine {
+	m := newMachine(d, spec, cmd.Process.Pid)
 	m.signal = func(sig syscall.Signal) error { return cmd.Process.Signal(sig) }
 	go func() {
 		err := cmd.Wait()
 		m.log.Debug("qemu exited", "pid", m.pid, "status", exitStatus(cmd, err))
+		m.removeMemory()
 		close(m.done)
 	}()
 	return m
@@ -76,10 +77,11 @@ func newChildMachine(log *slog.Logger, spec vmm.Spec, cmd *exec.Cmd) *Machine {
 
 // newAttachedMachine wraps a QEMU process that is not necessarily our child
 // (a daemon restart reparents it), given an open pidfd of it, which it takes
-// over. Its exit is observed through the pidfd; release stops that.
-func newAttachedMachine(log *slog.Logger, spec vmm.Spec, pid, pidfd int) (m *Machine, release func()) {
+// over. Its exit is observed through the pidfd (then its guest RAM is
+// deleted); release stops that.
+func newAttachedMachine(d *Driver, spec vmm.Spec, pid, pidfd int) (m *Machine, release func()) {
 	f := os.NewFile(uintptr(pidfd), fmt.Sprintf("pidfd:%d", pid))
-	m = newMachine(log, spec, pid)
+	m = newMachine(d, spec, pid)
 	m.signal = func(sig syscall.Signal) error {
 		rc, err := f.SyscallConn()
 		if err != nil {
@@ -101,6 +103,7 @@ func newAttachedMachine(log *slog.Logger, spec vmm.Spec, pid, pidfd int) (m *Mac
 		waitPidfd(f, &released)
 		if !released.Load() {
 			f.Close()
+			m.removeMemory()
 			close(m.done)
 		}
 	}()
@@ -110,9 +113,11 @@ func newAttachedMachine(log *slog.Logger, spec vmm.Spec, pid, pidfd int) (m *Mac
 	}
 }
 
-func newMachine(log *slog.Logger, spec vmm.Spec, pid int) *Machine {
+func newMachine(d *Driver, spec vmm.Spec, pid int) *Machine {
 	return &Machine{
-		log:      log.With("sandbox", spec.ID, "pid", pid),
+		log:      d.log.With("sandbox", spec.ID, "pid", pid),
+		driver:   d,
+		memPath:  d.memPath(spec),
 		spec:     spec,
 		pid:      pid,
 		done:     make(chan struct{}),
@@ -324,14 +329,23 @@ func (m *Machine) waitExit(d time.Duration) bool {
 	}
 }
 
+// removeMemory deletes the guest RAM file of an exited QEMU: without the
+// process's device state it is of no use, and it holds host memory. It
+// runs before done closes, so a new machine for the same directory, which
+// can start only after that, never loses its file to it.
+func (m *Machine) removeMemory() {
+	if m.memPath == "" {
+		return
+	}
+	if err := os.Remove(m.memPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.log.Warn("remove guest memory", "path", m.memPath, "err", err)
+	}
+}
+
 // removeFiles deletes the control socket and pid file of an exited QEMU,
-// so nothing mistakes them for a live machine's, and its guest RAM. Logs
-// stay.
+// so nothing mistakes them for a live machine's. Logs stay.
 func (m *Machine) removeFiles() {
-	for _, p := range []string{qmpPath(m.spec.Dir), pidPath(m.spec.Dir), m.memPath} {
-		if p == "" {
-			continue
-		}
+	for _, p := range []string{qmpPath(m.spec.Dir), pidPath(m.spec.Dir)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			m.log.Warn("remove vmm file", "path", p, "err", err)
 		}

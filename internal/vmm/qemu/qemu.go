@@ -229,8 +229,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 	if err := startIn(spec.Netns, cmd); err != nil {
 		return nil, fmt.Errorf("run %s: %w", d.binary, err)
 	}
-	m := newChildMachine(d.log, spec, cmd)
-	m.driver, m.memPath = d, mem
+	m := newChildMachine(d, spec, cmd)
 	defer func() {
 		if err != nil {
 			m.kill()
@@ -340,8 +339,7 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
-	m, release := newAttachedMachine(d.log, spec, pid, pidfd)
-	m.driver, m.memPath = d, d.memPath(spec)
+	m, release := newAttachedMachine(d, spec, pid, pidfd)
 	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
 		release()
 		return nil, fmt.Errorf("attach %s: pid %d: %w: %w", spec.ID, pid, vmm.ErrNotRunning, err)

@@ -3,11 +3,15 @@
 package qemu
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -62,6 +66,33 @@ func TestReclaimMemory(t *testing.T) {
 	for _, p := range []string{live, other} {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
+
+// TestMemoryFileGoesWithQEMU kills QEMU behind the driver's back and
+// checks that its guest RAM file is gone by the time Done closes, for the
+// handle that started it and for one attached to it.
+func TestMemoryFileGoesWithQEMU(t *testing.T) {
+	d, spec, m := startCounterGuest(t)
+	if _, err := os.Stat(m.memPath); err != nil {
+		t.Fatalf("guest memory file of a running machine: %v", err)
+	}
+	attached, err := d.Attach(t.Context(), spec, m.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Kill(m.PID(), unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []vmm.Machine{m, attached} {
+		select {
+		case <-h.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("Done not closed after SIGKILL")
+		}
+		if _, err := os.Stat(m.memPath); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("guest memory file after the process died: %v", err)
 		}
 	}
 }
