@@ -181,6 +181,12 @@ func serve(ctx context.Context, f serveFlags) error {
 	} else if n > 0 {
 		log.Info("reclaimed orphaned vmm processes", "count", n)
 	}
+	// A VMM killed while no daemon watched leaves its guest RAM file.
+	if files, err := driver.ReclaimMemory(); err != nil {
+		log.Error("reclaim guest memory files", "err", err)
+	} else if len(files) > 0 {
+		log.Info("reclaimed orphaned guest memory files", "count", len(files))
+	}
 	if n, err := reclaimSlots(ctx, pool, netCfg, slots, log); err != nil {
 		log.Error("reclaim network slots", "err", err)
 	} else if n > 0 {
