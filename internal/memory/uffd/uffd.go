@@ -281,19 +281,36 @@ func (s *Server) loop(fd int, rs []*region) error {
 		if err != nil {
 			return fmt.Errorf("read userfaultfd: %w", err)
 		}
+		// The last fault of a batch is served here rather than handed to a
+		// worker: a lone fault (a vCPU blocks on one at a time) then costs
+		// no goroutine hand-off.
+		var inline uint64
 		for off := 0; off+msgSize <= n; off += msgSize {
 			m := decode(buf[off : off+msgSize])
 			switch m.event {
 			case eventPagefault:
 				s.faults.Add(1)
-				faults <- m.addr
+				if inline != 0 {
+					faults <- inline
+				}
+				inline = m.addr
 			case eventRemove:
+				// Faults read before the removal are served first.
+				if inline != 0 {
+					faults <- inline
+					inline = 0
+				}
 				s.removes.Add(1)
 				for _, r := range rs {
 					r.remove(m.addr, m.end)
 				}
 			default:
 				s.log.Warn("page server ignores userfaultfd event", "event", m.event)
+			}
+		}
+		if inline != 0 {
+			if err := s.serveFault(fd, rs, inline); err != nil {
+				return err
 			}
 		}
 	}

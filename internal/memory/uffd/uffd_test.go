@@ -250,7 +250,7 @@ func TestServe(t *testing.T) {
 						rand.New(rand.NewPCG(1, 2)).Shuffle(len(idx), func(i, j int) { idx[i], idx[j] = idx[j], idx[i] })
 					}
 					v.touch(t, want, tc.step, idx, 4)
-					st := s.Stats()
+					st := settled(s, size)
 					t.Logf("%+v", st)
 					if st.CopiedBytes+st.ZeroedBytes != size {
 						t.Errorf("served %d bytes (%d copied, %d zeroed), want the whole %d once", st.CopiedBytes+st.ZeroedBytes, st.CopiedBytes, st.ZeroedBytes, size)
@@ -276,6 +276,20 @@ func TestServe(t *testing.T) {
 	}
 }
 
+// settled returns the server's stats once they account for want bytes (or
+// after a second): a woken faulting thread may run before the worker that
+// woke it has counted the fill.
+func settled(s *Server, want uint64) Stats {
+	deadline := time.Now().Add(time.Second)
+	for {
+		st := s.Stats()
+		if st.CopiedBytes+st.ZeroedBytes >= want || time.Now().After(deadline) {
+			return st
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestRemove(t *testing.T) {
 	testutil.RequireRoot(t)
 	const size = 8 * mib
@@ -296,10 +310,14 @@ func TestRemove(t *testing.T) {
 	if err := unix.Madvise(v.mem[lo:hi], unix.MADV_DONTNEED); err != nil {
 		t.Fatal(err)
 	}
+	// madvise returns once the event is read; the count follows.
+	for deadline := time.Now().Add(time.Second); s.Stats().Removes == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if got := s.Stats().Removes; got != 1 {
 		t.Fatalf("removes %d, want 1", got)
 	}
-	before := s.Stats()
+	before := settled(s, size)
 	fd, err := unix.MemfdCreate("touch", unix.MFD_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +330,7 @@ func TestRemove(t *testing.T) {
 	if !bytes.Equal(got, make([]byte, hi-lo)) {
 		t.Error("discarded range does not read back as zeros")
 	}
-	after := s.Stats()
+	after := settled(s, size+uint64(hi-lo))
 	if after.CopiedBytes != before.CopiedBytes {
 		t.Errorf("discarded pages were copied from the file again (%d bytes)", after.CopiedBytes-before.CopiedBytes)
 	}
@@ -458,7 +476,7 @@ func TestVMMExits(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("serve did not return after the vmm exited")
 	}
-	if st := s.Stats(); st.CopiedBytes+st.ZeroedBytes != size {
+	if st := settled(s, size); st.CopiedBytes+st.ZeroedBytes != size {
 		t.Errorf("served %d bytes, want %d", st.CopiedBytes+st.ZeroedBytes, size)
 	}
 }
