@@ -121,13 +121,20 @@ func TestSnapshotCreateFromAndDelete(t *testing.T) {
 	}
 }
 
-func TestSnapshotBadInput(t *testing.T) {
+// withSnapshot sets up a manager with one sandbox and a snapshot of it.
+func withSnapshot(t *testing.T, name string) (*world, *store.Store, string, *Manager, store.Sandbox) {
+	t.Helper()
 	w, st, dir, m := setup(t)
-	ctx := context.Background()
 	src := mustCreate(t, m, CreateRequest{})
-	if _, err := m.CreateSnapshot(ctx, src.ID, "s"); err != nil {
+	if _, err := m.CreateSnapshot(context.Background(), src.ID, name); err != nil {
 		t.Fatal(err)
 	}
+	return w, st, dir, m, src
+}
+
+func TestSnapshotBadInput(t *testing.T) {
+	w, st, dir, m, src := withSnapshot(t, "s")
+	ctx := context.Background()
 	cases := []struct {
 		name string
 		do   func() error
@@ -208,12 +215,8 @@ func TestSnapshotFailureLeavesNothing(t *testing.T) {
 }
 
 func TestCreateFromSnapshotFailureUnwinds(t *testing.T) {
-	w, st, dir, m := setup(t)
+	w, st, dir, m, src := withSnapshot(t, "s")
 	ctx := context.Background()
-	src := mustCreate(t, m, CreateRequest{})
-	if _, err := m.CreateSnapshot(ctx, src.ID, "s"); err != nil {
-		t.Fatal(err)
-	}
 	if err := m.Destroy(ctx, src.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -314,12 +317,8 @@ func (c countingRestorer) Restore(ctx context.Context, spec vmm.Spec, dir string
 }
 
 func TestConcurrentDeleteAndCreateFromSnapshot(t *testing.T) {
-	w, st, dir, m := setup(t)
+	w, st, dir, m, src := withSnapshot(t, "s")
 	ctx := context.Background()
-	src := mustCreate(t, m, CreateRequest{})
-	if _, err := m.CreateSnapshot(ctx, src.ID, "s"); err != nil {
-		t.Fatal(err)
-	}
 	if err := m.Destroy(ctx, src.ID); err != nil {
 		t.Fatal(err)
 	}
