@@ -595,7 +595,7 @@ func ReclaimBridge(ctx context.Context, cfg Config, keep map[int]bool, log *slog
 			DataType: nftables.TypeVerdict, IsMap: true}}
 	err = p.onHost(func() error {
 		found := map[int]bool{}
-		ls, err := netlink.LinkList()
+		ls, err := whole(netlink.LinkList)
 		if err != nil {
 			return fmt.Errorf("list links: %w", err)
 		}

@@ -73,7 +73,7 @@ func reclaim(ctx context.Context, mine func(int) bool, log *slog.Logger) (remove
 			namespaces++
 		}
 	}
-	ls, err := netlink.LinkList()
+	ls, err := whole(netlink.LinkList)
 	if err != nil {
 		return 0, fmt.Errorf("list links: %w", err)
 	}
@@ -111,4 +111,20 @@ func reclaim(ctx context.Context, mine func(int) bool, log *slog.Logger) (remove
 	log.Info("reclaimed network slots", "removed", removed,
 		"namespaces", namespaces, "links", links, "set_elements", elements)
 	return removed, errors.Join(errs...)
+}
+
+// dumpRetries bounds how often a netlink dump is repeated when the kernel
+// reports it was interrupted by a concurrent change.
+const dumpRetries = 10
+
+// whole runs a netlink dump until it is consistent. A dump that races a
+// change (the pool building or tearing down slots beside a reclaim) comes
+// back flagged as possibly incomplete; it is taken again.
+func whole[T any](dump func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		v, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == dumpRetries {
+			return v, err
+		}
+	}
 }
