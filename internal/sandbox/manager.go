@@ -204,8 +204,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 		if err := fromSnapshot(&req, snap); err != nil {
 			return store.Sandbox{}, err
 		}
-		// No kernel: a restore runs the one its saved state names.
-		src = source{template: snap.Template, rootfs: snapRootfs(snap.Dir),
+		src = source{template: snap.Template, kernel: m.kernelOf(snap.Template), rootfs: snapRootfs(snap.Dir),
 			state: snapState(snap.Dir), snapshot: snap.Name, token: snap.Token}
 	}
 	if err := m.validate(&req); err != nil {

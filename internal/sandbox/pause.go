@@ -202,8 +202,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	}
 	r.SlotIndex = slot.Index
 
-	// No kernel: a restore runs the one its saved state names.
-	machine, err := restorer.Restore(ctx, m.spec(r, "", slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs()), dir)
+	machine, err := restorer.Restore(ctx, m.spec(r, m.kernelOf(r.Template), slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs()), dir)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: restore vmm: %w", r.ID, err)
 	}
@@ -257,6 +256,17 @@ func (m *Manager) lifetime(r store.Sandbox) time.Duration {
 		return time.Duration(r.TimeoutS) * time.Second
 	}
 	return m.cfg.DefaultTimeout
+}
+
+// kernelOf returns the kernel of a restored machine's template: the one it
+// was saved running. A template gone since gives "": the QEMU driver then
+// takes the kernel its saved state names.
+func (m *Manager) kernelOf(name string) string {
+	tpl, err := m.d.Templates.Get(name)
+	if err != nil {
+		return ""
+	}
+	return tpl.Kernel
 }
 
 // SetTimeout sets a sandbox's end time to now + seconds; a paused sandbox

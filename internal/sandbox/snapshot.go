@@ -15,8 +15,9 @@ import (
 	"github.com/emberhq/ember/internal/vmm"
 )
 
-// A snapshot directory holds the saved machine state (which names the kernel
-// it ran, for the driver) and the flattened disk.
+// A snapshot directory holds the saved machine state and the flattened disk;
+// restores run the kernel of the snapshot's template (the one it was saved
+// running, at the same path, as the QEMU driver checks).
 func snapState(dir string) string  { return filepath.Join(dir, "state") }
 func snapRootfs(dir string) string { return filepath.Join(dir, "rootfs") }
 

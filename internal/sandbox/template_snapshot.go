@@ -42,9 +42,9 @@ func (m *Manager) useTemplateSnapshot(src *source, tpl template.Template, req Cr
 	}
 	dir := m.templateSnapshotDir(tpl, req.VCPUs, req.MemoryMiB)
 	if _, err := os.Stat(dir); err == nil {
-		// The saved state names the kernel; the guest has no token yet
-		// (it was saved before its init), so Init hands it this one.
-		src.rootfs, src.state, src.kernel = snapRootfs(dir), snapState(dir), ""
+		// The guest has no token yet (it was saved before its init), so
+		// Init hands it this one.
+		src.rootfs, src.state = snapRootfs(dir), snapState(dir)
 		return
 	}
 	src.capture = dir
