@@ -40,9 +40,10 @@ func main() {
 	path := flag.String("file", "", "internal: memory file (read-*) or page server socket (uffd-*)")
 	size := flag.Int("size", 1024*mib, "memory file size in bytes")
 	ps := flag.Int("page-size", pageSize, "internal: region page size for uffd-*")
+	limit := flag.Int("touch", 0, "internal: touch only this many bytes' worth of pages (0: all)")
 	flag.Parse()
 	if *child != "" {
-		if err := runChild(*child, *path, *size, *ps); err != nil {
+		if err := runChild(*child, *path, *size, *ps, *limit); err != nil {
 			fmt.Fprintln(os.Stderr, "benchuffd child:", err)
 			os.Exit(1)
 		}
@@ -54,10 +55,14 @@ func main() {
 	}
 }
 
-// result is what a child measured.
+// result is what a child measured: touching bytes took took.
 type result struct {
 	took, ttfb time.Duration
+	bytes      int
 }
+
+// mibps is the rate at which memory was filled.
+func (r result) mibps() float64 { return float64(r.bytes) / mib / r.took.Seconds() }
 
 func run(size int) error {
 	dir, err := os.MkdirTemp("", "benchuffd-")
@@ -71,16 +76,14 @@ func run(size int) error {
 		return err
 	}
 	fmt.Printf("# %d MiB memory file written in %s (random data, every 16th MiB zero, a 32 MiB hole)\n", size/mib, time.Since(begin).Round(time.Millisecond))
-	mibs := float64(size) / mib
-	pages := float64(size / pageSize)
 	report := func(name string, r result) {
-		fmt.Printf("BENCH %s_pages_per_s %.0f pages/s\n", name, pages/r.took.Seconds())
-		fmt.Printf("BENCH %s_mib_per_s %.1f MiB/s\n", name, mibs/r.took.Seconds())
+		fmt.Printf("BENCH %s_pages_per_s %.0f pages/s\n", name, r.mibps()*mib/pageSize)
+		fmt.Printf("BENCH %s_mib_per_s %.1f MiB/s\n", name, r.mibps())
 	}
 
 	base := map[string]result{}
 	for _, order := range []string{"seq", "random"} {
-		r, err := child("read-"+order, mem, size, pageSize, nil)
+		r, err := child("read-"+order, mem, size, pageSize, 0)
 		if err != nil {
 			return err
 		}
@@ -90,16 +93,22 @@ func run(size int) error {
 
 	// The readahead policy, measured: bytes served per fault.
 	best := map[string]float64{}
+	// One page per fault costs a round trip per 4 KiB: that case touches
+	// 64 MiB only, to keep the run short.
 	for _, ra := range []int{4 << 10, 64 << 10, uffd.DefaultReadahead, 1 << 20} {
+		limit := 0
+		if ra == 4<<10 {
+			limit = 64 * mib
+		}
 		for _, order := range []string{"seq", "random"} {
-			r, st, err := serve(dir, mem, size, pageSize, ra, order)
+			r, st, err := serve(dir, mem, size, pageSize, ra, order, limit)
 			if err != nil {
 				return err
 			}
 			name := fmt.Sprintf("uffd_%s_ra%dk", order, ra>>10)
 			report(name, r)
 			fmt.Printf("BENCH %s_faults %d faults\n", name, st.Faults)
-			ratio := base[order].took.Seconds() / r.took.Seconds()
+			ratio := r.mibps() / base[order].mibps()
 			fmt.Printf("BENCH %s_vs_read %.2f ratio\n", name, ratio)
 			if ra == uffd.DefaultReadahead {
 				best[order] = ratio
@@ -113,20 +122,20 @@ func run(size int) error {
 	// 2 MiB pages (page_size 2 MiB on anonymous memory: no hugetlb pages are
 	// reserved on this host; the server copies whole 2 MiB units either way).
 	for _, order := range []string{"seq", "random"} {
-		r, st, err := serve(dir, mem, size, 2*mib, 0, order)
+		r, st, err := serve(dir, mem, size, 2*mib, 0, order, 0)
 		if err != nil {
 			return err
 		}
 		report("uffd_2m_"+order, r)
 		fmt.Printf("BENCH uffd_2m_%s_faults %d faults\n", order, st.Faults)
-		fmt.Printf("BENCH uffd_2m_%s_vs_read %.2f ratio\n", order, base[order].took.Seconds()/r.took.Seconds())
+		fmt.Printf("BENCH uffd_2m_%s_vs_read %.2f ratio\n", order, r.mibps()/base[order].mibps())
 		fmt.Printf("BENCH uffd_2m_ttfb_%s %.1f us\n", order, float64(r.ttfb.Nanoseconds())/1e3)
 	}
 	return nil
 }
 
 // serve runs a page server over mem and a child that faults all of it in.
-func serve(dir, mem string, size, ps, readahead int, order string) (result, uffd.Stats, error) {
+func serve(dir, mem string, size, ps, readahead int, order string, limit int) (result, uffd.Stats, error) {
 	socket := filepath.Join(dir, "uffd.sock")
 	os.Remove(socket + ".file")
 	if err := os.Symlink(mem, socket+".file"); err != nil {
@@ -139,7 +148,7 @@ func serve(dir, mem string, size, ps, readahead int, order string) (result, uffd
 	defer s.Close()
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(context.Background()) }()
-	r, err := child("uffd-"+order, socket, size, ps, nil)
+	r, err := child("uffd-"+order, socket, size, ps, limit)
 	if err != nil {
 		return r, s.Stats(), err
 	}
@@ -150,12 +159,12 @@ func serve(dir, mem string, size, ps, readahead int, order string) (result, uffd
 }
 
 // child runs this program as the faulting process and parses its result.
-func child(mode, path string, size, ps int, _ []string) (result, error) {
+func child(mode, path string, size, ps, limit int) (result, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return result{}, err
 	}
-	cmd := exec.Command(self, "-child", mode, "-file", path, "-size", strconv.Itoa(size), "-page-size", strconv.Itoa(ps))
+	cmd := exec.Command(self, "-child", mode, "-file", path, "-size", strconv.Itoa(size), "-page-size", strconv.Itoa(ps), "-touch", strconv.Itoa(limit))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -165,7 +174,10 @@ func child(mode, path string, size, ps int, _ []string) (result, error) {
 	if _, err := fmt.Sscanf(strings.TrimSpace(string(out)), "%d %d", &took, &ttfb); err != nil {
 		return result{}, fmt.Errorf("child %s said %q: %w", mode, out, err)
 	}
-	return result{took: time.Duration(took), ttfb: time.Duration(ttfb)}, nil
+	if limit == 0 {
+		limit = size
+	}
+	return result{took: time.Duration(took), ttfb: time.Duration(ttfb), bytes: limit}, nil
 }
 
 // writeMemFile writes size bytes of random data with every 16th MiB zero
@@ -198,15 +210,16 @@ func writeMemFile(path string, size int) error {
 // sink keeps the touching loads from being optimised away.
 var sink byte
 
-// spotCheck compares a sample of pages of mem with the memory file.
-func spotCheck(mem []byte, file string) error {
+// spotCheck compares a sample of the touched pages of mem with the memory
+// file.
+func spotCheck(mem []byte, touched []int, file string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	want := make([]byte, pageSize)
-	for i, p := range order("random", len(mem))[:256] {
+	for i, p := range touched[:min(256, len(touched))] {
 		off := p * pageSize
 		if _, err := f.ReadAt(want, int64(off)); err != nil {
 			return err
@@ -234,13 +247,16 @@ func order(mode string, size int) []int {
 // (read-*), or by touching every page and letting the page server fill it
 // (uffd-*). It prints the time taken and the time to the first byte in
 // nanoseconds.
-func runChild(mode, path string, size, ps int) error {
+func runChild(mode, path string, size, ps, limit int) error {
 	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		return err
 	}
 	unix.Madvise(mem, unix.MADV_NOHUGEPAGE)
 	idx := order(mode, size)
+	if limit > 0 {
+		idx = idx[:limit/pageSize]
+	}
 	if strings.HasPrefix(mode, "read-") {
 		f, err := os.Open(path)
 		if err != nil {
@@ -281,7 +297,7 @@ func runChild(mode, path string, size, ps int) error {
 	}
 	took := time.Since(begin)
 	sink = sum
-	if err := spotCheck(mem, path+".file"); err != nil {
+	if err := spotCheck(mem, idx, path+".file"); err != nil {
 		return err
 	}
 	fmt.Println(int64(took), int64(ttfb))

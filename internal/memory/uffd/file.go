@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -34,23 +35,22 @@ func (b bitmap) set(i uint64) bool {
 
 func (b bitmap) clear(i uint64) { atomic.AndUint64(&b[i/64], ^(uint64(1) << (i % 64))) }
 
-// memFile is the snapshot memory file, mapped read-only: UFFDIO_COPY reads
-// straight from the mapping, so serving a page costs one copy. zero marks
-// the 4 KiB pages known to be all zero: holes at once, data after the
-// background scan has looked at it. A page not (yet) known to be zero is
-// copied, which is correct either way.
+// memFile is the snapshot memory file. Pages are read with pread(2) into
+// the serving goroutine's buffer and copied from there: faulting in a
+// mapping of the file would cost a page fault per few pages on the server's
+// side too. zero marks the 4 KiB pages known to be all zero: holes at once,
+// data after the background scan has looked at it. A page not (yet) known
+// to be zero is copied, which is correct either way.
 type memFile struct {
-	data []byte
+	f    *os.File
 	size uint64
 	zero bitmap
 	// scanned is closed when the zero scan has covered the whole file.
 	scanned chan struct{}
 	stop    atomic.Bool
-	// file is handed to scan, which closes it.
-	file *os.File
 }
 
-// openMemFile maps path and records its holes; the caller starts scan.
+// openMemFile opens path and records its holes; the caller starts scan.
 func openMemFile(path string) (_ *memFile, err error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -68,19 +68,24 @@ func openMemFile(path string) (_ *memFile, err error) {
 	if st.Size() == 0 {
 		return nil, fmt.Errorf("memory file %s is empty", path)
 	}
-	m := &memFile{size: uint64(st.Size()), scanned: make(chan struct{})}
-	pages := (m.size + filePage - 1) / filePage
-	m.zero = newBitmap(pages)
-	m.data, err = unix.Mmap(int(f.Fd()), 0, int(pages*filePage), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("map memory file %s: %w", path, err)
-	}
+	m := &memFile{f: f, size: uint64(st.Size()), scanned: make(chan struct{})}
+	m.zero = newBitmap((m.size + filePage - 1) / filePage)
 	if err := m.markHoles(int(f.Fd())); err != nil {
-		unix.Munmap(m.data)
 		return nil, err
 	}
-	m.file = f
 	return m, nil
+}
+
+// read fills buf with the file from off; bytes past its end are zero.
+func (m *memFile) read(buf []byte, off uint64) error {
+	n, err := m.f.ReadAt(buf, int64(off))
+	if n < len(buf) {
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read memory file at %#x: %w", off, err)
+		}
+		clear(buf[n:])
+	}
+	return nil
 }
 
 // markHoles marks every page inside a hole of the file as zero, without
@@ -113,9 +118,8 @@ func (m *memFile) markHoles(fd int) error {
 // background, and stops early on close. It reads with pread(2) rather than
 // through the mapping so that it sits in system calls, where the runtime
 // can schedule the fault workers around it, and yields between chunks.
-func (m *memFile) scan(f *os.File) {
+func (m *memFile) scan() {
 	defer close(m.scanned)
-	defer f.Close()
 	const chunk = 1 << 20
 	buf := make([]byte, chunk)
 	for off := uint64(0); off < m.size && !m.stop.Load(); off += chunk {
@@ -123,7 +127,7 @@ func (m *memFile) scan(f *os.File) {
 		if m.zero.get(first) && m.isZero(off, n) {
 			continue // a hole
 		}
-		k, err := f.ReadAt(buf[:n], int64(off))
+		k, err := m.f.ReadAt(buf[:n], int64(off))
 		if k == 0 && err != nil {
 			return
 		}
@@ -154,5 +158,5 @@ func (m *memFile) isZero(off, n uint64) bool {
 func (m *memFile) close() error {
 	m.stop.Store(true)
 	<-m.scanned
-	return unix.Munmap(m.data)
+	return m.f.Close()
 }

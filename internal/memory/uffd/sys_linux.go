@@ -184,10 +184,5 @@ func Addr(b []byte) uint64 {
 	return uint64(uintptr(unsafe.Pointer(&b[0])))
 }
 
-// ptr turns a mapping's base plus an offset into a source pointer.
-func ptr(b []byte, off uint64) unsafe.Pointer {
-	return unsafe.Pointer(&b[off])
-}
-
 // isInvalid reports EINVAL: UFFDIO_ZEROPAGE on hugetlbfs memory.
 func isInvalid(err error) bool { return errors.Is(err, unix.EINVAL) }

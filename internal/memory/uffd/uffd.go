@@ -102,7 +102,7 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	go f.scan(f.file)
+	go f.scan()
 	defer func() {
 		if err != nil {
 			f.close()
@@ -230,6 +230,13 @@ func (s *Server) Close() error {
 // woken through the stop pipe. Removals are applied here, in the order the
 // kernel reports them, before any later fault is handed out.
 func (s *Server) loop(fd int, rs []*region) error {
+	// Each serving goroutine reads the file into a buffer of its own that
+	// holds a whole readahead block or one page, whichever is larger.
+	bufSize := s.readahead
+	for _, r := range rs {
+		bufSize = max(bufSize, r.ps)
+	}
+
 	faults := make(chan uint64, 4096)
 	errc := make(chan error, s.cfg.Workers)
 	var wg sync.WaitGroup
@@ -237,8 +244,9 @@ func (s *Server) loop(fd int, rs []*region) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			buf := make([]byte, bufSize)
 			for addr := range faults {
-				if err := s.serveFault(fd, rs, addr); err != nil {
+				if err := s.serveFault(fd, rs, addr, buf); err != nil {
 					errc <- err
 					s.wake()
 					// Keep draining so the reader never blocks on a full queue.
@@ -255,6 +263,7 @@ func (s *Server) loop(fd int, rs []*region) error {
 	}()
 
 	buf := make([]byte, msgSize*128)
+	own := make([]byte, bufSize)
 	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(s.stopR), Events: unix.POLLIN}}
 	for {
 		if _, err := unix.Poll(pfd, -1); err != nil {
@@ -309,7 +318,7 @@ func (s *Server) loop(fd int, rs []*region) error {
 			}
 		}
 		if inline != 0 {
-			if err := s.serveFault(fd, rs, inline); err != nil {
+			if err := s.serveFault(fd, rs, inline, own); err != nil {
 				return err
 			}
 		}
@@ -361,7 +370,7 @@ func (r *region) zero(f *memFile, p uint64) bool {
 
 // serveFault maps the block of pages around addr that are not mapped yet,
 // in runs of data and zero pages, one ioctl per run.
-func (s *Server) serveFault(fd int, rs []*region, addr uint64) error {
+func (s *Server) serveFault(fd int, rs []*region, addr uint64, buf []byte) error {
 	var r *region
 	for _, c := range rs {
 		if c.contains(addr) {
@@ -393,7 +402,7 @@ func (s *Server) serveFault(fd int, rs []*region, addr uint64) error {
 		for j < last && r.zero(s.file, j) == z {
 			j++
 		}
-		if err := s.fillRun(fd, r, i, j, z); err != nil {
+		if err := s.fillRun(fd, r, i, j, z, buf); err != nil {
 			return err
 		}
 		i = j
@@ -404,8 +413,9 @@ func (s *Server) serveFault(fd int, rs []*region, addr uint64) error {
 	return nil
 }
 
-// fillRun maps pages [i, j) of r: zero-filled or copied from the file.
-func (s *Server) fillRun(fd int, r *region, i, j uint64, zero bool) error {
+// fillRun maps pages [i, j) of r: zero-filled or copied from the file
+// through buf, a buffer at least one page long.
+func (s *Server) fillRun(fd int, r *region, i, j uint64, zero bool, buf []byte) error {
 	dst := r.BaseHostVirtAddr + i*r.ps
 	n := (j - i) * r.ps
 	if zero && !r.noZeropage.Load() {
@@ -419,32 +429,28 @@ func (s *Server) fillRun(fd int, r *region, i, j uint64, zero bool) error {
 		}
 		r.noZeropage.Store(true)
 	}
-	var src unsafe.Pointer
-	var keep []byte
-	off := r.Offset + i*r.ps
-	switch {
-	case zero:
-		keep = zeroBuffer(n)
-		src = unsafe.Pointer(&keep[0])
-	case off+n > uint64(len(s.file.data)):
-		// The run reaches past the end of the file: copy what the file has
-		// into a buffer padded with zeros.
-		keep = make([]byte, n)
-		if off < uint64(len(s.file.data)) {
-			copy(keep, s.file.data[off:])
+	if zero {
+		// hugetlbfs: no zero page, so copy zeros, never the file.
+		z := zeroBuffer(n)
+		err := s.fillRange(fd, r, dst, unsafe.Pointer(&z[0]), n)
+		runtime.KeepAlive(z)
+		if err == nil {
+			s.zeroed.Add(n)
 		}
-		src = unsafe.Pointer(&keep[0])
-	default:
-		src = ptr(s.file.data, off)
-	}
-	if err := s.fillRange(fd, r, dst, src, n); err != nil {
 		return err
 	}
-	runtime.KeepAlive(keep)
-	if zero {
-		s.zeroed.Add(n)
-	} else {
-		s.copied.Add(n)
+	chunk := uint64(len(buf)) / r.ps * r.ps
+	for done := uint64(0); done < n; done += chunk {
+		c := min(chunk, n-done)
+		if err := s.file.read(buf[:c], r.Offset+i*r.ps+done); err != nil {
+			return err
+		}
+		err := s.fillRange(fd, r, dst+done, unsafe.Pointer(&buf[0]), c)
+		runtime.KeepAlive(buf)
+		if err != nil {
+			return err
+		}
+		s.copied.Add(c)
 	}
 	return nil
 }
