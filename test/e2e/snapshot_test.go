@@ -81,8 +81,9 @@ func assertCounterContinues(t *testing.T, d *harness.Daemon, id string, pid, fro
 	}
 }
 
-func TestPauseResumeKeepsProcessesFilesAndClock(t *testing.T) {
-	d := start(t, 3700)
+func TestPauseResumeKeepsGuestState(t *testing.T) {
+	url := outside(t)
+	d := startWith(t, harness.Options{SlotFirst: 3700, Uplink: uplinkLink})
 	ctx := context.Background()
 	sb, err := d.Client.CreateSandbox(ctx, client.CreateSandboxRequest{})
 	if err != nil {
@@ -122,6 +123,10 @@ func TestPauseResumeKeepsProcessesFilesAndClock(t *testing.T) {
 	assertCounterContinues(t, d, sb.ID, pid, count)
 	if got := guestSh(t, d, sb.ID, "cat /root/file"); got != "kept" {
 		t.Fatalf("file after resume: %q", got)
+	}
+	// The guest reaches the (test's) internet from its new slot.
+	if got := guestSh(t, d, sb.ID, "timeout 5 wget -q -O - "+url); got == "" {
+		t.Fatal("outbound request after resume returned nothing")
 	}
 	guest := shInt(t, d, sb.ID, "date +%s")
 	if skew := time.Now().Unix() - int64(guest); skew > 2 || skew < -2 {
