@@ -300,12 +300,13 @@ func TestStartFailure(t *testing.T) {
 		name string
 		edit func(s *vmm.Spec)
 		is   error
+		api  bool // refused by firecracker rather than by the driver
 	}{
-		{"missing kernel", func(s *vmm.Spec) { s.Kernel = filepath.Join(s.Dir, "no-vmlinux") }, os.ErrNotExist},
-		{"missing disk", func(s *vmm.Spec) { s.RootDisk = filepath.Join(s.Dir, "no-disk") }, os.ErrNotExist},
-		{"qcow2 disk", func(s *vmm.Spec) { s.DiskFormat = "qcow2" }, ErrDiskFormat},
-		{"odd vcpus", func(s *vmm.Spec) { s.VCPUs = 3 }, nil},
-		{"kernel is not a kernel", func(s *vmm.Spec) { os.WriteFile(s.Kernel, []byte("not a kernel\n"), 0o644) }, nil},
+		{"missing kernel", func(s *vmm.Spec) { s.Kernel = filepath.Join(s.Dir, "no-vmlinux") }, os.ErrNotExist, false},
+		{"missing disk", func(s *vmm.Spec) { s.RootDisk = filepath.Join(s.Dir, "no-disk") }, os.ErrNotExist, false},
+		{"qcow2 disk", func(s *vmm.Spec) { s.DiskFormat = "qcow2" }, ErrDiskFormat, false},
+		{"odd vcpus", func(s *vmm.Spec) { s.VCPUs = 3 }, nil, false},
+		{"kernel is not a kernel", func(s *vmm.Spec) { os.WriteFile(s.Kernel, []byte("not a kernel\n"), 0o644) }, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := testSpec(t, "")
@@ -318,6 +319,12 @@ func TestStartFailure(t *testing.T) {
 			t.Logf("start: %v", err)
 			if tc.is != nil && !errors.Is(err, tc.is) {
 				t.Errorf("error %v, want %v", err, tc.is)
+			}
+			if tc.api {
+				var ae *APIError
+				if !errors.As(err, &ae) || ae.Status != 400 || ae.Fault == "" {
+					t.Errorf("error %v, want firecracker's 400 with its fault message", err)
+				}
 			}
 			if pids := vmmtest.ProcessesNaming(t, spec.Dir); len(pids) > 0 {
 				t.Errorf("processes left running: %v", pids)
@@ -372,7 +379,7 @@ func TestJailer(t *testing.T) {
 	}
 	ctx := t.Context()
 	spec := testSpec(t, "ember-tap-1")
-	jailDir := filepath.Join(base, "firecracker", jailID(spec))
+	jailDir := filepath.Join(base, filepath.Base(os.Args[0]), jailID(spec))
 	m, err := d.Start(ctx, spec)
 	if err != nil {
 		t.Fatal(err)

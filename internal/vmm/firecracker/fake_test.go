@@ -383,7 +383,7 @@ func serveFake(v *validator, args []string, journal string) int {
 func runFakeJailer(args []string) int {
 	fs := flag.NewFlagSet("jailer", flag.ContinueOnError)
 	id := fs.String("id", "", "")
-	fs.String("exec-file", "", "")
+	execFile := fs.String("exec-file", "", "")
 	uid := fs.Int("uid", -1, "")
 	gid := fs.Int("gid", -1, "")
 	base := fs.String("chroot-base-dir", "", "")
@@ -410,7 +410,7 @@ func runFakeJailer(args []string) int {
 		fmt.Fprintln(os.Stderr, "fake jailer:", err)
 		return 2
 	}
-	root := filepath.Join(*base, "firecracker", *id, "root")
+	root := filepath.Join(*base, filepath.Base(*execFile), *id, "root")
 	fcArgs := fs.Args()
 	if err := unix.Chroot(root); err != nil {
 		fmt.Fprintln(os.Stderr, "fake jailer: chroot:", err)

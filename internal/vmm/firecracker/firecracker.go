@@ -92,7 +92,8 @@ type JailerConfig struct {
 	// Binary is the jailer executable; empty means jailer from PATH.
 	Binary string
 	// ChrootBase is the directory jails are made under
-	// (<ChrootBase>/firecracker/<id>/root).
+	// (<ChrootBase>/<file name of Binary>/<id>/root, as the jailer lays
+	// them out).
 	ChrootBase string
 	// UID and GID run Firecracker inside the jail.
 	UID, GID int

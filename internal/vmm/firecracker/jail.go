@@ -22,7 +22,8 @@ type jail struct {
 	// dir is the machine's directory (spec.Dir); root is the chroot on the
 	// host (spec.Dir when not jailed).
 	dir, root string
-	// base is the jailer's per-machine directory, <base>/firecracker/<id>.
+	// base is the jailer's per-machine directory,
+	// <chroot base>/<firecracker file name>/<id>.
 	base     string
 	uid, gid int
 }
@@ -54,7 +55,8 @@ func (d *Driver) existingJail(spec vmm.Spec) *jail {
 	if c == nil {
 		return &jail{dir: spec.Dir, root: spec.Dir}
 	}
-	base := filepath.Join(c.ChrootBase, "firecracker", jailID(spec))
+	// The jailer names the directory after the executable's file name.
+	base := filepath.Join(c.ChrootBase, filepath.Base(d.binary), jailID(spec))
 	return &jail{jailed: true, dir: spec.Dir, base: base, root: filepath.Join(base, "root"), uid: c.UID, gid: c.GID}
 }
 
