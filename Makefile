@@ -31,7 +31,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
 
-.PHONY: all deps apt npm build run test test-host template bench bench-network bench-rootfs proto clean
+.PHONY: all deps apt npm build run test test-host template bench bench-network bench-rootfs bench-snapshot proto clean
 
 all: build
 
@@ -102,6 +102,10 @@ bench-network: deps
 ## bench-rootfs: Prepare time vs image size and vs a full copy, per backend
 bench-rootfs: deps
 	go run ./test/benchrootfs -dir /var/tmp
+
+## bench-snapshot: pause, resume and create-from-snapshot against a cold boot
+bench-snapshot: deps build template
+	go run ./test/benchsnapshot -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
 
 ## proto: regenerate the agent's Go code from its .proto files
 proto:
