@@ -246,7 +246,7 @@ func (s *Server) loop(fd int, rs []*region) error {
 			defer wg.Done()
 			buf := make([]byte, bufSize)
 			for addr := range faults {
-				if err := s.serveFault(fd, rs, addr, buf); err != nil {
+				if err := s.serveFault(fd, rs, addr, buf, true); err != nil {
 					errc <- err
 					s.wake()
 					// Keep draining so the reader never blocks on a full queue.
@@ -318,8 +318,13 @@ func (s *Server) loop(fd int, rs []*region) error {
 			}
 		}
 		if inline != 0 {
-			if err := s.serveFault(fd, rs, inline, own); err != nil {
-				return err
+			// The reader must not wait out a pending event (a removal): only
+			// it can read the event that ends the wait. A worker retries.
+			if err := s.serveFault(fd, rs, inline, own, false); err != nil {
+				if !errors.Is(err, errAgain) {
+					return err
+				}
+				faults <- inline
 			}
 		}
 	}
@@ -369,8 +374,11 @@ func (r *region) zero(f *memFile, p uint64) bool {
 }
 
 // serveFault maps the block of pages around addr that are not mapped yet,
-// in runs of data and zero pages, one ioctl per run.
-func (s *Server) serveFault(fd int, rs []*region, addr uint64, buf []byte) error {
+// in runs of data and zero pages, one ioctl per run. Without retry it
+// gives up with errAgain when the address space is changing, releasing
+// its claim on the block so the fault can be served again (pages it did
+// map are then skipped as already there).
+func (s *Server) serveFault(fd int, rs []*region, addr uint64, buf []byte, retry bool) error {
 	var r *region
 	for _, c := range rs {
 		if c.contains(addr) {
@@ -402,7 +410,12 @@ func (s *Server) serveFault(fd int, rs []*region, addr uint64, buf []byte) error
 		for j < last && r.zero(s.file, j) == z {
 			j++
 		}
-		if err := s.fillRun(fd, r, i, j, z, buf); err != nil {
+		if err := s.fillRun(fd, r, i, j, z, buf, retry); err != nil {
+			if errors.Is(err, errAgain) && !retry {
+				for q := first; q < last; q++ {
+					r.served.clear(q)
+				}
+			}
 			return err
 		}
 		i = j
@@ -415,11 +428,11 @@ func (s *Server) serveFault(fd int, rs []*region, addr uint64, buf []byte) error
 
 // fillRun maps pages [i, j) of r: zero-filled or copied from the file
 // through buf, a buffer at least one page long.
-func (s *Server) fillRun(fd int, r *region, i, j uint64, zero bool, buf []byte) error {
+func (s *Server) fillRun(fd int, r *region, i, j uint64, zero bool, buf []byte, retry bool) error {
 	dst := r.BaseHostVirtAddr + i*r.ps
 	n := (j - i) * r.ps
 	if zero && !r.noZeropage.Load() {
-		err := s.fillRange(fd, r, dst, nil, n)
+		err := s.fillRange(fd, r, dst, nil, n, retry)
 		if err == nil {
 			s.zeroed.Add(n)
 			return nil
@@ -432,7 +445,7 @@ func (s *Server) fillRun(fd int, r *region, i, j uint64, zero bool, buf []byte) 
 	if zero {
 		// hugetlbfs: no zero page, so copy zeros, never the file.
 		z := zeroBuffer(n)
-		err := s.fillRange(fd, r, dst, unsafe.Pointer(&z[0]), n)
+		err := s.fillRange(fd, r, dst, unsafe.Pointer(&z[0]), n, retry)
 		runtime.KeepAlive(z)
 		if err == nil {
 			s.zeroed.Add(n)
@@ -445,7 +458,7 @@ func (s *Server) fillRun(fd int, r *region, i, j uint64, zero bool, buf []byte) 
 		if err := s.file.read(buf[:c], r.Offset+i*r.ps+done); err != nil {
 			return err
 		}
-		err := s.fillRange(fd, r, dst+done, unsafe.Pointer(&buf[0]), c)
+		err := s.fillRange(fd, r, dst+done, unsafe.Pointer(&buf[0]), c, retry)
 		runtime.KeepAlive(buf)
 		if err != nil {
 			return err
@@ -460,8 +473,9 @@ func (s *Server) fillRun(fd int, r *region, i, j uint64, zero bool, buf []byte) 
 const maxAgain = 2 * time.Second
 
 // fillRange maps n bytes at dst (zero pages when src is nil), carrying on
-// past pages that are already there and retrying partial fills.
-func (s *Server) fillRange(fd int, r *region, dst uint64, src unsafe.Pointer, n uint64) error {
+// past pages that are already there and retrying partial fills. While the
+// address space is changing it waits (with retry) or returns errAgain.
+func (s *Server) fillRange(fd int, r *region, dst uint64, src unsafe.Pointer, n uint64, retry bool) error {
 	var done uint64
 	var since time.Time
 	for done < n {
@@ -482,6 +496,9 @@ func (s *Server) fillRange(fd int, r *region, dst uint64, src unsafe.Pointer, n 
 			if k > 0 {
 				since = time.Time{}
 				continue
+			}
+			if !retry {
+				return fmt.Errorf("fill %#x+%#x: %w", dst+done, n-done, err)
 			}
 			if since.IsZero() {
 				since = time.Now()

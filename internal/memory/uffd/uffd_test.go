@@ -480,3 +480,47 @@ func TestVMMExits(t *testing.T) {
 		t.Errorf("served %d bytes, want %d", st.CopiedBytes+st.ZeroedBytes, size)
 	}
 }
+
+// TestRemoveWhileServing discards memory over and over while other pages
+// are faulted in: fills that race a pending removal are refused with
+// EAGAIN until the page server has read the event, and must be retried
+// rather than wait on the goroutine that reads it.
+func TestRemoveWhileServing(t *testing.T) {
+	testutil.RequireRoot(t)
+	const size = 16 * mib
+	dir := t.TempDir()
+	path, want := writeMemFile(t, dir, size)
+	socket := filepath.Join(dir, "uffd.sock")
+	s, done := startServer(t, Config{Socket: socket, MemFile: path, Readahead: 16 * kib})
+	v := newVMM(t, socket, size, 4*kib, false, false)
+	// Without the retry hand-off the reader waits on itself: the removals
+	// block and the touches stall for good.
+	stop := make(chan struct{})
+	removed := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				removed <- n
+				return
+			default:
+			}
+			unix.Madvise(v.mem[:mib], unix.MADV_DONTNEED)
+			n++
+		}
+	}()
+	idx := make([]int, 4*mib/filePage)
+	for i := range idx {
+		idx[i] = 2*mib/filePage + i
+	}
+	begin := time.Now()
+	v.touch(t, want, filePage, idx, 2)
+	close(stop)
+	t.Logf("%d removals while %d pages were served in %s; %+v", <-removed, len(idx), time.Since(begin), s.Stats())
+	select {
+	case err := <-done:
+		t.Fatalf("serve ended: %v", err)
+	default:
+	}
+}
