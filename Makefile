@@ -31,7 +31,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
 
-.PHONY: all deps apt npm build run test test-host template bench bench-network bench-rootfs bench-snapshot proto clean
+.PHONY: all deps apt npm build run test test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
 
 all: build
 
@@ -106,6 +106,10 @@ bench-rootfs: deps
 ## bench-snapshot: pause, resume and create-from-snapshot against a cold boot
 bench-snapshot: deps build template
 	go run ./test/benchsnapshot -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
+
+## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
+bench-uffd: deps
+	go run ./test/benchuffd
 
 ## proto: regenerate the agent's Go code from its .proto files
 proto:

@@ -31,6 +31,8 @@ import (
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/firecracker"
 	"github.com/emberhq/ember/internal/vmm/qemu"
 )
 
@@ -49,6 +51,8 @@ type serveFlags struct {
 	uplink    string
 	poolSize  int
 	netMode   string
+	vmm       string
+	fcBinary  string
 }
 
 func serveCmd() *cobra.Command {
@@ -67,6 +71,8 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.listen, "listen", defaultListen, "address the API listens on")
 	fl.StringVar(&f.dataDir, "data-dir", defaultDataDir, "directory for the database, API key, templates and sandboxes")
 	fl.StringVar(&f.cacheDir, "cache-dir", envOr("EMBER_CACHE_DIR", defaultCacheDir), "directory for build caches (the guest kernel)")
+	fl.StringVar(&f.vmm, "vmm", "", `"firecracker", "qemu" or "" (firecracker when /dev/kvm and a firecracker binary exist)`)
+	fl.StringVar(&f.fcBinary, "firecracker", "", "firecracker binary (default: firecracker on PATH)")
 	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (kvm when /dev/kvm is usable)`)
 	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "devmapper", "reflink", "qcow2", "copy" or "" (automatic)`)
 	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
@@ -126,13 +132,24 @@ func serve(ctx context.Context, f serveFlags) error {
 	}
 	log.Info("default template ready", "template", template.DefaultName, "duration_ms", time.Since(start).Milliseconds())
 
-	driver, err := qemu.New(qemu.Config{Accel: f.accel}, log)
+	driver, vmmReason, err := chooseVMM(f, log)
 	if err != nil {
 		return err
 	}
 	disks, diskReason, err := auto.Select(f.dataDir, f.rootfs, log)
 	if err != nil {
 		return err
+	}
+	if driver.Name() == "firecracker" && disks.Name() == "qcow2" {
+		// Firecracker opens raw disks only.
+		if f.rootfs == "qcow2" {
+			return fmt.Errorf("--rootfs qcow2: firecracker needs raw disks (use devmapper, reflink or copy)")
+		}
+		disks, _, err = auto.Select(f.dataDir, "copy", log)
+		if err != nil {
+			return err
+		}
+		diskReason = "automatic: qcow2 passed over (firecracker opens raw disks only); sparse copies work everywhere"
 	}
 	if r, ok := disks.(rootfs.Reconciler); ok {
 		if err := r.Reconcile(ctx); err != nil {
@@ -182,10 +199,12 @@ func serve(ctx context.Context, f serveFlags) error {
 		log.Info("reclaimed orphaned vmm processes", "count", n)
 	}
 	// A VMM killed while no daemon watched leaves its guest RAM file.
-	if files, err := driver.ReclaimMemory(); err != nil {
-		log.Error("reclaim guest memory files", "err", err)
-	} else if len(files) > 0 {
-		log.Info("reclaimed orphaned guest memory files", "count", len(files))
+	if q, ok := driver.(*qemu.Driver); ok {
+		if files, err := q.ReclaimMemory(); err != nil {
+			log.Error("reclaim guest memory files", "err", err)
+		} else if len(files) > 0 {
+			log.Info("reclaimed orphaned guest memory files", "count", len(files))
+		}
 	}
 	if n, err := reclaimSlots(ctx, pool, netCfg, slots, log); err != nil {
 		log.Error("reclaim network slots", "err", err)
@@ -211,7 +230,7 @@ func serve(ctx context.Context, f serveFlags) error {
 
 	info := func() client.Info {
 		return client.Info{
-			Version: version, VMM: "qemu", VMMReason: driver.AccelReason(),
+			Version: version, VMM: driver.Name(), VMMReason: vmmReason,
 			Rootfs: disks.Name(), RootfsReason: diskReason, Sandboxes: len(mgr.List()),
 		}
 	}
@@ -229,7 +248,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	}
 	fmt.Fprintf(os.Stderr, "ember: OpenAPI   http://%s/openapi.yaml\n", ln.Addr())
 	fmt.Fprintf(os.Stderr, "ember: test page http://%s/test\n", ln.Addr())
-	log.Info("serving", "addr", ln.Addr().String(), "vmm", "qemu", "accel", driver.AccelReason())
+	log.Info("serving", "addr", ln.Addr().String(), "vmm", driver.Name(), "vmm_reason", vmmReason)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -289,4 +308,41 @@ func reclaimSlots(ctx context.Context, slots network.Slots, cfg network.Config, 
 		return network.ReclaimBridge(ctx, cfg, keep, log)
 	}
 	return 0, fmt.Errorf("reclaim: unknown slot provider %T", slots)
+}
+
+// vmmDriver is what the daemon needs of a VMM driver.
+type vmmDriver interface {
+	vmm.Driver
+	vmm.Restorer
+}
+
+// chooseVMM picks Firecracker where /dev/kvm is usable and a firecracker
+// binary exists, QEMU otherwise; --vmm overrides. It returns why.
+func chooseVMM(f serveFlags, log *slog.Logger) (vmmDriver, string, error) {
+	fcCfg := firecracker.Config{Binary: f.fcBinary}
+	fcOK, fcWhy := firecracker.Available(fcCfg)
+	useQEMU := func(why string) (vmmDriver, string, error) {
+		d, err := qemu.New(qemu.Config{Accel: f.accel}, log)
+		if err != nil {
+			return nil, "", err
+		}
+		return d, why + "; " + d.AccelReason(), nil
+	}
+	switch f.vmm {
+	case "":
+		if fcOK {
+			d, err := firecracker.New(fcCfg, log)
+			return d, "automatic: " + fcWhy, err
+		}
+		return useQEMU("automatic: " + fcWhy)
+	case "firecracker":
+		if !fcOK {
+			return nil, "", fmt.Errorf("--vmm firecracker: %s", fcWhy)
+		}
+		d, err := firecracker.New(fcCfg, log)
+		return d, "configured: " + fcWhy, err
+	case "qemu":
+		return useQEMU("configured")
+	}
+	return nil, "", fmt.Errorf("--vmm %q: want firecracker, qemu or empty for automatic", f.vmm)
 }
