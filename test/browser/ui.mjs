@@ -99,6 +99,11 @@ async function run(page) {
   await page.goto(url + "/");
   if (!page.url().endsWith("/test")) throw new Error("/ did not lead to /test but to " + page.url());
   await shoot(page, "0-key");
+  if ((await page.evaluate(() => document.activeElement.id)) !== "key") throw new Error("the key field does not start focused");
+  const unlabelled = await page.evaluate(() => [...document.querySelectorAll("input, select, button, textarea")]
+    .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.textContent.trim())
+    .map((e) => e.outerHTML));
+  if (unlabelled.length) throw new Error("controls without a label: " + unlabelled.join(", "));
 
   step("wrong key, then the right one");
   await page.getByLabel("API key").fill("not-the-key");
@@ -129,10 +134,16 @@ async function run(page) {
   step("resume");
   await page.getByRole("button", { name: "Resume " + first }).click();
   await waitState(page, first, "running");
-  await exec(page, "echo again; uname -s", "again\nLinux\n");
+  step("run a command from the keyboard");
+  await page.getByLabel("Command, run by").fill("echo again; uname -s");
+  await page.getByLabel("Command, run by").press("Enter");
+  await page.waitForFunction(() => /^exit /.test(document.getElementById("exit").textContent));
+  const again = await page.locator("#out").textContent();
+  if (!again.includes("again\nLinux\n") || (await page.locator("#exit").textContent()) !== "exit 0") throw new Error("after resume: " + again);
 
   step("snapshot");
   await page.getByRole("button", { name: "Snapshot " + first }).click();
+  if ((await page.evaluate(() => document.activeElement.id)) !== "snap-name") throw new Error("the snapshot dialog does not focus its name field");
   await page.getByLabel("Snapshot name").fill("web-snap");
   await page.getByRole("button", { name: "Take snapshot" }).click();
   await page.locator('#snaps li[data-name="web-snap"]').waitFor();

@@ -1,0 +1,45 @@
+package web
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestPageIsSelfContained holds the page to being one file: nothing it
+// loads may come from another origin, since the daemon serves it offline
+// under a same-origin Content-Security-Policy.
+func TestPageIsSelfContained(t *testing.T) {
+	page := string(TestPage)
+	external := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//`)
+	if m := external.FindString(page); m != "" {
+		t.Errorf("the page loads from another origin: %s", m)
+	}
+	for _, bad := range []string{"<script src", "@import", "<iframe"} {
+		if strings.Contains(page, bad) {
+			t.Errorf("the page contains %q", bad)
+		}
+	}
+}
+
+// TestPageUsesTheAPI checks that the page reaches every endpoint its
+// controls stand for.
+func TestPageUsesTheAPI(t *testing.T) {
+	for _, name := range []struct{ what, text string }{
+		{"list and create sandboxes", `"/v1/sandboxes"`},
+		{"stream exec output", `"/exec/stream"`},
+		{"pause", `"/pause"`},
+		{"resume", `"/resume"`},
+		{"fork", `"/fork"`},
+		{"snapshots", `"/v1/snapshots"`},
+		{"templates", `"/v1/templates"`},
+		{"the key header", `"X-API-Key"`},
+		{"the key kept for the session", `sessionStorage`},
+	} {
+		t.Run(name.what, func(t *testing.T) {
+			if !strings.Contains(string(TestPage), name.text) {
+				t.Errorf("the page never uses %s", name.text)
+			}
+		})
+	}
+}
