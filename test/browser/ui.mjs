@@ -1,6 +1,7 @@
 // Drives the daemon's /test page in headless Chromium through a sandbox's
 // whole life: key, create, exec, pause, resume, exec, snapshot, create from
-// the snapshot, destroy, delete the snapshot. Any console error fails it.
+// the snapshot, streamed output, fork, destroy, delete the snapshot. Any
+// console error fails it.
 //
 // Environment: EMBER_URL and EMBER_API_KEY name the daemon; EMBER_ARTIFACTS
 // is where screenshots go; EMBER_CHROMIUM overrides /usr/bin/chromium.
@@ -157,8 +158,24 @@ async function run(page) {
   await row(page, second).getByText("from snapshot web-snap").waitFor();
   step("created " + second);
   await exec(page, "echo from-snapshot", "from-snapshot\n");
+  step("output streams while the command runs");
   await page.getByRole("button", { name: "Open the console of " + first }).click();
+  await page.getByLabel("Command, run by").fill("echo first; sleep 2; echo second");
+  await page.getByLabel("Command, run by").press("Enter");
+  // The first line of the console echoes the command itself.
+  await page.waitForFunction(() => document.getElementById("out").textContent.split("\n").slice(1).includes("first"));
+  const early = await page.locator("#exit").textContent();
+  const sofar = await page.locator("#out").textContent();
+  if (early !== "running…" || sofar.split("\n").slice(1).includes("second")) throw new Error(`output was not streamed: ${early}, ${JSON.stringify(sofar)}`);
+  await page.locator("#exit", { hasText: "exit 0" }).waitFor();
   await exec(page, "for i in 1 2 3; do echo line $i; sleep 0.2; done; echo oops >&2", "line 3\n");
+
+  step("fork");
+  await page.getByRole("button", { name: "Fork " + first }).click();
+  await page.locator("#rows tr").nth(2).waitFor();
+  const third = await page.locator("#rows tr").nth(2).getAttribute("data-id");
+  await waitState(page, third, "running");
+  step("forked " + third);
   await shoot(page, "1-running");
 
   step("a refused delete shows the API's message");
@@ -166,8 +183,8 @@ async function run(page) {
   await page.locator("#snap-err", { hasText: "snapshot_in_use" }).waitFor();
   forgive(409);
 
-  step("destroy both");
-  for (const id of [second, first]) {
+  step("destroy all three");
+  for (const id of [third, second, first]) {
     await page.getByRole("button", { name: "Destroy " + id }).click();
     await row(page, id).waitFor({ state: "detached" });
   }
