@@ -170,7 +170,13 @@ func serve(ctx context.Context, f serveFlags) error {
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     30 * time.Second,
 	}}
-	mgr, err := sandbox.NewManager(sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes")), sandbox.Deps{
+	mcfg := sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes"))
+	if f.netMode == network.ModeBridge {
+		// Guests on the bridge are addressed by their slot; a restored
+		// machine would keep its saved address.
+		mcfg.SlotAddressed, mcfg.TemplateSnapshots = true, false
+	}
+	mgr, err := sandbox.NewManager(mcfg, sandbox.Deps{
 		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log,
 		Agent: func(addr netip.Addr, token string) sandbox.Agent {
 			return agent.New(fmt.Sprintf("http://%s", netip.AddrPortFrom(addr, agent.Port)), token, hc)

@@ -44,6 +44,11 @@ type Config struct {
 	// snapshot of it, captured once (per template build, vCPUs and memory)
 	// from the first cold boot's ready guest, instead of cold-booting.
 	TemplateSnapshots bool
+	// SlotAddressed says guests are addressed by their network slot (the
+	// bridge network mode): a restored machine keeps the address it was
+	// saved with, so nothing that restores one (pause, named snapshots,
+	// forks, template snapshots) is offered.
+	SlotAddressed bool
 	// Defaults for fields a create request leaves zero.
 	DefaultTemplate  string
 	DefaultVCPUs     int
@@ -233,6 +238,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	}
 	var restorer vmm.Restorer
 	if src.state != "" {
+		if err := m.restoreBlocked(); err != nil {
+			return store.Sandbox{}, fmt.Errorf("restore from snapshot %q: %w", src.snapshot, err)
+		}
 		var ok bool
 		if restorer, ok = m.d.VMM.(vmm.Restorer); !ok {
 			return store.Sandbox{}, fmt.Errorf("restore from snapshot %q: %w", src.snapshot, ErrUnsupported)
@@ -649,4 +657,13 @@ func (m *Manager) Close() {
 	close(m.stop)
 	m.mu.Unlock()
 	m.wg.Wait()
+}
+
+// restoreBlocked reports why this manager's machines cannot be saved and
+// restored, or nil.
+func (m *Manager) restoreBlocked() error {
+	if m.cfg.SlotAddressed {
+		return fmt.Errorf("the bridge network mode gives each guest its own address, which a restored machine cannot change: %w", ErrUnsupported)
+	}
+	return nil
 }

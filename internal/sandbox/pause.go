@@ -53,6 +53,9 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	if r.State != StateRunning || sb.machine == nil {
 		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s, not running: %w", r.ID, r.State, ErrConflict)
 	}
+	if err := m.restoreBlocked(); err != nil {
+		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, err)
+	}
 	snapper, ok := sb.machine.(vmm.Snapshotter)
 	if !ok {
 		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, ErrUnsupported)

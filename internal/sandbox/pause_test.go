@@ -412,3 +412,39 @@ func TestRecoverKeepsPausedAndSettlesInterrupted(t *testing.T) {
 	}
 	assertEmpty(t, w, st, m2, dir)
 }
+
+// In the bridge network mode a guest's address is its slot's, and a restored
+// machine keeps the one it was saved with: everything that restores one is
+// refused, and nothing is left half done.
+func TestSlotAddressedRefusesRestores(t *testing.T) {
+	w, st, dir, _ := setup(t)
+	cfg := DefaultConfig(dir)
+	cfg.SlotAddressed = true
+	cfg.TemplateSnapshots = false
+	m, err := NewManager(cfg, Deps{Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: fakeDriver{w},
+		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	r := mustCreate(t, m, CreateRequest{})
+	if _, err := m.Pause(ctx, r.ID); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("pause: %v", err)
+	}
+	if _, err := m.CreateSnapshot(ctx, r.ID, "snap"); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("snapshot: %v", err)
+	}
+	if _, err := m.Fork(ctx, r.ID, 1); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("fork: %v", err)
+	}
+	got, err := m.Get(r.ID)
+	if err != nil || got.State != StateRunning {
+		t.Fatalf("after refusals: %+v %v", got, err)
+	}
+	if _, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("exec after refusals: %v", err)
+	}
+	destroyAll(t, m, r.ID)
+	assertEmpty(t, w, st, m, dir)
+}

@@ -107,6 +107,9 @@ func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (s
 // paused sandbox into dir. A running machine is paused for the capture (so
 // state and disk agree) and resumed afterwards.
 func (m *Manager) captureLocked(ctx context.Context, sb *Sandbox, r store.Sandbox, dir string) (err error) {
+	if err := m.restoreBlocked(); err != nil {
+		return err
+	}
 	if err := os.Mkdir(snapState(dir), 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
