@@ -18,7 +18,7 @@ TEST_TEMPLATES := $(CACHE_DIR)/test-templates
 APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
 	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
-	dmsetup xfsprogs btrfs-progs
+	dmsetup xfsprogs btrfs-progs chromium
 # Node.js and npm (for the protocol test's npm package) come from Debian only
 # when the machine has none: a Node.js installed another way ships its own
 # npm, which Debian's npm package would conflict with.
@@ -49,10 +49,12 @@ apt:
 	fi
 	@command -v go >/dev/null || { echo "Go is not installed (want /usr/local/go/bin/go, 1.26 or newer)"; exit 1; }
 
-npm: test/e2b/node_modules/.package-lock.json
+# The protocol test reads the e2b SDK; the browser test drives Debian's
+# Chromium with playwright-core. Both are pinned by their lock files.
+npm: test/e2b/node_modules/.package-lock.json test/browser/node_modules/.package-lock.json
 
-test/e2b/node_modules/.package-lock.json: test/e2b/package.json test/e2b/package-lock.json
-	npm ci --prefix test/e2b --no-audit --no-fund --loglevel=error
+%/node_modules/.package-lock.json: %/package.json %/package-lock.json
+	npm ci --prefix $* --no-audit --no-fund --loglevel=error
 	@touch $@
 
 ## build: bin/ember, which carries the guest agent
@@ -76,7 +78,8 @@ run: deps build
 	EMBER_CACHE_DIR=$(CACHE_DIR) bin/ember serve --listen $(LISTEN) --data-dir $(DATA_DIR) --print-api-key
 
 TEST_ENV := EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/ember \
-	EMBER_CACHE_DIR=$(CACHE_DIR) EMBER_E2B_PKG=$(CURDIR)/test/e2b/node_modules/e2b
+	EMBER_CACHE_DIR=$(CACHE_DIR) EMBER_E2B_PKG=$(CURDIR)/test/e2b/node_modules/e2b \
+	EMBER_ARTIFACTS=$(CURDIR)/test-artifacts
 
 ## test: every test tier (unit, privileged, VM under QEMU, test host)
 # The VM tier runs after the others, not beside them: its daemons reclaim
