@@ -39,7 +39,7 @@ const problems = [];
 let failed = false;
 try {
   const page = context.pages()[0] || (await context.newPage());
-  page.setDefaultTimeout(60_000);
+  page.setDefaultTimeout(+(process.env.EMBER_UI_TIMEOUT_MS || 60_000));
   page.on("console", (m) => { if (m.type() === "error") problems.push("console error: " + m.text()); });
   page.on("pageerror", (e) => problems.push("page error: " + e.message));
   await run(page);
@@ -91,6 +91,8 @@ async function shoot(page, name) {
   for (const [w, h] of [[1280, 800], [400, 800]]) {
     await page.setViewportSize({ width: w, height: h });
     await page.screenshot({ path: join(artifacts, `${name}-${w}x${h}.png`), fullPage: true });
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    if (wide > w) throw new Error(`${name}: the page is ${wide} px wide in a ${w} px window`);
   }
   await page.setViewportSize({ width: 1280, height: 800 });
 }
@@ -149,6 +151,11 @@ async function run(page) {
   await page.getByRole("button", { name: "Take snapshot" }).click();
   await page.locator('#snaps li[data-name="web-snap"]').waitFor();
   if (await page.locator("#snapdlg").evaluate((d) => d.open)) throw new Error("the snapshot dialog stayed open");
+
+  step("the create form offers the snapshot");
+  await page.getByLabel("From", { exact: true }).selectOption("s:web-snap");
+  if (!(await page.getByLabel("vCPUs").isDisabled())) throw new Error("vCPUs stay editable for a snapshot");
+  await page.getByLabel("From", { exact: true }).selectOption("t:base");
 
   step("new sandbox from the snapshot");
   await page.getByRole("button", { name: "New sandbox from snapshot web-snap" }).click();
