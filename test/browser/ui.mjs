@@ -118,11 +118,22 @@ async function run(page) {
   await page.getByRole("button", { name: "Connect" }).click();
   await page.locator("#keystate").waitFor();
   await page.locator("#sb-empty", { hasText: "No sandboxes yet" }).waitFor();
+  step("the key outlives a reload of the tab");
+  await page.reload();
+  await page.locator("#keystate").waitFor();
+  await page.locator("#sb-empty", { hasText: "No sandboxes yet" }).waitFor();
 
   step("create a sandbox");
   await page.getByLabel("Timeout (s)").fill("600");
   await page.getByRole("button", { name: "Create sandbox" }).click();
-  await page.locator("#rows tr").first().waitFor();
+  // Whichever shows first, the row or the error; neither wait may reject
+  // unhandled once the other has won.
+  const shown = await Promise.race([
+    page.locator("#rows tr").first().waitFor().then(() => "row", (e) => e),
+    page.locator("#create-err:not(:empty)").waitFor().then(() => "error", () => "none"),
+  ]);
+  if (shown instanceof Error) throw shown;
+  if (shown === "error") throw new Error("create: " + (await page.locator("#create-err").textContent()));
   const first = await page.locator("#rows tr").first().getAttribute("data-id");
   await waitState(page, first, "running");
   step("created " + first);
