@@ -82,11 +82,13 @@ TEST_ENV := EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/e
 	EMBER_ARTIFACTS=$(CURDIR)/test-artifacts
 
 ## test: every test tier (unit, privileged, VM under QEMU, test host)
-# The VM tier runs after the others, not beside them: its daemons reclaim
-# ember objects at start and must not meet the privileged tests' slots.
+# The VM tier and the browser test run after the others and one after the
+# other, not beside them: their daemons reclaim ember slots at and above
+# their first index at start, and must not meet anyone else's.
 test: deps build template
-	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v /test/e2e)
+	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/e2e -e /test/browser)
 	$(TEST_ENV) go test -race -count=1 -timeout 20m -v ./test/e2e
+	$(TEST_ENV) go test -race -count=1 -timeout 5m -v ./test/browser
 	$(MAKE) --no-print-directory test-host
 
 ## test-host: the tests this kernel cannot run (device-mapper, nbd, KVM),
