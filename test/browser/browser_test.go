@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -30,8 +29,6 @@ func TestPage(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "qemu-system-x86_64")
 	testutil.RequireTool(t, "node")
-	bin := testutil.RequireEnv(t, "EMBER_BIN", "run through `make test`, which builds bin/ember")
-	guest := testutil.Guest(t)
 	browser := os.Getenv("EMBER_CHROMIUM")
 	if browser == "" {
 		browser = "/usr/bin/chromium"
@@ -51,7 +48,7 @@ func TestPage(t *testing.T) {
 	}
 	t.Logf("screenshots go to %s", artifacts)
 
-	d := startDaemon(t, bin, filepath.Dir(filepath.Dir(guest.Kernel)))
+	d := harness.ForTest(t, harness.Options{SlotFirst: slotFirst}, slotSpan)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -94,42 +91,4 @@ func requireFile(t *testing.T, path, fix string) {
 		t.Fatalf("%s (EMBER_REQUIRE_ALL=1 forbids this skip)", msg)
 	}
 	t.Skip(msg)
-}
-
-// startDaemon runs a daemon on its own data directory and slot range and
-// checks at cleanup that it left nothing behind.
-func startDaemon(t *testing.T, bin, templates string) *harness.Daemon {
-	t.Helper()
-	logf, err := os.CreateTemp("", "ember-browser-*.log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := harness.Start(context.Background(), harness.Options{Bin: bin, Templates: templates,
-		DataDir: t.TempDir(), SlotFirst: slotFirst, Log: logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if err := d.DestroyAll(ctx); err != nil {
-			t.Errorf("destroy all: %v", err)
-		}
-		if err := d.Stop(); err != nil {
-			t.Error(err)
-		}
-		if leaks := d.Leaks(slotSpan); len(leaks) > 0 {
-			t.Errorf("leaked: %v", leaks)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			lines := strings.Split(string(b), "\n")
-			if len(lines) > 60 {
-				lines = lines[len(lines)-60:]
-			}
-			t.Logf("daemon log:\n%s", strings.Join(lines, "\n"))
-		}
-		logf.Close()
-		os.Remove(logf.Name())
-	})
-	return d
 }

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/client"
-	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/test/harness"
 )
 
@@ -32,50 +31,10 @@ func start(t *testing.T, slotFirst int) *harness.Daemon {
 	return startWith(t, harness.Options{SlotFirst: slotFirst})
 }
 
-// startWith is start with options; Bin, Templates, DataDir and Log are filled in.
+// startWith is start with options.
 func startWith(t *testing.T, o harness.Options) *harness.Daemon {
 	t.Helper()
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	bin := testutil.RequireEnv(t, "EMBER_BIN", "run through `make test`, which builds bin/ember")
-	guest := testutil.Guest(t)
-	logf, err := os.CreateTemp("", "ember-e2e-*.log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dataDir := t.TempDir()
-	o.Bin, o.Templates, o.DataDir, o.Log = bin, filepath.Dir(filepath.Dir(guest.Kernel)), dataDir, logf
-	d, err := harness.Start(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if err := d.DestroyAll(ctx); err != nil {
-			t.Errorf("destroy all: %v", err)
-		}
-		if err := d.Stop(); err != nil {
-			t.Error(err)
-		}
-		if leaks := d.Leaks(slotSpan); len(leaks) > 0 {
-			t.Errorf("leaked: %v", leaks)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("daemon log:\n%s", tail(string(b), 60))
-		}
-		logf.Close()
-		os.Remove(logf.Name())
-	})
-	return d
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return harness.ForTest(t, o, slotSpan)
 }
 
 func TestSandboxThroughSDK(t *testing.T) {
