@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/emberhq/ember/internal/fsutil"
 )
 
 // Operations an intent records.
@@ -45,23 +47,7 @@ func (b *Backend) begin(in intent) error {
 		return err
 	}
 	p := b.journalPath(in.ID)
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("record intent: %w", err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := fsutil.WriteFileAtomic(p, data, 0o600); err != nil {
 		return fmt.Errorf("record intent: %w", err)
 	}
 	return nil

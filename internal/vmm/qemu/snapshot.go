@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/fsutil"
 	"github.com/emberhq/ember/internal/vmm"
 )
 
@@ -146,41 +147,6 @@ func readManifest(dir string) (manifest, error) {
 		return m, fmt.Errorf("snapshot manifest version %d, this driver reads %d: %w", m.Version, manifestVersion, ErrSnapshotMismatch)
 	}
 	return m, nil
-}
-
-// writeFileSynced writes data to path through a temporary file, synced and
-// renamed into place, then syncs the directory.
-func writeFileSynced(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncPath(filepath.Dir(path))
-}
-
-// syncPath fsyncs a file or directory.
-func syncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // migrationFD is the name under which the stream's file descriptor is
@@ -378,7 +344,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) (err erro
 			return fmt.Errorf("save guest memory: %w", err)
 		}
 		p.done("memory")
-		if err := syncPath(mem); err != nil {
+		if err := fsutil.Sync(mem); err != nil {
 			return fmt.Errorf("sync %s: %w", mem, err)
 		}
 	}
@@ -392,7 +358,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) (err erro
 	if err != nil {
 		return fmt.Errorf("encode manifest: %w", err)
 	}
-	if err := writeFileSynced(filepath.Join(dir, manifestFile), append(b, '\n')); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(dir, manifestFile), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
 	return nil
