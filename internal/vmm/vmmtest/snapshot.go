@@ -63,9 +63,12 @@ type Tick struct {
 	MAC string
 }
 
-// ticks parses the complete counter lines of a console log.
+// ticks parses the complete counter lines of a console log. A last line
+// without its newline is still being written by the guest and is left for
+// the next read (it once cut a MAC address in half).
 func ticks(b []byte) []Tick {
 	var out []Tick
+	b = b[:bytes.LastIndexByte(b, '\n')+1]
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		m := tickLine.FindStringSubmatch(strings.TrimSpace(sc.Text()))
