@@ -103,6 +103,13 @@ func (a *allocator) reserve(i int) error {
 	return nil
 }
 
+// park turns index i from in use into reserved: its sandbox paused.
+func (a *allocator) park(i int) {
+	if a.taken[i] {
+		a.taken[i] = false
+	}
+}
+
 // reserved reports whether index i is reserved.
 func (a *allocator) reserved(i int) bool {
 	inUse, ok := a.taken[i]

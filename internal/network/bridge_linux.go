@@ -405,6 +405,20 @@ func (p *BridgePool) queueBridgeChains(c *nftables.Conn) error {
 // Return deletes slot s's TAP and rules, forgets its connections and frees
 // its address. Returning a slot the pool does not hold is a no-op.
 func (p *BridgePool) Return(ctx context.Context, s *Slot) error {
+	return p.release(ctx, s, false)
+}
+
+// Park is Return for a sandbox that pauses: the TAP, rules and connections
+// go, but the address stays reserved, so Adopt brings the slot back
+// unchanged and the restored guest, which keeps the address and MAC it was
+// saved with, resumes on it.
+func (p *BridgePool) Park(ctx context.Context, s *Slot) error {
+	return p.release(ctx, s, true)
+}
+
+// release tears slot s down and frees its address, or reserves it when
+// park is set.
+func (p *BridgePool) release(ctx context.Context, s *Slot, park bool) error {
 	if s == nil {
 		return nil
 	}
@@ -428,7 +442,11 @@ func (p *BridgePool) Return(ctx context.Context, s *Slot) error {
 		return errors.Join(errs...)
 	})
 	p.mu.Lock()
-	p.alloc.put(s.Index)
+	if park {
+		p.alloc.park(s.Index)
+	} else {
+		p.alloc.put(s.Index)
+	}
 	p.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("return bridge slot %d: %w", s.Index, err)

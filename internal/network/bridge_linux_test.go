@@ -197,6 +197,25 @@ func TestBridgeSlots(t *testing.T) {
 		t.Errorf("Adopt of a slot in use = %v, want ErrInUse", err)
 	}
 
+	// Park is the same in one step: the address is never free meanwhile.
+	if err := p.Park(context.Background(), resumed); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Get(context.Background()); !errors.Is(err, ErrNoCapacity) {
+		t.Errorf("Get with the only free address parked = %v, want ErrNoCapacity", err)
+	}
+	if err := p.onHost(func() error {
+		if linkExists(resumed.TAP) {
+			t.Errorf("parked slot's tap %s still exists", resumed.TAP)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if resumed, err = p.Adopt(3); err != nil || *resumed != *slots[3] {
+		t.Fatalf("Adopt(3) of a parked slot = %+v, %v; want %+v", resumed, err, *slots[3])
+	}
+
 	// A restarted daemon adopts a slot whose TAP exists.
 	if err := p.Return(context.Background(), slots[4]); err != nil {
 		t.Fatal(err)
