@@ -53,6 +53,8 @@ type serveFlags struct {
 	netMode   string
 	vmm       string
 	fcBinary  string
+	bridge    string
+	bridgeNet string
 }
 
 func serveCmd() *cobra.Command {
@@ -81,6 +83,8 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
 	fl.StringVar(&f.uplink, "uplink", "", "interface sandbox egress leaves by (default: the default route's)")
 	fl.IntVar(&f.poolSize, "slot-pool", network.DefaultPoolSize, "network slots kept built ahead of demand")
+	fl.StringVar(&f.bridge, "bridge", network.DefaultBridge, "bridge interface of the bridge network mode")
+	fl.StringVar(&f.bridgeNet, "bridge-cidr", network.DefaultBridgeCIDR.String(), "subnet of the bridge network mode (gateway first, guests after)")
 	fl.StringVar(&f.netMode, "network-mode", network.ModeNetns, `"netns" (a namespace per sandbox) or "bridge" (one shared bridge)`)
 	fl.BoolVar(&f.noEgress, "no-egress", false, "give sandboxes no route out (leaves host forwarding and NAT alone)")
 	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
@@ -157,8 +161,12 @@ func serve(ctx context.Context, f serveFlags) error {
 		}
 	}
 
+	bridgeNet, err := netip.ParsePrefix(f.bridgeNet)
+	if err != nil {
+		return fmt.Errorf("--bridge-cidr %q: %w", f.bridgeNet, err)
+	}
 	netCfg := network.Config{FirstIndex: f.slotFirst, NoEgress: f.noEgress, Uplink: f.uplink,
-		PoolSize: f.poolSize, Mode: f.netMode}
+		PoolSize: f.poolSize, Mode: f.netMode, Bridge: f.bridge, BridgeCIDR: bridgeNet}
 	pool, err := network.New(netCfg, log)
 	if err != nil {
 		return err

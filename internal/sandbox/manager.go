@@ -561,6 +561,10 @@ func (m *Manager) releaseLocked(ctx context.Context, sb *Sandbox, r store.Sandbo
 	if err := m.d.Disks.Remove(ctx, r.ID, r.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove disk: %w", err))
 	}
+	if parker, ok := m.d.Slots.(SlotParker); ok && sb.slot == nil && r.SlotIndex >= 0 {
+		// A paused sandbox's parked address.
+		parker.Unreserve(r.SlotIndex)
+	}
 	if sb.slot != nil {
 		if err := m.d.Slots.Return(ctx, sb.slot); err != nil {
 			errs = append(errs, fmt.Errorf("return slot %d: %w", sb.slot.Index, err))
@@ -660,10 +664,21 @@ func (m *Manager) Close() {
 }
 
 // restoreBlocked reports why this manager's machines cannot be saved and
-// restored, or nil.
+// restored anywhere but where they were saved (named snapshots, forks,
+// template snapshots), or nil. Pause asks pauseBlocked instead.
 func (m *Manager) restoreBlocked() error {
 	if m.cfg.SlotAddressed {
 		return fmt.Errorf("the bridge network mode gives each guest its own address, which a restored machine cannot change: %w", ErrUnsupported)
 	}
 	return nil
+}
+
+// pauseBlocked reports why a sandbox cannot pause, or nil: with guests
+// addressed by their slot, only a provider that parks slots lets the guest
+// resume on its own address.
+func (m *Manager) pauseBlocked() error {
+	if _, ok := m.d.Slots.(SlotParker); ok {
+		return nil
+	}
+	return m.restoreBlocked()
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
@@ -53,7 +54,7 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	if r.State != StateRunning || sb.machine == nil {
 		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s, not running: %w", r.ID, r.State, ErrConflict)
 	}
-	if err := m.restoreBlocked(); err != nil {
+	if err := m.pauseBlocked(); err != nil {
 		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, err)
 	}
 	snapper, ok := sb.machine.(vmm.Snapshotter)
@@ -113,13 +114,20 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 		// stay held, and the next destroy releases them.
 		m.log.Warn("detach disk of paused sandbox", "sandbox", r.ID, "err", err)
 	}
+	slotIndex := -1
 	if sb.slot != nil {
-		if err := m.d.Slots.Return(ctx, sb.slot); err != nil {
+		if parker, ok := m.d.Slots.(SlotParker); ok {
+			// The saved guest keeps its address: hold it for the resume.
+			if err := parker.Park(ctx, sb.slot); err != nil {
+				m.log.Warn("park slot of paused sandbox", "sandbox", r.ID, "slot", sb.slot.Index, "err", err)
+			}
+			slotIndex = sb.slot.Index
+		} else if err := m.d.Slots.Return(ctx, sb.slot); err != nil {
 			m.log.Warn("return slot of paused sandbox", "sandbox", r.ID, "slot", sb.slot.Index, "err", err)
 		}
 		sb.slot = nil
 	}
-	r.State, r.VMMPID, r.SlotIndex = StatePaused, 0, -1
+	r.State, r.VMMPID, r.SlotIndex = StatePaused, 0, slotIndex
 	r.TimingsMS = withTiming(r.TimingsMS, "pause", time.Since(start))
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
@@ -195,11 +203,19 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	undo.add(func(ctx context.Context) error { return m.d.Disks.Detach(ctx, r.ID, r.Dir) })
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
 
-	slot, err := m.d.Slots.Get(ctx)
-	if err != nil {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: get network slot: %w", r.ID, err)
+	var slot *network.Slot
+	if parker, ok := m.d.Slots.(SlotParker); ok && paused.SlotIndex >= 0 {
+		// Back on the parked slot, the address the guest was saved with.
+		if slot, err = m.d.Slots.Adopt(paused.SlotIndex); err != nil {
+			return store.Sandbox{}, fmt.Errorf("resume sandbox %s: take back network slot %d: %w", r.ID, paused.SlotIndex, err)
+		}
+		undo.add(func(ctx context.Context) error { return parker.Park(ctx, slot) })
+	} else {
+		if slot, err = m.d.Slots.Get(ctx); err != nil {
+			return store.Sandbox{}, fmt.Errorf("resume sandbox %s: get network slot: %w", r.ID, err)
+		}
+		undo.add(func(ctx context.Context) error { return m.d.Slots.Return(ctx, slot) })
 	}
-	undo.add(func(ctx context.Context) error { return m.d.Slots.Return(ctx, slot) })
 	if err := m.d.Slots.SetPolicy(ctx, slot, pol); err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: apply network policy: %w", r.ID, err)
 	}

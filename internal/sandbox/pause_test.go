@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -446,5 +447,96 @@ func TestSlotAddressedRefusesRestores(t *testing.T) {
 		t.Fatalf("exec after refusals: %v", err)
 	}
 	destroyAll(t, m, r.ID)
+	assertEmpty(t, w, st, m, dir)
+}
+
+// parkingSlots is fakeSlots for the bridge mode: Park keeps the address.
+type parkingSlots struct {
+	fakeSlots
+	mu       sync.Mutex
+	reserved map[int]bool
+}
+
+func (p *parkingSlots) Park(ctx context.Context, s *network.Slot) error {
+	if err := p.fakeSlots.Return(ctx, s); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reserved[s.Index] = true
+	return nil
+}
+
+func (p *parkingSlots) Reserve(index int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reserved[index] = true
+	return nil
+}
+
+func (p *parkingSlots) Unreserve(index int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.reserved, index)
+}
+
+func (p *parkingSlots) isReserved(index int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.reserved[index]
+}
+
+// With guests addressed by their slot, a paused sandbox parks its slot and
+// resumes on the same one; deleting it frees the address.
+func TestSlotAddressedPauseKeepsTheSlot(t *testing.T) {
+	w, st, dir, _ := setup(t)
+	cfg := DefaultConfig(dir)
+	cfg.SlotAddressed, cfg.TemplateSnapshots = true, false
+	slots := &parkingSlots{fakeSlots: fakeSlots{w}, reserved: map[int]bool{}}
+	newM := func() *Manager {
+		m, err := NewManager(cfg, Deps{Store: st, Templates: w, Disks: w, Slots: slots, VMM: fakeDriver{w},
+			Agent: func(netip.Addr, string) Agent { return fakeAgent{w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Close)
+		return m
+	}
+	m := newM()
+	ctx := context.Background()
+	other := mustCreate(t, m, CreateRequest{})
+	r := mustCreate(t, m, CreateRequest{})
+	index := r.SlotIndex
+	p, err := m.Pause(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.SlotIndex != index || !slots.isReserved(index) {
+		t.Fatalf("paused on slot %d (reserved %v), want slot %d kept", p.SlotIndex, slots.isReserved(index), index)
+	}
+	// A daemon restart holds the parked address again.
+	m.Close()
+	slots.Unreserve(index)
+	m = newM()
+	if _, err := m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !slots.isReserved(index) {
+		t.Fatalf("slot %d not reserved after a restart", index)
+	}
+	back, err := m.Resume(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.SlotIndex != index {
+		t.Fatalf("resumed on slot %d, want %d", back.SlotIndex, index)
+	}
+	if _, err := m.Pause(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	destroyAll(t, m, r.ID, other.ID)
+	if slots.isReserved(index) {
+		t.Fatalf("slot %d still reserved after its paused sandbox was deleted", index)
+	}
 	assertEmpty(t, w, st, m, dir)
 }

@@ -29,7 +29,14 @@ func (m *Manager) Recover(ctx context.Context) (slots map[int]bool, err error) {
 			return nil, err
 		}
 		switch r.State {
-		case StateError, StatePaused:
+		case StateError:
+			continue
+		case StatePaused:
+			if parker, ok := m.d.Slots.(SlotParker); ok && r.SlotIndex >= 0 {
+				if err := parker.Reserve(r.SlotIndex); err != nil {
+					m.log.Error("reserve parked slot of paused sandbox", "sandbox", r.ID, "slot", r.SlotIndex, "err", err)
+				}
+			}
 			continue
 		case StatePausing, StateResuming:
 			// Interrupted with the saved state either complete (the
@@ -112,7 +119,21 @@ func (m *Manager) settlePaused(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := m.d.Disks.Detach(ctx, r.ID, r.Dir); err != nil {
 		m.log.Warn("detach disk of paused sandbox", "sandbox", r.ID, "err", err)
 	}
-	r.State, r.VMMPID, r.SlotIndex = StatePaused, 0, -1
+	slotIndex := -1
+	if parker, ok := m.d.Slots.(SlotParker); ok && r.SlotIndex >= 0 {
+		// Keep the saved guest's address: park the slot if it still
+		// exists, else hold its address.
+		if s, err := m.d.Slots.Adopt(r.SlotIndex); err == nil {
+			err = parker.Park(ctx, s)
+			if err != nil {
+				m.log.Warn("park slot of paused sandbox", "sandbox", r.ID, "slot", r.SlotIndex, "err", err)
+			}
+		} else if err := parker.Reserve(r.SlotIndex); err != nil {
+			m.log.Warn("reserve slot of paused sandbox", "sandbox", r.ID, "slot", r.SlotIndex, "err", err)
+		}
+		slotIndex = r.SlotIndex
+	}
+	r.State, r.VMMPID, r.SlotIndex = StatePaused, 0, slotIndex
 	if err := m.put(ctx, sb, r); err != nil {
 		m.log.Error("record paused sandbox", "sandbox", r.ID, "err", err)
 	}

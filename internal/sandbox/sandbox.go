@@ -54,6 +54,18 @@ type Slots interface {
 	SetPolicy(ctx context.Context, s *network.Slot, pol network.Policy) error
 }
 
+// SlotParker is implemented by slot providers whose guests are addressed by
+// their slot (the bridge network mode). A restored guest keeps the address
+// and MAC it was saved with, so a pausing sandbox parks its slot (devices
+// released, address kept reserved) and resumes on the same slot through
+// Adopt; Unreserve frees the address of a paused sandbox that goes away and
+// Reserve holds it again after a daemon restart.
+type SlotParker interface {
+	Park(ctx context.Context, s *network.Slot) error
+	Reserve(index int) error
+	Unreserve(index int)
+}
+
 // Agent is the host side of one sandbox's guest agent.
 type Agent interface {
 	WaitReady(ctx context.Context) error

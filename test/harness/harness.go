@@ -32,6 +32,7 @@ type Daemon struct {
 	Client    *client.Client
 	Log       *os.File
 	Uplink    string
+	Args      []string
 
 	cmd *exec.Cmd
 	// done is closed once the daemon process has exited (and been reaped).
@@ -52,6 +53,8 @@ type Options struct {
 	// Uplink, when set, gives sandboxes egress through that interface (a
 	// test's own "outside" link); otherwise the daemon runs --no-egress.
 	Uplink string
+	// Args are more `ember serve` flags.
+	Args []string
 }
 
 // Start starts a daemon and waits for its API.
@@ -62,7 +65,7 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst, Log: o.Log, Uplink: o.Uplink}
+	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst, Log: o.Log, Uplink: o.Uplink, Args: o.Args}
 	return d, d.start(ctx, addr)
 }
 
@@ -72,7 +75,8 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 		egress = []string{"--uplink", d.Uplink}
 	}
 	d.cmd = exec.Command(d.Bin, append([]string{"serve", "--listen", addr, "--data-dir", d.DataDir,
-		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--log-level", "debug"}, egress...)...)
+		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--log-level", "debug"},
+		append(egress, d.Args...)...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.Log, d.Log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {

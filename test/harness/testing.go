@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -58,4 +59,17 @@ func Tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// RunKeepingHost runs a test binary's tests (from TestMain) and then removes
+// the host's nftables table that the tests' daemons created, if there was
+// none before: a daemon leaves its table for its next start, but a test run
+// leaves the host as it found it.
+func RunKeepingHost(m *testing.M) int {
+	had := exec.Command("nft", "list", "table", "inet", "ember").Run() == nil
+	code := m.Run()
+	if !had {
+		exec.Command("nft", "delete", "table", "inet", "ember").Run()
+	}
+	return code
 }

@@ -1,0 +1,10 @@
+package browser
+
+import (
+	"os"
+	"testing"
+
+	"github.com/emberhq/ember/test/harness"
+)
+
+func TestMain(m *testing.M) { os.Exit(harness.RunKeepingHost(m)) }
