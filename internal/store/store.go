@@ -108,7 +108,9 @@ type Store struct {
 // migrations bring a database from version i (PRAGMA user_version) to i+1.
 // Append only: a released migration never changes.
 var migrations = []string{
-	`CREATE TABLE sandboxes (
+	// IF NOT EXISTS: databases made before the store was versioned hold
+	// this table at user_version 0.
+	`CREATE TABLE IF NOT EXISTS sandboxes (
 	id          TEXT PRIMARY KEY,
 	template    TEXT NOT NULL,
 	state       TEXT NOT NULL,

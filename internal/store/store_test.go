@@ -194,3 +194,28 @@ func TestSnapshotRoundTripAndNewSandboxFields(t *testing.T) {
 		t.Fatalf("after delete: %v", err)
 	}
 }
+
+// The first daemons created the table without recording a schema version.
+func TestMigratesUnversionedDatabase(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ember.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"DROP TABLE sandboxes", "DROP TABLE IF EXISTS snapshots", migrations[0], "PRAGMA user_version = 0",
+		`INSERT INTO sandboxes VALUES ('old','base','running',1,256,1024,'{}','{}','t',0,1,'/d','/d/x','raw',0,0,'','{}')`} {
+		if _, err := s.db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	s, err = Open(ctx, path)
+	if err != nil {
+		t.Fatalf("open unversioned database: %v", err)
+	}
+	defer s.Close()
+	if got, err := s.GetSandbox(ctx, "old"); err != nil || got.Template != "base" {
+		t.Fatalf("row of the unversioned database: %+v %v", got, err)
+	}
+}
