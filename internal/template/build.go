@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/emberhq/ember/internal/fsutil"
 )
 
 // EnsureDefault returns the default template ("base") from reg, first
@@ -14,9 +16,24 @@ import (
 // the current inputs is returned at once. The new template replaces the old
 // one atomically; a build that fails or is killed leaves the old one in place.
 func (b *Builder) EnsureDefault(ctx context.Context, reg Registry, agent []byte) (Template, error) {
-	t, err := b.ensure(ctx, reg, DefaultName, agent)
+	return b.Build(ctx, reg, DefaultName, agent)
+}
+
+// Build returns the template called name from reg, first building it (from
+// ember's kernel, or Builder.KernelPath when set, and the default root
+// filesystem) unless one with the same inputs is there. The default
+// template is rebuilt by the daemon from ember's own kernel, so a supplied
+// kernel needs a name of its own.
+func (b *Builder) Build(ctx context.Context, reg Registry, name string, agent []byte) (Template, error) {
+	if err := checkName(name); err != nil {
+		return Template{}, err
+	}
+	if b.KernelPath != "" && name == DefaultName {
+		return Template{}, fmt.Errorf("template %q: %w: the daemon keeps %q on ember's own kernel; give a supplied kernel a template name of its own", name, ErrInvalidName, DefaultName)
+	}
+	t, err := b.ensure(ctx, reg, name, agent)
 	if err != nil {
-		return Template{}, fmt.Errorf("build template %q: %w", DefaultName, err)
+		return Template{}, fmt.Errorf("build template %q: %w", name, err)
 	}
 	return t, nil
 }
@@ -35,9 +52,13 @@ func (b *Builder) ensure(ctx context.Context, reg Registry, name string, agent [
 		return Template{}, fmt.Errorf("read busybox (apt-get install busybox-static): %w", err)
 	}
 	size := b.rootfsSize()
+	kernelSource := linuxSourcePackage + " " + k.source
+	if b.KernelPath != "" {
+		kernelSource = k.source
+	}
 	inputs := map[string]string{
 		"kernel":         k.key,
-		"linux_source":   linuxSourcePackage + " " + k.source,
+		"linux_source":   kernelSource,
 		"agent_sha256":   sha256Hex(agent),
 		"busybox_sha256": sha256Hex(busybox),
 		"rootfs_recipe":  rootfsRecipeVersion,
@@ -50,7 +71,7 @@ func (b *Builder) ensure(ctx context.Context, reg Registry, name string, agent [
 	if err := os.MkdirAll(reg.Dir, 0o755); err != nil {
 		return Template{}, fmt.Errorf("create registry %q: %w", reg.Dir, err)
 	}
-	unlock, err := lock(ctx, filepath.Join(reg.Dir, "."+name+".lock"))
+	unlock, err := fsutil.Lock(ctx, filepath.Join(reg.Dir, "."+name+".lock"))
 	if err != nil {
 		return Template{}, err
 	}

@@ -1,6 +1,7 @@
 package template
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -62,7 +63,7 @@ func TestEnsureDefault(t *testing.T) {
 			if got.Inputs["agent_sha256"] != sha256Hex([]byte(tc.agent)) || got.Inputs["kernel"] != k.key {
 				t.Fatalf("inputs = %v", got.Inputs)
 			}
-			if err := checkPVH(got.Kernel); err != nil {
+			if err := CheckKernel(got.Kernel); err != nil {
 				t.Fatal(err)
 			}
 			listed, err := reg.List()
@@ -83,5 +84,57 @@ func TestEnsureDefaultNeedsAgent(t *testing.T) {
 	_, err := b.EnsureDefault(context.Background(), Registry{Dir: t.TempDir()}, nil)
 	if !errors.Is(err, ErrNoAgent) {
 		t.Fatalf("EnsureDefault without agent = %v, want ErrNoAgent", err)
+	}
+}
+
+// TestBuildSuppliedKernel builds a template around a kernel the user
+// supplies: it is checked first, keys the template by its content, and the
+// default template's name is refused for it.
+func TestBuildSuppliedKernel(t *testing.T) {
+	testutil.RequireTool(t, "mkfs.ext4")
+	testutil.RequireTool(t, "busybox")
+	k := builtKernelOrSkip(t)
+	ctx := context.Background()
+	reg := Registry{Dir: t.TempDir()}
+	supplied := filepath.Join(t.TempDir(), "vmlinux-custom")
+	data, err := os.ReadFile(k.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(supplied, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := &Builder{RootfsSize: 64 << 20, KernelPath: supplied}
+	got, err := b.Build(ctx, reg, "custom", []byte("agent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Inputs["kernel"] != sha256Hex(data) || got.Inputs["linux_source"] != "supplied "+supplied {
+		t.Errorf("inputs %v", got.Inputs)
+	}
+	if copied, err := os.ReadFile(got.Kernel); err != nil || !bytes.Equal(copied, data) {
+		t.Errorf("template kernel differs from the supplied one (%v)", err)
+	}
+
+	for _, tc := range []struct {
+		name, template, kernel string
+		want                   error
+	}{
+		{"not a kernel", "bad", "/etc/hostname", ErrInvalidKernel},
+		{"missing kernel", "bad", filepath.Join(t.TempDir(), "nope"), ErrInvalidKernel},
+		{"default name", DefaultName, supplied, ErrInvalidName},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &Builder{RootfsSize: 64 << 20, KernelPath: tc.kernel}
+			if _, err := b.Build(ctx, reg, tc.template, []byte("agent")); !errors.Is(err, tc.want) {
+				t.Fatalf("Build = %v, want %v", err, tc.want)
+			}
+			if _, err := reg.Get(tc.template); !errors.Is(err, ErrNotFound) {
+				t.Errorf("a refused build left template %q: %v", tc.template, err)
+			}
+		})
+	}
+	if left, _ := filepath.Glob(filepath.Join(reg.Dir, ".build-*")); len(left) != 0 {
+		t.Errorf("build directories left behind: %v", left)
 	}
 }

@@ -1,11 +1,13 @@
 package template
 
 import (
+	"bytes"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // xenElfnotePhys32Entry is XEN_ELFNOTE_PHYS32_ENTRY: the note, in the "Xen"
@@ -13,32 +15,48 @@ import (
 // jump to when they boot an uncompressed vmlinux.
 const xenElfnotePhys32Entry = 18
 
+// ErrInvalidKernel is returned for a kernel image ember cannot boot: not an
+// uncompressed x86-64 ELF vmlinux with a PVH entry point.
+var ErrInvalidKernel = errors.New("invalid kernel")
+
 // errNoPVH is returned for a kernel without a PVH entry point (CONFIG_PVH off).
 var errNoPVH = errors.New("no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): kernel built without CONFIG_PVH")
 
-// checkPVH returns nil when path is an x86-64 ELF kernel with a PVH entry note.
-func checkPVH(path string) error {
-	f, err := elf.Open(path)
+// CheckKernel returns nil when path is a kernel ember can boot: an x86-64
+// ELF image with a PVH entry note. Otherwise the error wraps
+// ErrInvalidKernel and says what is wrong.
+func CheckKernel(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("open kernel %q: %w", path, err)
+		return fmt.Errorf("kernel %q: %w: %w", path, ErrInvalidKernel, err)
 	}
 	defer f.Close()
-	if f.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("kernel %q is for %s, not x86-64", path, f.Machine)
+	ef, err := elf.NewFile(f)
+	if err != nil {
+		what := "not an ELF file"
+		hdr := make([]byte, 0x206)
+		if _, err := f.ReadAt(hdr, 0); err == nil && bytes.Equal(hdr[0x202:], []byte("HdrS")) {
+			what = "a compressed bzImage, not the uncompressed vmlinux (take vmlinux from the kernel build tree, or unpack it with the kernel's scripts/extract-vmlinux)"
+		}
+		return fmt.Errorf("kernel %q: %w: %s", path, ErrInvalidKernel, what)
 	}
-	for _, p := range f.Progs {
+	defer ef.Close()
+	if ef.Machine != elf.EM_X86_64 {
+		return fmt.Errorf("kernel %q: %w: it is for %s, not x86-64", path, ErrInvalidKernel, ef.Machine)
+	}
+	for _, p := range ef.Progs {
 		if p.Type != elf.PT_NOTE {
 			continue
 		}
 		data, err := io.ReadAll(p.Open())
 		if err != nil {
-			return fmt.Errorf("read notes of %q: %w", path, err)
+			return fmt.Errorf("kernel %q: %w: read notes: %w", path, ErrInvalidKernel, err)
 		}
-		if hasNote(data, f.ByteOrder, "Xen", xenElfnotePhys32Entry) {
+		if hasNote(data, ef.ByteOrder, "Xen", xenElfnotePhys32Entry) {
 			return nil
 		}
 	}
-	return fmt.Errorf("kernel %q: %w", path, errNoPVH)
+	return fmt.Errorf("kernel %q: %w: %w", path, ErrInvalidKernel, errNoPVH)
 }
 
 // hasNote walks a PT_NOTE segment (namesz, descsz, type, then name and desc,

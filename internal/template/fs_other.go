@@ -3,7 +3,6 @@
 package template
 
 import (
-	"context"
 	"errors"
 )
 
@@ -11,8 +10,6 @@ import (
 // package compiling elsewhere (for the CLI's client side and editors).
 
 func usage(string) (int64, int64, error) { return 0, 0, errors.ErrUnsupported }
-
-func lock(context.Context, string) (func(), error) { return nil, errors.ErrUnsupported }
 
 func publish(string, string) error { return errors.ErrUnsupported }
 

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/fsutil"
 	"github.com/emberhq/ember/internal/runner"
 )
 
@@ -68,6 +69,10 @@ type Builder struct {
 	// RootfsSize is the root filesystem image's size in bytes (the guest's
 	// disk); 0 means DefaultRootfsSize.
 	RootfsSize int64
+	// KernelPath, when set, is a kernel the user supplies (an uncompressed
+	// vmlinux with a PVH entry note, a PVM guest kernel say), used instead
+	// of building ember's. It is checked with CheckKernel first.
+	KernelPath string
 }
 
 // Kernel returns the path of the guest kernel (an uncompressed vmlinux with a
@@ -86,8 +91,12 @@ type builtKernel struct {
 	source string // Debian version of the source package
 }
 
-// kernel finds or builds the kernel for the current inputs.
+// kernel finds or builds the kernel for the current inputs, or checks and
+// names the one the user supplied.
 func (b *Builder) kernel(ctx context.Context) (builtKernel, error) {
+	if b.KernelPath != "" {
+		return userKernel(b.KernelPath)
+	}
 	version, err := sourceVersion(ctx)
 	if err != nil {
 		return builtKernel{}, err
@@ -100,7 +109,7 @@ func (b *Builder) kernel(ctx context.Context) (builtKernel, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return builtKernel{}, fmt.Errorf("create kernel cache %q: %w", root, err)
 	}
-	unlock, err := lock(ctx, filepath.Join(root, k.key+".lock"))
+	unlock, err := fsutil.Lock(ctx, filepath.Join(root, k.key+".lock"))
 	if err != nil {
 		return builtKernel{}, err
 	}
@@ -112,6 +121,18 @@ func (b *Builder) kernel(ctx context.Context) (builtKernel, error) {
 		return builtKernel{}, fmt.Errorf("build guest kernel %s: %w", k.key[:12], err)
 	}
 	return k, nil
+}
+
+// userKernel checks a kernel the user supplies and keys it by its content.
+func userKernel(path string) (builtKernel, error) {
+	if err := CheckKernel(path); err != nil {
+		return builtKernel{}, err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return builtKernel{}, fmt.Errorf("read kernel %q: %w", path, err)
+	}
+	return builtKernel{path: path, key: sha256Hex(data), source: "supplied " + path}, nil
 }
 
 // cached returns where the kernel built from the embedded fragment and the
@@ -213,7 +234,7 @@ func (b *Builder) buildKernel(ctx context.Context, root, key, version string) (e
 			return fmt.Errorf("stage kernel: %w", err)
 		}
 	}
-	if err := checkPVH(filepath.Join(stage, kernelFile)); err != nil {
+	if err := CheckKernel(filepath.Join(stage, kernelFile)); err != nil {
 		return fmt.Errorf("check kernel: %w", err)
 	}
 	// The source tree is ~1.3 GB: drop it before publishing.

@@ -146,16 +146,37 @@ func TestHasNote(t *testing.T) {
 	}
 }
 
-func TestCheckPVHRejectsNonKernel(t *testing.T) {
+func TestCheckKernelRejectsNonKernel(t *testing.T) {
 	exe, err := os.Executable() // an ELF without a PVH note
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := checkPVH(exe); !errors.Is(err, errNoPVH) {
-		t.Fatalf("checkPVH(test binary) = %v, want errNoPVH", err)
-	}
-	if err := checkPVH(filepath.Join(t.TempDir(), "missing")); err == nil {
-		t.Fatal("checkPVH of a missing file succeeded")
+	dir := t.TempDir()
+	text := filepath.Join(dir, "text")
+	os.WriteFile(text, []byte("not a kernel\n"), 0o644)
+	// The first bytes of a bzImage: the setup header's "HdrS" at 0x202.
+	bz := make([]byte, 0x400)
+	copy(bz[0x202:], "HdrS")
+	bzImage := filepath.Join(dir, "bzImage")
+	os.WriteFile(bzImage, bz, 0o644)
+	for _, tc := range []struct {
+		name, path, says string
+		noPVH            bool
+	}{
+		{"ELF without a PVH note", exe, "no PVH entry note", true},
+		{"missing file", filepath.Join(dir, "missing"), "no such file", false},
+		{"not an ELF file", text, "not an ELF file", false},
+		{"bzImage", bzImage, "compressed bzImage", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckKernel(tc.path)
+			if !errors.Is(err, ErrInvalidKernel) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("CheckKernel = %v, want ErrInvalidKernel saying %q", err, tc.says)
+			}
+			if tc.noPVH && !errors.Is(err, errNoPVH) {
+				t.Errorf("CheckKernel = %v, want errNoPVH", err)
+			}
+		})
 	}
 }
 
@@ -268,7 +289,7 @@ func TestBuiltKernel(t *testing.T) {
 			}
 		})
 	}
-	if err := checkPVH(k.path); err != nil {
+	if err := CheckKernel(k.path); err != nil {
 		t.Fatal(err)
 	}
 }

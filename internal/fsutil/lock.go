@@ -1,0 +1,42 @@
+//go:build unix
+
+package fsutil
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockPoll is how often Lock retries a lock another process holds.
+const lockPoll = 20 * time.Millisecond
+
+// Lock takes an exclusive flock on path (created if missing), waiting until
+// ctx ends; the returned func releases it. The lock dies with the process,
+// so a crash never leaves it held.
+func Lock(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %q: %w", path, err)
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %q: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for lock %q: %w", path, context.Cause(ctx))
+		case <-time.After(lockPoll):
+		}
+	}
+}
