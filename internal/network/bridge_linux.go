@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -102,7 +103,7 @@ func (p *BridgePool) onHost(fn func() error) error {
 	if p.cfg.HostNetns == "" {
 		return fn()
 	}
-	return Do(p.cfg.HostNetns, fn)
+	return netns.Do(p.cfg.HostNetns, fn)
 }
 
 // setupHost creates the bridge and the host rules, and rewrites the bridge

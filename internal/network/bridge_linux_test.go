@@ -11,9 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	vnetns "github.com/vishvananda/netns"
 )
 
 // testBridgePool returns a bridge pool whose host is a fresh fake host
@@ -40,12 +41,12 @@ func testBridgePool(t *testing.T, host string, cfg Config) *BridgePool {
 func bridgeGuest(t *testing.T, p *BridgePool, s *Slot) (string, int) {
 	t.Helper()
 	name := testNetnsPrefix + "g-" + s.TAP
-	if err := createNetns(name); err != nil {
+	if err := netns.Create(name); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { deleteNetns(name) })
-	path := netnsDir + "/" + name
-	ns, err := netns.GetFromPath(path)
+	t.Cleanup(func() { netns.Delete(name) })
+	path := netns.Dir + "/" + name
+	ns, err := vnetns.GetFromPath(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func bridgeGuest(t *testing.T, p *BridgePool, s *Slot) (string, int) {
 		t.Fatalf("guest veth for %s: %v", s.TAP, err)
 	}
 	var ln net.Listener
-	err = Do(path, func() error {
+	err = netns.Do(path, func() error {
 		eth, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -110,7 +111,7 @@ func bridgeGuest(t *testing.T, p *BridgePool, s *Slot) (string, int) {
 // still be waiting for its next probe.
 func guestReaches(guest string, local netip.Addr, target netip.AddrPort, timeout time.Duration) (string, bool) {
 	var seen string
-	err := Do(guest, func() error {
+	err := netns.Do(guest, func() error {
 		var err error
 		seen, err = exchange(target, local, timeout)
 		return err
@@ -243,7 +244,7 @@ func TestBridgeSlots(t *testing.T) {
 func TestBridgeNotABridge(t *testing.T) {
 	testutil.RequireRoot(t)
 	host := fakeHost(t, testNetnsPrefix+"brhost3")
-	err := Do(host, func() error {
+	err := netns.Do(host, func() error {
 		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "embt-notbr"}, PeerName: "embt-notbrp"})
 	})
 	if err != nil {
@@ -274,7 +275,7 @@ func TestBridgeIsolation(t *testing.T) {
 	toA, toB := netip.AddrPortFrom(a.GuestAddr, uint16(portA)), netip.AddrPortFrom(b.GuestAddr, uint16(portB))
 
 	// The host reaches a guest at its address.
-	err := Do(host, func() error {
+	err := netns.Do(host, func() error {
 		_, err := exchange(toA, netip.Addr{}, 2*time.Second)
 		return err
 	})
@@ -284,7 +285,7 @@ func TestBridgeIsolation(t *testing.T) {
 	// A host service on the gateway address stands in for the API.
 	var hostSvc netip.AddrPort
 	var ln net.Listener
-	err = Do(host, func() error {
+	err = netns.Do(host, func() error {
 		var err error
 		ln, err = net.Listen("tcp", netip.AddrPortFrom(a.Gateway, 0).String())
 		return err
@@ -354,7 +355,7 @@ func TestBridgeIsolation(t *testing.T) {
 	)
 
 	// C cannot borrow A's address (and with it A's policy and group).
-	err = Do(gc, func() error {
+	err = netns.Do(gc, func() error {
 		eth, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -394,7 +395,7 @@ func TestBridgeReclaim(t *testing.T) {
 	}
 	for _, s := range slots {
 		var exists bool
-		_ = Do(host, func() error { exists = linkExists(s.TAP); return nil })
+		_ = netns.Do(host, func() error { exists = linkExists(s.TAP); return nil })
 		if want := s.Index == 1; exists != want {
 			t.Errorf("tap %s exists = %v after reclaim, want %v", s.TAP, exists, want)
 		}

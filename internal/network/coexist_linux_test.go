@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/runner"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/google/nftables"
@@ -23,18 +24,18 @@ const testNetnsPrefix = "embertest-"
 // returns its path. It is deleted when the test ends, with everything in it.
 func fakeHost(t *testing.T, name string) string {
 	t.Helper()
-	if err := createNetns(name); err != nil {
+	if err := netns.Create(name); err != nil {
 		t.Fatalf("create netns %s: %v", name, err)
 	}
-	t.Cleanup(func() { deleteNetns(name) })
-	return netnsDir + "/" + name
+	t.Cleanup(func() { netns.Delete(name) })
+	return netns.Dir + "/" + name
 }
 
 // dockerForward gives the namespace at path what Docker leaves on a host:
 // table ip filter with a FORWARD chain whose policy is drop.
 func dockerForward(t *testing.T, path string) {
 	t.Helper()
-	err := Do(path, func() error {
+	err := netns.Do(path, func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
@@ -55,7 +56,7 @@ func dockerForward(t *testing.T, path string) {
 func deleteForeignRules(t *testing.T, path string) int {
 	t.Helper()
 	n := 0
-	err := Do(path, func() error {
+	err := netns.Do(path, func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
@@ -96,7 +97,7 @@ func TestForwardPolicyDrop(t *testing.T) {
 	if !reaches(s, far) {
 		t.Fatalf("guest cannot reach %s through a host whose FORWARD policy is drop", far)
 	}
-	err := Do(host, func() error {
+	err := netns.Do(host, func() error {
 		_, err := exchange(netip.AddrPortFrom(s.HostAddr, uint16(guestPort)), netip.Addr{}, 2*time.Second)
 		return err
 	})
@@ -123,7 +124,7 @@ func TestForwardRulesReadableByIptables(t *testing.T) {
 	p := testPool(t, Config{FirstIndex: 2510, HostNetns: host})
 	p.Close()
 	var out []byte
-	err := Do(host, func() error {
+	err := netns.Do(host, func() error {
 		var err error
 		out, err = runner.Run(context.Background(), "iptables", "-S", "FORWARD")
 		return err

@@ -8,7 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	vnetns "github.com/vishvananda/netns"
 )
 
 // reset readies slot s for another sandbox: nothing of the previous one's
@@ -21,7 +21,7 @@ func (p *Pool) reset(s *Slot) error {
 
 // resetHere is reset on a thread in the host namespace.
 func (p *Pool) resetHere(s *Slot) error {
-	ns, err := netns.GetFromPath(s.NetnsPath)
+	ns, err := vnetns.GetFromPath(s.NetnsPath)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", s.NetnsPath, err)
 	}
@@ -37,7 +37,7 @@ func (p *Pool) resetHere(s *Slot) error {
 
 // setSlotPolicy writes pol into slot s's namespace.
 func setSlotPolicy(s *Slot, denied []netip.Prefix, pol Policy) error {
-	ns, err := netns.GetFromPath(s.NetnsPath)
+	ns, err := vnetns.GetFromPath(s.NetnsPath)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", s.NetnsPath, err)
 	}
@@ -51,7 +51,7 @@ func setSlotPolicy(s *Slot, denied []netip.Prefix, pol Policy) error {
 // flushConntrack forgets every connection of a slot: the whole table of its
 // namespace ns (only the slot's traffic passes there) and the host's entries
 // to or from its host address (the host's side of the same flows).
-func flushConntrack(ns netns.NsHandle, hostAddr netip.Addr) error {
+func flushConntrack(ns vnetns.NsHandle, hostAddr netip.Addr) error {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return fmt.Errorf("open netlink in netns: %w", err)

@@ -11,11 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	vnetns "github.com/vishvananda/netns"
 )
 
 // The egress test's stand-in for the internet: a namespace of its own, wired
@@ -52,7 +53,7 @@ func TestEgress(t *testing.T) {
 	serveGuest(t, s) // puts the guest address in place
 	far := netip.AddrPortFrom(farAddr, uint16(farPort))
 	var seen string
-	err := Do(s.NetnsPath, func() error {
+	err := netns.Do(s.NetnsPath, func() error {
 		var err error
 		seen, err = exchange(far, GuestAddr, 2*time.Second)
 		return err
@@ -94,7 +95,7 @@ func TestEgress(t *testing.T) {
 // dialFromGuest checks that the guest of s cannot reach target.
 func dialFromGuest(t *testing.T, s *Slot, target netip.AddrPort) {
 	t.Helper()
-	err := Do(s.NetnsPath, func() error {
+	err := netns.Do(s.NetnsPath, func() error {
 		_, err := exchange(target, GuestAddr, 300*time.Millisecond)
 		return err
 	})
@@ -130,14 +131,14 @@ func outsideWorldOf(t *testing.T, uplink, hostNetns, outside string) int {
 		if hostNetns == "" {
 			return fn()
 		}
-		return Do(hostNetns, fn)
+		return netns.Do(hostNetns, fn)
 	}
-	if err := createNetns(outside); err != nil {
+	if err := netns.Create(outside); err != nil {
 		t.Fatalf("create outside netns: %v", err)
 	}
-	t.Cleanup(func() { deleteNetns(outside) })
-	path := netnsDir + "/" + outside
-	ns, err := netns.GetFromPath(path)
+	t.Cleanup(func() { netns.Delete(outside) })
+	path := netns.Dir + "/" + outside
+	ns, err := vnetns.GetFromPath(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +163,7 @@ func outsideWorldOf(t *testing.T, uplink, hostNetns, outside string) int {
 		t.Fatal(err)
 	}
 	var ln net.Listener
-	err = Do(path, func() error {
+	err = netns.Do(path, func() error {
 		addrs := []struct {
 			dev string
 			a   *netlink.Addr

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -62,11 +63,11 @@ func TestMain(m *testing.M) {
 			_ = deleteLink(n)
 		}
 	}
-	entries, _ := os.ReadDir(netnsDir)
+	entries, _ := os.ReadDir(netns.Dir)
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), testNetnsPrefix) {
 			leaks = append(leaks, "netns "+e.Name())
-			_ = deleteNetns(e.Name())
+			_ = netns.Delete(e.Name())
 		}
 	}
 	if len(leaks) > 0 {
@@ -86,7 +87,7 @@ func TestMain(m *testing.M) {
 // slots set element and, when hostAddr is given, the host route to it.
 func leftovers(index int, hostAddr *netip.Addr) []string {
 	var out []string
-	if netnsExists(NetnsName(index)) {
+	if netns.Exists(NetnsName(index)) {
 		out = append(out, "netns "+NetnsName(index))
 	}
 	if _, err := netlink.LinkByName(VethName(index)); err == nil {

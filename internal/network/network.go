@@ -27,6 +27,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/emberhq/ember/internal/netns"
 )
 
 // Fixed in-namespace addressing, identical in every slot.
@@ -63,8 +65,6 @@ const (
 	// TableName is the nftables table ember owns, on the host and in every
 	// slot namespace.
 	TableName = "ember"
-	// netnsDir is where named namespaces are bind-mounted.
-	netnsDir = "/run/netns"
 	// nsVeth is the veth end inside a slot namespace.
 	nsVeth = "eth0"
 	// guestDevice is the guest kernel's name for its NIC (for BootArgs).
@@ -320,7 +320,7 @@ func addAddr(a netip.Addr, n uint32) netip.Addr {
 func NetnsName(index int) string { return NetnsPrefix + strconv.Itoa(index) }
 
 // NetnsPath is where slot index's namespace is bind-mounted.
-func NetnsPath(index int) string { return netnsDir + "/" + NetnsName(index) }
+func NetnsPath(index int) string { return netns.Dir + "/" + NetnsName(index) }
 
 // VethName is slot index's host-side veth name, ember-v<index>.
 func VethName(index int) string { return VethPrefix + strconv.Itoa(index) }

@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	vnetns "github.com/vishvananda/netns"
 )
 
 // reaches reports whether the guest of s completes an echo exchange with
@@ -24,7 +25,7 @@ import (
 // The timeout is long enough for a loaded machine (the VM tiers boot guests
 // beside these tests): a short one made expected successes flaky.
 func reaches(s *Slot, target netip.AddrPort) bool {
-	err := Do(s.NetnsPath, func() error {
+	err := netns.Do(s.NetnsPath, func() error {
 		_, err := exchange(target, GuestAddr, 2*time.Second)
 		return err
 	})
@@ -197,7 +198,7 @@ type flowCount struct{ ns, host int }
 // the host, from s's host address.
 func flowsTo(t *testing.T, s *Slot, dst netip.Addr) flowCount {
 	t.Helper()
-	ns, err := netns.GetFromPath(s.NetnsPath)
+	ns, err := vnetns.GetFromPath(s.NetnsPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +235,7 @@ func flowsTo(t *testing.T, s *Slot, dst netip.Addr) flowCount {
 func guestConn(t *testing.T, s *Slot, target netip.AddrPort) net.Conn {
 	t.Helper()
 	var c net.Conn
-	err := Do(s.NetnsPath, func() error {
+	err := netns.Do(s.NetnsPath, func() error {
 		var err error
 		c, err = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: GuestAddr.AsSlice()}, Timeout: 5 * time.Second}).Dial("tcp", target.String())
 		return err

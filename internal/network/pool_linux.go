@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/vishvananda/netlink"
 )
 
@@ -97,7 +98,7 @@ func newPool(cfg Config, log *slog.Logger, tune func(*Pool)) (*Pool, error) {
 	}
 	p := &Pool{cfg: cfg, log: log, inUse: map[int]bool{}, out: map[int]bool{},
 		backoffMin: fillBackoffMin, backoffMax: fillBackoffMax}
-	if err := shareNetnsDir(); err != nil {
+	if err := netns.ShareDir(); err != nil {
 		return nil, err
 	}
 	if err := p.onHost(p.setupHost); err != nil {
@@ -160,7 +161,7 @@ func (p *Pool) onHost(fn func() error) error {
 	if p.cfg.HostNetns == "" {
 		return fn()
 	}
-	return Do(p.cfg.HostNetns, fn)
+	return netns.Do(p.cfg.HostNetns, fn)
 }
 
 // resolveUplink returns name after checking it exists, or, when name is
@@ -267,7 +268,7 @@ func (p *Pool) createHere(ctx context.Context) (*Slot, error) {
 			return nil, err
 		}
 		from = index + 1
-		if netnsExists(NetnsName(index)) || linkExists(VethName(index)) {
+		if netns.Exists(NetnsName(index)) || linkExists(VethName(index)) {
 			p.release(index) // someone else's, or a leftover for reclaim
 			continue
 		}
@@ -371,7 +372,7 @@ func (p *Pool) Return(ctx context.Context, s *Slot) error {
 // Close waits for the background work.
 func (p *Pool) destroy(s *Slot) error {
 	start := time.Now()
-	err := p.onHost(func() error { return deleteNetns(s.Netns) })
+	err := p.onHost(func() error { return netns.Delete(s.Netns) })
 	if err != nil {
 		err = fmt.Errorf("return slot %d: delete netns %s: %w", s.Index, s.Netns, err)
 	}
@@ -411,7 +412,7 @@ func (p *Pool) Adopt(index int) (*Slot, error) {
 	if index < 0 || index >= p.cfg.capacity() {
 		return nil, fmt.Errorf("adopt slot %d: %w: index outside [0, %d)", index, ErrNotFound, p.cfg.capacity())
 	}
-	if !isNetnsMount(NetnsPath(index)) {
+	if !netns.IsMounted(NetnsPath(index)) {
 		return nil, fmt.Errorf("adopt slot %d: %w: no namespace at %s", index, ErrNotFound, NetnsPath(index))
 	}
 	if err := p.work.enter(); err != nil {

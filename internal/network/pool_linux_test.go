@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -72,7 +73,7 @@ func getSlot(t *testing.T, p Slots) *Slot {
 func serveGuest(t *testing.T, s *Slot) int {
 	t.Helper()
 	var ln net.Listener
-	err := Do(s.NetnsPath, func() error {
+	err := netns.Do(s.NetnsPath, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err
@@ -145,7 +146,7 @@ func TestGetBuildsSlot(t *testing.T) {
 	}
 	hostEnd, nsEnd := p.cfg.vethAddrs(s.Index)
 
-	if !isNetnsMount(s.NetnsPath) {
+	if !netns.IsMounted(s.NetnsPath) {
 		t.Errorf("no namespace mounted at %s", s.NetnsPath)
 	}
 	veth, err := netlink.LinkByName(s.HostVeth)
@@ -166,7 +167,7 @@ func TestGetBuildsSlot(t *testing.T) {
 		t.Errorf("slots set = %v (%v), want it to hold %s", els, err, s.HostVeth)
 	}
 
-	err = Do(s.NetnsPath, func() error {
+	err = netns.Do(s.NetnsPath, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err
@@ -355,17 +356,17 @@ func TestGetFailureLeavesNothing(t *testing.T) {
 func TestGetSkipsExistingObjects(t *testing.T) {
 	testutil.RequireRoot(t)
 	// Something else owns 2040's namespace and 2041's veth name.
-	if err := createNetns(NetnsName(2040)); err != nil {
+	if err := netns.Create(NetnsName(2040)); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { deleteNetns(NetnsName(2040)) })
+	t.Cleanup(func() { netns.Delete(NetnsName(2040)) })
 	addTestVeth(t, VethName(2041), "embtpeer2041")
 
 	p := testPool(t, Config{FirstIndex: 2040})
 	if s := getSlot(t, p); s.Index != 2042 {
 		t.Errorf("Get() took index %d, want 2042 (2040 and 2041 are taken)", s.Index)
 	}
-	if !isNetnsMount(NetnsPath(2040)) {
+	if !netns.IsMounted(NetnsPath(2040)) {
 		t.Errorf("Get disturbed the foreign namespace %s", NetnsName(2040))
 	}
 }
@@ -431,10 +432,10 @@ func TestReclaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { remove(orphan.Index, nil) })
-	if err := createNetns(NetnsName(2070)); err != nil {
+	if err := netns.Create(NetnsName(2070)); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { deleteNetns(NetnsName(2070)) })
+	t.Cleanup(func() { netns.Delete(NetnsName(2070)) })
 	addTestVeth(t, VethName(2071), "embtpeer2071")
 	if err := addSlotElement(VethName(2072)); err != nil {
 		t.Fatal(err)
@@ -474,7 +475,7 @@ func TestReclaim(t *testing.T) {
 func allSlotIndexes(t *testing.T) []int {
 	t.Helper()
 	var out []int
-	entries, _ := os.ReadDir(netnsDir)
+	entries, _ := os.ReadDir(netns.Dir)
 	for _, e := range entries {
 		if i, ok := parseIndex(e.Name(), NetnsPrefix); ok {
 			out = append(out, i)
@@ -547,7 +548,7 @@ func TestClosedPool(t *testing.T) {
 	if _, err := p.Get(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Errorf("Get after Close = %v, want ErrClosed", err)
 	}
-	if !isNetnsMount(s.NetnsPath) {
+	if !netns.IsMounted(s.NetnsPath) {
 		t.Errorf("Close tore down a handed-out slot")
 	}
 }
@@ -587,10 +588,10 @@ func TestPoolReclaimSparesItsOwnSlots(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	orphan := 2750
-	if err := createNetns(NetnsName(orphan)); err != nil {
+	if err := netns.Create(NetnsName(orphan)); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { deleteNetns(NetnsName(orphan)) })
+	t.Cleanup(func() { netns.Delete(NetnsName(orphan)) })
 	// Everything above this test's range belongs to other tests.
 	keep := map[int]bool{}
 	for _, i := range allSlotIndexes(t) {
@@ -608,7 +609,7 @@ func TestPoolReclaimSparesItsOwnSlots(t *testing.T) {
 	if l := leftovers(orphan, nil); len(l) > 0 {
 		t.Errorf("orphan left: %v", l)
 	}
-	if !netnsExists(NetnsName(held.Index)) {
+	if !netns.Exists(NetnsName(held.Index)) {
 		t.Errorf("reclaim removed slot %d, which is handed out", held.Index)
 	}
 	if p.Idle() != 2 {

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/emberhq/ember/internal/netns"
 )
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -27,7 +29,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 // slotsExist reports whether every index in [first, first+n) has a namespace.
 func slotsExist(first, n int) bool {
 	for i := first; i < first+n; i++ {
-		if !isNetnsMount(NetnsPath(i)) {
+		if !netns.IsMounted(NetnsPath(i)) {
 			return false
 		}
 	}
@@ -66,7 +68,7 @@ func TestPoolPrebuildsAndClosesIdle(t *testing.T) {
 			t.Errorf("Close left idle slot %d: %v", i, l)
 		}
 	}
-	if !isNetnsMount(s.NetnsPath) {
+	if !netns.IsMounted(s.NetnsPath) {
 		t.Errorf("Close tore down slot %d, which is handed out", s.Index)
 	}
 	if err := p.Return(context.Background(), s); err != nil {
@@ -92,13 +94,13 @@ func TestPoolReusesReturnedSlots(t *testing.T) {
 	if err := p.Return(context.Background(), a); err != nil {
 		t.Fatalf("Return a: %v", err)
 	}
-	if !isNetnsMount(a.NetnsPath) {
+	if !netns.IsMounted(a.NetnsPath) {
 		t.Fatalf("Return tore down slot %d instead of keeping it for reuse", a.Index)
 	}
 	if err := p.Return(context.Background(), a); err != nil {
 		t.Errorf("second Return of an idle slot = %v, want nil", err)
 	}
-	if !isNetnsMount(a.NetnsPath) {
+	if !netns.IsMounted(a.NetnsPath) {
 		t.Fatalf("second Return tore down the idle slot %d", a.Index)
 	}
 	// The reuse queue is full: b goes.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/vishvananda/netlink"
 )
 
@@ -63,9 +64,9 @@ func reclaim(ctx context.Context, mine func(int) bool, log *slog.Logger) (remove
 	found := map[int]bool{}
 	var namespaces, links, elements int
 
-	entries, err := os.ReadDir(netnsDir)
+	entries, err := os.ReadDir(netns.Dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return 0, fmt.Errorf("list %s: %w", netnsDir, err)
+		return 0, fmt.Errorf("list %s: %w", netns.Dir, err)
 	}
 	for _, e := range entries {
 		if i, ok := parseIndex(e.Name(), NetnsPrefix); ok && mine(i) {

@@ -10,8 +10,9 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,10 +57,10 @@ func build(ctx context.Context, cfg Config, s *Slot, hook func(step string) erro
 		do   func() error
 	}{
 		{stepNetns, func() error {
-			if err := createNetns(s.Netns); err != nil {
+			if err := netns.Create(s.Netns); err != nil {
 				return fmt.Errorf("create netns %s: %w", s.Netns, err)
 			}
-			undo.push(func() error { return deleteNetns(s.Netns) })
+			undo.push(func() error { return netns.Delete(s.Netns) })
 			return nil
 		}},
 		{stepGuard, func() error {
@@ -78,7 +79,7 @@ func build(ctx context.Context, cfg Config, s *Slot, hook func(step string) erro
 			return err
 		}},
 		{stepNamespace, func() error {
-			return Do(s.NetnsPath, func() error { return setupNamespace(s, nsEnd, hostEnd, cfg.alwaysDenied()) })
+			return netns.Do(s.NetnsPath, func() error { return setupNamespace(s, nsEnd, hostEnd, cfg.alwaysDenied()) })
 		}},
 		{stepRoute, func() error {
 			r := hostRoute(s, nsEnd)
@@ -110,7 +111,7 @@ func build(ctx context.Context, cfg Config, s *Slot, hook func(step string) erro
 // whether the pair exists (and needs deleting); an error wrapping
 // os.ErrExist means the host name was taken.
 func addVeth(s *Slot, hostEnd netip.Addr) (made bool, err error) {
-	ns, err := netns.GetFromPath(s.NetnsPath)
+	ns, err := vnetns.GetFromPath(s.NetnsPath)
 	if err != nil {
 		return false, fmt.Errorf("open netns %s: %w", s.NetnsPath, err)
 	}
@@ -229,7 +230,7 @@ func remove(index int, route *netlink.Route) error {
 		deleteLink(veth),
 		delSlotElement(veth),
 	)
-	if err := deleteNetns(name); err != nil {
+	if err := netns.Delete(name); err != nil {
 		errs = append(errs, fmt.Errorf("delete netns %s: %w", name, err))
 	}
 	return errors.Join(errs...)

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/runner"
 	"github.com/vishvananda/netlink"
@@ -119,7 +120,7 @@ func fakeHost(ctx context.Context, name string) (string, error) {
 		return "", err
 	}
 	path := "/run/netns/" + name
-	return path, network.Do(path, func() error {
+	return path, netns.Do(path, func() error {
 		for _, c := range [][]string{
 			{"ip", "link", "set", "lo", "up"},
 			{"ip", "link", "add", uplink, "type", "veth", "peer", "name", uplink + "p"},
@@ -192,7 +193,7 @@ func benchSlots(ctx context.Context, shellHost string, cfg network.Config, log *
 // waitLinkGone polls the host namespace until the link is gone.
 func waitLinkGone(host, name string) error {
 	deadline := time.Now().Add(5 * time.Second)
-	return network.Do(host, func() error {
+	return netns.Do(host, func() error {
 		for {
 			_, err := netlink.LinkByName(name)
 			if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/runner"
 )
@@ -90,7 +91,7 @@ func (s *shellSlot) teardown(ctx context.Context) error {
 
 // run runs commands one after the other in the fake host namespace.
 func (s *shellSlot) run(ctx context.Context, cmds ...[]string) error {
-	return network.Do(s.host, func() error {
+	return netns.Do(s.host, func() error {
 		for _, c := range cmds {
 			if _, err := runner.Run(ctx, c[0], c[1:]...); err != nil {
 				return fmt.Errorf("baseline slot %s: %w", s.ns, err)

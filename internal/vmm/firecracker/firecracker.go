@@ -28,7 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/internal/memory/uffd"
-	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/vmm"
 )
 
@@ -368,7 +368,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 		// The jailer joins the namespace itself (--netns).
 		err = cmd.Start()
 	} else {
-		err = network.Do(spec.Netns, cmd.Start)
+		err = netns.Do(spec.Netns, cmd.Start)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("run %s: %w", cmd.Path, err)

@@ -7,15 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/netns"
 	rootfscopy "github.com/emberhq/ember/internal/rootfs/copy"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
@@ -134,7 +131,7 @@ func waitMAC(t *testing.T, m vmm.Machine, spec vmm.Spec) vmmtest.Tick {
 // away with the namespace.
 func testTAP(t *testing.T, nsPath, name string) {
 	t.Helper()
-	err := network.Do(nsPath, func() error {
+	err := netns.Do(nsPath, func() error {
 		link := &netlink.Tuntap{
 			LinkAttrs: netlink.LinkAttrs{Name: name},
 			Mode:      netlink.TUNTAP_MODE_TAP,
@@ -157,7 +154,7 @@ func expectVMMInNetns(t *testing.T, m vmm.Machine, nsPath, tap string) {
 	if got, want := nsInode(t, fmt.Sprintf("/proc/%d/ns/net", m.PID())), nsInode(t, nsPath); got != want {
 		t.Errorf("qemu is in netns inode %d, want %d", got, want)
 	}
-	err := network.Do(nsPath, func() error {
+	err := netns.Do(nsPath, func() error {
 		link, err := netlink.LinkByName(tap)
 		if err != nil {
 			return err
@@ -177,39 +174,15 @@ func expectVMMInNetns(t *testing.T, m vmm.Machine, nsPath, tap string) {
 // when the test ends, and returns its path.
 func testNetns(t *testing.T, name string) string {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		// NewNamed moves the thread into the new namespace; the thread
-		// goes back, or is never unlocked and so retired.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		h.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
+	if err := netns.Create(name); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
+		if err := netns.Delete(name); err != nil {
+			t.Error(err)
 		}
 	})
-	return filepath.Join("/run/netns", name)
+	return netns.Path(name)
 }
 
 func nsInode(t *testing.T, path string) uint64 {

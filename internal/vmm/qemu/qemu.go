@@ -33,7 +33,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/vmm"
 )
 
@@ -273,11 +273,11 @@ func checkSpec(spec vmm.Spec) error {
 
 // startIn starts cmd with its thread inside the network namespace at path,
 // so QEMU and the TAP it opens live there; empty path is the current one.
-func startIn(netns string, cmd *exec.Cmd) error {
-	if netns == "" {
+func startIn(path string, cmd *exec.Cmd) error {
+	if path == "" {
 		return cmd.Start()
 	}
-	return network.Do(netns, cmd.Start)
+	return netns.Do(path, cmd.Start)
 }
 
 // waitReady waits until QEMU answers query-status over QMP. If QEMU exits
