@@ -8,7 +8,7 @@ import (
 	"os/exec"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/emberhq/ember/internal/vmm/accel"
 )
 
 // requireAll reports whether skips for missing prerequisites must fail the
@@ -40,16 +40,16 @@ func RequireTool(t testing.TB, name string) {
 	}
 }
 
-// RequireKVM skips the test unless /dev/kvm can be opened. It never fails,
-// even under EMBER_REQUIRE_ALL: most CI machines have no KVM.
-func RequireKVM(t testing.TB) {
+// RequireKVM skips the test unless the accelerator probe's verdict for the
+// test's guest kernel is KVM: tests choose the accelerator through the same
+// code as the daemon, never by opening /dev/kvm themselves. It never
+// fails, even under EMBER_REQUIRE_ALL: most CI machines have no KVM that
+// boots ember's kernel.
+func RequireKVM(t testing.TB, v accel.Verdict) {
 	t.Helper()
-	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		skip(t, false, "no usable /dev/kvm ("+err.Error()+"): run on a KVM host")
-		return
+	if v.Accel != accel.KVM {
+		skip(t, false, "KVM does not run this kernel here ("+v.Reason+"): run on a KVM host")
 	}
-	unix.Close(fd)
 }
 
 // RequireEnv skips the test unless the environment variable is set; fix tells

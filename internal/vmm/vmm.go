@@ -6,6 +6,8 @@ package vmm
 import (
 	"context"
 	"errors"
+
+	"github.com/emberhq/ember/internal/vmm/accel"
 )
 
 // ErrNotRunning is returned when an operation needs a live VMM process and the
@@ -111,4 +113,11 @@ type Snapshotter interface {
 // running when Restore returns.
 type Restorer interface {
 	Restore(ctx context.Context, spec Spec, snapshotDir string) (Machine, error)
+}
+
+// Accelerator is implemented by drivers that can tell which accelerator a
+// guest kernel runs under and why (package accel). It fails for a kernel
+// the driver cannot run at all.
+type Accelerator interface {
+	AccelFor(ctx context.Context, kernel string) (accel.Verdict, error)
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/emberhq/ember/internal/memory/uffd"
 	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/accel"
 )
 
 // BaseBootArgs is the kernel command line every machine gets before
@@ -85,6 +86,9 @@ type Config struct {
 	// UFFDReadahead is the page server's readahead for restored machines
 	// (zero: its default).
 	UFFDReadahead int
+	// Prober, when set, checks that KVM boots a machine's kernel before
+	// Firecracker is started for it (AccelFor).
+	Prober *accel.Prober
 }
 
 // JailerConfig configures the jailer.
@@ -117,21 +121,38 @@ var (
 	_ vmm.Restorer = (*Driver)(nil)
 )
 
-// Available reports whether the driver can run on this host: /dev/kvm
-// opens read-write and the firecracker binary (cfg.Binary, or firecracker
-// on PATH) exists. reason says why in one line either way.
+// Available reports whether the firecracker binary (cfg.Binary, or
+// firecracker on PATH) exists; reason says why in one line either way.
+// Whether KVM boots a guest kernel is the accelerator probe's to say
+// (AccelFor).
 func Available(cfg Config) (ok bool, reason string) {
-	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false, fmt.Sprintf("firecracker unavailable: open /dev/kvm: %v", err)
-	}
-	unix.Close(fd)
 	bin, err := lookBinary(cfg.Binary, "firecracker")
 	if err != nil {
 		return false, "firecracker unavailable: " + err.Error()
 	}
-	return true, "firecracker " + bin + " with /dev/kvm"
+	return true, "firecracker " + bin
 }
+
+// AccelFor says whether Firecracker can run kernel here: only under KVM,
+// so a kernel the probe finds does not boot under KVM is an error with the
+// probe's reason. Without a Prober the driver assumes KVM boots every
+// kernel.
+func (d *Driver) AccelFor(ctx context.Context, kernel string) (accel.Verdict, error) {
+	if d.cfg.Prober == nil {
+		return accel.Verdict{Accel: accel.KVM, Reason: "kvm: firecracker (no probe configured)"}, nil
+	}
+	v, err := d.cfg.Prober.Choose(ctx, kernel)
+	if err != nil {
+		return accel.Verdict{}, err
+	}
+	if v.Accel != accel.KVM {
+		return accel.Verdict{}, fmt.Errorf("firecracker needs KVM: %s: %w", v.Reason, ErrNoKVM)
+	}
+	return v, nil
+}
+
+// ErrNoKVM is returned for a kernel KVM does not boot on this host.
+var ErrNoKVM = errors.New("kvm does not boot the kernel")
 
 func lookBinary(path, name string) (string, error) {
 	if path == "" {
@@ -203,6 +224,9 @@ func checkSpec(spec vmm.Spec) error {
 // process and no jail is left.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (_ vmm.Machine, err error) {
 	begin := time.Now()
+	if _, err := d.AccelFor(ctx, spec.Kernel); err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
+	}
 	m, err := d.launch(ctx, spec)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.ID, err)

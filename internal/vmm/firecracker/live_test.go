@@ -18,6 +18,7 @@ import (
 	rootfscopy "github.com/emberhq/ember/internal/rootfs/copy"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/qemu"
 )
 
 // liveSlotIndex is the network slot the kvm-live tier uses (the VM tier's
@@ -30,18 +31,25 @@ const liveSlotIndex = 3900
 // server, and runs a command again. It needs /dev/kvm and a firecracker
 // binary (EMBER_FIRECRACKER or PATH).
 func TestLive(t *testing.T) {
-	testutil.RequireKVM(t)
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "qemu-system-x86_64")
+	guest := testutil.Guest(t)
+	log := slog.New(slog.DiscardHandler)
+	ctx := t.Context()
+	// The daemon's own choice: the probe's verdict for the guest kernel.
+	prober := qemu.NewProber("qemu-system-x86_64", "", 0, log)
+	v, err := prober.Choose(ctx, guest.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.RequireKVM(t, v)
 	bin := os.Getenv("EMBER_FIRECRACKER")
 	if ok, reason := Available(Config{Binary: bin}); !ok {
 		// Not a missing install step: most hosts have no Firecracker.
 		t.Skip("kvm-live tier: " + reason)
 	}
-	testutil.RequireRoot(t)
-	guest := testutil.Guest(t)
-	log := slog.New(slog.DiscardHandler)
-	ctx := t.Context()
 
-	d, err := New(Config{Binary: bin, TrackDirtyPages: true}, log)
+	d, err := New(Config{Binary: bin, TrackDirtyPages: true, Prober: prober}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,6 +49,20 @@ func qmpArg(dir string) string {
 	return "socket,id=qmp,path=" + optEscape(qmpPath(dir)) + ",server=on,wait=off"
 }
 
+// argAfter returns the value following the n-th occurrence (from 0) of flag
+// in a command line, or "".
+func argAfter(args []string, flag string, n int) string {
+	for i, a := range args {
+		if a == flag && i+1 < len(args) {
+			if n == 0 {
+				return args[i+1]
+			}
+			n--
+		}
+	}
+	return ""
+}
+
 // optEscape doubles commas, QEMU's escape for a comma inside an option value.
 func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
@@ -92,6 +106,25 @@ func cpuModel(accel string) string {
 		return "qemu64"
 	}
 	return "host"
+}
+
+// probeArgs is the command line of an accelerator probe boot (package
+// accel): the machine, CPU and kernel arguments a real start uses, with no
+// disk, network or QMP, the serial console on standard output, and a guest
+// that stops QEMU as soon as it panics (which, with no root disk, is where
+// a kernel that boots ends up).
+func probeArgs(accel, kernel string) []string {
+	return []string{
+		"-machine", machineOpts,
+		"-accel", accel,
+		"-cpu", cpuModel(accel),
+		"-m", "128",
+		"-smp", "1",
+		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+		"-kernel", kernel,
+		"-append", "console=ttyS0 reboot=k panic=-1",
+		"-serial", "stdio",
+	}
 }
 
 // memoryBackend is the id of the guest RAM backend when RAM lives in a file.

@@ -8,19 +8,6 @@ import (
 	"github.com/emberhq/ember/internal/vmm"
 )
 
-// argAfter returns the value following the n-th occurrence of flag.
-func argAfter(args []string, flag string, n int) string {
-	for i, a := range args {
-		if a == flag && i+1 < len(args) {
-			if n == 0 {
-				return args[i+1]
-			}
-			n--
-		}
-	}
-	return ""
-}
-
 func TestBuildArgs(t *testing.T) {
 	base := vmm.Spec{
 		ID: "sb1", Dir: "/run/ember/sb1", Kernel: "/t/vmlinux", RootDisk: "/run/ember/sb1/rootfs.raw",

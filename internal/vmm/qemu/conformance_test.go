@@ -32,7 +32,6 @@ func newTestDriver(cfg Config) vmmtest.New {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("accel %s: %s", d.Accel(), d.AccelReason())
 		return d
 	}
 }

@@ -41,8 +41,10 @@ type Machine struct {
 	driver *Driver
 	// memPath is the file holding guest RAM, "" when RAM is anonymous.
 	memPath string
-	spec    vmm.Spec
-	pid     int
+	// accel is the accelerator the machine runs under.
+	accel string
+	spec  vmm.Spec
+	pid   int
 	// signal sends a signal to the process (through a pidfd where the
 	// process is not our child, so a recycled pid is never hit).
 	signal func(syscall.Signal) error

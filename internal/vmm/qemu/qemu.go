@@ -35,6 +35,7 @@ import (
 
 	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/accel"
 )
 
 // startTimeout bounds how long Start waits for QMP to answer when the
@@ -49,9 +50,19 @@ type Config struct {
 	// Binary is the QEMU executable; empty means qemu-system-x86_64 from
 	// PATH.
 	Binary string
-	// Accel is "kvm", "tcg" or empty: empty picks kvm when /dev/kvm opens
-	// read-write, else tcg.
+	// Accel is "kvm", "tcg" or empty. Empty decides per guest kernel: KVM
+	// where a probe boot shows the kernel boots under it, TCG otherwise
+	// (see package accel). "kvm" insists, and a machine whose kernel does
+	// not boot under KVM fails to start with the probe's reason.
 	Accel string
+	// ProbeCache holds the probe's verdicts; empty means
+	// accel.DefaultCacheDir(). ProbeTimeout bounds a probe boot (0:
+	// accel.DefaultTimeout).
+	ProbeCache   string
+	ProbeTimeout time.Duration
+	// Prober, when set, is used instead of one made from the fields
+	// above, so that the daemon's VMM choice and the driver share verdicts.
+	Prober *accel.Prober
 	// MemoryDir holds the files of running machines' guest RAM; empty means
 	// /dev/shm. See StreamMemory.
 	MemoryDir string
@@ -70,10 +81,14 @@ const defaultMemoryDir = "/dev/shm"
 type Driver struct {
 	log    *slog.Logger
 	binary string
+	// accel is the configured accelerator, "" to decide per kernel with
+	// prober.
 	accel  string
-	reason string
-	// tscKHz is the host TSC frequency handed to TCG guests (0 under KVM).
+	prober *accel.Prober
+	// tscKHz is the host TSC frequency handed to TCG guests; tscErr says
+	// why it is unknown (a TCG start then fails).
 	tscKHz int64
+	tscErr error
 	// memDir holds guest RAM files; empty when RAM is anonymous and
 	// snapshots stream it.
 	memDir string
@@ -82,8 +97,9 @@ type Driver struct {
 var _ vmm.Driver = (*Driver)(nil)
 var _ vmm.Restorer = (*Driver)(nil)
 
-// New returns a driver for cfg. It fails when the binary is missing or KVM
-// was asked for and is not usable.
+// New returns a driver for cfg. It fails when the binary is missing or the
+// accelerator is unknown; whether KVM boots a kernel is known only per
+// kernel (AccelFor).
 func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	bin := cfg.Binary
 	if bin == "" {
@@ -103,50 +119,58 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 			return nil, fmt.Errorf("use memory directory %q: not a directory: %v", d.memDir, err)
 		}
 	}
-	kvmErr := kvmUsable()
 	switch cfg.Accel {
-	case "":
-		if kvmErr == nil {
-			d.accel, d.reason = AccelKVM, "kvm: /dev/kvm opens read-write"
-		} else {
-			d.accel, d.reason = AccelTCG, "tcg (software emulation): "+kvmErr.Error()
-		}
-	case AccelKVM:
-		if kvmErr != nil {
-			return nil, fmt.Errorf("use accel kvm: %w", kvmErr)
-		}
-		d.accel, d.reason = AccelKVM, "kvm: chosen by configuration"
-	case AccelTCG:
-		d.accel, d.reason = AccelTCG, "tcg (software emulation): chosen by configuration"
+	case "", AccelKVM, AccelTCG:
+		d.accel = cfg.Accel
 	default:
 		return nil, fmt.Errorf("use accel %q: unknown (want kvm, tcg or empty)", cfg.Accel)
 	}
-	if d.accel == AccelTCG {
-		if d.tscKHz, err = hostTSCKHz(); err != nil {
-			return nil, err
-		}
+	d.prober = cfg.Prober
+	if d.prober == nil {
+		d.prober = NewProber(path, cfg.ProbeCache, cfg.ProbeTimeout, d.log)
 	}
+	d.tscKHz, d.tscErr = hostTSCKHz()
 	return d, nil
 }
 
-// kvmUsable reports why /dev/kvm cannot be used, or nil when it can.
-func kvmUsable() error {
-	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open /dev/kvm: %w", err)
+// AccelFor returns the accelerator a machine booting kernel runs under, and
+// why. A configured "kvm" is an error for a kernel KVM does not boot.
+func (d *Driver) AccelFor(ctx context.Context, kernel string) (accel.Verdict, error) {
+	if d.accel == AccelTCG {
+		return accel.Verdict{Accel: AccelTCG, Reason: "tcg: chosen by configuration"}, nil
 	}
-	unix.Close(fd)
-	return nil
+	v, err := d.prober.Choose(ctx, kernel)
+	if err != nil {
+		return accel.Verdict{}, err
+	}
+	if d.accel == AccelKVM {
+		if v.Accel != AccelKVM {
+			return accel.Verdict{}, fmt.Errorf("use accel kvm: %s: %w", v.Reason, ErrAccel)
+		}
+		v.Reason = "kvm: chosen by configuration; " + strings.TrimPrefix(v.Reason, "kvm: ")
+	}
+	return v, nil
 }
+
+// ErrAccel is returned when the configured accelerator cannot run a
+// machine's kernel.
+var ErrAccel = errors.New("accelerator cannot boot the kernel")
+
+// NewProber returns an accelerator prober that boots kernels with the QEMU
+// at binary in the machine shape this driver runs. cacheDir "" means
+// accel.DefaultCacheDir().
+func NewProber(binary, cacheDir string, timeout time.Duration, log *slog.Logger) *accel.Prober {
+	if cacheDir == "" {
+		cacheDir = accel.DefaultCacheDir()
+	}
+	return &accel.Prober{QEMU: binary, Args: probeArgs, CacheDir: cacheDir, Timeout: timeout, Log: log}
+}
+
+// Prober returns the driver's accelerator prober.
+func (d *Driver) Prober() *accel.Prober { return d.prober }
 
 // Name returns "qemu".
 func (d *Driver) Name() string { return "qemu" }
-
-// Accel returns the accelerator the driver uses: "kvm" or "tcg".
-func (d *Driver) Accel() string { return d.accel }
-
-// AccelReason explains in one line why Accel is what it is.
-func (d *Driver) AccelReason() string { return d.reason }
 
 // Start launches QEMU for spec inside spec.Netns (the host namespace when
 // empty), in a process group of its own so it outlives the daemon, and
@@ -158,7 +182,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
 	}
-	m.log.Info("vmm started", "accel", d.accel, "duration", time.Since(begin))
+	m.log.Info("vmm started", "accel", m.accel, "duration", time.Since(begin))
 	return m, nil
 }
 
@@ -191,6 +215,17 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	v, err := d.AccelFor(ctx, spec.Kernel)
+	if err != nil {
+		return nil, err
+	}
+	tscKHz := int64(0)
+	if v.Accel == AccelTCG {
+		if d.tscErr != nil {
+			return nil, d.tscErr
+		}
+		tscKHz = d.tscKHz
+	}
 	if pid, ok := runningIn(spec.Dir); ok {
 		return nil, fmt.Errorf("qemu pid %d already runs in %s", pid, spec.Dir)
 	}
@@ -222,7 +257,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 	// QEMU holds its own descriptor; ours is not needed past the fork.
 	defer logFile.Close()
 
-	cmd := exec.Command(d.binary, append(buildArgs(d.accel, d.tscKHz, mem, spec), extra...)...)
+	cmd := exec.Command(d.binary, append(buildArgs(v.Accel, tscKHz, mem, spec), extra...)...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -230,6 +265,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 		return nil, fmt.Errorf("run %s: %w", d.binary, err)
 	}
 	m := newChildMachine(d, spec, cmd)
+	m.accel = v.Accel
 	defer func() {
 		if err != nil {
 			m.kill()
@@ -335,11 +371,13 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: open pidfd of %d: %w", spec.ID, pid, err)
 	}
-	if err := isOurQEMU(pid, spec.Dir); err != nil {
+	args, err := ourQEMU(pid, spec.Dir)
+	if err != nil {
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
 	m, release := newAttachedMachine(d, spec, pid, pidfd)
+	m.accel = argAfter(args, "-accel", 0)
 	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
 		release()
 		return nil, fmt.Errorf("attach %s: pid %d: %w: %w", spec.ID, pid, vmm.ErrNotRunning, err)
@@ -359,20 +397,23 @@ func runningIn(dir string) (int, bool) {
 	if err != nil || pid <= 0 {
 		return 0, false
 	}
-	return pid, isOurQEMU(pid, dir) == nil
+	_, err = ourQEMU(pid, dir)
+	return pid, err == nil
 }
 
-// isOurQEMU checks that pid's command line carries dir's QMP socket.
-func isOurQEMU(pid int, dir string) error {
+// ourQEMU checks that pid's command line carries dir's QMP socket and
+// returns its arguments.
+func ourQEMU(pid int, dir string) ([]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
-		return fmt.Errorf("read command line of %d: %w", pid, vmm.ErrNotRunning)
+		return nil, fmt.Errorf("read command line of %d: %w", pid, vmm.ErrNotRunning)
 	}
 	want := qmpArg(dir)
-	for _, arg := range strings.Split(string(b), "\x00") {
+	args := strings.Split(string(b), "\x00")
+	for _, arg := range args {
 		if arg == want {
-			return nil
+			return args, nil
 		}
 	}
-	return fmt.Errorf("pid %d is not the qemu of %s: %w", pid, dir, vmm.ErrNotRunning)
+	return nil, fmt.Errorf("pid %d is not the qemu of %s: %w", pid, dir, vmm.ErrNotRunning)
 }

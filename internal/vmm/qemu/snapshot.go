@@ -86,8 +86,8 @@ type manifest struct {
 	Created time.Time `json:"created"`
 }
 
-// manifestFor describes a machine started by d from spec.
-func (d *Driver) manifestFor(spec vmm.Spec, version string) manifest {
+// manifestFor describes a machine started by d from spec under accel.
+func (d *Driver) manifestFor(spec vmm.Spec, version, accel string) manifest {
 	spec = withDefaults(spec)
 	memory := memoryInStream
 	if d.memDir != "" {
@@ -97,8 +97,8 @@ func (d *Driver) manifestFor(spec vmm.Spec, version string) manifest {
 		Version:    manifestVersion,
 		QEMU:       version,
 		Machine:    machineOpts,
-		Accel:      d.accel,
-		CPU:        cpuModel(d.accel),
+		Accel:      accel,
+		CPU:        cpuModel(accel),
 		VCPUs:      spec.VCPUs,
 		MemoryMiB:  spec.MemoryMiB,
 		Memory:     memory,
@@ -352,7 +352,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) (err erro
 		return fmt.Errorf("sync %s: %w", state, err)
 	}
 	p.done("sync")
-	man := m.driver.manifestFor(m.spec, version)
+	man := m.driver.manifestFor(m.spec, version, m.accel)
 	man.Created = time.Now().UTC()
 	b, err := json.MarshalIndent(man, "", "  ")
 	if err != nil {
@@ -380,7 +380,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s from %s: %w", spec.ID, snapshotDir, err)
 	}
-	m.log.Info("vmm restored", append([]any{"snapshot", snapshotDir, "accel", d.accel}, p.attrs()...)...)
+	m.log.Info("vmm restored", append([]any{"snapshot", snapshotDir, "accel", m.accel}, p.attrs()...)...)
 	return m, nil
 }
 
@@ -397,7 +397,11 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 		return nil, fmt.Errorf("snapshot state: %w", err)
 	}
 	// Everything but the QEMU build is known before QEMU runs.
-	want := d.manifestFor(spec, man.QEMU)
+	v, err := d.AccelFor(ctx, spec.Kernel)
+	if err != nil {
+		return nil, err
+	}
+	want := d.manifestFor(spec, man.QEMU, v.Accel)
 	if diffs := man.mismatch(want); len(diffs) > 0 {
 		return nil, fmt.Errorf("%s: %w", strings.Join(diffs, "; "), ErrSnapshotMismatch)
 	}

@@ -22,7 +22,7 @@ import (
 func writeManifest(t *testing.T, d *Driver, spec vmm.Spec) string {
 	t.Helper()
 	dir := t.TempDir()
-	b, err := json.Marshal(d.manifestFor(spec, "7.2.0"))
+	b, err := json.Marshal(d.manifestFor(spec, "7.2.0", AccelTCG))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestRestoreBadState(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			man := d.manifestFor(spec, tc.version)
+			man := d.manifestFor(spec, tc.version, m.accel)
 			b, _ := json.Marshal(man)
 			for name, data := range map[string][]byte{manifestFile: b, vmstateFile: tc.state, memoryFile: nil} {
 				if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
