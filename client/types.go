@@ -139,6 +139,20 @@ type Info struct {
 	Rootfs       string `json:"rootfs"`
 	RootfsReason string `json:"rootfs_reason"`
 	Sandboxes    int    `json:"sandboxes"`
+	// Accelerators says which accelerator each template's kernel runs
+	// under, and why.
+	Accelerators []AccelInfo `json:"accelerators"`
+}
+
+// AccelInfo is the accelerator one template's kernel gets.
+type AccelInfo struct {
+	Template string `json:"template"`
+	// Kernel is the first 8 hex digits of the kernel's SHA-256.
+	Kernel string `json:"kernel"`
+	// Accel is "kvm" or "tcg"; empty when the driver cannot run the
+	// kernel at all (Reason says why).
+	Accel  string `json:"accel"`
+	Reason string `json:"reason"`
 }
 
 // Error is the body of every error response.

@@ -241,7 +241,7 @@ func rmCmd() *cobra.Command {
 func infoCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "info",
-		Short: "Show which VMM and disk backend the daemon uses, and why",
+		Short: "Show which VMM, accelerators and disk backend the daemon uses, and why",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := apiClient()
@@ -254,6 +254,9 @@ func infoCmd() *cobra.Command {
 			}
 			fmt.Printf("version:    %s\nvmm:        %s (%s)\nrootfs:     %s (%s)\nsandboxes:  %d\n",
 				info.Version, info.VMM, info.VMMReason, info.Rootfs, info.RootfsReason, info.Sandboxes)
+			for _, a := range info.Accelerators {
+				fmt.Printf("accel:      %s: %s\n", a.Template, a.Reason)
+			}
 			return nil
 		},
 	}

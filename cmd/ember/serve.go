@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -32,6 +33,7 @@ import (
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/accel"
 	"github.com/emberhq/ember/internal/vmm/firecracker"
 	"github.com/emberhq/ember/internal/vmm/qemu"
 )
@@ -55,6 +57,7 @@ type serveFlags struct {
 	fcBinary  string
 	bridge    string
 	bridgeNet string
+	defTpl    string
 }
 
 func serveCmd() *cobra.Command {
@@ -73,13 +76,14 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.listen, "listen", defaultListen, "address the API listens on")
 	fl.StringVar(&f.dataDir, "data-dir", defaultDataDir, "directory for the database, API key, templates and sandboxes")
 	fl.StringVar(&f.cacheDir, "cache-dir", envOr("EMBER_CACHE_DIR", defaultCacheDir), "directory for build caches (the guest kernel)")
-	fl.StringVar(&f.vmm, "vmm", "", `"firecracker", "qemu" or "" (firecracker when /dev/kvm and a firecracker binary exist)`)
+	fl.StringVar(&f.vmm, "vmm", "", `"firecracker", "qemu" or "" (firecracker where its binary exists and KVM boots the default kernel)`)
 	fl.StringVar(&f.fcBinary, "firecracker", "", "firecracker binary (default: firecracker on PATH)")
-	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (kvm when /dev/kvm is usable)`)
+	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (per kernel: kvm where a probe boot shows KVM runs it)`)
 	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "devmapper", "reflink", "qcow2", "copy" or "" (automatic)`)
 	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
+	fl.StringVar(&f.defTpl, "default-template", template.DefaultName, "template a create that names none gets (its kernel also decides the VMM)")
 	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
 	fl.StringVar(&f.uplink, "uplink", "", "interface sandbox egress leaves by (default: the default route's)")
 	fl.IntVar(&f.poolSize, "slot-pool", network.DefaultPoolSize, "network slots kept built ahead of demand")
@@ -131,14 +135,24 @@ func serve(ctx context.Context, f serveFlags) error {
 	}
 	reg := template.Registry{Dir: f.templates}
 	start := time.Now()
-	if _, err := ensureDefaultTemplate(ctx, f.cacheDir, reg, log); err != nil {
+	base, err := ensureDefaultTemplate(ctx, f.cacheDir, reg, log)
+	if err != nil {
 		return fmt.Errorf("build default template: %w", err)
 	}
 	log.Info("default template ready", "template", template.DefaultName, "duration_ms", time.Since(start).Milliseconds())
 
-	driver, vmmReason, err := chooseVMM(f, log)
+	def := base
+	if f.defTpl != template.DefaultName {
+		if def, err = reg.Get(f.defTpl); err != nil {
+			return fmt.Errorf("--default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.defTpl, err, f.defTpl)
+		}
+	}
+	driver, vmmReason, err := chooseVMM(ctx, f, def.Kernel, log)
 	if err != nil {
 		return err
+	}
+	for _, a := range accelerators(ctx, driver, reg) {
+		log.Info("accelerator", "template", a.Template, "kernel", a.Kernel, "accel", a.Accel, "reason", a.Reason)
 	}
 	disks, diskReason, err := auto.Select(f.dataDir, f.rootfs, log)
 	if err != nil {
@@ -179,6 +193,7 @@ func serve(ctx context.Context, f serveFlags) error {
 		IdleConnTimeout:     30 * time.Second,
 	}}
 	mcfg := sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes"))
+	mcfg.DefaultTemplate = def.Name
 	if f.netMode == network.ModeBridge {
 		// Guests on the bridge are addressed by their slot; a restored
 		// machine would keep its saved address.
@@ -246,6 +261,7 @@ func serve(ctx context.Context, f serveFlags) error {
 		return client.Info{
 			Version: version, VMM: driver.Name(), VMMReason: vmmReason,
 			Rootfs: disks.Name(), RootfsReason: diskReason, Sandboxes: len(mgr.List()),
+			Accelerators: accelerators(ctx, driver, reg),
 		}
 	}
 	srv := &http.Server{
@@ -328,35 +344,99 @@ func reclaimSlots(ctx context.Context, slots network.Slots, cfg network.Config, 
 type vmmDriver interface {
 	vmm.Driver
 	vmm.Restorer
+	vmm.Accelerator
 }
 
-// chooseVMM picks Firecracker where /dev/kvm is usable and a firecracker
-// binary exists, QEMU otherwise; --vmm overrides. It returns why.
-func chooseVMM(f serveFlags, log *slog.Logger) (vmmDriver, string, error) {
-	fcCfg := firecracker.Config{Binary: f.fcBinary}
+// chooseVMM picks Firecracker where a firecracker binary exists and the
+// accelerator probe says KVM boots the default template's kernel, QEMU
+// otherwise; --vmm overrides. With --accel kvm, a kernel KVM does not boot
+// is an error here, before anything is started. It returns why.
+func chooseVMM(ctx context.Context, f serveFlags, kernel string, log *slog.Logger) (vmmDriver, string, error) {
+	qemuBin, qerr := exec.LookPath("qemu-system-x86_64")
+	var prober *accel.Prober
+	if qerr == nil {
+		prober = qemu.NewProber(qemuBin, f.cacheDir, 0, log)
+	}
+	fcCfg := firecracker.Config{Binary: f.fcBinary, Prober: prober}
 	fcOK, fcWhy := firecracker.Available(fcCfg)
 	useQEMU := func(why string) (vmmDriver, string, error) {
-		d, err := qemu.New(qemu.Config{Accel: f.accel}, log)
+		d, err := qemu.New(qemu.Config{Accel: f.accel, Prober: prober}, log)
 		if err != nil {
 			return nil, "", err
 		}
-		return d, why + "; " + d.AccelReason(), nil
+		if _, err := d.AccelFor(ctx, kernel); err != nil {
+			return nil, "", fmt.Errorf("--accel %s: %w", f.accel, err)
+		}
+		return d, why, nil
+	}
+	useFC := func(why string) (vmmDriver, string, error) {
+		d, err := firecracker.New(fcCfg, log)
+		if err != nil {
+			return nil, "", err
+		}
+		return d, why, nil
+	}
+	// kvmBoots says whether the probe finds that KVM boots the kernel.
+	kvmBoots := func() (bool, string, error) {
+		if prober == nil {
+			return false, "no qemu-system-x86_64 to probe KVM with", nil
+		}
+		v, err := prober.Choose(ctx, kernel)
+		if err != nil {
+			return false, "", err
+		}
+		return v.Accel == accel.KVM, v.Reason, nil
 	}
 	switch f.vmm {
 	case "":
-		if fcOK {
-			d, err := firecracker.New(fcCfg, log)
-			return d, "automatic: " + fcWhy, err
+		if !fcOK {
+			return useQEMU("automatic: " + fcWhy)
 		}
-		return useQEMU("automatic: " + fcWhy)
+		ok, why, err := kvmBoots()
+		if err != nil {
+			return nil, "", err
+		}
+		if ok {
+			return useFC("automatic: " + fcWhy + "; " + why)
+		}
+		return useQEMU("automatic: " + fcWhy + " found, but " + why)
 	case "firecracker":
 		if !fcOK {
 			return nil, "", fmt.Errorf("--vmm firecracker: %s", fcWhy)
 		}
-		d, err := firecracker.New(fcCfg, log)
-		return d, "configured: " + fcWhy, err
+		ok, why, err := kvmBoots()
+		if err != nil {
+			return nil, "", err
+		}
+		if !ok {
+			return nil, "", fmt.Errorf("--vmm firecracker: %s", why)
+		}
+		return useFC("configured: " + fcWhy + "; " + why)
 	case "qemu":
+		if qerr != nil {
+			return nil, "", fmt.Errorf("--vmm qemu: %w", qerr)
+		}
 		return useQEMU("configured")
 	}
 	return nil, "", fmt.Errorf("--vmm %q: want firecracker, qemu or empty for automatic", f.vmm)
+}
+
+// accelerators reports the accelerator each template's kernel gets, and
+// why, for `ember info` and the start-up log.
+func accelerators(ctx context.Context, d vmm.Accelerator, reg template.Registry) []client.AccelInfo {
+	tpls, err := reg.List()
+	if err != nil {
+		return []client.AccelInfo{{Reason: "list templates: " + err.Error()}}
+	}
+	out := make([]client.AccelInfo, 0, len(tpls))
+	for _, t := range tpls {
+		ai := client.AccelInfo{Template: t.Name}
+		if v, err := d.AccelFor(ctx, t.Kernel); err != nil {
+			ai.Reason = err.Error()
+		} else {
+			ai.Kernel, ai.Accel, ai.Reason = v.ShortKernel(), v.Accel, v.Reason
+		}
+		out = append(out, ai)
+	}
+	return out
 }
