@@ -250,10 +250,9 @@ func serve(ctx context.Context, f serveFlags) error {
 			log.Info("reclaimed orphaned disk devices", "count", n)
 		}
 	}
-	if n, err := reclaim.Dirs(filepath.Join(f.dataDir, "sandboxes"), keepDirs, log); err != nil {
+	keep := reclaim.Keep{Dir: filepath.Join(f.dataDir, "sandboxes"), Sandboxes: keepDirs, PIDs: keepPIDs, Slots: slots}
+	if _, err := reclaim.Run(ctx, reclaim.Plan{Dirs: reclaim.Dirs}, keep, log); err != nil {
 		log.Error("reclaim sandbox dirs", "err", err)
-	} else if n > 0 {
-		log.Info("reclaimed orphaned sandbox dirs", "count", n)
 	}
 	mgr.RunReaper(ctx, time.Second)
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/vmm/accel"
 )
 
@@ -120,4 +121,18 @@ type Restorer interface {
 // the driver cannot run at all.
 type Accelerator interface {
 	AccelFor(ctx context.Context, kernel string) (accel.Verdict, error)
+}
+
+// ProcessReclaimer is implemented by drivers that can find the VMM (and
+// helper) processes an earlier daemon started, by the same identity check
+// Attach makes, and end those keep does not account for: SIGTERM, then
+// SIGKILL to the process group after a deadline.
+type ProcessReclaimer interface {
+	ReclaimProcesses(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
+}
+
+// MemoryReclaimer is implemented by drivers that keep guest memory in files
+// of their own, which a VMM killed while no daemon watched leaves behind.
+type MemoryReclaimer interface {
+	ReclaimMemory(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
 }
