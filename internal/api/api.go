@@ -18,12 +18,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emberhq/ember/client"
-	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/sandbox"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/web"
+	"github.com/emberhq/ember/wire"
 )
 
 //go:embed openapi.yaml
@@ -35,7 +35,7 @@ type Sandboxes interface {
 	Get(id string) (store.Sandbox, error)
 	List() []store.Sandbox
 	Destroy(ctx context.Context, id string) error
-	SetNetwork(ctx context.Context, id string, pol network.Policy) (store.Sandbox, error)
+	SetNetwork(ctx context.Context, id string, pol slot.Policy) (store.Sandbox, error)
 	Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error)
 	Pause(ctx context.Context, id string) (store.Sandbox, error)
 	Resume(ctx context.Context, id string) (store.Sandbox, error)
@@ -62,7 +62,7 @@ type Config struct {
 	// still route).
 	Domain string
 	// Info describes the daemon for GET /v1/info.
-	Info func() client.Info
+	Info func() wire.Info
 }
 
 // Server is the HTTP API.
@@ -167,9 +167,9 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]client.Template, 0, len(tpls))
+	out := make([]wire.Template, 0, len(tpls))
 	for _, t := range tpls {
-		out = append(out, client.Template{
+		out = append(out, wire.Template{
 			Name: t.Name, KernelBytes: t.KernelBytes, RootfsBytes: t.RootfsBytes,
 			DiskMiB: int(t.RootfsSizeBytes >> 20), BuiltAt: t.BuiltAt,
 		})
@@ -179,7 +179,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	recs := s.sandboxes.List()
-	out := make([]client.Sandbox, 0, len(recs))
+	out := make([]wire.Sandbox, 0, len(recs))
 	for _, rec := range recs {
 		out = append(out, toSandbox(rec))
 	}
@@ -187,7 +187,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
-	var req client.CreateSandboxRequest
+	var req wire.CreateSandboxRequest
 	if !decode(w, r, maxCreateBody, &req) {
 		return
 	}
@@ -222,7 +222,7 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) setNetwork(w http.ResponseWriter, r *http.Request) {
-	var req client.NetworkPolicy
+	var req wire.NetworkPolicy
 	if !decode(w, r, maxCreateBody, &req) {
 		return
 	}
@@ -241,11 +241,11 @@ func (s *Server) setNetwork(w http.ResponseWriter, r *http.Request) {
 
 // policy converts a wire policy; a malformed prefix is an invalid argument
 // naming its place.
-func policy(p client.NetworkPolicy) (network.Policy, error) {
+func policy(p wire.NetworkPolicy) (slot.Policy, error) {
 	internet := p.Internet == nil || *p.Internet
 	pol, err := sandbox.Policy(store.NetworkPolicy{Internet: internet, Allow: p.Allow, Deny: p.Deny})
 	if err != nil {
-		return network.Policy{}, &sandbox.InvalidError{Field: "network", Reason: err.Error()}
+		return slot.Policy{}, &sandbox.InvalidError{Field: "network", Reason: err.Error()}
 	}
 	return pol, nil
 }
@@ -277,7 +277,7 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
-	var req client.TimeoutRequest
+	var req wire.TimeoutRequest
 	if !decode(w, r, maxCreateBody, &req) {
 		return
 	}
@@ -290,7 +290,7 @@ func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) {
-	var req client.ForkRequest
+	var req wire.ForkRequest
 	if !decode(w, r, maxCreateBody, &req) {
 		return
 	}
@@ -302,7 +302,7 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]client.Sandbox, 0, len(recs))
+	out := make([]wire.Sandbox, 0, len(recs))
 	for _, rec := range recs {
 		out = append(out, toSandbox(rec))
 	}
@@ -315,7 +315,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]client.Snapshot, 0, len(sns))
+	out := make([]wire.Snapshot, 0, len(sns))
 	for _, sn := range sns {
 		out = append(out, toSnapshot(sn))
 	}
@@ -323,7 +323,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
-	var req client.CreateSnapshotRequest
+	var req wire.CreateSnapshotRequest
 	if !decode(w, r, maxCreateBody, &req) {
 		return
 	}
@@ -356,7 +356,7 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func execRequest(req client.ExecRequest) sandbox.ExecRequest {
+func execRequest(req wire.ExecRequest) sandbox.ExecRequest {
 	var stdin []byte
 	if req.Stdin != "" {
 		stdin = []byte(req.Stdin)
@@ -369,8 +369,8 @@ func execRequest(req client.ExecRequest) sandbox.ExecRequest {
 
 // decodeExec reads an exec body and rejects what can be rejected before a
 // command starts (the streaming endpoint commits to 200 once it starts).
-func decodeExec(w http.ResponseWriter, r *http.Request) (client.ExecRequest, bool) {
-	var req client.ExecRequest
+func decodeExec(w http.ResponseWriter, r *http.Request) (wire.ExecRequest, bool) {
+	var req wire.ExecRequest
 	if !decode(w, r, maxExecBody, &req) {
 		return req, false
 	}
@@ -396,7 +396,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, client.ExecResult{
+	writeJSON(w, http.StatusOK, wire.ExecResult{
 		Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: res.ExitCode,
 		DurationMS: float64(res.Duration.Microseconds()) / 1000,
 	})
@@ -426,10 +426,10 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) {
 	res, err := s.sandboxes.Exec(r.Context(), id, execRequest(req), ew.stream("stdout"), ew.stream("stderr"))
 	if err != nil {
 		_, code, msg := s.classify(r, err)
-		ew.send(client.ExecEvent{Type: "error", Code: code, Message: msg})
+		ew.send(wire.ExecEvent{Type: "error", Code: code, Message: msg})
 		return
 	}
-	ew.send(client.ExecEvent{Type: "exit", ExitCode: res.ExitCode, DurationMS: float64(res.Duration.Microseconds()) / 1000})
+	ew.send(wire.ExecEvent{Type: "exit", ExitCode: res.ExitCode, DurationMS: float64(res.Duration.Microseconds()) / 1000})
 }
 
 // eventWriter writes NDJSON events, one flush per event, safe for the
@@ -439,7 +439,7 @@ type eventWriter struct {
 	w  http.ResponseWriter
 }
 
-func (e *eventWriter) send(ev client.ExecEvent) error {
+func (e *eventWriter) send(ev wire.ExecEvent) error {
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return err
@@ -461,7 +461,7 @@ func (e *eventWriter) flush() {
 
 func (e *eventWriter) stream(kind string) io.Writer {
 	return writerFunc(func(p []byte) (int, error) {
-		if err := e.send(client.ExecEvent{Type: kind, Data: string(p)}); err != nil {
+		if err := e.send(wire.ExecEvent{Type: kind, Data: string(p)}); err != nil {
 			return 0, err
 		}
 		return len(p), nil
@@ -472,19 +472,19 @@ type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
-func toSandbox(r store.Sandbox) client.Sandbox {
+func toSandbox(r store.Sandbox) wire.Sandbox {
 	internet := r.Network.Internet
-	return client.Sandbox{
+	return wire.Sandbox{
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB,
 		DiskMiB: r.DiskMiB, Metadata: r.Metadata, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt,
 		TimingsMS: r.TimingsMS, Error: r.Error,
-		Network:   client.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
+		Network:   wire.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
 		AutoPause: r.AutoPause, Snapshot: r.Snapshot, DiskBytes: r.DiskBytes, MemoryBytes: r.MemoryBytes,
 	}
 }
 
-func toSnapshot(sn store.Snapshot) client.Snapshot {
-	return client.Snapshot{
+func toSnapshot(sn store.Snapshot) wire.Snapshot {
+	return wire.Snapshot{
 		Name: sn.Name, Sandbox: sn.Sandbox, Template: sn.Template, VCPUs: sn.VCPUs, MemoryMiB: sn.MemoryMiB,
 		DiskMiB: sn.DiskMiB, CreatedAt: sn.CreatedAt, DiskBytes: sn.DiskBytes, MemoryBytes: sn.MemoryBytes,
 	}
@@ -555,7 +555,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, client.Error{Code: code, Message: msg})
+	writeJSON(w, status, wire.Error{Code: code, Message: msg})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -15,10 +15,11 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/client"
-	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/sandbox"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/wire"
 )
 
 // fakeSandboxes records calls and answers from a map.
@@ -30,7 +31,7 @@ type fakeSandboxes struct {
 	execOut []string
 	execErr error
 	created []sandbox.CreateRequest
-	policy  network.Policy
+	policy  slot.Policy
 	// snaps holds snapshots; inUse names those a sandbox depends on.
 	snaps map[string]store.Snapshot
 	inUse map[string]bool
@@ -82,7 +83,7 @@ func (f *fakeSandboxes) Destroy(ctx context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeSandboxes) SetNetwork(ctx context.Context, id string, pol network.Policy) (store.Sandbox, error) {
+func (f *fakeSandboxes) SetNetwork(ctx context.Context, id string, pol slot.Policy) (store.Sandbox, error) {
 	r, err := f.Get(id)
 	if err != nil {
 		return store.Sandbox{}, err
@@ -142,7 +143,7 @@ func newServer(t *testing.T, f *fakeSandboxes) (*httptest.Server, *client.Client
 	if f.recs == nil {
 		f.recs = map[string]store.Sandbox{}
 	}
-	info := func() client.Info { return client.Info{VMM: "qemu"} }
+	info := func() wire.Info { return wire.Info{VMM: "qemu"} }
 	srv := httptest.NewServer(New(Config{APIKey: key, Domain: "sb.test", Info: info}, f, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	t.Cleanup(srv.Close)
 	return srv, client.New(srv.URL, key)
@@ -194,7 +195,7 @@ func wantError(t *testing.T, srv *httptest.Server, method, path, apiKey, body st
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var e client.Error
+	var e wire.Error
 	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
 		t.Fatalf("error body is not JSON: %v", err)
 	}
@@ -207,7 +208,7 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 	f := &fakeSandboxes{execOut: []string{"hello\n"}}
 	_, c := newServer(t, f)
 	ctx := context.Background()
-	sb, err := c.CreateSandbox(ctx, client.CreateSandboxRequest{Template: "base", VCPUs: 2, MemoryMiB: 512, TimeoutS: 30,
+	sb, err := c.CreateSandbox(ctx, wire.CreateSandboxRequest{Template: "base", VCPUs: 2, MemoryMiB: 512, TimeoutS: 30,
 		Env: map[string]string{"A": "b"}, Metadata: map[string]string{"k": "v"}})
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +224,7 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 	if err != nil || len(list) != 1 {
 		t.Fatalf("list: %v %v", list, err)
 	}
-	res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "echo"})
+	res, err := c.Exec(ctx, sb.ID, wire.ExecRequest{Cmd: "echo"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +232,7 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 		t.Fatalf("exec: %+v", res)
 	}
 	off := false
-	sb2, err := c.SetNetwork(ctx, sb.ID, client.NetworkPolicy{Internet: &off, Allow: []string{"198.18.0.0/15"}})
+	sb2, err := c.SetNetwork(ctx, sb.ID, wire.NetworkPolicy{Internet: &off, Allow: []string{"198.18.0.0/15"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,13 +259,13 @@ func TestExecStreamDeliversOutputAsProduced(t *testing.T) {
 	_, c := newServer(t, f)
 	pr, pw := io.Pipe()
 	type result struct {
-		res client.ExecResult
+		res wire.ExecResult
 		err error
 	}
 	done := make(chan result, 1)
 	var stderr strings.Builder
 	go func() {
-		res, err := c.ExecStream(context.Background(), "sb1", client.ExecRequest{Cmd: "x"}, pw, &stderr)
+		res, err := c.ExecStream(context.Background(), "sb1", wire.ExecRequest{Cmd: "x"}, pw, &stderr)
 		pw.Close()
 		done <- result{res, err}
 	}()
@@ -289,11 +290,11 @@ func TestExecStreamReportsErrorsAfterStart(t *testing.T) {
 	f := &fakeSandboxes{execErr: fmt.Errorf("x: %w", sandbox.ErrExecTimeout),
 		recs: map[string]store.Sandbox{"sb1": {ID: "sb1", State: sandbox.StateRunning}}}
 	_, c := newServer(t, f)
-	_, err := c.ExecStream(context.Background(), "sb1", client.ExecRequest{Cmd: "x"}, io.Discard, io.Discard)
+	_, err := c.ExecStream(context.Background(), "sb1", wire.ExecRequest{Cmd: "x"}, io.Discard, io.Discard)
 	if !client.IsCode(err, "exec_timeout") {
 		t.Fatalf("err = %v, want exec_timeout", err)
 	}
-	_, err = c.Exec(context.Background(), "sb1", client.ExecRequest{Cmd: "x"})
+	_, err = c.Exec(context.Background(), "sb1", wire.ExecRequest{Cmd: "x"})
 	var ae *client.APIError
 	if !client.IsCode(err, "exec_timeout") || !asAPIError(err, &ae) || ae.Status != http.StatusGatewayTimeout {
 		t.Fatalf("err = %v, want 504 exec_timeout", err)

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/wire"
 )
 
 // upstream stands in for a server inside the sandbox: it echoes what it saw,
@@ -50,7 +50,7 @@ func TestProxyRoutesByHostAndHeaders(t *testing.T) {
 		"sb1":    {ID: "sb1", State: sandbox.StateRunning},
 		"paused": {ID: "paused", State: "paused"},
 	}})
-	get := func(host string, hdr map[string]string) (int, string, client.Error) {
+	get := func(host string, hdr map[string]string) (int, string, wire.Error) {
 		t.Helper()
 		req, _ := http.NewRequest("GET", srv.URL+"/some/path?q=1", nil)
 		req.Host = host
@@ -63,7 +63,7 @@ func TestProxyRoutesByHostAndHeaders(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		var e client.Error
+		var e wire.Error
 		json.Unmarshal(b, &e)
 		return resp.StatusCode, string(b), e
 	}
@@ -114,7 +114,7 @@ func TestProxyUnreachablePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var e client.Error
+	var e wire.Error
 	json.NewDecoder(resp.Body).Decode(&e)
 	if resp.StatusCode != 502 || e.Code != "sandbox_unreachable" {
 		t.Fatalf("got %d %+v", resp.StatusCode, e)

@@ -11,6 +11,7 @@ import (
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/wire"
 )
 
 func (f *fakeSandboxes) setState(id, from, to string, wrong error) (store.Sandbox, error) {
@@ -182,7 +183,7 @@ func TestSnapshotsThroughClient(t *testing.T) {
 	if got, err := c.GetSnapshot(ctx, "s1"); err != nil || got.Name != "s1" {
 		t.Fatalf("get %+v %v", got, err)
 	}
-	if _, err := c.CreateSandbox(ctx, client.CreateSandboxRequest{Snapshot: "s1", AutoPause: true}); err != nil {
+	if _, err := c.CreateSandbox(ctx, wire.CreateSandboxRequest{Snapshot: "s1", AutoPause: true}); err != nil {
 		t.Fatal(err)
 	}
 	f.mu.Lock()

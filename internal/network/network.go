@@ -28,13 +28,15 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emberhq/ember/internal/slot"
+
 	"github.com/emberhq/ember/internal/netns"
 )
 
 // Fixed in-namespace addressing, identical in every slot.
 var (
-	GuestAddr   = netip.MustParseAddr("169.254.0.21")
-	GatewayAddr = netip.MustParseAddr("169.254.0.22")
+	GuestAddr   = slot.GuestAddr
+	GatewayAddr = slot.GatewayAddr
 )
 
 // The link-layer side of the fixed addressing: the guest NIC's MAC and the
@@ -50,7 +52,7 @@ const (
 )
 
 // GuestPrefixLen is the prefix length of the guest/TAP link.
-const GuestPrefixLen = 30
+const GuestPrefixLen = slot.GuestPrefixLen
 
 // TAPName is the TAP device's name inside every slot's namespace.
 const TAPName = "tap0"
@@ -67,8 +69,6 @@ const (
 	TableName = "ember"
 	// nsVeth is the veth end inside a slot namespace.
 	nsVeth = "eth0"
-	// guestDevice is the guest kernel's name for its NIC (for BootArgs).
-	guestDevice = "eth0"
 )
 
 // Default address ranges.
@@ -362,42 +362,6 @@ type Slots interface {
 	Close() error
 }
 
-// Slot is one sandbox's network: everything a VMM and the daemon need to know.
-type Slot struct {
-	// Index is the slot number; names and addresses derive from it.
-	Index int
-	// Netns is the namespace's name ("ember-ns-<index>"); NetnsPath its bind
-	// mount (/run/netns/<name>).
-	Netns     string
-	NetnsPath string
-	// TAP is the TAP device inside the namespace; GuestMAC the address the
-	// guest's NIC must use.
-	TAP      string
-	GuestMAC string
-	// HostVeth is the veth end in the host namespace ("ember-v<index>").
-	HostVeth string
-	// HostAddr is where the host reaches the guest: in ModeNetns a
-	// per-slot address DNATed to GuestAddr inside the namespace, in
-	// ModeBridge the guest's own address.
-	HostAddr netip.Addr
-	// GuestAddr, Gateway and GuestBits are the guest's own address
-	// configuration (BootArgs): the fixed 169.254.0.21/30 via .22 in
-	// ModeNetns, an address of the bridge subnet via the bridge in
-	// ModeBridge. Zero values mean the ModeNetns ones.
-	GuestAddr netip.Addr
-	Gateway   netip.Addr
-	GuestBits int
-}
-
-// BootArgs returns the guest kernel's static IP configuration argument
-// (ip=<client>::<gateway>:<netmask>::<device>:off). In ModeNetns it is the
-// same for every slot.
-func (s *Slot) BootArgs() string {
-	guest, gw, bits := s.GuestAddr, s.Gateway, s.GuestBits
-	if !guest.IsValid() {
-		guest, gw, bits = GuestAddr, GatewayAddr, GuestPrefixLen
-	}
-	m := uint32(math.MaxUint32) << (32 - bits)
-	netmask := netip.AddrFrom4([4]byte{byte(m >> 24), byte(m >> 16), byte(m >> 8), byte(m)})
-	return fmt.Sprintf("ip=%s::%s:%s::%s:off", guest, gw, netmask, guestDevice)
-}
+// Slot is one sandbox's network (see package slot, which holds the type so
+// that callers need not import this kernel-facing package).
+type Slot = slot.Slot

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
-	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/rootfs"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/internal/vmm"
@@ -173,7 +173,7 @@ func (m *Manager) validate(req *CreateRequest) error {
 		}
 	}
 	if req.Network == nil {
-		pol := network.DefaultPolicy
+		pol := slot.DefaultPolicy
 		req.Network = &pol
 	}
 	if err := req.Network.Validate(); err != nil {
@@ -478,7 +478,7 @@ func (m *Manager) Address(id string) (netip.Addr, error) {
 
 // SetNetwork replaces a running sandbox's egress policy; it takes effect at
 // once, on flows already open too.
-func (m *Manager) SetNetwork(ctx context.Context, id string, pol network.Policy) (store.Sandbox, error) {
+func (m *Manager) SetNetwork(ctx context.Context, id string, pol slot.Policy) (store.Sandbox, error) {
 	if err := pol.Validate(); err != nil {
 		return store.Sandbox{}, invalid("network", "%v", err)
 	}

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
-	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/rootfs"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/internal/vmm"
@@ -28,7 +28,7 @@ type world struct {
 	disks    map[string]bool
 	slots    map[int]bool
 	machines map[int]*fakeMachine
-	policies map[int]network.Policy
+	policies map[int]slot.Policy
 	nextPID  int
 
 	// detached holds the disks kept for paused sandboxes; bases the image
@@ -125,7 +125,7 @@ func (w *world) Flatten(ctx context.Context, id, dir, dst string) error {
 
 type fakeSlots struct{ w *world }
 
-func (s fakeSlots) Get(ctx context.Context) (*network.Slot, error) {
+func (s fakeSlots) Get(ctx context.Context) (*slot.Slot, error) {
 	w := s.w
 	if w.failSlot {
 		return nil, errors.New("no slot")
@@ -135,37 +135,37 @@ func (s fakeSlots) Get(ctx context.Context) (*network.Slot, error) {
 	for i := 0; ; i++ {
 		if !w.slots[i] {
 			w.slots[i] = true
-			return &network.Slot{Index: i, HostAddr: netip.AddrFrom4([4]byte{10, 11, 0, byte(i + 1)})}, nil
+			return &slot.Slot{Index: i, HostAddr: netip.AddrFrom4([4]byte{10, 11, 0, byte(i + 1)})}, nil
 		}
 	}
 }
-func (s fakeSlots) Return(ctx context.Context, sl *network.Slot) error {
+func (s fakeSlots) Return(ctx context.Context, sl *slot.Slot) error {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	delete(s.w.slots, sl.Index)
 	return nil
 }
-func (s fakeSlots) SetPolicy(ctx context.Context, sl *network.Slot, pol network.Policy) error {
+func (s fakeSlots) SetPolicy(ctx context.Context, sl *slot.Slot, pol slot.Policy) error {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	if !s.w.slots[sl.Index] {
 		return errors.New("policy on a slot not held")
 	}
 	if s.w.policies == nil {
-		s.w.policies = map[int]network.Policy{}
+		s.w.policies = map[int]slot.Policy{}
 	}
 	s.w.policies[sl.Index] = pol
 	return nil
 }
 
-func (s fakeSlots) Adopt(index int) (*network.Slot, error) {
+func (s fakeSlots) Adopt(index int) (*slot.Slot, error) {
 	if s.w.failAdopt {
 		return nil, errors.New("netns gone")
 	}
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	s.w.slots[index] = true
-	return &network.Slot{Index: index}, nil
+	return &slot.Slot{Index: index}, nil
 }
 
 type fakeDriver struct{ w *world }
@@ -631,7 +631,7 @@ func TestNetworkPolicyAtCreateAndWhileRunning(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
 	allow := netip.MustParsePrefix("198.18.0.0/15")
-	r, err := m.Create(ctx, CreateRequest{Network: &network.Policy{Internet: false, Allow: []netip.Prefix{allow}}})
+	r, err := m.Create(ctx, CreateRequest{Network: &slot.Policy{Internet: false, Allow: []netip.Prefix{allow}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -646,7 +646,7 @@ func TestNetworkPolicyAtCreateAndWhileRunning(t *testing.T) {
 	}
 
 	deny := netip.MustParsePrefix("198.19.0.0/16")
-	r2, err := m.SetNetwork(ctx, r.ID, network.Policy{Internet: true, Deny: []netip.Prefix{deny}})
+	r2, err := m.SetNetwork(ctx, r.ID, slot.Policy{Internet: true, Deny: []netip.Prefix{deny}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -662,11 +662,11 @@ func TestNetworkPolicyAtCreateAndWhileRunning(t *testing.T) {
 		t.Fatalf("stored policy %+v → %+v, %v", stored.Network, back, err)
 	}
 
-	bad := network.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}}
+	bad := slot.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}}
 	if _, err := m.SetNetwork(ctx, r.ID, bad); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("host bits: %v", err)
 	}
-	if _, err := m.SetNetwork(ctx, "nope", network.DefaultPolicy); !errors.Is(err, ErrNotFound) {
+	if _, err := m.SetNetwork(ctx, "nope", slot.DefaultPolicy); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown id: %v", err)
 	}
 	if err := m.Destroy(ctx, r.ID); err != nil {

@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/rootfs"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -203,7 +203,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	undo.add(func(ctx context.Context) error { return m.d.Disks.Detach(ctx, r.ID, r.Dir) })
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
 
-	var slot *network.Slot
+	var slot *slot.Slot
 	if parker, ok := m.d.Slots.(SlotParker); ok && paused.SlotIndex >= 0 {
 		// Back on the parked slot, the address the guest was saved with.
 		if slot, err = m.d.Slots.Adopt(paused.SlotIndex); err != nil {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -457,7 +457,7 @@ type parkingSlots struct {
 	reserved map[int]bool
 }
 
-func (p *parkingSlots) Park(ctx context.Context, s *network.Slot) error {
+func (p *parkingSlots) Park(ctx context.Context, s *slot.Slot) error {
 	if err := p.fakeSlots.Return(ctx, s); err != nil {
 		return err
 	}

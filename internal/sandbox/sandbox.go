@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
-	"github.com/emberhq/ember/internal/network"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/internal/vmm"
@@ -48,10 +48,10 @@ type Templates interface {
 
 // Slots hands out network slots and applies their egress policy.
 type Slots interface {
-	Get(ctx context.Context) (*network.Slot, error)
-	Return(ctx context.Context, s *network.Slot) error
-	Adopt(index int) (*network.Slot, error)
-	SetPolicy(ctx context.Context, s *network.Slot, pol network.Policy) error
+	Get(ctx context.Context) (*slot.Slot, error)
+	Return(ctx context.Context, s *slot.Slot) error
+	Adopt(index int) (*slot.Slot, error)
+	SetPolicy(ctx context.Context, s *slot.Slot, pol slot.Policy) error
 }
 
 // SlotParker is implemented by slot providers whose guests are addressed by
@@ -61,7 +61,7 @@ type Slots interface {
 // Adopt; Unreserve frees the address of a paused sandbox that goes away and
 // Reserve holds it again after a daemon restart.
 type SlotParker interface {
-	Park(ctx context.Context, s *network.Slot) error
+	Park(ctx context.Context, s *slot.Slot) error
 	Reserve(index int) error
 	Unreserve(index int)
 }
@@ -86,7 +86,7 @@ type Sandbox struct {
 
 	// Set while running; guarded by mu for writes.
 	machine vmm.Machine
-	slot    *network.Slot
+	slot    *slot.Slot
 	// live is set while the sandbox is running: its agent and the address
 	// the host reaches the guest at. Read without mu (by Exec and the port
 	// proxy); written with mu held.
@@ -130,8 +130,8 @@ type CreateRequest struct {
 	TimeoutS int
 	Env      map[string]string
 	Metadata map[string]string
-	// Network is the egress policy; nil takes network.DefaultPolicy.
-	Network *network.Policy
+	// Network is the egress policy; nil takes slot.DefaultPolicy.
+	Network *slot.Policy
 	// Snapshot names a snapshot to restore instead of booting a template;
 	// VCPUs, MemoryMiB and DiskMiB then default to (and must equal) the
 	// snapshot's.
@@ -168,7 +168,7 @@ func newToken() string {
 }
 
 // storedPolicy converts a policy to its stored form.
-func storedPolicy(p network.Policy) store.NetworkPolicy {
+func storedPolicy(p slot.Policy) store.NetworkPolicy {
 	out := store.NetworkPolicy{Internet: p.Internet}
 	for _, a := range p.Allow {
 		out.Allow = append(out.Allow, a.String())
@@ -180,8 +180,8 @@ func storedPolicy(p network.Policy) store.NetworkPolicy {
 }
 
 // Policy returns the stored policy as the network package takes it.
-func Policy(p store.NetworkPolicy) (network.Policy, error) {
-	out := network.Policy{Internet: p.Internet}
+func Policy(p store.NetworkPolicy) (slot.Policy, error) {
+	out := slot.Policy{Internet: p.Internet}
 	for _, l := range []struct {
 		in  []string
 		out *[]netip.Prefix
@@ -189,7 +189,7 @@ func Policy(p store.NetworkPolicy) (network.Policy, error) {
 		for _, c := range l.in {
 			pfx, err := netip.ParsePrefix(c)
 			if err != nil {
-				return network.Policy{}, fmt.Errorf("%w: %v", network.ErrInvalidPolicy, err)
+				return slot.Policy{}, fmt.Errorf("%w: %v", slot.ErrInvalidPolicy, err)
 			}
 			*l.out = append(*l.out, pfx)
 		}

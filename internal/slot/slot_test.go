@@ -1,6 +1,7 @@
-package network
+package slot
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -31,5 +32,37 @@ func TestPolicyValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkValidation(t, tt.pol.Validate(), tt.want, ErrInvalidPolicy)
 		})
+	}
+}
+
+func checkValidation(t *testing.T, err error, want string, sentinel error) {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatalf("Validate() = %v, want nil", err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Validate() = %v, want error containing %q", err, want)
+	}
+	if !errors.Is(err, sentinel) {
+		t.Errorf("Validate() = %v, not %v", err, sentinel)
+	}
+}
+
+func TestBootArgs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    Slot
+		want string
+	}{
+		{"namespace slot", Slot{}, "ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off"},
+		{"bridge slot", Slot{GuestAddr: netip.MustParseAddr("172.30.0.2"), Gateway: netip.MustParseAddr("172.30.0.1"), GuestBits: 24},
+			"ip=172.30.0.2::172.30.0.1:255.255.255.0::eth0:off"},
+	} {
+		if got := tc.s.BootArgs(); got != tc.want {
+			t.Errorf("%s: BootArgs() = %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
