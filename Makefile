@@ -31,7 +31,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
 
-.PHONY: all deps apt npm build run test test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
+.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
 
 all: build
 
@@ -85,11 +85,17 @@ TEST_ENV := EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/e
 # The VM tier and the browser test run after the others and one after the
 # other, not beside them: their daemons reclaim ember slots at and above
 # their first index at start, and must not meet anyone else's.
-test: deps build template
+test: deps build template check
 	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/e2e -e /test/browser)
 	$(TEST_ENV) go test -race -count=1 -timeout 20m -v ./test/e2e
 	$(TEST_ENV) go test -race -count=1 -timeout 5m -v ./test/browser
 	$(MAKE) --no-print-directory test-host
+
+## check: the CLI builds for a laptop and an arm64 host, and go.mod is tidy
+check:
+	GOOS=darwin GOARCH=arm64 go build -o /dev/null ./cmd/ember
+	GOOS=linux GOARCH=arm64 go build -o /dev/null ./cmd/ember
+	go mod tidy -diff
 
 ## test-host: the tests this kernel cannot run (device-mapper, nbd, KVM),
 ## inside a throwaway QEMU VM booted from Debian's cloud kernel

@@ -1,0 +1,32 @@
+//go:build !linux
+
+package main
+
+import (
+	"errors"
+
+	"github.com/spf13/cobra"
+)
+
+// errLinuxOnly is what the daemon's commands say on other systems: the CLI
+// talks to a daemon anywhere (EMBER_URL), but the daemon and local template
+// builds need Linux.
+var errLinuxOnly = errors.New("the daemon runs on Linux: run this on the host that serves sandboxes, or point EMBER_URL at it")
+
+func serveCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "serve",
+		Short: "Run the ember daemon (Linux only)",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  func(*cobra.Command, []string) error { return errLinuxOnly },
+	}
+}
+
+func templateBuildCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "build [NAME]",
+		Short: "Build a template locally (Linux only)",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  func(*cobra.Command, []string) error { return errLinuxOnly },
+	}
+}
