@@ -47,6 +47,7 @@ type serveFlags struct {
 	accel     string
 	rootfs    string
 	slotFirst int
+	slotCount int
 	logLevel  string
 	printKey  bool
 	templates string
@@ -83,6 +84,7 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (per kernel: kvm where a probe boot shows KVM runs it)`)
 	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "devmapper", "reflink", "qcow2", "copy" or "" (automatic)`)
 	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
+	fl.IntVar(&f.slotCount, "slot-count", 0, "how many slot indexes from --slot-first this daemon uses and reclaims (0: all above)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
 	fl.StringVar(&f.defTpl, "default-template", template.DefaultName, "template a create that names none gets (its kernel also decides the VMM)")
@@ -181,7 +183,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("--bridge-cidr %q: %w", f.bridgeNet, err)
 	}
-	netCfg := network.Config{FirstIndex: f.slotFirst, NoEgress: f.noEgress, Uplink: f.uplink,
+	netCfg := network.Config{FirstIndex: f.slotFirst, SlotCount: f.slotCount, NoEgress: f.noEgress, Uplink: f.uplink,
 		PoolSize: f.poolSize, Mode: f.netMode, Bridge: f.bridge, BridgeCIDR: bridgeNet}
 	pool, err := network.New(netCfg, log)
 	if err != nil {
@@ -196,11 +198,6 @@ func serve(ctx context.Context, f serveFlags) error {
 	}}
 	mcfg := sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes"))
 	mcfg.DefaultTemplate = def.Name
-	if f.netMode == network.ModeBridge {
-		// Guests on the bridge are addressed by their slot; a restored
-		// machine would keep its saved address.
-		mcfg.SlotAddressed, mcfg.TemplateSnapshots = true, false
-	}
 	mgr, err := sandbox.NewManager(mcfg, sandbox.Deps{
 		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log,
 		Agent: func(addr netip.Addr, token string) sandbox.Agent {
@@ -213,48 +210,12 @@ func serve(ctx context.Context, f serveFlags) error {
 	defer mgr.Close()
 
 	// Reclaim: re-adopt what survived, then remove what nobody owns.
-	slots, err := mgr.Recover(ctx)
+	keep, err := mgr.Recover(ctx)
 	if err != nil {
 		return err
 	}
-	keepPIDs, keepDirs := map[int]bool{}, map[string]bool{}
-	for _, r := range mgr.List() {
-		if r.State == sandbox.StateRunning {
-			keepPIDs[r.VMMPID] = true
-		}
-		keepDirs[r.ID] = true
-	}
-	if n, err := reclaim.Processes(filepath.Join(f.dataDir, "sandboxes"), keepPIDs, log); err != nil {
-		log.Error("reclaim processes", "err", err)
-	} else if n > 0 {
-		log.Info("reclaimed orphaned vmm processes", "count", n)
-	}
-	// A VMM killed while no daemon watched leaves its guest RAM file.
-	if q, ok := driver.(*qemu.Driver); ok {
-		if files, err := q.ReclaimMemory(); err != nil {
-			log.Error("reclaim guest memory files", "err", err)
-		} else if len(files) > 0 {
-			log.Info("reclaimed orphaned guest memory files", "count", len(files))
-		}
-	}
-	if n, err := reclaimSlots(ctx, pool, netCfg, slots, log); err != nil {
-		log.Error("reclaim network slots", "err", err)
-	} else if n > 0 {
-		log.Info("reclaimed orphaned network slots", "count", n)
-	}
-	// Devices over sandbox directories go before the directories.
-	if dr, ok := disks.(interface {
-		ReclaimDevices(context.Context, map[string]bool) (int, error)
-	}); ok {
-		if n, err := dr.ReclaimDevices(ctx, keepDirs); err != nil {
-			log.Error("reclaim disk devices", "err", err)
-		} else if n > 0 {
-			log.Info("reclaimed orphaned disk devices", "count", n)
-		}
-	}
-	keep := reclaim.Keep{Dir: filepath.Join(f.dataDir, "sandboxes"), Sandboxes: keepDirs, PIDs: keepPIDs, Slots: slots}
-	if _, err := reclaim.Run(ctx, reclaim.Plan{Dirs: reclaim.Dirs}, keep, log); err != nil {
-		log.Error("reclaim sandbox dirs", "err", err)
+	if _, err := reclaim.Run(ctx, reclaimPlan(driver, pool, disks, log), keep, log); err != nil {
+		log.Error("start-up reclaim left orphans", "err", err)
 	}
 	mgr.RunReaper(ctx, time.Second)
 
@@ -265,9 +226,15 @@ func serve(ctx context.Context, f serveFlags) error {
 			Accelerators: accelerators(ctx, driver, reg),
 		}
 	}
+	// Requests run under a context the shutdown cancels, so lifecycle
+	// operations in flight settle (a create unwinds, a pause rolls back)
+	// instead of being cut off by the exit.
+	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
 		Handler:           api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info}, mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -288,10 +255,16 @@ func serve(ctx context.Context, f serveFlags) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down: sandboxes keep running and are re-adopted at the next start")
+	log.Info("shutting down: requests in flight are cancelled; sandboxes keep running and are re-adopted at the next start")
+	cancelRequests(api.ErrShuttingDown)
 	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return srv.Shutdown(shutCtx)
+	err = srv.Shutdown(shutCtx)
+	// The handlers have returned; Close waits for any lifecycle operation
+	// still settling (the reaper's) before the store closes.
+	mgr.Close()
+	log.Info("stopped")
+	return err
 }
 
 // lockDataDir takes the single-instance lock: two daemons on one data dir
@@ -328,17 +301,29 @@ func loadAPIKey(path string) (string, error) {
 	return key, nil
 }
 
-// reclaimSlots removes the network slots no surviving sandbox owns. The
-// API is not serving yet, so only the pool's filler runs beside it, and
-// Pool.Reclaim spares what the filler builds.
-func reclaimSlots(ctx context.Context, slots network.Slots, cfg network.Config, keep map[int]bool, log *slog.Logger) (int, error) {
-	switch p := slots.(type) {
-	case *network.Pool:
-		return p.Reclaim(ctx, keep)
-	case *network.BridgePool:
-		return network.ReclaimBridge(ctx, cfg, keep, log)
+// reclaimPlan names each resource's reclaimer; package reclaim orders them.
+func reclaimPlan(driver vmm.Driver, slots network.Slots, disks rootfs.Backend, log *slog.Logger) reclaim.Plan {
+	plan := reclaim.Plan{Slots: slots, Dirs: reclaim.Dirs}
+	if r, ok := driver.(vmm.ProcessReclaimer); ok {
+		plan.Processes = reclaim.Func(r.ReclaimProcesses)
+	} else {
+		plan.Processes = reclaim.Func(func(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
+			n, err := reclaim.Processes(keep.Dir, keep.PIDs, log)
+			return reclaim.Result{Found: n, Removed: n}, err
+		})
 	}
-	return 0, fmt.Errorf("reclaim: unknown slot provider %T", slots)
+	if r, ok := driver.(vmm.MemoryReclaimer); ok {
+		plan.Memory = reclaim.Func(r.ReclaimMemory)
+	} else if q, ok := driver.(*qemu.Driver); ok {
+		plan.Memory = reclaim.Func(func(context.Context, reclaim.Keep) (reclaim.Result, error) {
+			files, err := q.ReclaimMemory()
+			return reclaim.Result{Found: len(files), Removed: len(files)}, err
+		})
+	}
+	if r, ok := disks.(reclaim.Reclaimer); ok {
+		plan.Devices = r
+	}
+	return plan
 }
 
 // vmmDriver is what the daemon needs of a VMM driver.

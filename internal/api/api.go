@@ -29,6 +29,11 @@ import (
 //go:embed openapi.yaml
 var openapiDoc []byte
 
+// ErrShuttingDown is the cause with which the daemon cancels the requests in
+// flight when it stops (the server's base context): they answer
+// shutting_down.
+var ErrShuttingDown = errors.New("the daemon is shutting down")
+
 // Sandboxes is the sandbox manager as the API uses it.
 type Sandboxes interface {
 	Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error)
@@ -530,18 +535,17 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 		return http.StatusConflict, "snapshot_exists", err.Error()
 	case errors.Is(err, sandbox.ErrSnapshotInUse):
 		return http.StatusConflict, "snapshot_in_use", err.Error()
-	case errors.Is(err, sandbox.ErrNotPaused):
-		return http.StatusConflict, "sandbox_not_paused", err.Error()
 	case errors.Is(err, sandbox.ErrUnsupported):
 		return http.StatusNotImplemented, "not_supported", err.Error()
 	case errors.Is(err, sandbox.ErrNotFound):
 		return http.StatusNotFound, "sandbox_not_found", err.Error()
 	case errors.Is(err, sandbox.ErrConflict):
-		return http.StatusConflict, "sandbox_not_running", err.Error()
+		// A *sandbox.StateConflict names the state the sandbox is in.
+		return http.StatusConflict, "invalid_state", err.Error()
 	case errors.Is(err, sandbox.ErrExecTimeout):
 		return http.StatusGatewayTimeout, "exec_timeout", err.Error()
-	case errors.Is(err, sandbox.ErrClosed):
-		return http.StatusServiceUnavailable, "shutting_down", "the daemon is shutting down"
+	case errors.Is(err, sandbox.ErrClosed), errors.Is(context.Cause(r.Context()), ErrShuttingDown):
+		return http.StatusServiceUnavailable, "shutting_down", "the daemon is shutting down; nothing of this request was kept"
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		return 499, "client_closed_request", "the client went away"
 	}

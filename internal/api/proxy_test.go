@@ -78,7 +78,7 @@ func TestProxyRoutesByHostAndHeaders(t *testing.T) {
 		{"host with port", port + "-sb1.sb.test:7070", nil, 200, "GET /some/path?q=1"},
 		{"headers", "127.0.0.1", map[string]string{headerSandboxID: "sb1", headerSandboxPort: port}, 200, "GET /some/path?q=1"},
 		{"unknown sandbox", port + "-nope.sb.test", nil, 404, "sandbox_not_found"},
-		{"not running", port + "-paused.sb.test", nil, 409, "sandbox_not_running"},
+		{"not running", port + "-paused.sb.test", nil, 409, "invalid_state"},
 		{"bad port", "99999-sb1.sb.test", nil, 400, "invalid_port"},
 		{"port not a number", "x-sb1.sb.test", nil, 400, "invalid_port"},
 		{"missing port header", "127.0.0.1", map[string]string{headerSandboxID: "sb1"}, 400, "invalid_port"},

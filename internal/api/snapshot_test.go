@@ -14,7 +14,7 @@ import (
 	"github.com/emberhq/ember/wire"
 )
 
-func (f *fakeSandboxes) setState(id, from, to string, wrong error) (store.Sandbox, error) {
+func (f *fakeSandboxes) setState(id, from, to string) (store.Sandbox, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r, ok := f.recs[id]
@@ -25,7 +25,7 @@ func (f *fakeSandboxes) setState(id, from, to string, wrong error) (store.Sandbo
 		return store.Sandbox{}, fmt.Errorf("pause: %w", sandbox.ErrUnsupported)
 	}
 	if r.State != from {
-		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s: %w", id, r.State, wrong)
+		return store.Sandbox{}, &sandbox.StateConflict{ID: id, State: r.State, Want: from}
 	}
 	r.State = to
 	if to == sandbox.StatePaused {
@@ -38,11 +38,11 @@ func (f *fakeSandboxes) setState(id, from, to string, wrong error) (store.Sandbo
 }
 
 func (f *fakeSandboxes) Pause(ctx context.Context, id string) (store.Sandbox, error) {
-	return f.setState(id, sandbox.StateRunning, sandbox.StatePaused, sandbox.ErrConflict)
+	return f.setState(id, sandbox.StateRunning, sandbox.StatePaused)
 }
 
 func (f *fakeSandboxes) Resume(ctx context.Context, id string) (store.Sandbox, error) {
-	return f.setState(id, sandbox.StatePaused, sandbox.StateRunning, sandbox.ErrNotPaused)
+	return f.setState(id, sandbox.StatePaused, sandbox.StateRunning)
 }
 
 func (f *fakeSandboxes) SetTimeout(ctx context.Context, id string, seconds int) (store.Sandbox, error) {
@@ -146,13 +146,13 @@ func TestPauseResumeTimeoutForkThroughClient(t *testing.T) {
 	if sb.State != "paused" || sb.MemoryBytes != 4096 || sb.DiskBytes != 8192 || !sb.AutoPause {
 		t.Fatalf("paused %+v", sb)
 	}
-	if _, err := c.PauseSandbox(ctx, "sb1"); !client.IsCode(err, "sandbox_not_running") {
+	if _, err := c.PauseSandbox(ctx, "sb1"); !client.IsCode(err, "invalid_state") || !strings.Contains(err.Error(), "sandbox sb1 is paused, not running") {
 		t.Fatalf("pause twice: %v", err)
 	}
 	if sb, err = c.ResumeSandbox(ctx, "sb1"); err != nil || sb.State != "running" {
 		t.Fatalf("resume: %+v %v", sb, err)
 	}
-	if _, err := c.ResumeSandbox(ctx, "sb1"); !client.IsCode(err, "sandbox_not_paused") {
+	if _, err := c.ResumeSandbox(ctx, "sb1"); !client.IsCode(err, "invalid_state") || !strings.Contains(err.Error(), "sandbox sb1 is running, not paused") {
 		t.Fatalf("resume twice: %v", err)
 	}
 	before := time.Now()
@@ -217,8 +217,8 @@ func TestSnapshotErrorCodes(t *testing.T) {
 		code                     string
 	}{
 		{"pause unknown", "POST", "/v1/sandboxes/nope/pause", "", 404, "sandbox_not_found"},
-		{"pause paused", "POST", "/v1/sandboxes/zz/pause", "", 409, "sandbox_not_running"},
-		{"resume running", "POST", "/v1/sandboxes/sb1/resume", "", 409, "sandbox_not_paused"},
+		{"pause paused", "POST", "/v1/sandboxes/zz/pause", "", 409, "invalid_state"},
+		{"resume running", "POST", "/v1/sandboxes/sb1/resume", "", 409, "invalid_state"},
 		{"resume unknown", "POST", "/v1/sandboxes/nope/resume", "", 404, "sandbox_not_found"},
 		{"pause without vmm support", "POST", "/v1/sandboxes/old/pause", "", 501, "not_supported"},
 		{"timeout zero", "POST", "/v1/sandboxes/sb1/timeout", `{"timeout_s":0}`, 400, "invalid_argument"},

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/netns"
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -413,8 +414,8 @@ func (p *BridgePool) Return(ctx context.Context, s *Slot) error {
 // go, but the address stays reserved, so Adopt brings the slot back
 // unchanged and the restored guest, which keeps the address and MAC it was
 // saved with, resumes on it.
-func (p *BridgePool) Park(ctx context.Context, s *Slot) error {
-	return p.release(ctx, s, true)
+func (p *BridgePool) Park(ctx context.Context, s *Slot) (held bool, err error) {
+	return true, p.release(ctx, s, true)
 }
 
 // release tears slot s down and frees its address, or reserves it when
@@ -501,13 +502,13 @@ func (p *BridgePool) SetPolicy(ctx context.Context, s *Slot, pol Policy) error {
 // Reserve keeps slot index's address for a paused sandbox that has no TAP
 // now (after a daemon restart): Get will not hand it out, and Adopt brings
 // the slot back unchanged. It returns ErrInUse when the slot is in use.
-func (p *BridgePool) Reserve(index int) error {
+func (p *BridgePool) Reserve(index int) (held bool, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.alloc.reserve(index); err != nil {
-		return fmt.Errorf("reserve bridge slot %d: %w", index, err)
+		return false, fmt.Errorf("reserve bridge slot %d: %w", index, err)
 	}
-	return nil
+	return true, nil
 }
 
 // Unreserve frees a reserved address (the paused sandbox was deleted).
@@ -517,6 +518,22 @@ func (p *BridgePool) Unreserve(index int) {
 	if p.alloc.reserved(index) {
 		p.alloc.put(index)
 	}
+}
+
+// Unpark takes back the slot parked on index: the resumed guest keeps the
+// address and MAC it was saved with.
+func (p *BridgePool) Unpark(_ context.Context, index int) (*Slot, error) { return p.Adopt(index) }
+
+// Movable says no: each guest on the bridge has its own address, which a
+// restored machine cannot change.
+func (p *BridgePool) Movable() error {
+	return fmt.Errorf("the bridge network mode gives each guest its own address, which a restored machine keeps: %w", ErrNotMovable)
+}
+
+// Reclaim is ReclaimBridge over this pool's bridge.
+func (p *BridgePool) Reclaim(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error) {
+	n, err := ReclaimBridge(ctx, p.cfg, keep.Slots, p.log)
+	return reclaim.Result{Found: n, Removed: n}, err
 }
 
 // Adopt takes slot index back: one whose TAP a previous daemon process made,
@@ -533,7 +550,9 @@ func (p *BridgePool) Adopt(index int) (*Slot, error) {
 	}
 	s := p.cfg.bridgeSlot(index)
 	exists := false
-	_ = p.onHost(func() error { exists = linkExists(s.TAP); return nil })
+	if err := p.onHost(func() error { exists = linkExists(s.TAP); return nil }); err != nil {
+		return nil, fmt.Errorf("adopt bridge slot %d: %w", index, err)
+	}
 	p.mu.Lock()
 	reserved := p.alloc.reserved(index)
 	if !exists && !reserved {
@@ -548,8 +567,10 @@ func (p *BridgePool) Adopt(index int) (*Slot, error) {
 	if !exists {
 		got, err := p.attach(index)
 		if err != nil {
+			// Still the paused sandbox's: from taken back to reserved
+			// (reserve would refuse an index in use).
 			p.mu.Lock()
-			_ = p.alloc.reserve(index) // still the paused sandbox's
+			p.alloc.park(index)
 			p.mu.Unlock()
 			return nil, err
 		}

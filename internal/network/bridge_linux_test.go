@@ -181,8 +181,8 @@ func TestBridgeSlots(t *testing.T) {
 	if err := p.Return(context.Background(), slots[3]); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Reserve(3); err != nil {
-		t.Fatalf("Reserve(3): %v", err)
+	if held, err := p.Reserve(3); err != nil || !held {
+		t.Fatalf("Reserve(3): held %v, %v", held, err)
 	}
 	if _, err := p.Get(context.Background()); !errors.Is(err, ErrNoCapacity) {
 		t.Errorf("Get with the only free address reserved = %v, want ErrNoCapacity", err)
@@ -199,8 +199,8 @@ func TestBridgeSlots(t *testing.T) {
 	}
 
 	// Park is the same in one step: the address is never free meanwhile.
-	if err := p.Park(context.Background(), resumed); err != nil {
-		t.Fatal(err)
+	if held, err := p.Park(context.Background(), resumed); err != nil || !held {
+		t.Fatalf("park: held %v, %v; want the address held", held, err)
 	}
 	if _, err := p.Get(context.Background()); !errors.Is(err, ErrNoCapacity) {
 		t.Errorf("Get with the only free address parked = %v, want ErrNoCapacity", err)

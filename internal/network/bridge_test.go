@@ -40,6 +40,15 @@ func TestAllocator(t *testing.T) {
 	if err := a.take(3); !errors.Is(err, ErrNotFound) {
 		t.Errorf("take(3) of 3 = %v, want ErrNotFound", err)
 	}
+	// A resume whose TAP cannot be made hands a taken index back to its
+	// paused sandbox: park, not reserve (which refuses an index in use).
+	a.park(0)
+	if !a.reserved(0) {
+		t.Error("park of a taken index did not reserve it")
+	}
+	if _, err := a.get(); !errors.Is(err, ErrNoCapacity) {
+		t.Errorf("get() with index 0 parked = %v, want ErrNoCapacity", err)
+	}
 }
 
 func TestBridgeNames(t *testing.T) {

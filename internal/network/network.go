@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/slot"
 
 	"github.com/emberhq/ember/internal/netns"
@@ -114,6 +115,11 @@ type Config struct {
 	// FirstIndex is the lowest slot index the pool hands out. Tests offset
 	// their slots with it so they never collide with a running daemon.
 	FirstIndex int
+	// SlotCount, when positive, bounds the pool to indexes FirstIndex up to
+	// FirstIndex+SlotCount-1: it hands out and reclaims nothing beyond, so
+	// several daemons (test runs) can share a host on ranges of their own.
+	// 0 means every index from FirstIndex up.
+	SlotCount int
 	// HostNetns, when set, is the path of a network namespace the pool
 	// treats as the host: host veths, routes, the host table and the
 	// uplink live there. Empty means the namespace the pool runs in. Tests
@@ -214,6 +220,9 @@ func (c Config) Validate() error {
 	if n := c.capacity(); c.FirstIndex < 0 || c.FirstIndex >= n {
 		return bad("first index %d outside [0, %d)", c.FirstIndex, n)
 	}
+	if c.SlotCount < 0 {
+		return bad("slot count %d is negative", c.SlotCount)
+	}
 	if c.Uplink != "" && !c.NoEgress {
 		if !validIfname(c.Uplink) {
 			return bad("uplink %q is not an interface name", c.Uplink)
@@ -278,6 +287,18 @@ func (c Config) capacity() int {
 	n := min(hostUsable, pairs, uint64(math.Pow10(maxIndexDigits)))
 	return int(n)
 }
+
+// end is one past the highest index the pool may use: the capacity of the
+// ranges, or less under SlotCount.
+func (c Config) end() int {
+	if c.SlotCount > 0 {
+		return min(c.capacity(), c.FirstIndex+c.SlotCount)
+	}
+	return c.capacity()
+}
+
+// owns reports whether index is in the pool's range.
+func (c Config) owns(index int) bool { return index >= c.FirstIndex && index < c.end() }
 
 // hostAddr is slot index's host address: the index-th usable address of
 // HostCIDR, counting from 0 (the network address is skipped).
@@ -347,20 +368,45 @@ func parseIndex(name, prefix string) (int, bool) {
 }
 
 // Slots hands out network slots; Pool (ModeNetns) and BridgePool
-// (ModeBridge) implement it, and New picks one by Config.Mode.
+// (ModeBridge) implement it, and New picks one by Config.Mode. How a slot is
+// kept for a paused sandbox is the mode's business: a namespace slot is given
+// back whole (every namespace gives its guest the same address, so a restore
+// fits any slot), a bridge slot keeps its address for the guest saved with
+// it.
 type Slots interface {
 	// Get returns a slot ready for a sandbox, with DefaultPolicy.
 	Get(ctx context.Context) (*Slot, error)
 	// Return gives a slot back; the caller must not use it afterwards.
 	Return(ctx context.Context, s *Slot) error
+	// Park gives up the slot of a sandbox that pauses: its devices go, and
+	// where the guest is addressed by its slot the address stays reserved
+	// until Unpark or Unreserve (held says so).
+	Park(ctx context.Context, s *Slot) (held bool, err error)
+	// Unpark gives a paused sandbox parked on index a slot to resume on.
+	Unpark(ctx context.Context, index int) (*Slot, error)
+	// Reserve holds a parked slot's address again after a daemon restart
+	// (held says whether there is one to hold); Unreserve frees it when
+	// its paused sandbox goes away.
+	Reserve(index int) (held bool, err error)
+	Unreserve(index int)
 	// Adopt takes back a slot a previous daemon process handed out.
 	Adopt(index int) (*Slot, error)
 	// SetPolicy replaces a slot's policy at once (see Policy).
 	SetPolicy(ctx context.Context, s *Slot, pol Policy) error
+	// Movable says whether a machine saved on one slot can be restored on
+	// another (named snapshots, forks, template snapshots): nil, or why
+	// not.
+	Movable() error
+	// Reclaim removes, at daemon start, the slots of this provider's range
+	// that keep.Slots does not list (see package reclaim).
+	Reclaim(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
 	// Close stops handing out slots and waits for work in flight; slots
 	// handed out stay.
 	Close() error
 }
+
+// ErrNotMovable is wrapped by Movable's answer in ModeBridge.
+var ErrNotMovable = errors.New("restored machines cannot move to another slot")
 
 // Slot is one sandbox's network (see package slot, which holds the type so
 // that callers need not import this kernel-facing package).

@@ -464,13 +464,13 @@ func (p *Pool) Close() error {
 func (p *Pool) reserve(from int) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i := from; i < p.cfg.capacity(); i++ {
+	for i := from; i < p.cfg.end(); i++ {
 		if !p.inUse[i] {
 			p.inUse[i] = true
 			return i, nil
 		}
 	}
-	return 0, fmt.Errorf("%w: indexes %d..%d taken", ErrNoCapacity, p.cfg.FirstIndex, p.cfg.capacity()-1)
+	return 0, fmt.Errorf("%w: indexes %d..%d taken", ErrNoCapacity, p.cfg.FirstIndex, p.cfg.end()-1)
 }
 
 func (p *Pool) release(index int) {
@@ -494,6 +494,24 @@ func linkExists(name string) bool {
 	_, missing := errors.AsType[netlink.LinkNotFoundError](err)
 	return !missing
 }
+
+// Park is Return: every namespace gives its guest the same address, so a
+// paused sandbox resumes on any slot and holds none.
+func (p *Pool) Park(ctx context.Context, s *Slot) (held bool, err error) {
+	return false, p.Return(ctx, s)
+}
+
+// Unpark is Get: any ready slot takes a resumed guest.
+func (p *Pool) Unpark(ctx context.Context, _ int) (*Slot, error) { return p.Get(ctx) }
+
+// Reserve does nothing: a paused sandbox holds no namespace slot.
+func (p *Pool) Reserve(int) (held bool, err error) { return false, nil }
+
+// Unreserve does nothing (see Reserve).
+func (p *Pool) Unreserve(int) {}
+
+// Movable is nil: a machine restores onto any namespace slot unchanged.
+func (p *Pool) Movable() error { return nil }
 
 // Idle reports how many slots wait in the pool, new and reused.
 func (p *Pool) Idle() int { return len(p.idle) + len(p.reused) }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/netns"
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -578,7 +579,9 @@ func TestSlotTiming(t *testing.T) {
 // A daemon reclaims at start while its pool's filler is already building
 // slots: the pool's own slots must survive, orphans must not.
 func TestPoolReclaimSparesItsOwnSlots(t *testing.T) {
-	p := testPool(t, Config{FirstIndex: 2700, PoolSize: 2})
+	// SlotCount bounds the range: what lies beyond belongs to others (here
+	// a namespace at 2810, and every other test's slots).
+	p := testPool(t, Config{FirstIndex: 2700, SlotCount: 100, PoolSize: 2})
 	held := getSlot(t, p)
 	deadline := time.Now().Add(10 * time.Second)
 	for p.Idle() < 2 {
@@ -587,24 +590,22 @@ func TestPoolReclaimSparesItsOwnSlots(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	orphan := 2750
-	if err := netns.Create(NetnsName(orphan)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { netns.Delete(NetnsName(orphan)) })
-	// Everything above this test's range belongs to other tests.
-	keep := map[int]bool{}
-	for _, i := range allSlotIndexes(t) {
-		if i > 2799 {
-			keep[i] = true
+	orphan, outside := 2750, 2810
+	for _, i := range []int{orphan, outside} {
+		if err := netns.Create(NetnsName(i)); err != nil {
+			t.Fatal(err)
 		}
+		t.Cleanup(func() { netns.Delete(NetnsName(i)) })
 	}
-	removed, err := p.Reclaim(context.Background(), keep)
+	res, err := p.Reclaim(context.Background(), reclaim.Keep{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if removed != 1 {
-		t.Errorf("removed %d slots, want the 1 orphan", removed)
+	if res.Removed != 1 || res.Found != 1 {
+		t.Errorf("reclaimed %+v, want the 1 orphan", res)
+	}
+	if !netns.Exists(NetnsName(outside)) {
+		t.Errorf("reclaim removed slot %d, beyond the pool's range", outside)
 	}
 	if l := leftovers(orphan, nil); len(l) > 0 {
 		t.Errorf("orphan left: %v", l)

@@ -11,6 +11,7 @@ import (
 	"sort"
 
 	"github.com/emberhq/ember/internal/netns"
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/vishvananda/netlink"
 )
 
@@ -24,22 +25,27 @@ import (
 // runs to the end even when ctx is cancelled. With a pool running, use
 // Pool.Reclaim, which spares the pool's own slots.
 func Reclaim(ctx context.Context, first int, keep map[int]bool, log *slog.Logger) (removed int, err error) {
-	return reclaim(ctx, func(i int) bool { return i >= first && !keep[i] }, log)
+	return reclaimWhere(ctx, func(i int) bool { return i >= first && !keep[i] }, log)
 }
 
 // Reclaim is the package's Reclaim over this pool's index range, sparing
 // every slot the pool holds (handed out, idle, or being built by the
 // filler). Each index it removes is reserved in the pool meanwhile, so the
 // filler cannot build a fresh slot under a removal in progress.
-func (p *Pool) Reclaim(ctx context.Context, keep map[int]bool) (int, error) {
+func (p *Pool) Reclaim(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error) {
+	n, err := p.reclaimIndexes(ctx, keep.Slots)
+	return reclaim.Result{Found: n, Removed: n}, err
+}
+
+func (p *Pool) reclaimIndexes(ctx context.Context, keep map[int]bool) (int, error) {
 	held := map[int]bool{}
 	defer func() {
 		for i := range held {
 			p.release(i)
 		}
 	}()
-	return reclaim(ctx, func(i int) bool {
-		if i < p.cfg.FirstIndex || keep[i] {
+	return reclaimWhere(ctx, func(i int) bool {
+		if !p.cfg.owns(i) || keep[i] {
 			return false
 		}
 		p.mu.Lock()
@@ -56,8 +62,8 @@ func (p *Pool) Reclaim(ctx context.Context, keep map[int]bool) (int, error) {
 	}, p.log)
 }
 
-// reclaim removes the slots whose index mine accepts.
-func reclaim(ctx context.Context, mine func(int) bool, log *slog.Logger) (removed int, err error) {
+// reclaimWhere removes the slots whose index mine accepts.
+func reclaimWhere(ctx context.Context, mine func(int) bool, log *slog.Logger) (removed int, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

@@ -3,6 +3,8 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+
+	"github.com/emberhq/ember/internal/store"
 )
 
 // Sentinels callers branch on; internal/api maps each to a status and a code.
@@ -13,16 +15,20 @@ var (
 	ErrTemplateNotFound = errors.New("template not found")
 	// ErrInvalid: a request field is malformed or out of range (see InvalidError).
 	ErrInvalid = errors.New("invalid argument")
-	// ErrConflict: the sandbox is not in a state that allows the operation.
+	// ErrConflict: the sandbox is not in a state that allows the operation
+	// (a *StateConflict says which state it is in).
 	ErrConflict = errors.New("conflict")
 	// ErrExecTimeout: a command outlived its timeout and was killed.
 	ErrExecTimeout = errors.New("command timed out")
 	// ErrClosed: the manager is shutting down.
 	ErrClosed = errors.New("manager closed")
-	// ErrNotPaused: resume of a sandbox that is not paused.
+	// ErrNotPaused: resume of a sandbox that is not paused (a StateConflict
+	// wanting "paused" is one).
 	ErrNotPaused = errors.New("sandbox not paused")
-	// ErrUnsupported: the VMM driver cannot snapshot or restore machines.
-	ErrUnsupported = errors.New("not supported by this vmm driver")
+	// ErrUnsupported: this daemon cannot do that: its VMM driver cannot
+	// snapshot or restore machines, or its network mode cannot move a
+	// restored machine to another slot. The message says which.
+	ErrUnsupported = errors.New("not supported")
 	// ErrSnapshotNotFound: no snapshot with that name.
 	ErrSnapshotNotFound = errors.New("snapshot not found")
 	// ErrSnapshotExists: a snapshot with that name exists already.
@@ -44,4 +50,26 @@ func (e *InvalidError) Unwrap() error { return ErrInvalid }
 
 func invalid(field, format string, args ...any) error {
 	return &InvalidError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// StateConflict is a sandbox not in the state an operation needs. It wraps
+// ErrConflict, and ErrNotPaused when the operation needed a paused sandbox.
+type StateConflict struct {
+	ID string
+	// State is the sandbox's state; Want what the operation needs ("running",
+	// "paused", "running or paused").
+	State, Want string
+}
+
+func (e *StateConflict) Error() string {
+	return fmt.Sprintf("sandbox %s is %s, not %s", e.ID, e.State, e.Want)
+}
+
+// Is makes errors.Is(err, ErrConflict) true, and ErrNotPaused for a resume.
+func (e *StateConflict) Is(target error) bool {
+	return target == ErrConflict || target == ErrNotPaused && e.Want == "paused"
+}
+
+func stateError(r store.Sandbox, want string) error {
+	return &StateConflict{ID: r.ID, State: r.State, Want: want}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/cleanup"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
@@ -44,11 +45,6 @@ type Config struct {
 	// snapshot of it, captured once (per template build, vCPUs and memory)
 	// from the first cold boot's ready guest, instead of cold-booting.
 	TemplateSnapshots bool
-	// SlotAddressed says guests are addressed by their network slot (the
-	// bridge network mode): a restored machine keeps the address it was
-	// saved with, so nothing that restores one (pause, named snapshots,
-	// forks, template snapshots) is offered.
-	SlotAddressed bool
 	// Defaults for fields a create request leaves zero.
 	DefaultTemplate  string
 	DefaultVCPUs     int
@@ -114,8 +110,10 @@ type Manager struct {
 	snapBusy map[string]bool
 	snapRefs map[string]int
 
-	// wg tracks background work (the reaper, reaps of dead machines).
+	// wg tracks background work (the reaper, reaps of dead machines); ops
+	// the lifecycle operations in flight (begin).
 	wg   sync.WaitGroup
+	ops  sync.WaitGroup
 	stop chan struct{}
 }
 
@@ -196,57 +194,85 @@ func containsAny(s, chars string) bool {
 // Create makes a sandbox and returns once its agent answers: cold-booted from
 // a template, or restored from a snapshot (req.Snapshot). On error everything
 // acquired is released and no record remains.
-func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sandbox, err error) {
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.Sandbox, error) {
+	done, err := m.begin()
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	defer done()
+	src, release, err := m.resolve(ctx, &req)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	// A snapshot's reference keeps it from being deleted until the new
+	// sandbox's record, which names it, is registered or gone.
+	defer release()
+	return m.create(ctx, req, src)
+}
+
+// resolve validates a create request and finds what the sandbox is made
+// from: a snapshot (held until release) or a template, and whether it
+// restores saved machine state.
+func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, release func(), err error) {
+	release = func() {}
 	var src source
 	if req.Snapshot != "" {
-		snap, release, err := m.useSnapshot(ctx, req.Snapshot)
-		if err != nil {
-			return store.Sandbox{}, err
+		snap, rel, uerr := m.useSnapshot(ctx, req.Snapshot)
+		if uerr != nil {
+			return source{}, nil, uerr
 		}
-		// The reference keeps the snapshot from being deleted until the
-		// new sandbox's record, which names it, is registered or gone.
-		defer release()
-		if err := fromSnapshot(&req, snap); err != nil {
-			return store.Sandbox{}, err
+		// err is the named result: the reference goes with a failed resolve.
+		defer func() {
+			if err != nil {
+				rel()
+			}
+		}()
+		release = rel
+		if err := fromSnapshot(req, snap); err != nil {
+			return source{}, nil, err
 		}
 		src = source{template: snap.Template, kernel: m.kernelOf(snap.Template), rootfs: snapRootfs(snap.Dir),
 			state: snapState(snap.Dir), snapshot: snap.Name, token: snap.Token}
 	}
-	if err := m.validate(&req); err != nil {
-		return store.Sandbox{}, err
+	if err := m.validate(req); err != nil {
+		return source{}, nil, err
 	}
 	if src.snapshot == "" {
 		tpl, err := m.d.Templates.Get(req.Template)
 		if errors.Is(err, template.ErrNotFound) {
-			return store.Sandbox{}, fmt.Errorf("template %q: %w", req.Template, ErrTemplateNotFound)
+			return source{}, nil, fmt.Errorf("template %q: %w", req.Template, ErrTemplateNotFound)
 		} else if err != nil {
-			return store.Sandbox{}, fmt.Errorf("look up template %q: %w", req.Template, err)
+			return source{}, nil, fmt.Errorf("look up template %q: %w", req.Template, err)
 		}
 		baseMiB := int((tpl.RootfsSizeBytes + 1<<20 - 1) >> 20)
 		switch {
 		case req.DiskMiB == 0:
 			req.DiskMiB = baseMiB
 		case req.DiskMiB < baseMiB || req.DiskMiB > m.cfg.Limits.MaxDiskMiB:
-			return store.Sandbox{}, invalid("disk_mib", "must be between the template's %d and %d, got %d", baseMiB, m.cfg.Limits.MaxDiskMiB, req.DiskMiB)
+			return source{}, nil, invalid("disk_mib", "must be between the template's %d and %d, got %d", baseMiB, m.cfg.Limits.MaxDiskMiB, req.DiskMiB)
 		}
 		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken()}
 		if req.DiskMiB > baseMiB {
 			src.sizeBytes = int64(req.DiskMiB) << 20
 		} else {
-			m.useTemplateSnapshot(&src, tpl, req)
+			m.useTemplateSnapshot(&src, tpl, *req)
 		}
 	}
-	var restorer vmm.Restorer
 	if src.state != "" {
 		if err := m.restoreBlocked(); err != nil {
-			return store.Sandbox{}, fmt.Errorf("restore from snapshot %q: %w", src.snapshot, err)
+			return source{}, nil, fmt.Errorf("restore from snapshot %q: %w", src.snapshot, err)
 		}
 		var ok bool
-		if restorer, ok = m.d.VMM.(vmm.Restorer); !ok {
-			return store.Sandbox{}, fmt.Errorf("restore from snapshot %q: %w", src.snapshot, ErrUnsupported)
+		if src.restorer, ok = m.d.VMM.(vmm.Restorer); !ok {
+			return source{}, nil, fmt.Errorf("restore from snapshot %q: %w", src.snapshot, m.unsupported())
 		}
 	}
+	return src, release, nil
+}
 
+// create acquires a new sandbox's resources in order, each release
+// registered right after its acquire; on error it runs them all.
+func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (rec store.Sandbox, err error) {
 	start := time.Now()
 	id := newID()
 	sb := &Sandbox{}
@@ -261,11 +287,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 		TimeoutS: req.TimeoutS, AutoPause: req.AutoPause, Snapshot: src.snapshot,
 	}
 	log := m.log.With("sandbox", id, "template", src.template)
-
-	var undo cleanup
 	defer func() {
 		if err != nil {
-			if cerr := undo.run(ctx); cerr != nil {
+			if cerr := sb.held.Release(ctx, cleanup.Anchor); cerr != nil {
 				log.Error("undo failed create", "err", cerr)
 			}
 		}
@@ -276,54 +300,56 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
-	undo.add(func(ctx context.Context) error { return m.d.Store.DeleteSandbox(ctx, id) })
+	m.holdRecord(sb, id)
 	if err := m.register(sb, id); err != nil {
 		return store.Sandbox{}, err
 	}
-	undo.add(func(context.Context) error { m.unregister(id); return nil })
+	m.holdRegistration(sb, id)
 	if err := os.MkdirAll(r.Dir, 0o700); err != nil {
 		return store.Sandbox{}, fmt.Errorf("create dir of sandbox %s: %w", id, err)
 	}
-	undo.add(func(context.Context) error { return os.RemoveAll(r.Dir) })
+	m.holdDir(sb, r.Dir)
 
 	phase := time.Now()
 	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, src.rootfs, src.sizeBytes)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("prepare disk of sandbox %s: %w", id, err)
 	}
-	undo.add(func(ctx context.Context) error { return m.d.Disks.Remove(ctx, id, r.Dir) })
+	m.holdDisk(sb, id, r.Dir)
+	m.holdAddress(sb)
+	m.holdAttachment(sb, id, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
 	r.TimingsMS["disk"] = ms(time.Since(phase))
 
 	phase = time.Now()
-	slot, err := m.d.Slots.Get(ctx)
+	s, err := m.d.Slots.Get(ctx)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("get network slot for sandbox %s: %w", id, err)
 	}
-	undo.add(func(ctx context.Context) error { return m.d.Slots.Return(ctx, slot) })
-	if err := m.d.Slots.SetPolicy(ctx, slot, *req.Network); err != nil {
+	m.holdSlot(sb, s)
+	if err := m.d.Slots.SetPolicy(ctx, s, *req.Network); err != nil {
 		return store.Sandbox{}, fmt.Errorf("apply network policy of sandbox %s: %w", id, err)
 	}
-	r.SlotIndex = slot.Index
+	r.SlotIndex = s.Index
 	r.TimingsMS["network"] = ms(time.Since(phase))
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
 
 	phase = time.Now()
-	spec := m.spec(r, src.kernel, slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs())
+	spec := m.spec(r, src.kernel, s)
 	var machine vmm.Machine
-	if restorer != nil {
-		machine, err = restorer.Restore(ctx, spec, src.state)
+	if src.restorer != nil {
+		machine, err = src.restorer.Restore(ctx, spec, src.state)
 	} else {
 		machine, err = m.d.VMM.Start(ctx, spec)
 	}
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("start vmm of sandbox %s: %w", id, err)
 	}
-	undo.add(func(ctx context.Context) error { return machine.Stop(ctx) })
+	m.holdMachine(sb, machine)
 	r.VMMPID = machine.PID()
-	if restorer != nil {
+	if src.restorer != nil {
 		r.TimingsMS["restore"] = ms(time.Since(phase))
 	} else {
 		r.TimingsMS["boot"] = ms(time.Since(phase))
@@ -333,7 +359,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	}
 
 	phase = time.Now()
-	ag := m.d.Agent(slot.HostAddr, r.Token)
+	ag := m.d.Agent(s.HostAddr, r.Token)
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
 	if err := ag.WaitReady(readyCtx); err != nil {
@@ -356,13 +382,12 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (rec store.Sand
 	r.TimingsMS["total"] = ms(time.Since(start))
 
 	r.State = StateRunning
-	sb.machine, sb.slot = machine, slot
-	sb.setLive(ag, slot.HostAddr)
+	m.holdLive(sb, ag, s)
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
 	m.watch(sb, machine)
-	log.Info("sandbox created", "slot", slot.Index, "pid", r.VMMPID, "snapshot", src.snapshot, "timings_ms", r.TimingsMS)
+	log.Info("sandbox created", "slot", s.Index, "pid", r.VMMPID, "snapshot", src.snapshot, "timings_ms", r.TimingsMS)
 	return r, nil
 }
 
@@ -380,13 +405,21 @@ type source struct {
 	// capture, on a cold boot, is where to save the template snapshot
 	// once the agent is ready (see useTemplateSnapshot).
 	capture string
+	// restorer restores state; nil when state is "".
+	restorer vmm.Restorer
 }
 
-func (m *Manager) spec(r store.Sandbox, kernel, netnsPath, tap, mac, bootArgs string) vmm.Spec {
-	return vmm.Spec{
+// spec describes the machine of r, on slot s when it has one (a spec for
+// Attach needs none).
+func (m *Manager) spec(r store.Sandbox, kernel string, s *slot.Slot) vmm.Spec {
+	spec := vmm.Spec{
 		ID: r.ID, Dir: r.Dir, Kernel: kernel, RootDisk: r.DiskPath, DiskFormat: r.DiskFormat,
-		Netns: netnsPath, TAP: tap, MAC: mac, BootArgs: bootArgs, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB,
+		VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB,
 	}
+	if s != nil {
+		spec.Netns, spec.TAP, spec.MAC, spec.BootArgs = s.NetnsPath, s.TAP, s.GuestMAC, s.BootArgs()
+	}
+	return spec
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -471,7 +504,7 @@ func (m *Manager) Address(id string) (netip.Addr, error) {
 	}
 	l := sb.live.Load()
 	if l == nil {
-		return netip.Addr{}, fmt.Errorf("sandbox %s is %s, not running: %w", id, sb.Record().State, ErrConflict)
+		return netip.Addr{}, stateError(sb.Record(), "running")
 	}
 	return l.addr, nil
 }
@@ -490,7 +523,7 @@ func (m *Manager) SetNetwork(ctx context.Context, id string, pol slot.Policy) (s
 	defer sb.mu.Unlock()
 	r := sb.Record()
 	if r.State != StateRunning || sb.slot == nil {
-		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s, not running: %w", id, r.State, ErrConflict)
+		return store.Sandbox{}, stateError(r, "running")
 	}
 	if err := m.d.Slots.SetPolicy(ctx, sb.slot, pol); err != nil {
 		return store.Sandbox{}, fmt.Errorf("apply network policy of sandbox %s: %w", id, err)
@@ -502,80 +535,44 @@ func (m *Manager) SetNetwork(ctx context.Context, id string, pol slot.Policy) (s
 	return r, nil
 }
 
-// Destroy stops a sandbox's machine, releases its disk and slot and deletes
-// its record. A create in progress finishes first.
+// Destroy stops a sandbox's machine, releases everything it holds and
+// deletes its record. A lifecycle operation in progress finishes first.
 func (m *Manager) Destroy(ctx context.Context, id string) error {
-	sb, err := m.lookup(id)
+	done, err := m.begin()
 	if err != nil {
 		return err
 	}
-	sb.mu.Lock()
-	defer sb.mu.Unlock()
-	r := sb.Record()
-	if _, err := m.lookup(id); err != nil {
-		// Destroyed (or its create undone) while we waited for the lock.
+	defer done()
+	sb, err := m.lookupLocked(id)
+	if err != nil {
 		return err
 	}
+	defer sb.mu.Unlock()
+	return m.destroyLocked(ctx, sb)
+}
+
+func (m *Manager) destroyLocked(ctx context.Context, sb *Sandbox) error {
+	r := sb.Record()
 	start := time.Now()
 	r.State = StateStopping
 	if err := m.put(ctx, sb, r); err != nil {
 		return err
 	}
-	if err := m.releaseLocked(ctx, sb, r); err != nil {
-		// Keep the record so the failure is visible and a retry can finish.
+	if err := sb.held.Release(ctx, cleanup.Anchor); err != nil {
+		// What failed and everything under it stay held, and the record
+		// says why: a retry finishes the destroy.
 		r.State = StateError
 		r.Error = "destroy: " + err.Error()
 		if perr := m.put(ctx, sb, r); perr != nil {
 			err = errors.Join(err, perr)
 		}
-		return fmt.Errorf("destroy sandbox %s: %w", id, err)
+		return fmt.Errorf("destroy sandbox %s: %w", r.ID, err)
 	}
-	if err := m.d.Store.DeleteSandbox(context.WithoutCancel(ctx), id); err != nil {
-		return err
-	}
-	m.unregister(id)
-	m.log.Info("sandbox destroyed", "sandbox", id, "duration_ms", ms(time.Since(start)))
+	m.log.Info("sandbox destroyed", "sandbox", r.ID, "duration_ms", ms(time.Since(start)))
 	if r.Snapshot != "" {
 		m.dropHidden(ctx, r.Snapshot)
 	}
 	return nil
-}
-
-// releaseLocked stops the machine, then removes the disk (the VMM holds it
-// open until it exits), returns the slot and removes the sandbox directory.
-// Every step runs even if an earlier one failed; "already gone" is success.
-func (m *Manager) releaseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox) error {
-	ctx = context.WithoutCancel(ctx)
-	var errs []error
-	if sb.machine != nil {
-		if err := sb.machine.Stop(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("stop vmm: %w", err))
-		} else {
-			sb.machine = nil
-		}
-	}
-	if len(errs) > 0 {
-		// The disk may still be open and the slot in use: keep both.
-		return errors.Join(errs...)
-	}
-	if err := m.d.Disks.Remove(ctx, r.ID, r.Dir); err != nil {
-		errs = append(errs, fmt.Errorf("remove disk: %w", err))
-	}
-	if parker, ok := m.d.Slots.(SlotParker); ok && sb.slot == nil && r.SlotIndex >= 0 {
-		// A paused sandbox's parked address.
-		parker.Unreserve(r.SlotIndex)
-	}
-	if sb.slot != nil {
-		if err := m.d.Slots.Return(ctx, sb.slot); err != nil {
-			errs = append(errs, fmt.Errorf("return slot %d: %w", sb.slot.Index, err))
-		} else {
-			sb.slot = nil
-		}
-	}
-	if err := os.RemoveAll(r.Dir); err != nil {
-		errs = append(errs, fmt.Errorf("remove dir: %w", err))
-	}
-	return errors.Join(errs...)
 }
 
 // Exec runs a command in a running sandbox, streaming its output to the
@@ -596,7 +593,7 @@ func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest, stdout, 
 	}
 	ag := sb.getAgent()
 	if r := sb.Record(); r.State != StateRunning || ag == nil {
-		return ExecResult{}, fmt.Errorf("sandbox %s is %s, not running: %w", id, r.State, ErrConflict)
+		return ExecResult{}, stateError(r, "running")
 	}
 	ctx, cancel := context.WithTimeout(ctx, req.Timeout)
 	defer cancel()
@@ -627,30 +624,45 @@ func (m *Manager) watch(sb *Sandbox, machine vmm.Machine) {
 		if sb.machine != machine {
 			return // stopped on purpose
 		}
-		r := sb.Record()
-		sb.machine = nil
-		m.fail(sb, r, "vmm process exited unexpectedly")
+		m.fail(sb, "vmm process exited unexpectedly")
 	}()
 }
 
-// fail releases what a sandbox whose machine is gone still holds and keeps
-// its record in the error state. Called with sb.mu held.
-func (m *Manager) fail(sb *Sandbox, r store.Sandbox, reason string) {
+// fail releases what a sandbox holds but its record, and keeps the record
+// in the error state with the reason (and what could not be released, which
+// a destroy retries). Called with sb.mu held.
+func (m *Manager) fail(sb *Sandbox, reason string) {
 	ctx := context.Background()
-	rerr := m.releaseLocked(ctx, sb, r)
+	rerr := sb.held.Release(ctx, cleanup.Storage)
+	r := sb.Record()
 	r.State, r.Error, r.VMMPID, r.SlotIndex = StateError, reason, 0, -1
 	if rerr != nil {
 		r.Error += "; cleanup: " + rerr.Error()
 	}
-	sb.setLive(nil, netip.Addr{})
 	if err := m.put(ctx, sb, r); err != nil {
 		m.log.Error("record failed sandbox", "sandbox", r.ID, "err", err)
 	}
 	m.log.Warn("sandbox failed", "sandbox", r.ID, "reason", reason, "cleanup_err", rerr)
 }
 
-// Close stops background work. Running machines keep running: a restarted
-// daemon re-adopts them (Recover).
+// begin registers a lifecycle operation (create, destroy, pause, resume,
+// snapshot) so that Close waits for it to settle; it fails once the manager
+// is closing.
+func (m *Manager) begin() (done func(), err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	m.ops.Add(1)
+	return m.ops.Done, nil
+}
+
+// Close refuses new lifecycle operations, waits for those in flight to
+// settle (their callers' contexts end them: a cancelled create unwinds, a
+// cancelled pause rolls back), then stops background work. Running machines
+// keep running: a restarted daemon re-adopts them (Recover), and no sandbox
+// is left half created or half paused for it to recover.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	if m.closed {
@@ -658,27 +670,24 @@ func (m *Manager) Close() {
 		return
 	}
 	m.closed = true
-	close(m.stop)
 	m.mu.Unlock()
+	m.ops.Wait()
+	close(m.stop)
 	m.wg.Wait()
 }
 
-// restoreBlocked reports why this manager's machines cannot be saved and
-// restored anywhere but where they were saved (named snapshots, forks,
-// template snapshots), or nil. Pause asks pauseBlocked instead.
+// restoreBlocked reports why this manager's machines cannot be restored
+// anywhere but where they were saved (named snapshots, forks, template
+// snapshots), or nil. A pause resumes where it was saved, so needs none.
 func (m *Manager) restoreBlocked() error {
-	if m.cfg.SlotAddressed {
-		return fmt.Errorf("the bridge network mode gives each guest its own address, which a restored machine cannot change: %w", ErrUnsupported)
+	if err := m.d.Slots.Movable(); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrUnsupported)
 	}
 	return nil
 }
 
-// pauseBlocked reports why a sandbox cannot pause, or nil: with guests
-// addressed by their slot, only a provider that parks slots lets the guest
-// resume on its own address.
-func (m *Manager) pauseBlocked() error {
-	if _, ok := m.d.Slots.(SlotParker); ok {
-		return nil
-	}
-	return m.restoreBlocked()
+// unsupported is the error for a VMM driver that cannot save or restore
+// machines.
+func (m *Manager) unsupported() error {
+	return fmt.Errorf("the %s vmm driver cannot save or restore machines: %w", m.d.VMM.Name(), ErrUnsupported)
 }

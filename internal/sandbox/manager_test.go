@@ -42,13 +42,16 @@ type world struct {
 
 	failDisk, failSlot, failStart, failReady, failAdopt bool
 	failPause, failSnapshot, failRestore, failAttach    bool
-	failFlatten, failStop                               bool
-	execFn                                              func(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
+	failFlatten, failStop, failRemove                   bool
+	// released counts each release by resource ("remove sb1",
+	// "detach sb1", "return 3", "stop 101").
+	released map[string]int
+	execFn   func(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
 }
 
 func newWorld() *world {
 	return &world{disks: map[string]bool{}, slots: map[int]bool{}, machines: map[int]*fakeMachine{}, nextPID: 100,
-		detached: map[string]bool{}, bases: map[string]string{}, kernel: "/k"}
+		detached: map[string]bool{}, bases: map[string]string{}, kernel: "/k", released: map[string]int{}}
 }
 
 func (w *world) Get(name string) (template.Template, error) {
@@ -72,6 +75,10 @@ func (w *world) Prepare(ctx context.Context, id, dir, base string, size int64) (
 func (w *world) Remove(ctx context.Context, id, dir string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.failRemove {
+		return errors.New("device busy")
+	}
+	w.released["remove "+id]++
 	delete(w.disks, id)
 	delete(w.detached, id)
 	return nil
@@ -95,6 +102,7 @@ func (w *world) Detach(ctx context.Context, id, dir string) error {
 			return errors.New("disk still open by a vmm")
 		}
 	}
+	w.released["detach "+id]++
 	w.detached[id] = true
 	return nil
 }
@@ -142,9 +150,20 @@ func (s fakeSlots) Get(ctx context.Context) (*slot.Slot, error) {
 func (s fakeSlots) Return(ctx context.Context, sl *slot.Slot) error {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
+	s.w.released[fmt.Sprint("return ", sl.Index)]++
 	delete(s.w.slots, sl.Index)
 	return nil
 }
+
+// Park is Return: the namespace mode keeps nothing for a paused sandbox.
+func (s fakeSlots) Park(ctx context.Context, sl *slot.Slot) (bool, error) {
+	return false, s.Return(ctx, sl)
+}
+func (s fakeSlots) Unpark(ctx context.Context, _ int) (*slot.Slot, error) { return s.Get(ctx) }
+func (s fakeSlots) Reserve(int) (bool, error)                             { return false, nil }
+func (s fakeSlots) Unreserve(int)                                         {}
+func (s fakeSlots) Movable() error                                        { return nil }
+
 func (s fakeSlots) SetPolicy(ctx context.Context, sl *slot.Slot, pol slot.Policy) error {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
@@ -263,6 +282,9 @@ func (m *fakeMachine) Stop(ctx context.Context) error {
 	if m.w.failStop {
 		return errors.New("qemu will not die")
 	}
+	m.w.mu.Lock()
+	m.w.released[fmt.Sprint("stop ", m.pid)]++
+	m.w.mu.Unlock()
 	m.crash()
 	return nil
 }
@@ -487,13 +509,10 @@ func TestExecErrors(t *testing.T) {
 	}
 }
 
-func TestMachineDeathMarksErrorAndReleases(t *testing.T) {
-	w, st, _, m := setup(t)
-	ctx := context.Background()
-	r, err := m.Create(ctx, CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+// crashAndWait kills r's machine as if its process died and waits for the
+// manager to mark the sandbox failed.
+func crashAndWait(t *testing.T, w *world, m *Manager, r store.Sandbox) {
+	t.Helper()
 	w.mu.Lock()
 	mach := w.machines[r.VMMPID]
 	w.mu.Unlock()
@@ -502,13 +521,23 @@ func TestMachineDeathMarksErrorAndReleases(t *testing.T) {
 	for {
 		got, _ := m.Get(r.ID)
 		if got.State == StateError {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("state %s after the machine died", got.State)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+func TestMachineDeathMarksErrorAndReleases(t *testing.T) {
+	w, st, _, m := setup(t)
+	ctx := context.Background()
+	r, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashAndWait(t, w, m, r)
 	if l := w.leaks(); len(l) > 0 {
 		t.Fatalf("leaked after machine death: %v", l)
 	}
@@ -553,12 +582,16 @@ func TestRecoverAdoptsSurvivorsAndMarksTheLost(t *testing.T) {
 	w.mu.Unlock()
 
 	m2 := newManager(t, w, st, dir)
-	slots, err := m2.Recover(ctx)
+	keep, err := m2.Recover(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	slots := keep.Slots
 	if !slots[alive.SlotIndex] || len(slots) != 1 {
 		t.Fatalf("slots in use %v, want only %d", slots, alive.SlotIndex)
+	}
+	if !keep.PIDs[alive.VMMPID] || len(keep.PIDs) != 1 {
+		t.Fatalf("vmm pids kept %v, want only %d", keep.PIDs, alive.VMMPID)
 	}
 	if got, _ := m2.Get(alive.ID); got.State != StateRunning {
 		t.Fatalf("survivor is %s", got.State)

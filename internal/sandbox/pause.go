@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/emberhq/ember/internal/cleanup"
 	"github.com/emberhq/ember/internal/rootfs"
-	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -21,8 +21,13 @@ import (
 func pauseDir(r store.Sandbox) string { return filepath.Join(r.Dir, "pause") }
 
 // Pause saves a running sandbox's machine state, stops its VMM, detaches its
-// disk and returns its slot. A paused sandbox costs disk space only.
+// disk and parks its slot. A paused sandbox costs disk space only.
 func (m *Manager) Pause(ctx context.Context, id string) (store.Sandbox, error) {
+	done, err := m.begin()
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	defer done()
 	sb, err := m.lookupLocked(id)
 	if err != nil {
 		return store.Sandbox{}, err
@@ -52,14 +57,11 @@ func (m *Manager) lookupLocked(id string) (*Sandbox, error) {
 
 func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox) (store.Sandbox, error) {
 	if r.State != StateRunning || sb.machine == nil {
-		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s, not running: %w", r.ID, r.State, ErrConflict)
-	}
-	if err := m.pauseBlocked(); err != nil {
-		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, err)
+		return store.Sandbox{}, stateError(r, "running")
 	}
 	snapper, ok := sb.machine.(vmm.Snapshotter)
 	if !ok {
-		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, ErrUnsupported)
+		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, m.unsupported())
 	}
 	start := time.Now()
 	machine, prev := sb.machine, sb.live.Load()
@@ -100,32 +102,17 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	}
 	saved := time.Since(start)
 
-	// From here the saved state is the sandbox: the VMM goes first (it
-	// holds the disk open), then the disk is detached and the slot returned.
+	// From here the saved state is the sandbox: what the running machine
+	// held goes (the VMM first, it holds the disk open), what the paused
+	// sandbox keeps stays.
 	ctx = context.WithoutCancel(ctx)
-	sb.machine = nil // a stop on purpose: the watcher must not fail the sandbox
-	if err := machine.Stop(ctx); err != nil {
-		sb.machine = machine
-		m.fail(sb, r, "pause: stop vmm: "+err.Error())
-		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: stop vmm: %w", r.ID, err)
-	}
-	if err := m.d.Disks.Detach(ctx, r.ID, r.Dir); err != nil {
-		// Resume attaches an attached disk as it is: only host resources
-		// stay held, and the next destroy releases them.
-		m.log.Warn("detach disk of paused sandbox", "sandbox", r.ID, "err", err)
+	if err := sb.held.Release(ctx, cleanup.Runtime); err != nil {
+		m.fail(sb, "pause: "+err.Error())
+		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, err)
 	}
 	slotIndex := -1
-	if sb.slot != nil {
-		if parker, ok := m.d.Slots.(SlotParker); ok {
-			// The saved guest keeps its address: hold it for the resume.
-			if err := parker.Park(ctx, sb.slot); err != nil {
-				m.log.Warn("park slot of paused sandbox", "sandbox", r.ID, "slot", sb.slot.Index, "err", err)
-			}
-			slotIndex = sb.slot.Index
-		} else if err := m.d.Slots.Return(ctx, sb.slot); err != nil {
-			m.log.Warn("return slot of paused sandbox", "sandbox", r.ID, "slot", sb.slot.Index, "err", err)
-		}
-		sb.slot = nil
+	if sb.parked {
+		slotIndex = r.SlotIndex
 	}
 	r.State, r.VMMPID, r.SlotIndex = StatePaused, 0, slotIndex
 	r.TimingsMS = withTiming(r.TimingsMS, "pause", time.Since(start))
@@ -136,10 +123,15 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	return r, nil
 }
 
-// Resume brings a paused sandbox back: its disk re-attached, a fresh slot,
-// the machine restored from the saved state and the agent answering. Its end
-// time starts again from now.
+// Resume brings a paused sandbox back: its disk re-attached, a slot (the
+// parked one, where the provider kept it), the machine restored from the
+// saved state and the agent answering. Its end time starts again from now.
 func (m *Manager) Resume(ctx context.Context, id string) (store.Sandbox, error) {
+	done, err := m.begin()
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	defer done()
 	sb, err := m.lookupLocked(id)
 	if err != nil {
 		return store.Sandbox{}, err
@@ -153,16 +145,12 @@ func (m *Manager) Resume(ctx context.Context, id string) (store.Sandbox, error) 
 }
 
 func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox) (rec store.Sandbox, err error) {
-	switch r.State {
-	case StatePaused:
-	case StateRunning:
-		return store.Sandbox{}, fmt.Errorf("sandbox %s is running, not paused: %w", r.ID, ErrNotPaused)
-	default:
-		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s, not paused: %w", r.ID, r.State, ErrNotPaused)
+	if r.State != StatePaused {
+		return store.Sandbox{}, stateError(r, "paused")
 	}
 	restorer, ok := m.d.VMM.(vmm.Restorer)
 	if !ok {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, ErrUnsupported)
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, m.unsupported())
 	}
 	pol, err := Policy(r.Network)
 	if err != nil {
@@ -170,7 +158,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	}
 	dir := pauseDir(r)
 	if _, err := os.Stat(dir); err != nil {
-		return store.Sandbox{}, m.lost(sb, r, fmt.Sprintf("saved machine state %s unreadable: %v", dir, err))
+		return store.Sandbox{}, m.lost(sb, fmt.Sprintf("saved machine state %s unreadable: %v", dir, err))
 	}
 	start := time.Now()
 	paused := r
@@ -178,16 +166,16 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
-	var undo cleanup
 	lostDisk := false
 	defer func() {
 		if err == nil || lostDisk {
 			return
 		}
-		if cerr := undo.run(ctx); cerr != nil {
+		// Back to paused: what this resume acquired goes, what the paused
+		// sandbox keeps stays.
+		if cerr := sb.held.Release(ctx, cleanup.Runtime); cerr != nil {
 			m.log.Error("undo failed resume", "sandbox", r.ID, "err", cerr)
 		}
-		sb.machine, sb.slot = nil, nil
 		if perr := m.put(ctx, sb, paused); perr != nil {
 			err = errors.Join(err, perr)
 		}
@@ -196,42 +184,34 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	disk, err := m.d.Disks.Attach(ctx, r.ID, r.Dir)
 	if errors.Is(err, rootfs.ErrNotFound) {
 		lostDisk = true
-		return store.Sandbox{}, m.lost(sb, r, "disk gone: "+err.Error())
+		return store.Sandbox{}, m.lost(sb, "disk gone: "+err.Error())
 	} else if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: attach disk: %w", r.ID, err)
 	}
-	undo.add(func(ctx context.Context) error { return m.d.Disks.Detach(ctx, r.ID, r.Dir) })
+	m.holdAttachment(sb, r.ID, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
 
-	var slot *slot.Slot
-	if parker, ok := m.d.Slots.(SlotParker); ok && paused.SlotIndex >= 0 {
-		// Back on the parked slot, the address the guest was saved with.
-		if slot, err = m.d.Slots.Adopt(paused.SlotIndex); err != nil {
-			return store.Sandbox{}, fmt.Errorf("resume sandbox %s: take back network slot %d: %w", r.ID, paused.SlotIndex, err)
-		}
-		undo.add(func(ctx context.Context) error { return parker.Park(ctx, slot) })
-	} else {
-		if slot, err = m.d.Slots.Get(ctx); err != nil {
-			return store.Sandbox{}, fmt.Errorf("resume sandbox %s: get network slot: %w", r.ID, err)
-		}
-		undo.add(func(ctx context.Context) error { return m.d.Slots.Return(ctx, slot) })
+	s, err := m.d.Slots.Unpark(ctx, paused.SlotIndex)
+	if err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: get network slot: %w", r.ID, err)
 	}
-	if err := m.d.Slots.SetPolicy(ctx, slot, pol); err != nil {
+	m.holdSlot(sb, s)
+	if err := m.d.Slots.SetPolicy(ctx, s, pol); err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: apply network policy: %w", r.ID, err)
 	}
-	r.SlotIndex = slot.Index
+	r.SlotIndex = s.Index
 
-	machine, err := restorer.Restore(ctx, m.spec(r, m.kernelOf(r.Template), slot.NetnsPath, slot.TAP, slot.GuestMAC, slot.BootArgs()), dir)
+	machine, err := restorer.Restore(ctx, m.spec(r, m.kernelOf(r.Template), s), dir)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: restore vmm: %w", r.ID, err)
 	}
-	undo.add(func(ctx context.Context) error { return machine.Stop(ctx) })
+	m.holdMachine(sb, machine)
 	r.VMMPID = machine.PID()
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
 
-	ag := m.d.Agent(slot.HostAddr, r.Token)
+	ag := m.d.Agent(s.HostAddr, r.Token)
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
 	if err := ag.WaitReady(readyCtx); err != nil {
@@ -247,10 +227,8 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	r.State = StateRunning
 	r.ExpiresAt = now.Add(m.lifetime(r)).UTC()
 	r.TimingsMS = withTiming(r.TimingsMS, "resume", now.Sub(start))
-	sb.machine, sb.slot = machine, slot
-	sb.setLive(ag, slot.HostAddr)
+	m.holdLive(sb, ag, s)
 	if err := m.put(ctx, sb, r); err != nil {
-		sb.setLive(nil, netip.Addr{})
 		return store.Sandbox{}, err
 	}
 	m.watch(sb, machine)
@@ -258,15 +236,15 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := os.RemoveAll(dir); err != nil {
 		m.log.Warn("remove saved state of resumed sandbox", "sandbox", r.ID, "err", err)
 	}
-	m.log.Info("sandbox resumed", "sandbox", r.ID, "slot", slot.Index, "pid", r.VMMPID, "duration_ms", ms(now.Sub(start)))
+	m.log.Info("sandbox resumed", "sandbox", r.ID, "slot", s.Index, "pid", r.VMMPID, "duration_ms", ms(now.Sub(start)))
 	return r, nil
 }
 
 // lost moves a paused sandbox whose saved state or disk is gone to the error
 // state (it can never resume) and returns the error that says so.
-func (m *Manager) lost(sb *Sandbox, r store.Sandbox, reason string) error {
-	m.fail(sb, r, "resume: "+reason)
-	return fmt.Errorf("sandbox %s cannot resume (%s); it is now in the error state: %w", r.ID, reason, ErrConflict)
+func (m *Manager) lost(sb *Sandbox, reason string) error {
+	m.fail(sb, "resume: "+reason)
+	return fmt.Errorf("sandbox %s cannot resume (%s); it is now in the error state: %w", sb.Record().ID, reason, ErrConflict)
 }
 
 // lifetime is how long a sandbox lives from its (re)start.
@@ -301,7 +279,7 @@ func (m *Manager) SetTimeout(ctx context.Context, id string, seconds int) (store
 	defer sb.mu.Unlock()
 	r := sb.Record()
 	if r.State != StateRunning && r.State != StatePaused {
-		return store.Sandbox{}, fmt.Errorf("sandbox %s is %s: %w", id, r.State, ErrConflict)
+		return store.Sandbox{}, stateError(r, "running or paused")
 	}
 	r.TimeoutS = seconds
 	r.ExpiresAt = time.Now().Add(time.Duration(seconds) * time.Second).UTC()

@@ -7,131 +7,154 @@ import (
 	"os"
 	"time"
 
+	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/vmm"
 )
 
 // Recover takes over the sandboxes a previous daemon left in the store:
 // running machines whose VMM process survived are re-adopted with their slots;
 // the rest are released and kept in the error state with the reason, so no
-// sandbox is forgotten silently. It returns the slot indexes now in use, for
-// the caller's reclaim of orphaned network objects.
-func (m *Manager) Recover(ctx context.Context) (slots map[int]bool, err error) {
+// sandbox is forgotten silently. Every sandbox's holds are registered again
+// from its record (hold.go), so what it still owns is released where it
+// would have been. It returns what survived (sandboxes, their VMM processes
+// and slots), for the start-up reclaim of everything else.
+func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 	recs, err := m.d.Store.ListSandboxes(ctx)
 	if err != nil {
-		return nil, err
+		return reclaim.Keep{}, err
 	}
-	slots = map[int]bool{}
+	keep := reclaim.Keep{Dir: m.cfg.Dir, Sandboxes: map[string]bool{}, PIDs: map[int]bool{}, Slots: map[int]bool{}}
 	var adopted, failed, finished int
 	for _, r := range recs {
 		sb := &Sandbox{}
 		sb.publish(r)
 		if err := m.register(sb, r.ID); err != nil {
-			return nil, err
+			return reclaim.Keep{}, err
 		}
+		keep.Sandboxes[r.ID] = true
+		sb.mu.Lock()
+		m.holdRecord(sb, r.ID)
+		m.holdRegistration(sb, r.ID)
+		m.holdStorage(sb, r.ID, r.Dir)
 		switch r.State {
 		case StateError:
-			continue
 		case StatePaused:
-			if parker, ok := m.d.Slots.(SlotParker); ok && r.SlotIndex >= 0 {
-				if err := parker.Reserve(r.SlotIndex); err != nil {
+			if r.SlotIndex >= 0 {
+				if _, err := m.d.Slots.Reserve(r.SlotIndex); err != nil {
 					m.log.Error("reserve parked slot of paused sandbox", "sandbox", r.ID, "slot", r.SlotIndex, "err", err)
 				}
 			}
-			continue
 		case StatePausing, StateResuming:
 			// Interrupted with the saved state either complete (the
 			// directory appears by rename) or not there at all.
-			m.stopOrphan(ctx, sb, r)
-			sb.mu.Lock()
-			if _, err := os.Stat(pauseDir(r)); err == nil {
+			if err := m.stopOrphan(ctx, r); err != nil {
+				m.failKeeping(sb, "daemon stopped while the sandbox was "+r.State+": "+err.Error())
+				failed++
+			} else if _, err := os.Stat(pauseDir(r)); err == nil {
 				m.settlePaused(ctx, sb, r)
 			} else {
-				m.fail(sb, r, "daemon stopped while the sandbox was "+r.State+", before its state was saved")
+				m.fail(sb, "daemon stopped while the sandbox was "+r.State+", before its state was saved")
 				failed++
 			}
-			sb.mu.Unlock()
 		case StateRunning:
-			if err := m.adopt(ctx, sb, r); err == nil {
-				slots[r.SlotIndex] = true
+			err := m.adopt(ctx, sb, r)
+			if err == nil {
+				keep.Slots[r.SlotIndex], keep.PIDs[r.VMMPID] = true, true
 				adopted++
-				continue
-			} else {
-				m.log.Warn("sandbox not re-adopted", "sandbox", r.ID, "err", err)
+				break
 			}
-			sb.mu.Lock()
-			m.fail(sb, r, "vmm process gone after daemon restart")
-			sb.mu.Unlock()
+			m.log.Warn("sandbox not re-adopted", "sandbox", r.ID, "err", err)
+			if errors.Is(err, vmm.ErrNotRunning) {
+				m.fail(sb, "vmm process gone after daemon restart")
+			} else {
+				m.failKeeping(sb, "not re-adopted after daemon restart: "+err.Error())
+			}
 			failed++
 		case StateStopping:
 			// The client asked for it gone: finish the destroy.
-			m.stopOrphan(ctx, sb, r)
-			if err := m.Destroy(ctx, r.ID); err != nil {
+			if err := m.stopOrphan(ctx, r); err != nil {
+				m.failKeeping(sb, "destroy interrupted by a daemon stop: "+err.Error())
+			} else if err := m.destroyLocked(ctx, sb); err != nil {
 				m.log.Error("finish interrupted destroy", "sandbox", r.ID, "err", err)
 			}
 			finished++
 		default: // creating: the client never got an answer
-			m.stopOrphan(ctx, sb, r)
-			sb.mu.Lock()
-			m.fail(sb, r, "daemon stopped while the sandbox was being created")
-			sb.mu.Unlock()
+			if err := m.stopOrphan(ctx, r); err != nil {
+				m.failKeeping(sb, "daemon stopped while the sandbox was being created: "+err.Error())
+			} else {
+				m.fail(sb, "daemon stopped while the sandbox was being created")
+			}
 			failed++
 		}
+		sb.mu.Unlock()
 	}
 	if err := m.reclaimSnapshots(ctx); err != nil {
 		m.log.Error("reclaim snapshot files", "err", err)
 	}
 	m.log.Info("recovered sandboxes", "adopted", adopted, "failed", failed, "destroyed", finished)
-	return slots, nil
+	return keep, nil
 }
 
-// adopt re-attaches a surviving machine, its slot and its agent.
+// adopt re-attaches a surviving machine, its slot and its agent, and
+// registers what it holds. An error wrapping vmm.ErrNotRunning means the
+// machine is gone or stopped; any other leaves it possibly alive (it did
+// not answer). Called with sb.mu held.
 func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error {
 	if r.VMMPID <= 0 || r.SlotIndex < 0 {
-		return errors.New("no vmm pid or slot recorded")
+		return fmt.Errorf("no vmm pid or slot recorded: %w", vmm.ErrNotRunning)
 	}
-	machine, err := m.d.VMM.Attach(ctx, m.spec(r, "", "", "", "", ""), r.VMMPID)
+	machine, err := m.d.VMM.Attach(ctx, m.spec(r, "", nil), r.VMMPID)
 	if err != nil {
 		return fmt.Errorf("attach vmm pid %d: %w", r.VMMPID, err)
 	}
-	slot, err := m.d.Slots.Adopt(r.SlotIndex)
+	s, err := m.d.Slots.Adopt(r.SlotIndex)
 	if err != nil {
-		return errors.Join(fmt.Errorf("adopt slot %d: %w", r.SlotIndex, err), machine.Stop(context.WithoutCancel(ctx)))
+		if serr := machine.Stop(context.WithoutCancel(ctx)); serr != nil {
+			return fmt.Errorf("adopt slot %d: %w; stop vmm: %w", r.SlotIndex, err, serr)
+		}
+		return fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
 	}
-	ag := m.d.Agent(slot.HostAddr, r.Token)
+	m.holdAttachment(sb, r.ID, r.Dir)
+	m.holdSlot(sb, s)
+	m.holdMachine(sb, machine)
+	ag := m.d.Agent(s.HostAddr, r.Token)
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := ag.WaitReady(hctx); err != nil {
-		return errors.Join(fmt.Errorf("agent: %w", err), machine.Stop(context.WithoutCancel(ctx)),
-			m.d.Slots.Return(context.WithoutCancel(ctx), slot))
+		if rerr := sb.held.Release(ctx, cleanup.Runtime); rerr != nil {
+			return fmt.Errorf("agent: %w; %w", err, rerr)
+		}
+		return fmt.Errorf("agent: %w: %w", err, vmm.ErrNotRunning)
 	}
-	sb.mu.Lock()
-	sb.machine, sb.slot = machine, slot
-	sb.setLive(ag, slot.HostAddr)
-	sb.mu.Unlock()
+	m.holdLive(sb, ag, s)
 	m.watch(sb, machine)
 	return nil
 }
 
 // settlePaused finishes an interrupted pause or undoes an interrupted
-// resume: no VMM runs, the disk is detached and the sandbox is paused.
-// Called with sb.mu held.
+// resume: no VMM runs, the disk is detached, the slot parked and the
+// sandbox is paused. Called with sb.mu held.
 func (m *Manager) settlePaused(ctx context.Context, sb *Sandbox, r store.Sandbox) {
 	if err := m.d.Disks.Detach(ctx, r.ID, r.Dir); err != nil {
 		m.log.Warn("detach disk of paused sandbox", "sandbox", r.ID, "err", err)
 	}
 	slotIndex := -1
-	if parker, ok := m.d.Slots.(SlotParker); ok && r.SlotIndex >= 0 {
-		// Keep the saved guest's address: park the slot if it still
-		// exists, else hold its address.
+	if r.SlotIndex >= 0 {
+		// Park the slot if it still exists (the provider keeps the address
+		// where the saved guest needs it), else hold its address.
+		var held bool
 		if s, err := m.d.Slots.Adopt(r.SlotIndex); err == nil {
-			err = parker.Park(ctx, s)
-			if err != nil {
+			if held, err = m.d.Slots.Park(ctx, s); err != nil {
 				m.log.Warn("park slot of paused sandbox", "sandbox", r.ID, "slot", r.SlotIndex, "err", err)
 			}
-		} else if err := parker.Reserve(r.SlotIndex); err != nil {
+		} else if held, err = m.d.Slots.Reserve(r.SlotIndex); err != nil {
 			m.log.Warn("reserve slot of paused sandbox", "sandbox", r.ID, "slot", r.SlotIndex, "err", err)
 		}
-		slotIndex = r.SlotIndex
+		if held {
+			slotIndex = r.SlotIndex
+		}
 	}
 	r.State, r.VMMPID, r.SlotIndex = StatePaused, 0, slotIndex
 	if err := m.put(ctx, sb, r); err != nil {
@@ -139,18 +162,37 @@ func (m *Manager) settlePaused(ctx context.Context, sb *Sandbox, r store.Sandbox
 	}
 }
 
-// stopOrphan stops a machine recorded for a sandbox that is not to be kept.
-func (m *Manager) stopOrphan(ctx context.Context, sb *Sandbox, r store.Sandbox) {
+// stopOrphan stops the machine recorded for a sandbox that is not to be
+// kept. It returns nil once no such machine runs, and an error when one
+// might (it is there but did not answer, or would not stop): then nothing
+// it may hold open is released, and start-up reclaim ends the process.
+func (m *Manager) stopOrphan(ctx context.Context, r store.Sandbox) error {
 	if r.VMMPID <= 0 {
-		return
+		return nil
 	}
-	machine, err := m.d.VMM.Attach(ctx, m.spec(r, "", "", "", "", ""), r.VMMPID)
-	if err != nil {
-		return // already gone
+	machine, err := m.d.VMM.Attach(ctx, m.spec(r, "", nil), r.VMMPID)
+	if errors.Is(err, vmm.ErrNotRunning) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("vmm pid %d did not answer: %w", r.VMMPID, err)
 	}
 	if err := machine.Stop(context.WithoutCancel(ctx)); err != nil {
-		m.log.Error("stop orphaned vmm", "sandbox", r.ID, "pid", r.VMMPID, "err", err)
+		return fmt.Errorf("stop orphaned vmm pid %d: %w", r.VMMPID, err)
 	}
+	return nil
+}
+
+// failKeeping is fail for a sandbox whose VMM may still run: it records the
+// error and releases nothing (the process may hold the disk and slot),
+// leaving every hold for the destroy that follows reclaim's end of the
+// process. Called with sb.mu held.
+func (m *Manager) failKeeping(sb *Sandbox, reason string) {
+	r := sb.Record()
+	r.State, r.Error = StateError, reason
+	if err := m.put(context.Background(), sb, r); err != nil {
+		m.log.Error("record failed sandbox", "sandbox", r.ID, "err", err)
+	}
+	m.log.Warn("sandbox failed; its resources stay held until it is deleted", "sandbox", r.ID, "reason", reason)
 }
 
 // RunReaper destroys sandboxes past their end time until ctx ends or the

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/cleanup"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
@@ -46,24 +47,22 @@ type Templates interface {
 	Get(name string) (template.Template, error)
 }
 
-// Slots hands out network slots and applies their egress policy.
+// Slots hands out network slots and applies their egress policy (see
+// network.Slots, which implements it). How a paused sandbox's slot is kept
+// is the provider's business: Park says whether it holds an address for
+// Unpark.
 type Slots interface {
 	Get(ctx context.Context) (*slot.Slot, error)
-	Return(ctx context.Context, s *slot.Slot) error
+	Park(ctx context.Context, s *slot.Slot) (held bool, err error)
+	Unpark(ctx context.Context, index int) (*slot.Slot, error)
+	Reserve(index int) (held bool, err error)
+	Unreserve(index int)
 	Adopt(index int) (*slot.Slot, error)
 	SetPolicy(ctx context.Context, s *slot.Slot, pol slot.Policy) error
-}
-
-// SlotParker is implemented by slot providers whose guests are addressed by
-// their slot (the bridge network mode). A restored guest keeps the address
-// and MAC it was saved with, so a pausing sandbox parks its slot (devices
-// released, address kept reserved) and resumes on the same slot through
-// Adopt; Unreserve frees the address of a paused sandbox that goes away and
-// Reserve holds it again after a daemon restart.
-type SlotParker interface {
-	Park(ctx context.Context, s *slot.Slot) error
-	Reserve(index int) error
-	Unreserve(index int)
+	// Movable says whether a machine saved on one slot restores on
+	// another: nil, or why not (named snapshots, forks and template
+	// snapshots need it; pause does not).
+	Movable() error
 }
 
 // Agent is the host side of one sandbox's guest agent.
@@ -84,9 +83,18 @@ type Sandbox struct {
 	// never take mu (which a slow create or destroy may hold for seconds).
 	rec atomic.Pointer[store.Sandbox]
 
+	// held is the release of everything the sandbox holds, registered by
+	// whoever acquired it (create, resume, a restart's re-adoption) and
+	// run by whoever ends it (pause, fail, destroy): see hold.go. Guarded
+	// by mu.
+	held cleanup.Stack
+
 	// Set while running; guarded by mu for writes.
 	machine vmm.Machine
 	slot    *slot.Slot
+	// parked says the slot provider held the address of the slot the
+	// sandbox last ran on when it paused (the bridge network mode).
+	parked bool
 	// live is set while the sandbox is running: its agent and the address
 	// the host reaches the guest at. Read without mu (by Exec and the port
 	// proxy); written with mu held.

@@ -78,7 +78,7 @@ func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (s
 	defer sb.mu.Unlock()
 	r := sb.Record()
 	if r.State != StateRunning && r.State != StatePaused {
-		return store.Snapshot{}, fmt.Errorf("sandbox %s is %s, neither running nor paused: %w", id, r.State, ErrConflict)
+		return store.Snapshot{}, stateError(r, "running or paused")
 	}
 	start := time.Now()
 	dst := filepath.Join(m.cfg.SnapshotDir, name)
@@ -120,7 +120,7 @@ func (m *Manager) captureLocked(ctx context.Context, sb *Sandbox, r store.Sandbo
 	} else {
 		snapper, ok := sb.machine.(vmm.Snapshotter)
 		if !ok {
-			return ErrUnsupported
+			return m.unsupported()
 		}
 		if err := sb.machine.Pause(ctx); err != nil {
 			return fmt.Errorf("pause vcpus: %w", err)
@@ -145,6 +145,10 @@ func (m *Manager) captureLocked(ctx context.Context, sb *Sandbox, r store.Sandbo
 func (m *Manager) useSnapshot(ctx context.Context, name string) (store.Snapshot, func(), error) {
 	m.snapMu.Lock()
 	defer m.snapMu.Unlock()
+	if m.snapBusy[name] {
+		// Being deleted (a snapshot being written has no record yet).
+		return store.Snapshot{}, nil, fmt.Errorf("snapshot %q: being deleted: %w", name, ErrSnapshotNotFound)
+	}
 	sn, err := m.d.Store.GetSnapshot(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Snapshot{}, nil, fmt.Errorf("snapshot %q: %w", name, ErrSnapshotNotFound)
@@ -219,20 +223,41 @@ func (m *Manager) ListSnapshots(ctx context.Context) ([]store.Snapshot, error) {
 	return out, nil
 }
 
-// DeleteSnapshot deletes a snapshot no sandbox depends on.
+// DeleteSnapshot deletes a snapshot no sandbox depends on. The check and the
+// claim are made under snapMu; the files, which may be gigabytes, are
+// removed outside it.
 func (m *Manager) DeleteSnapshot(ctx context.Context, name string) error {
-	m.snapMu.Lock()
-	defer m.snapMu.Unlock()
-	sn, err := m.d.Store.GetSnapshot(ctx, name)
-	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("snapshot %q: %w", name, ErrSnapshotNotFound)
-	} else if err != nil {
+	sn, err := m.claimForDelete(ctx, name, false)
+	if err != nil {
 		return err
 	}
-	if users := m.snapshotUsersLocked(name); len(users) > 0 {
-		return fmt.Errorf("snapshot %q: sandboxes %s were created from it: %w", name, strings.Join(users, ", "), ErrSnapshotInUse)
+	return m.removeSnapshot(ctx, sn)
+}
+
+// claimForDelete checks, under snapMu, that nothing depends on snapshot
+// name and marks it busy (so no create takes it and no capture reuses the
+// name while its files go); removeSnapshot releases the mark. hiddenOnly
+// refuses a visible snapshot (a fork's cleanup deletes only its own).
+func (m *Manager) claimForDelete(ctx context.Context, name string, hiddenOnly bool) (store.Snapshot, error) {
+	m.snapMu.Lock()
+	defer m.snapMu.Unlock()
+	if m.snapBusy[name] {
+		return store.Snapshot{}, fmt.Errorf("snapshot %q: being written or deleted: %w", name, ErrSnapshotInUse)
 	}
-	return m.removeSnapshotLocked(ctx, sn)
+	sn, err := m.d.Store.GetSnapshot(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Snapshot{}, fmt.Errorf("snapshot %q: %w", name, ErrSnapshotNotFound)
+	} else if err != nil {
+		return store.Snapshot{}, err
+	}
+	if hiddenOnly && !sn.Hidden {
+		return store.Snapshot{}, fmt.Errorf("snapshot %q: not a fork's: %w", name, ErrSnapshotInUse)
+	}
+	if users := m.snapshotUsersLocked(name); len(users) > 0 {
+		return store.Snapshot{}, fmt.Errorf("snapshot %q: sandboxes %s were created from it: %w", name, strings.Join(users, ", "), ErrSnapshotInUse)
+	}
+	m.snapBusy[name] = true
+	return sn, nil
 }
 
 // snapshotUsersLocked lists what depends on a snapshot: sandboxes created
@@ -250,9 +275,14 @@ func (m *Manager) snapshotUsersLocked(name string) []string {
 	return users
 }
 
-// removeSnapshotLocked deletes the record, then the files: a crash between
-// leaves a directory that Recover removes.
-func (m *Manager) removeSnapshotLocked(ctx context.Context, sn store.Snapshot) error {
+// removeSnapshot deletes a claimed snapshot's record, then its files, and
+// drops the claim: a crash between leaves a directory that Recover removes.
+func (m *Manager) removeSnapshot(ctx context.Context, sn store.Snapshot) error {
+	defer func() {
+		m.snapMu.Lock()
+		delete(m.snapBusy, sn.Name)
+		m.snapMu.Unlock()
+	}()
 	if err := m.d.Store.DeleteSnapshot(context.WithoutCancel(ctx), sn.Name); err != nil {
 		return err
 	}
@@ -264,17 +294,20 @@ func (m *Manager) removeSnapshotLocked(ctx context.Context, sn store.Snapshot) e
 }
 
 // dropHidden deletes a fork's hidden snapshot once nothing depends on it.
+// Destroy calls it with the sandbox's lock held: the lock on snapshots is
+// held only to check and claim, never while files are removed.
 func (m *Manager) dropHidden(ctx context.Context, name string) {
 	if !strings.HasPrefix(name, forkPrefix) {
 		return
 	}
-	m.snapMu.Lock()
-	defer m.snapMu.Unlock()
-	sn, err := m.d.Store.GetSnapshot(ctx, name)
-	if err != nil || !sn.Hidden || len(m.snapshotUsersLocked(name)) > 0 {
+	sn, err := m.claimForDelete(ctx, name, true)
+	if errors.Is(err, ErrSnapshotInUse) || errors.Is(err, ErrSnapshotNotFound) {
+		return // still used, or already gone
+	} else if err != nil {
+		m.log.Error("remove fork snapshot", "snapshot", name, "err", err)
 		return
 	}
-	if err := m.removeSnapshotLocked(ctx, sn); err != nil {
+	if err := m.removeSnapshot(ctx, sn); err != nil {
 		m.log.Error("remove fork snapshot", "snapshot", name, "err", err)
 	}
 }

@@ -34,7 +34,7 @@ func (m *Manager) templateSnapshotDir(tpl template.Template, vcpus, memMiB int) 
 // one (src.capture) when none does. Either way only with a driver that can
 // restore.
 func (m *Manager) useTemplateSnapshot(src *source, tpl template.Template, req CreateRequest) {
-	if !m.cfg.TemplateSnapshots || tpl.Key == "" {
+	if !m.cfg.TemplateSnapshots || tpl.Key == "" || m.restoreBlocked() != nil {
 		return
 	}
 	if _, ok := m.d.VMM.(vmm.Restorer); !ok {
@@ -60,8 +60,12 @@ func (m *Manager) captureTemplate(ctx context.Context, machine vmm.Machine, r st
 		return nil
 	}
 	release, err := m.reserveSnapshot(ctx, filepath.Base(dir))
-	if err != nil {
+	if errors.Is(err, ErrSnapshotExists) {
 		return nil // another create is capturing it
+	} else if err != nil {
+		// Not worth failing the create for: the next cold boot tries again.
+		m.log.Warn("capture template snapshot", "sandbox", r.ID, "template", r.Template, "err", err)
+		return nil
 	}
 	defer release()
 	if _, err := os.Stat(dir); err == nil {

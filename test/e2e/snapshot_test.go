@@ -101,10 +101,10 @@ func TestPauseResumeKeepsGuestState(t *testing.T) {
 		t.Fatalf("paused sandbox %+v", p)
 	}
 	t.Logf("pause took %.0f ms; saved memory %d KiB, disk %d KiB", p.TimingsMS["pause"], p.MemoryBytes>>10, p.DiskBytes>>10)
-	if _, err := d.Client.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "true"}); !client.IsCode(err, "sandbox_not_running") {
+	if _, err := d.Client.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "true"}); !client.IsCode(err, "invalid_state") {
 		t.Fatalf("exec in paused sandbox: %v", err)
 	}
-	if _, err := d.Client.PauseSandbox(ctx, sb.ID); !client.IsCode(err, "sandbox_not_running") {
+	if _, err := d.Client.PauseSandbox(ctx, sb.ID); !client.IsCode(err, "invalid_state") {
 		t.Fatalf("pause twice: %v", err)
 	}
 	time.Sleep(3 * time.Second) // the guest's clock stands still meanwhile
@@ -117,7 +117,7 @@ func TestPauseResumeKeepsGuestState(t *testing.T) {
 		t.Fatalf("resumed sandbox %+v", r)
 	}
 	t.Logf("resume took %.0f ms", r.TimingsMS["resume"])
-	if _, err := d.Client.ResumeSandbox(ctx, sb.ID); !client.IsCode(err, "sandbox_not_paused") {
+	if _, err := d.Client.ResumeSandbox(ctx, sb.ID); !client.IsCode(err, "invalid_state") {
 		t.Fatalf("resume twice: %v", err)
 	}
 	assertCounterContinues(t, d, sb.ID, pid, count)

@@ -29,6 +29,7 @@ type Daemon struct {
 	URL       string
 	APIKey    string
 	SlotFirst int
+	SlotCount int
 	Client    *client.Client
 	Log       *os.File
 	Uplink    string
@@ -44,10 +45,11 @@ type Options struct {
 	// Bin is bin/ember; Templates the registry holding the default template.
 	Bin       string
 	Templates string
-	// DataDir is created if empty; SlotFirst keeps its slots apart from any
-	// other daemon's.
+	// DataDir is created if empty; SlotFirst and SlotCount keep its slots
+	// apart from any other daemon's (SlotCount 0: every index above).
 	DataDir   string
 	SlotFirst int
+	SlotCount int
 	// Log receives the daemon's output.
 	Log *os.File
 	// Uplink, when set, gives sandboxes egress through that interface (a
@@ -65,7 +67,8 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst, Log: o.Log, Uplink: o.Uplink, Args: o.Args}
+	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst,
+		SlotCount: o.SlotCount, Log: o.Log, Uplink: o.Uplink, Args: o.Args}
 	return d, d.start(ctx, addr)
 }
 
@@ -75,7 +78,8 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 		egress = []string{"--uplink", d.Uplink}
 	}
 	d.cmd = exec.Command(d.Bin, append([]string{"serve", "--listen", addr, "--data-dir", d.DataDir,
-		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--log-level", "debug"},
+		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--slot-count", strconv.Itoa(d.SlotCount),
+		"--log-level", "debug"},
 		append(egress, d.Args...)...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.Log, d.Log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -28,6 +28,9 @@ func ForTest(t testing.TB, o Options, span int) *Daemon {
 		t.Fatal(err)
 	}
 	o.Bin, o.Templates, o.DataDir, o.Log = bin, filepath.Dir(filepath.Dir(guest.Kernel)), t.TempDir(), logf
+	if o.SlotCount == 0 {
+		o.SlotCount = span
+	}
 	d, err := Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)

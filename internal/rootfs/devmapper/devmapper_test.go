@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/rootfs/devmapper"
 	"github.com/emberhq/ember/internal/rootfs/loop"
@@ -169,7 +170,8 @@ func TestReclaimDevices(t *testing.T) {
 	if _, err := b.Prepare(ctx, "sb-orphan", goneDir, base, 8<<20); err != nil {
 		t.Fatal(err)
 	}
-	n, err := b.ReclaimDevices(ctx, map[string]bool{"sb-keep": true})
+	res, err := b.Reclaim(ctx, reclaim.Keep{Sandboxes: map[string]bool{"sb-keep": true}})
+	n := res.Removed
 	if err != nil || n != 1 {
 		t.Errorf("reclaim: %d, %v; want 1 sandbox's devices", n, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/emberhq/ember/internal/fsutil"
+	"github.com/emberhq/ember/internal/reclaim"
 )
 
 // Operations an intent records.
@@ -104,11 +105,15 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 // lookPath is exec.LookPath, a variable for tests.
 var lookPath = exec.LookPath
 
-// ReclaimDevices removes the dm devices of sandboxes keep does not name
-// (id → true), so startup reclaim can delete their directories: a device
-// over a deleted CoW file would hold it forever. It returns how many
-// sandboxes' devices it removed.
-func (b *Backend) ReclaimDevices(ctx context.Context, keep map[string]bool) (int, error) {
+// Reclaim removes the dm devices of sandboxes keep.Sandboxes does not name,
+// so startup reclaim can delete their directories: a device over a deleted
+// CoW file would hold it forever. It counts sandboxes, not devices.
+func (b *Backend) Reclaim(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error) {
+	n, err := b.reclaimDevices(ctx, keep.Sandboxes)
+	return reclaim.Result{Found: n, Removed: n}, err
+}
+
+func (b *Backend) reclaimDevices(ctx context.Context, keep map[string]bool) (int, error) {
 	names, err := Names(Prefix)
 	if err != nil {
 		return 0, fmt.Errorf("reclaim dm devices: %w", err)

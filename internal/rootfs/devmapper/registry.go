@@ -20,15 +20,21 @@ import (
 // restart the registry adopts a device still bound to the same image
 // (read-only) instead of binding another, so nothing accumulates.
 type LoopRegistry struct {
-	// mu guards loops and is held across binding a device, so two disks
-	// over a new image never bind it twice.
+	// mu guards loops and each entry's holders; it is never held across
+	// binding or closing a device. An entry being bound is in loops
+	// already, so two disks over a new image never bind it twice: the
+	// second waits on the entry's ready, and disks over other images do
+	// not wait at all.
 	mu    sync.Mutex
 	loops map[string]*shared
 }
 
 // shared is one base image's device and the disks holding it.
 type shared struct {
+	// ready is closed once dev is bound or err says why not.
+	ready   chan struct{}
 	dev     *loop.Device
+	err     error
 	holders map[string]bool
 }
 
@@ -55,24 +61,51 @@ func (r *LoopRegistry) Acquire(base, holder string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("acquire loop device for %s: %w", base, err)
 	}
+	for {
+		r.mu.Lock()
+		s := r.loops[base]
+		if s == nil {
+			s = &shared{ready: make(chan struct{}), holders: map[string]bool{holder: true}}
+			r.loops[base] = s
+			r.mu.Unlock()
+			return r.bind(base, s)
+		}
+		r.mu.Unlock()
+		<-s.ready
+		r.mu.Lock()
+		if r.loops[base] == s {
+			// Bound (a failed bind leaves the map), and not released
+			// meanwhile.
+			s.holders[holder] = true
+			path := s.dev.Path
+			r.mu.Unlock()
+			return path, nil
+		}
+		r.mu.Unlock()
+		if s.err != nil {
+			return "", s.err
+		}
+		// Released while we waited: bind or adopt afresh.
+	}
+}
+
+// bind binds or adopts base's device for the new entry s, outside the lock.
+func (r *LoopRegistry) bind(base string, s *shared) (string, error) {
+	dev, err := adopt(base)
+	if err == nil && dev == nil {
+		dev, err = loop.Attach(base, true)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := r.loops[base]
-	if s == nil {
-		dev, err := adopt(base)
-		if err != nil {
-			return "", err
-		}
-		if dev == nil {
-			if dev, err = loop.Attach(base, true); err != nil {
-				return "", err
-			}
-		}
-		s = &shared{dev: dev, holders: map[string]bool{}}
-		r.loops[base] = s
+	s.dev, s.err = dev, err
+	if err != nil {
+		delete(r.loops, base)
 	}
-	s.holders[holder] = true
-	return s.dev.Path, nil
+	close(s.ready)
+	if err != nil {
+		return "", err
+	}
+	return dev.Path, nil
 }
 
 // adopt opens a read-only loop device already bound to base, or returns
@@ -104,16 +137,20 @@ func (r *LoopRegistry) Release(base, holder string) error {
 		return nil
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	s := r.loops[base]
 	if s == nil || !s.holders[holder] {
+		r.mu.Unlock()
 		return nil
 	}
 	delete(s.holders, holder)
-	if len(s.holders) > 0 {
+	last := len(s.holders) == 0
+	if last {
+		delete(r.loops, base)
+	}
+	r.mu.Unlock()
+	if !last {
 		return nil
 	}
-	delete(r.loops, base)
 	if err := s.dev.Close(); err != nil {
 		return fmt.Errorf("release loop device %s for %s: %w", s.dev.Path, base, err)
 	}
