@@ -136,3 +136,11 @@ type ProcessReclaimer interface {
 type MemoryReclaimer interface {
 	ReclaimMemory(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
 }
+
+// DiskFormats is implemented by drivers that say which root disk formats
+// (Spec.DiskFormat values: "raw", "qcow2") their VMM opens, so that the
+// daemon picks a disk backend the driver can use without knowing drivers
+// by name. A driver without it is taken to open raw disks only.
+type DiskFormats interface {
+	DiskFormats() []string
+}
