@@ -35,19 +35,35 @@ import (
 // keeps Firecracker's state machine; every request and its verdict go to
 // the journal file so the tests can check what the driver sent.
 const (
-	fakeEnv     = "EMBER_FAKE_FIRECRACKER"
-	journalEnv  = "EMBER_FAKE_FIRECRACKER_JOURNAL"
-	specEnv     = "EMBER_FIRECRACKER_SPEC"
-	defaultSpec = "../../../../shared/spec/firecracker-v1.16.1.yaml"
+	fakeEnv    = "EMBER_FAKE_FIRECRACKER"
+	journalEnv = "EMBER_FAKE_FIRECRACKER_JOURNAL"
+	specEnv    = "EMBER_FIRECRACKER_SPEC"
+	specFile   = "shared/spec/firecracker-v1.16.1.yaml"
 )
 
-// specPath is the swagger document the tests hold the driver to.
+// specPath is the swagger document the tests hold the driver to: the one
+// specEnv names, else specFile in the nearest directory above the package
+// that has it (the checkout's parent, or a worktree's further up).
 func specPath() string {
 	if p := os.Getenv(specEnv); p != "" {
 		return p
 	}
-	p, _ := filepath.Abs(defaultSpec)
+	here, _ := filepath.Abs(".")
+	for dir := here; ; dir = filepath.Dir(dir) {
+		if p := filepath.Join(dir, specFile); fileExists(p) {
+			return p
+		}
+		if dir == filepath.Dir(dir) {
+			break
+		}
+	}
+	p, _ := filepath.Abs(filepath.Join("../../../..", specFile))
 	return p
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // validator checks requests against the spec with kin-openapi: the swagger

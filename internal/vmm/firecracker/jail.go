@@ -91,11 +91,24 @@ func (j *jail) inside(path string, writable bool) (string, error) {
 		}
 	}
 	if writable {
-		if err := os.Chown(dst, j.uid, j.gid); err != nil {
-			return "", fmt.Errorf("give %s to the jail's user: %w", dst, err)
+		if err := j.give(dst); err != nil {
+			return "", err
 		}
 	}
 	return "/" + name, nil
+}
+
+// give hands the host file at path to the jail's user, as whom Firecracker
+// opens it; outside a jail Firecracker runs as the daemon's user, and there
+// is nothing to give.
+func (j *jail) give(path string) error {
+	if !j.jailed {
+		return nil
+	}
+	if err := os.Chown(path, j.uid, j.gid); err != nil {
+		return fmt.Errorf("give %s to the jail's user %d:%d: %w", path, j.uid, j.gid, err)
+	}
+	return nil
 }
 
 func copyFile(src, dst string) error {
