@@ -261,39 +261,6 @@ func TestLifecycle(t *testing.T) {
 	}
 }
 
-func TestAttach(t *testing.T) {
-	d, _ := fakeDriver(t, Config{})
-	ctx := t.Context()
-	spec := testSpec(t, "")
-	m, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Stop(ctx) })
-	if _, err := d.Attach(ctx, spec, os.Getpid()); !errors.Is(err, vmm.ErrNotRunning) {
-		t.Errorf("attach to a process that is not the vmm: %v, want ErrNotRunning", err)
-	}
-	again, err := d.Attach(ctx, spec, m.PID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := again.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	expectState(t, m, vmm.StatePaused)
-	if err := again.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitDone(t, again)
-	waitDone(t, m)
-	if err := m.Stop(ctx); err != nil {
-		t.Errorf("stop through the first handle: %v", err)
-	}
-	if _, err := d.Attach(ctx, spec, m.PID()); !errors.Is(err, vmm.ErrNotRunning) {
-		t.Errorf("attach to an exited vmm: %v, want ErrNotRunning", err)
-	}
-}
-
 func TestStartFailure(t *testing.T) {
 	d, _ := fakeDriver(t, Config{})
 	for _, tc := range []struct {

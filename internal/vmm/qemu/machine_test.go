@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -209,36 +208,6 @@ func TestStartFailure(t *testing.T) {
 			}
 			if pids := vmmtest.ProcessesNaming(t, spec.Dir); len(pids) > 0 {
 				t.Errorf("processes left running: %v", pids)
-			}
-		})
-	}
-}
-
-// TestDiskFormats checks the formats the driver states are the ones it
-// starts a machine on.
-func TestDiskFormats(t *testing.T) {
-	d, spec := fakeDriver(t, fakeObedient)
-	if got, want := d.DiskFormats(), []string{"raw", "qcow2"}; !slices.Equal(got, want) {
-		t.Errorf("disk formats %q, want %q", got, want)
-	}
-	for _, tc := range []struct {
-		format string
-		ok     bool
-	}{
-		{"", true}, // raw
-		{"raw", true},
-		{"qcow2", true},
-		{"vmdk", false},
-		{"RAW", false},
-	} {
-		t.Run(tc.format, func(t *testing.T) {
-			s := spec
-			s.DiskFormat = tc.format
-			if err := checkSpec(s); (err == nil) != tc.ok {
-				t.Errorf("disk format %q: %v, want accepted %v", tc.format, err, tc.ok)
-			}
-			if listed := tc.format == "" || slices.Contains(d.DiskFormats(), tc.format); listed != tc.ok {
-				t.Errorf("disk format %q listed %v, accepted %v", tc.format, listed, tc.ok)
 			}
 		})
 	}
