@@ -413,3 +413,73 @@ func TestJailerCommand(t *testing.T) {
 		t.Errorf("jailer command:\n %s\nwant\n %s", got, want)
 	}
 }
+
+// TestRestoreRefusesMismatch: Firecracker loads a snapshot's own vCPU
+// count and memory size whatever the spec says, so the driver refuses a
+// spec that differs from the snapshot's, before it starts anything. A
+// snapshot written before the driver recorded shapes is taken as it is.
+func TestRestoreRefusesMismatch(t *testing.T) {
+	d, _ := fakeDriver(t, Config{})
+	ctx := t.Context()
+	spec := testSpec(t, "")
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(ctx) })
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap := t.TempDir()
+	if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		edit     func(s *vmm.Spec)
+		unshaped bool // the snapshot has no shape record
+		refused  bool
+	}{
+		{"same shape", nil, false, false},
+		{"other memory size", func(s *vmm.Spec) { s.MemoryMiB *= 2 }, false, true},
+		{"other vcpu count", func(s *vmm.Spec) { s.VCPUs += 2 }, false, true},
+		{"sizes left to the default", func(s *vmm.Spec) { s.VCPUs, s.MemoryMiB = 0, 0 }, false, true},
+		{"older snapshot, other memory size", func(s *vmm.Spec) { s.MemoryMiB *= 2 }, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := snap
+			if tc.unshaped {
+				dir = t.TempDir()
+				for _, name := range []string{stateFile, memoryFile} {
+					b, err := os.ReadFile(filepath.Join(snap, name))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			s := testSpec(t, "")
+			if tc.edit != nil {
+				tc.edit(&s)
+			}
+			r, err := d.Restore(ctx, s, dir)
+			if err == nil {
+				t.Cleanup(func() { r.Stop(ctx) })
+			}
+			if tc.refused != errors.Is(err, ErrSnapshotMismatch) {
+				t.Fatalf("restore: %v; want refused %v", err, tc.refused)
+			}
+			if !tc.refused && err != nil {
+				t.Fatal(err)
+			}
+			if pids := vmmtest.ProcessesNaming(t, s.Dir); tc.refused && len(pids) > 0 {
+				t.Errorf("processes left running: %v", pids)
+			}
+		})
+	}
+}

@@ -244,17 +244,13 @@ func (d *Driver) configure(ctx context.Context, m *Machine, spec vmm.Spec) error
 			return err
 		}
 	}
-	vcpus := max(spec.VCPUs, 1)
-	mem := spec.MemoryMiB
-	if mem <= 0 {
-		mem = 256
-	}
+	sh := shapeOf(spec)
 	type step struct {
 		method, path string
 		body         any
 	}
 	steps := []step{
-		{"PUT", "/machine-config", machineConfig{VCPUCount: vcpus, MemSizeMiB: mem, TrackDirtyPages: d.cfg.TrackDirtyPages}},
+		{"PUT", "/machine-config", machineConfig{VCPUCount: sh.VCPUs, MemSizeMiB: sh.MemoryMiB, TrackDirtyPages: d.cfg.TrackDirtyPages}},
 		{"PUT", "/boot-source", boot},
 		{"PUT", "/drives/" + rootDriveID, drive{DriveID: rootDriveID, PathOnHost: disk, IsRootDevice: true}},
 	}
@@ -283,7 +279,8 @@ func (d *Driver) configure(ctx context.Context, m *Machine, spec vmm.Spec) error
 // snapshotDir with its memory served by a userfaultfd page server, and
 // resumes it. The page server lives as long as the machine. The memory
 // file must be complete: a Diff snapshot's memory is to be laid over its
-// base by the caller first.
+// base by the caller first. A spec whose vCPU count or memory size is not
+// the snapshot's is refused with ErrSnapshotMismatch.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string) (_ vmm.Machine, err error) {
 	begin := time.Now()
 	fail := func(err error) error { return fmt.Errorf("restore %s from %s: %w", spec.ID, snapshotDir, err) }
@@ -291,6 +288,9 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string)
 		if _, err := os.Stat(filepath.Join(snapshotDir, name)); err != nil {
 			return nil, fail(err)
 		}
+	}
+	if err := checkShape(snapshotDir, spec); err != nil {
+		return nil, fail(err)
 	}
 	m, err := d.launch(ctx, spec)
 	if err != nil {

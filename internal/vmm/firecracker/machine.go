@@ -160,9 +160,10 @@ func (m *Machine) State(ctx context.Context) (vmm.State, error) {
 }
 
 // Snapshot writes the paused machine's state (vmstate) and memory (memory)
-// into dir. With opts.Diff and dirty page tracking on it writes a Diff
-// snapshot, whose memory file holds only the pages dirtied since the last
-// one; otherwise a Full snapshot.
+// into dir, and its shape (machine.json), which Restore holds a spec to.
+// With opts.Diff and dirty page tracking on it writes a Diff snapshot,
+// whose memory file holds only the pages dirtied since the last one;
+// otherwise a Full snapshot.
 func (m *Machine) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOptions) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -183,6 +184,9 @@ func (m *Machine) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOpt
 		return fmt.Errorf("snapshot %s: %w", m.spec.ID, err)
 	}
 	if err := errors.Join(m.jail.export(stateFile, state), m.jail.export(memoryFile, mem)); err != nil {
+		return fmt.Errorf("snapshot %s: %w", m.spec.ID, err)
+	}
+	if err := writeShape(dir, m.spec); err != nil {
 		return fmt.Errorf("snapshot %s: %w", m.spec.ID, err)
 	}
 	m.log.Info("vmm snapshot", "type", typ, "dir", dir, "duration", time.Since(begin))
