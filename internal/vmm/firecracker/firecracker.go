@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/memory/uffd"
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/accel"
 	"github.com/emberhq/ember/internal/vmm/vmmproc"
@@ -109,12 +110,16 @@ type Driver struct {
 	cfg    Config
 	binary string
 	jailer string
+	// reclaimWait is how long ReclaimProcesses gives an orphaned
+	// Firecracker after SIGTERM; tests shorten it.
+	reclaimWait time.Duration
 }
 
 var (
-	_ vmm.Driver      = (*Driver)(nil)
-	_ vmm.Restorer    = (*Driver)(nil)
-	_ vmm.DiskFormats = (*Driver)(nil)
+	_ vmm.Driver           = (*Driver)(nil)
+	_ vmm.Restorer         = (*Driver)(nil)
+	_ vmm.DiskFormats      = (*Driver)(nil)
+	_ vmm.ProcessReclaimer = (*Driver)(nil)
 )
 
 // Available reports whether the firecracker binary (cfg.Binary, or
@@ -168,7 +173,7 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{log: log.With("vmm", "firecracker"), cfg: cfg, binary: bin}
+	d := &Driver{log: log.With("vmm", "firecracker"), cfg: cfg, binary: bin, reclaimWait: vmmproc.TermWait}
 	if cfg.StopWait <= 0 {
 		d.cfg.StopWait = 3 * time.Second
 	}
@@ -458,6 +463,18 @@ func (d *Driver) identity(spec vmm.Spec) vmmproc.Identity {
 		return vmmproc.Identity{Flag: "--id", Value: jailID(spec)}
 	}
 	return vmmproc.Identity{Flag: "--api-sock", Value: j.ownHost(apiSocketName)}
+}
+
+// ReclaimProcesses ends the Firecracker processes an earlier daemon
+// started for machines under keep.Dir that keep.PIDs does not hold: those
+// whose command line carries the identity of a directory directly under
+// keep.Dir, the identity Attach checks. Each gets SIGTERM, then SIGKILL to
+// its process group after a deadline. A process that merely names such a
+// directory (an admin's tail of a console log) is not one of them. The
+// page servers of restored machines ran in the daemon and went with it; a
+// jail stays until the machine's next start replaces it.
+func (d *Driver) ReclaimProcesses(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
+	return vmmproc.Reclaim(keep, d.identity, d.reclaimWait, d.log)
 }
 
 // jailID is the machine's id for Firecracker and the jailer: the jailer

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -130,7 +132,15 @@ const (
 	fakeIgnQuit   = "ignore-quit" // answers quit, keeps running, dies on SIGTERM
 	fakeStubborn  = "stubborn"    // ignores quit and SIGTERM
 	fakeFailStart = "fail"        // writes an error and exits 1
+	// fakeStubbornGroup is fakeStubborn that first starts a child in its
+	// process group, which ignores SIGTERM too, and writes the child's pid
+	// to the file fakeChildEnv names.
+	fakeStubbornGroup = "stubborn-group"
 )
+
+// fakeChildEnv names the file a fakeStubbornGroup QEMU writes its child's
+// pid to.
+const fakeChildEnv = "EMBER_TEST_FAKE_QEMU_CHILD"
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
@@ -145,8 +155,20 @@ func fakeQEMUMain(mode string, args []string) int {
 		fmt.Fprintln(os.Stderr, "qemu-system-x86_64: fake: could not load kernel")
 		return 1
 	}
-	if mode == fakeStubborn {
+	if mode == fakeStubborn || mode == fakeStubbornGroup {
 		signal.Ignore(syscall.SIGTERM)
+	}
+	if mode == fakeStubbornGroup {
+		// An ignored signal stays ignored across exec.
+		child := exec.Command("sh", "-c", "trap '' TERM; exec sleep 600")
+		if err := child.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		if err := os.WriteFile(os.Getenv(fakeChildEnv), []byte(strconv.Itoa(child.Process.Pid)), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
 	}
 	var sock string
 	for i, a := range args {

@@ -85,6 +85,9 @@ type Driver struct {
 	// memDir holds guest RAM files; empty when RAM is anonymous and
 	// snapshots stream it.
 	memDir string
+	// reclaimWait is how long ReclaimProcesses gives an orphaned QEMU
+	// after SIGTERM; tests shorten it.
+	reclaimWait time.Duration
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -103,7 +106,7 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find qemu binary %q: %w", bin, err)
 	}
-	d := &Driver{log: log.With("vmm", "qemu"), binary: path}
+	d := &Driver{log: log.With("vmm", "qemu"), binary: path, reclaimWait: vmmproc.TermWait}
 	if !cfg.StreamMemory {
 		d.memDir = cfg.MemoryDir
 		if d.memDir == "" {

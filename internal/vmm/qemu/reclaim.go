@@ -3,15 +3,32 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/emberhq/ember/internal/reclaim"
+	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 )
+
+var _ vmm.ProcessReclaimer = (*Driver)(nil)
 
 // memFilePattern matches the guest RAM files memPath names.
 const memFilePattern = "ember-*.mem"
+
+// ReclaimProcesses ends the QEMU processes an earlier daemon started for
+// machines under keep.Dir that keep.PIDs does not hold: those whose
+// command line carries the QMP socket of a directory directly under
+// keep.Dir, the identity Attach checks. Each gets SIGTERM, then SIGKILL to
+// its process group after a deadline. A process that merely names such a
+// directory (an admin's tail of a console log) is not one of them.
+func (d *Driver) ReclaimProcesses(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
+	return vmmproc.Reclaim(keep, identity, d.reclaimWait, d.log)
+}
 
 // ReclaimMemory deletes the guest RAM files in the driver's memory
 // directory that no running process's command line names: what a QEMU that
