@@ -111,7 +111,9 @@ func (j *jail) give(path string) error {
 	return nil
 }
 
-func copyFile(src, dst string) error {
+// copyFile copies src to dst, which must not exist. A copy that fails is
+// removed: half a snapshot file must not pass for a whole one.
+func copyFile(src, dst string) (err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -121,6 +123,11 @@ func copyFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, os.Remove(dst))
+		}
+	}()
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
 		return err

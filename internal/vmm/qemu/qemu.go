@@ -243,7 +243,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 		}
 		defer func() {
 			if err != nil {
-				os.Remove(mem)
+				removeMemory(d.log.With("sandbox", spec.ID), mem)
 			}
 		}()
 	}
