@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -59,12 +58,15 @@ func TestReclaimMemory(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	removed, err := d.ReclaimMemory()
+	res, err := d.ReclaimMemory(t.Context(), reclaim.Keep{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(removed, []string{orphan}) {
-		t.Errorf("removed %v, want only %s", removed, orphan)
+	if res != (reclaim.Result{Found: 1, Removed: 1}) {
+		t.Errorf("result %+v, want only %s found and removed", res, orphan)
+	}
+	if _, err := os.Stat(orphan); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("orphaned %s not removed: %v", orphan, err)
 	}
 	for _, p := range []string{live, other} {
 		if _, err := os.Stat(p); err != nil {
