@@ -471,8 +471,9 @@ func (d *Driver) identity(spec vmm.Spec) vmmproc.Identity {
 // keep.Dir, the identity Attach checks. Each gets SIGTERM, then SIGKILL to
 // its process group after a deadline. A process that merely names such a
 // directory (an admin's tail of a console log) is not one of them. The
-// page servers of restored machines ran in the daemon and went with it; a
-// jail stays until the machine's next start replaces it.
+// page servers of restored machines ran in the daemon and went with it.
+// The jail of a reclaimed machine is left as it is: the machine's next
+// start replaces it.
 func (d *Driver) ReclaimProcesses(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
 	return vmmproc.Reclaim(keep, d.identity, d.reclaimWait, d.log)
 }
