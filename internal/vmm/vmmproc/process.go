@@ -83,19 +83,22 @@ func Start(cmd *exec.Cmd, netnsPath string, exited func(status string)) (*Proces
 		return nil, fmt.Errorf("run %s: %w", cmd.Path, err)
 	}
 	pid := cmd.Process.Pid
+	// abandon ends a child that cannot be watched.
+	abandon := func() {
+		unix.Kill(-pid, unix.SIGKILL)
+		cmd.Wait()
+	}
 	if pidfd < 0 {
 		// No CLONE_PIDFD. A child stays ours until we reap it, so its
 		// pid cannot be recycled before this opens it.
 		if pidfd, err = unix.PidfdOpen(pid, 0); err != nil {
-			unix.Kill(-pid, unix.SIGKILL)
-			cmd.Wait()
+			abandon()
 			return nil, fmt.Errorf("open pidfd of %s (pid %d): %w", cmd.Path, pid, err)
 		}
 	}
 	p, err := watch(pid, pidfd, cmd.Args, true, exited)
 	if err != nil {
-		unix.Kill(-pid, unix.SIGKILL)
-		cmd.Wait()
+		abandon()
 		return nil, err
 	}
 	p.cmd = cmd
