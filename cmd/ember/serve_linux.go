@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -35,9 +34,7 @@ import (
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/internal/vmm"
-	"github.com/emberhq/ember/internal/vmm/accel"
-	"github.com/emberhq/ember/internal/vmm/firecracker"
-	"github.com/emberhq/ember/internal/vmm/qemu"
+	vmmauto "github.com/emberhq/ember/internal/vmm/auto"
 )
 
 type serveFlags struct {
@@ -151,27 +148,21 @@ func serve(ctx context.Context, f serveFlags) error {
 			return fmt.Errorf("--default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.defTpl, err, f.defTpl)
 		}
 	}
-	driver, vmmReason, err := chooseVMM(ctx, f, def.Kernel, log)
+	driver, vmmReason, err := vmmauto.Select(ctx, vmmauto.Config{VMM: f.vmm, Accel: f.accel,
+		FirecrackerBinary: f.fcBinary, CacheDir: f.cacheDir, Kernel: def.Kernel}, log)
 	if err != nil {
 		return err
 	}
 	for _, a := range accelerators(ctx, driver, reg) {
 		log.Info("accelerator", "template", a.Template, "kernel", a.Kernel, "accel", a.Accel, "reason", a.Reason)
 	}
-	disks, diskReason, err := auto.Select(f.dataDir, f.rootfs, log)
+	var formats []string
+	if df, ok := driver.(vmm.DiskFormats); ok {
+		formats = df.DiskFormats()
+	}
+	disks, diskReason, err := auto.Select(f.dataDir, f.rootfs, formats, log)
 	if err != nil {
 		return err
-	}
-	if driver.Name() == "firecracker" && disks.Name() == "qcow2" {
-		// Firecracker opens raw disks only.
-		if f.rootfs == "qcow2" {
-			return fmt.Errorf("--rootfs qcow2: firecracker needs raw disks (use devmapper, reflink or copy)")
-		}
-		disks, _, err = auto.Select(f.dataDir, "copy", log)
-		if err != nil {
-			return err
-		}
-		diskReason = "automatic: qcow2 passed over (firecracker opens raw disks only); sparse copies work everywhere"
 	}
 	if r, ok := disks.(rootfs.Reconciler); ok {
 		if err := r.Reconcile(ctx); err != nil {
@@ -214,7 +205,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	if _, err := reclaim.Run(ctx, reclaimPlan(driver, pool, disks, log), keep, log); err != nil {
+	if _, err := reclaim.Run(ctx, reclaimPlan(driver, pool, disks), keep, log); err != nil {
 		log.Error("start-up reclaim left orphans", "err", err)
 	}
 	mgr.RunReaper(ctx, time.Second)
@@ -302,109 +293,18 @@ func loadAPIKey(path string) (string, error) {
 }
 
 // reclaimPlan names each resource's reclaimer; package reclaim orders them.
-func reclaimPlan(driver vmm.Driver, slots network.Slots, disks rootfs.Backend, log *slog.Logger) reclaim.Plan {
+func reclaimPlan(driver vmm.Driver, slots network.Slots, disks rootfs.Backend) reclaim.Plan {
 	plan := reclaim.Plan{Slots: slots, Dirs: reclaim.Dirs}
 	if r, ok := driver.(vmm.ProcessReclaimer); ok {
 		plan.Processes = reclaim.Func(r.ReclaimProcesses)
-	} else {
-		plan.Processes = reclaim.Func(func(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
-			n, err := reclaim.Processes(keep.Dir, keep.PIDs, log)
-			return reclaim.Result{Found: n, Removed: n}, err
-		})
 	}
 	if r, ok := driver.(vmm.MemoryReclaimer); ok {
 		plan.Memory = reclaim.Func(r.ReclaimMemory)
-	} else if q, ok := driver.(*qemu.Driver); ok {
-		plan.Memory = reclaim.Func(func(context.Context, reclaim.Keep) (reclaim.Result, error) {
-			files, err := q.ReclaimMemory()
-			return reclaim.Result{Found: len(files), Removed: len(files)}, err
-		})
 	}
 	if r, ok := disks.(reclaim.Reclaimer); ok {
 		plan.Devices = r
 	}
 	return plan
-}
-
-// vmmDriver is what the daemon needs of a VMM driver.
-type vmmDriver interface {
-	vmm.Driver
-	vmm.Restorer
-	vmm.Accelerator
-}
-
-// chooseVMM picks Firecracker where a firecracker binary exists and the
-// accelerator probe says KVM boots the default template's kernel, QEMU
-// otherwise; --vmm overrides. With --accel kvm, a kernel KVM does not boot
-// is an error here, before anything is started. It returns why.
-func chooseVMM(ctx context.Context, f serveFlags, kernel string, log *slog.Logger) (vmmDriver, string, error) {
-	qemuBin, qerr := exec.LookPath("qemu-system-x86_64")
-	var prober *accel.Prober
-	if qerr == nil {
-		prober = qemu.NewProber(qemuBin, f.cacheDir, 0, log)
-	}
-	fcCfg := firecracker.Config{Binary: f.fcBinary, Prober: prober}
-	fcOK, fcWhy := firecracker.Available(fcCfg)
-	useQEMU := func(why string) (vmmDriver, string, error) {
-		d, err := qemu.New(qemu.Config{Accel: f.accel, Prober: prober}, log)
-		if err != nil {
-			return nil, "", err
-		}
-		if _, err := d.AccelFor(ctx, kernel); err != nil {
-			return nil, "", fmt.Errorf("--accel %s: %w", f.accel, err)
-		}
-		return d, why, nil
-	}
-	useFC := func(why string) (vmmDriver, string, error) {
-		d, err := firecracker.New(fcCfg, log)
-		if err != nil {
-			return nil, "", err
-		}
-		return d, why, nil
-	}
-	// kvmBoots says whether the probe finds that KVM boots the kernel.
-	kvmBoots := func() (bool, string, error) {
-		if prober == nil {
-			return false, "no qemu-system-x86_64 to probe KVM with", nil
-		}
-		v, err := prober.Choose(ctx, kernel)
-		if err != nil {
-			return false, "", err
-		}
-		return v.Accel == accel.KVM, v.Reason, nil
-	}
-	switch f.vmm {
-	case "":
-		if !fcOK {
-			return useQEMU("automatic: " + fcWhy)
-		}
-		ok, why, err := kvmBoots()
-		if err != nil {
-			return nil, "", err
-		}
-		if ok {
-			return useFC("automatic: " + fcWhy + "; " + why)
-		}
-		return useQEMU("automatic: " + fcWhy + " found, but " + why)
-	case "firecracker":
-		if !fcOK {
-			return nil, "", fmt.Errorf("--vmm firecracker: %s", fcWhy)
-		}
-		ok, why, err := kvmBoots()
-		if err != nil {
-			return nil, "", err
-		}
-		if !ok {
-			return nil, "", fmt.Errorf("--vmm firecracker: %s", why)
-		}
-		return useFC("configured: " + fcWhy + "; " + why)
-	case "qemu":
-		if qerr != nil {
-			return nil, "", fmt.Errorf("--vmm qemu: %w", qerr)
-		}
-		return useQEMU("configured")
-	}
-	return nil, "", fmt.Errorf("--vmm %q: want firecracker, qemu or empty for automatic", f.vmm)
 }
 
 // accelerators reports the accelerator each template's kernel gets, and

@@ -15,6 +15,11 @@ import (
 // process is gone.
 var ErrNotRunning = errors.New("vmm process not running")
 
+// ErrUnresponsive is returned by Attach when the process is the VMM it was
+// but does not answer its control socket: it may still hold its disk and
+// network device, so it is not gone.
+var ErrUnresponsive = errors.New("vmm process does not answer")
+
 // Spec describes one machine. Paths are absolute.
 type Spec struct {
 	// ID names the machine in logs and kernel objects (the sandbox id).
@@ -52,7 +57,8 @@ type Driver interface {
 	Start(ctx context.Context, spec Spec) (Machine, error)
 	// Attach re-adopts a machine started earlier (by this or a previous daemon
 	// process) from its spec and recorded pid. It returns ErrNotRunning when the
-	// process is gone or is not the VMM it was.
+	// process is gone or is not the VMM it was, and ErrUnresponsive when it
+	// is but does not answer.
 	Attach(ctx context.Context, spec Spec, pid int) (Machine, error)
 }
 
@@ -135,4 +141,12 @@ type ProcessReclaimer interface {
 // of their own, which a VMM killed while no daemon watched leaves behind.
 type MemoryReclaimer interface {
 	ReclaimMemory(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
+}
+
+// DiskFormats is implemented by drivers that say which root disk formats
+// (Spec.DiskFormat values: "raw", "qcow2") their VMM opens, so that the
+// daemon picks a disk backend the driver can use without knowing drivers
+// by name. A driver without it is taken to open raw disks only.
+type DiskFormats interface {
+	DiskFormats() []string
 }

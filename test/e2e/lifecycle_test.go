@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -63,5 +66,41 @@ func TestShutdownDuringCreate(t *testing.T) {
 	}
 	if leaks := d.LeaksWhileRunning(); len(leaks) > 0 {
 		t.Errorf("leaked: %v", leaks)
+	}
+}
+
+// TestConsoleTailSurvivesRestart: an admin following a sandbox's console log
+// (its path names the sandbox directory) is not taken for an orphaned VMM by
+// the start-up reclaim of a daemon that crashed.
+func TestConsoleTailSurvivesRestart(t *testing.T) {
+	d := start(t, 3600)
+	ctx := context.Background()
+	sb, err := d.Client.CreateSandbox(ctx, client.CreateSandboxRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail := exec.Command("tail", "-f", filepath.Join(d.DataDir, "sandboxes", sb.ID, "console.log"))
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = tail.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		tail.Process.Signal(syscall.SIGTERM)
+		<-exited
+	})
+	d.Kill()
+	if err := d.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		t.Fatalf("tail -f of the console log ended at the daemon's start: %v", waitErr)
+	case <-time.After(500 * time.Millisecond):
+	}
+	got, err := d.Client.GetSandbox(ctx, sb.ID)
+	if err != nil || got.State != "running" {
+		t.Fatalf("sandbox after the restart: %+v, %v", got, err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/emberhq/ember/internal/rootfs"
@@ -35,15 +36,27 @@ var ErrUnknown = errors.New("unknown rootfs backend")
 // dir/devmapper. preferred names a backend ("" or "auto": choose); a named
 // backend this host cannot run is an error that says what is missing.
 //
+// formats are the disk formats the VMM opens (its vmm.DiskFormats); nil
+// takes any. A backend whose disks the VMM cannot open is passed over, and
+// is an error when preferred.
+//
 // A backend that implements rootfs.Reconciler must be reconciled before
 // use.
-func Select(dir, preferred string, log *slog.Logger) (rootfs.Backend, string, error) {
+func Select(dir, preferred string, formats []string, log *slog.Logger) (rootfs.Backend, string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("select rootfs backend: %w", err)
 	}
 	var why []string
 	for _, name := range Names {
 		if preferred != "" && preferred != "auto" && preferred != name {
+			continue
+		}
+		if f := Format(name); formats != nil && !slices.Contains(formats, f) {
+			err := fmt.Errorf("its disks are %s and the vmm opens %s only", f, strings.Join(formats, ", "))
+			if preferred == name {
+				return nil, "", fmt.Errorf("rootfs backend %s: %w", name, err)
+			}
+			why = append(why, name+": "+err.Error())
 			continue
 		}
 		b, err := open(name, dir, log)
@@ -70,11 +83,20 @@ func Select(dir, preferred string, log *slog.Logger) (rootfs.Backend, string, er
 	return nil, "", fmt.Errorf("select rootfs backend: none available: %s", strings.Join(why, "; "))
 }
 
+// Format is the disk format backend name prepares: qcow2 overlays, raw
+// images or block devices otherwise.
+func Format(name string) string {
+	if name == "qcow2" {
+		return "qcow2"
+	}
+	return "raw"
+}
+
 // available says why a backend was chosen.
 var available = map[string]string{
 	"devmapper": "device-mapper present: snapshots over a shared loop device, O(1) in the image size",
 	"reflink":   "the data directory's filesystem clones files: O(1) in the image size",
-	"qcow2":     "qemu-img found: overlays are O(1) in the image size (QEMU driver only)",
+	"qcow2":     "qemu-img found: overlays are O(1) in the image size",
 	"copy":      "sparse copies work everywhere, at the cost of a copy per sandbox",
 }
 

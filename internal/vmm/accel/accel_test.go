@@ -9,49 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/vmm/accel/acceltest"
 	"golang.org/x/sys/unix"
 )
-
-// fakeRoot makes a host root whose /dev/kvm opens (a plain file) and whose
-// /sys/module holds the given KVM module.
-func fakeRoot(t *testing.T, module string) string {
-	t.Helper()
-	root := t.TempDir()
-	for _, d := range []string{"dev", "sys/module", "proc/sys/kernel"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(root, "dev/kvm"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if module != "" {
-		if err := os.Mkdir(filepath.Join(root, "sys/module", module), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.WriteFile(filepath.Join(root, "proc/sys/kernel/osrelease"), []byte("6.18.0-test\n"), 0o644)
-	return root
-}
-
-// fakeQEMU writes a stand-in for qemu-system-x86_64 that answers -version
-// and, for a probe, appends a line to the file it returns, writes its pid
-// and a child's pid beside it, and then runs body.
-func fakeQEMU(t *testing.T, body string) (bin, runs string) {
-	t.Helper()
-	dir := t.TempDir()
-	bin, runs = filepath.Join(dir, "qemu"), filepath.Join(dir, "runs")
-	script := "#!/bin/sh\n" +
-		"if [ \"$1\" = -version ]; then echo 'QEMU emulator version 0.0.0-fake'; exit 0; fi\n" +
-		"echo run >> " + runs + "\n" +
-		"echo $$ > " + dir + "/pid\n" +
-		"sleep 600 & echo $! > " + dir + "/child\n" +
-		body + "\n"
-	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return bin, runs
-}
 
 func kernelFile(t *testing.T, content string) string {
 	t.Helper()
@@ -63,18 +23,6 @@ func kernelFile(t *testing.T, content string) string {
 }
 
 func noArgs(string, string) []string { return nil }
-
-func countRuns(t *testing.T, runs string) int {
-	t.Helper()
-	b, err := os.ReadFile(runs)
-	if os.IsNotExist(err) {
-		return 0
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Count(string(b), "run\n")
-}
 
 // pidsGone checks that the fake QEMU and the child it started are dead:
 // the probe kills QEMU's whole process group.
@@ -149,11 +97,11 @@ func TestVerdicts(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			root := fakeRoot(t, tc.module)
+			root := acceltest.Host(t, tc.module)
 			if tc.noKVM {
 				os.Remove(filepath.Join(root, "dev/kvm"))
 			}
-			bin, runs := fakeQEMU(t, tc.body)
+			bin, runs := acceltest.QEMU(t, tc.body)
 			p := &Prober{QEMU: bin, Args: noArgs, CacheDir: t.TempDir(), Timeout: 300 * time.Millisecond, Root: root}
 			v, err := p.Choose(t.Context(), kernelFile(t, tc.name))
 			if err != nil {
@@ -171,7 +119,7 @@ func TestVerdicts(t *testing.T) {
 			if !strings.Contains(v.Reason, v.ShortKernel()) && !tc.noKVM {
 				t.Errorf("reason %q does not name kernel %s", v.Reason, v.ShortKernel())
 			}
-			if got := countRuns(t, runs); (got == 1) != tc.probeRun || got > 1 {
+			if got := acceltest.Runs(t, runs); (got == 1) != tc.probeRun || got > 1 {
 				t.Errorf("probe ran %d times", got)
 			}
 			if tc.probeRun {
@@ -185,8 +133,8 @@ func TestVerdicts(t *testing.T) {
 // second probe: by the same Prober, by a new one (a daemon restart), and
 // for a copy of the kernel at another path; a changed kernel is probed.
 func TestVerdictReused(t *testing.T) {
-	root := fakeRoot(t, "kvm_pvm")
-	bin, runs := fakeQEMU(t, "exit 1")
+	root := acceltest.Host(t, "kvm_pvm")
+	bin, runs := acceltest.QEMU(t, "exit 1")
 	cache := t.TempDir()
 	newProber := func() *Prober {
 		return &Prober{QEMU: bin, Args: noArgs, CacheDir: cache, Timeout: time.Second, Root: root}
@@ -208,13 +156,13 @@ func TestVerdictReused(t *testing.T) {
 	if v != first {
 		t.Errorf("reused verdict %+v, want %+v", v, first)
 	}
-	if n := countRuns(t, runs); n != 1 || p.Probes() != 1 || again.Probes() != 0 {
+	if n := acceltest.Runs(t, runs); n != 1 || p.Probes() != 1 || again.Probes() != 0 {
 		t.Fatalf("probes: %d runs, %d and %d by the probers; want 1, 1, 0", n, p.Probes(), again.Probes())
 	}
 	if _, err := again.Choose(t.Context(), kernelFile(t, "kernel two")); err != nil {
 		t.Fatal(err)
 	}
-	if n := countRuns(t, runs); n != 2 {
+	if n := acceltest.Runs(t, runs); n != 2 {
 		t.Errorf("another kernel: %d probe runs in all, want 2", n)
 	}
 	// Another host (here: another host kernel release) probes again.
@@ -222,7 +170,7 @@ func TestVerdictReused(t *testing.T) {
 	if _, err := newProber().Choose(t.Context(), kernel); err != nil {
 		t.Fatal(err)
 	}
-	if n := countRuns(t, runs); n != 3 {
+	if n := acceltest.Runs(t, runs); n != 3 {
 		t.Errorf("another host: %d probe runs in all, want 3", n)
 	}
 }
@@ -230,8 +178,8 @@ func TestVerdictReused(t *testing.T) {
 // TestProbeCutOff shows a probe whose guest hangs is cut off at its bound,
 // with QEMU and everything in its process group killed.
 func TestProbeCutOff(t *testing.T) {
-	root := fakeRoot(t, "kvm_pvm")
-	bin, _ := fakeQEMU(t, "sleep 600")
+	root := acceltest.Host(t, "kvm_pvm")
+	bin, _ := acceltest.QEMU(t, "sleep 600")
 	const bound = 500 * time.Millisecond
 	p := &Prober{QEMU: bin, Args: noArgs, Timeout: bound, Root: root}
 	begin := time.Now()
@@ -254,8 +202,8 @@ func TestProbeCutOff(t *testing.T) {
 // TestProbeCancelled: a probe whose caller gives up is an error, not a
 // verdict, and nothing is cached.
 func TestProbeCancelled(t *testing.T) {
-	root := fakeRoot(t, "kvm_intel")
-	bin, runs := fakeQEMU(t, "sleep 600")
+	root := acceltest.Host(t, "kvm_intel")
+	bin, runs := acceltest.QEMU(t, "sleep 600")
 	cache := t.TempDir()
 	p := &Prober{QEMU: bin, Args: noArgs, CacheDir: cache, Timeout: time.Minute, Root: root}
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
@@ -269,7 +217,7 @@ func TestProbeCancelled(t *testing.T) {
 	if _, err := p2.Choose(t.Context(), kernel); err != nil {
 		t.Fatal(err)
 	}
-	if n := countRuns(t, runs); n != 2 {
+	if n := acceltest.Runs(t, runs); n != 2 {
 		t.Errorf("%d probe runs, want 2 (a cancelled probe caches nothing)", n)
 	}
 }
@@ -283,7 +231,7 @@ func TestReadHost(t *testing.T) {
 		{"kvm_amd", KindAMD, "KVM (kvm_amd)"},
 		{"", KindOther, "KVM"},
 	} {
-		h := ReadHost(fakeRoot(t, tc.module))
+		h := ReadHost(acceltest.Host(t, tc.module))
 		if !h.KVM || h.Kind != tc.kind || h.Describe() != tc.describe || h.Release != "6.18.0-test" {
 			t.Errorf("module %q: %+v (%s)", tc.module, h, h.Describe())
 		}

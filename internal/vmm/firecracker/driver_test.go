@@ -4,18 +4,22 @@ package firecracker
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 	"github.com/emberhq/ember/internal/vmm/vmmtest"
 )
 
@@ -261,39 +265,6 @@ func TestLifecycle(t *testing.T) {
 	}
 }
 
-func TestAttach(t *testing.T) {
-	d, _ := fakeDriver(t, Config{})
-	ctx := t.Context()
-	spec := testSpec(t, "")
-	m, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Stop(ctx) })
-	if _, err := d.Attach(ctx, spec, os.Getpid()); !errors.Is(err, vmm.ErrNotRunning) {
-		t.Errorf("attach to a process that is not the vmm: %v, want ErrNotRunning", err)
-	}
-	again, err := d.Attach(ctx, spec, m.PID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := again.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	expectState(t, m, vmm.StatePaused)
-	if err := again.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitDone(t, again)
-	waitDone(t, m)
-	if err := m.Stop(ctx); err != nil {
-		t.Errorf("stop through the first handle: %v", err)
-	}
-	if _, err := d.Attach(ctx, spec, m.PID()); !errors.Is(err, vmm.ErrNotRunning) {
-		t.Errorf("attach to an exited vmm: %v, want ErrNotRunning", err)
-	}
-}
-
 func TestStartFailure(t *testing.T) {
 	d, _ := fakeDriver(t, Config{})
 	for _, tc := range []struct {
@@ -444,5 +415,162 @@ func TestJailerCommand(t *testing.T) {
 		"-- --api-sock /firecracker.sock"
 	if got := strings.Join(cmd.Args, " "); got != want {
 		t.Errorf("jailer command:\n %s\nwant\n %s", got, want)
+	}
+}
+
+// TestRestoreRefusesMismatch: Firecracker loads a snapshot's own vCPU
+// count and memory size whatever the spec says, so the driver refuses a
+// spec that differs from the snapshot's, before it starts anything. A
+// snapshot written before the driver recorded shapes is taken as it is.
+func TestRestoreRefusesMismatch(t *testing.T) {
+	d, _ := fakeDriver(t, Config{})
+	ctx := t.Context()
+	spec := testSpec(t, "")
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(ctx) })
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap := t.TempDir()
+	if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		edit     func(s *vmm.Spec)
+		unshaped bool // the snapshot has no shape record
+		refused  bool
+	}{
+		{"same shape", nil, false, false},
+		{"other memory size", func(s *vmm.Spec) { s.MemoryMiB *= 2 }, false, true},
+		{"other vcpu count", func(s *vmm.Spec) { s.VCPUs += 2 }, false, true},
+		{"sizes left to the default", func(s *vmm.Spec) { s.VCPUs, s.MemoryMiB = 0, 0 }, false, true},
+		{"older snapshot, other memory size", func(s *vmm.Spec) { s.MemoryMiB *= 2 }, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := snap
+			if tc.unshaped {
+				dir = t.TempDir()
+				for _, name := range []string{stateFile, memoryFile} {
+					b, err := os.ReadFile(filepath.Join(snap, name))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			s := testSpec(t, "")
+			if tc.edit != nil {
+				tc.edit(&s)
+			}
+			r, err := d.Restore(ctx, s, dir)
+			if err == nil {
+				t.Cleanup(func() { r.Stop(ctx) })
+			}
+			if tc.refused != errors.Is(err, ErrSnapshotMismatch) {
+				t.Fatalf("restore: %v; want refused %v", err, tc.refused)
+			}
+			if !tc.refused && err != nil {
+				t.Fatal(err)
+			}
+			if pids := vmmtest.ProcessesNaming(t, s.Dir); tc.refused && len(pids) > 0 {
+				t.Errorf("processes left running: %v", pids)
+			}
+		})
+	}
+}
+
+// TestIdentity checks that the identity Attach and ReclaimProcesses go by
+// is on the command line the driver starts the machine with, directly or
+// through the jailer, and on no other machine's.
+func TestIdentity(t *testing.T) {
+	plain := &Driver{binary: "/usr/bin/firecracker"}
+	jailed := &Driver{binary: "/usr/bin/firecracker", jailer: "/usr/bin/jailer", cfg: Config{Jailer: &JailerConfig{ChrootBase: "/srv/jail"}}}
+	spec := vmm.Spec{ID: "sb-1", Dir: "/run/ember/sandboxes/sb-1"}
+	other := vmm.Spec{ID: "sb-2", Dir: "/run/ember/sandboxes/sb-2"}
+	for _, tc := range []struct {
+		name string
+		d    *Driver
+		want vmmproc.Identity
+	}{
+		{"plain", plain, vmmproc.Identity{Flag: "--api-sock", Value: "/run/ember/sandboxes/sb-1/firecracker.sock"}},
+		{"jailed", jailed, vmmproc.Identity{Flag: "--id", Value: "sb-1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := tc.d.identity(spec)
+			if id != tc.want {
+				t.Errorf("identity %s, want %s", id, tc.want)
+			}
+			if args := tc.d.command(spec, tc.d.existingJail(spec)).Args; !id.In(args) {
+				t.Errorf("identity %s not on the machine's command line %q", id, args)
+			}
+			if args := tc.d.command(other, tc.d.existingJail(other)).Args; id.In(args) {
+				t.Errorf("identity %s on another machine's command line %q", id, args)
+			}
+		})
+	}
+}
+
+// TestReclaimProcesses plays what a crashed daemon leaves: Firecrackers
+// (fake ones) for machines under keep.Dir, one of which keep holds, and an
+// admin's tail of a console log there. Only the orphan ends.
+func TestReclaimProcesses(t *testing.T) {
+	d, _ := fakeDriver(t, Config{})
+	d.reclaimWait = 300 * time.Millisecond
+	ctx := t.Context()
+	// A sandboxes directory of the test's own, short: the api socket
+	// path is bounded.
+	sandboxes, err := os.MkdirTemp("", "fc-keep-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sandboxes) })
+	keep := reclaim.Keep{Dir: sandboxes, PIDs: map[int]bool{}}
+	var specs []vmm.Spec
+	var machines []vmm.Machine
+	for _, name := range []string{"orphan", "kept"} {
+		spec := testSpec(t, "")
+		spec.ID, spec.Dir = name, filepath.Join(sandboxes, name)
+		if err := os.Mkdir(spec.Dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		specs = append(specs, spec)
+		m, err := d.Start(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Stop(context.Background()) })
+		machines = append(machines, m)
+	}
+	keep.PIDs[machines[1].PID()] = true
+	tail := exec.Command("tail", "-f", vmm.ConsoleLog(specs[0].Dir))
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tailEnded := make(chan error, 1)
+	go func() { tailEnded <- tail.Wait() }()
+	t.Cleanup(func() { tail.Process.Kill() })
+
+	res, err := d.ReclaimProcesses(ctx, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (reclaim.Result{Found: 1, Removed: 1}) {
+		t.Errorf("result %+v, want 1 found, 1 removed", res)
+	}
+	waitDone(t, machines[0])
+	expectState(t, machines[1], vmm.StateRunning)
+	select {
+	case err := <-tailEnded:
+		t.Errorf("tail -f of a console log ended (%v); it is no vmm", err)
+	case <-time.After(200 * time.Millisecond):
 	}
 }

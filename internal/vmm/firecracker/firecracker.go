@@ -22,15 +22,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/emberhq/ember/internal/memory/uffd"
-	"github.com/emberhq/ember/internal/netns"
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/accel"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 )
 
 // BaseBootArgs is the kernel command line every machine gets before
@@ -39,9 +37,6 @@ const BaseBootArgs = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw in
 
 // startTimeout bounds how long Start waits for the API socket.
 const startTimeout = 10 * time.Second
-
-// maxSocketPath is the longest path a Unix socket address holds.
-const maxSocketPath = 107
 
 // Names of the files a machine keeps in its directory (or its jail).
 const (
@@ -81,7 +76,8 @@ type Config struct {
 	// its host socket in the machine's directory.
 	VsockCID uint32
 	// StopWait is how long Stop waits for the guest to shut down after
-	// SendCtrlAltDel before it kills the process; zero means 3 seconds.
+	// SendCtrlAltDel before it ends the process (SIGTERM, then SIGKILL);
+	// zero means 3 seconds.
 	StopWait time.Duration
 	// UFFDReadahead is the page server's readahead for restored machines
 	// (zero: its default).
@@ -114,11 +110,16 @@ type Driver struct {
 	cfg    Config
 	binary string
 	jailer string
+	// reclaimWait is how long ReclaimProcesses gives an orphaned
+	// Firecracker after SIGTERM; tests shorten it.
+	reclaimWait time.Duration
 }
 
 var (
-	_ vmm.Driver   = (*Driver)(nil)
-	_ vmm.Restorer = (*Driver)(nil)
+	_ vmm.Driver           = (*Driver)(nil)
+	_ vmm.Restorer         = (*Driver)(nil)
+	_ vmm.DiskFormats      = (*Driver)(nil)
+	_ vmm.ProcessReclaimer = (*Driver)(nil)
 )
 
 // Available reports whether the firecracker binary (cfg.Binary, or
@@ -172,7 +173,7 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{log: log.With("vmm", "firecracker"), cfg: cfg, binary: bin}
+	d := &Driver{log: log.With("vmm", "firecracker"), cfg: cfg, binary: bin, reclaimWait: vmmproc.TermWait}
 	if cfg.StopWait <= 0 {
 		d.cfg.StopWait = 3 * time.Second
 	}
@@ -190,32 +191,20 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 // Name returns "firecracker".
 func (d *Driver) Name() string { return "firecracker" }
 
+// DiskFormats returns "raw": Firecracker opens raw disks only.
+func (d *Driver) DiskFormats() []string { return []string{"raw"} }
+
 // checkSpec rejects a spec Firecracker would refuse, with a clearer
 // message than Firecracker's.
 func checkSpec(spec vmm.Spec) error {
-	if spec.Dir == "" {
-		return errors.New("spec has no directory")
+	if err := vmmproc.CheckSpec(spec, filepath.Join(spec.Dir, apiSocketName)); err != nil {
+		return err
 	}
-	if n := len(filepath.Join(spec.Dir, apiSocketName)); n > maxSocketPath {
-		return fmt.Errorf("api socket path in %s is %d bytes, over the %d a unix socket takes", spec.Dir, n, maxSocketPath)
-	}
-	switch spec.DiskFormat {
-	case "", "raw":
-	default:
+	if spec.DiskFormat != "" && spec.DiskFormat != "raw" {
 		return fmt.Errorf("disk format %q: %w", spec.DiskFormat, ErrDiskFormat)
 	}
 	if spec.VCPUs > 1 && spec.VCPUs%2 != 0 {
 		return fmt.Errorf("%d vcpus: firecracker takes 1 or an even number", spec.VCPUs)
-	}
-	for _, p := range []struct{ what, path string }{
-		{"directory", spec.Dir}, {"kernel", spec.Kernel}, {"root disk", spec.RootDisk}, {"initrd", spec.Initrd},
-	} {
-		if p.path == "" && p.what == "initrd" {
-			continue
-		}
-		if _, err := os.Stat(p.path); err != nil {
-			return fmt.Errorf("%s: %w", p.what, err)
-		}
 	}
 	return nil
 }
@@ -237,7 +226,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (_ vmm.Machine, err e
 		}
 	}()
 	if err := d.configure(ctx, m, spec); err != nil {
-		return nil, fmt.Errorf("start %s: %w: %s", spec.ID, err, logTail(m.hostLog()))
+		return nil, fmt.Errorf("start %s: %w: %s", spec.ID, err, vmmproc.LogTail("firecracker log", m.hostLog()))
 	}
 	m.log.Info("vmm started", "duration", time.Since(begin))
 	return m, nil
@@ -260,17 +249,13 @@ func (d *Driver) configure(ctx context.Context, m *Machine, spec vmm.Spec) error
 			return err
 		}
 	}
-	vcpus := max(spec.VCPUs, 1)
-	mem := spec.MemoryMiB
-	if mem <= 0 {
-		mem = 256
-	}
+	sh := shapeOf(spec)
 	type step struct {
 		method, path string
 		body         any
 	}
 	steps := []step{
-		{"PUT", "/machine-config", machineConfig{VCPUCount: vcpus, MemSizeMiB: mem, TrackDirtyPages: d.cfg.TrackDirtyPages}},
+		{"PUT", "/machine-config", machineConfig{VCPUCount: sh.VCPUs, MemSizeMiB: sh.MemoryMiB, TrackDirtyPages: d.cfg.TrackDirtyPages}},
 		{"PUT", "/boot-source", boot},
 		{"PUT", "/drives/" + rootDriveID, drive{DriveID: rootDriveID, PathOnHost: disk, IsRootDevice: true}},
 	}
@@ -299,7 +284,8 @@ func (d *Driver) configure(ctx context.Context, m *Machine, spec vmm.Spec) error
 // snapshotDir with its memory served by a userfaultfd page server, and
 // resumes it. The page server lives as long as the machine. The memory
 // file must be complete: a Diff snapshot's memory is to be laid over its
-// base by the caller first.
+// base by the caller first. A spec whose vCPU count or memory size is not
+// the snapshot's is refused with ErrSnapshotMismatch.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string) (_ vmm.Machine, err error) {
 	begin := time.Now()
 	fail := func(err error) error { return fmt.Errorf("restore %s from %s: %w", spec.ID, snapshotDir, err) }
@@ -307,6 +293,9 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string)
 		if _, err := os.Stat(filepath.Join(snapshotDir, name)); err != nil {
 			return nil, fail(err)
 		}
+	}
+	if err := checkShape(snapshotDir, spec); err != nil {
+		return nil, fail(err)
 	}
 	m, err := d.launch(ctx, spec)
 	if err != nil {
@@ -323,10 +312,13 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string)
 	if err != nil {
 		return nil, fail(err)
 	}
-	if d.cfg.Jailer != nil {
-		os.Chown(srv.Socket(), d.cfg.Jailer.UID, d.cfg.Jailer.GID)
-	}
+	// Served from here on, the server goes with the machine, also when
+	// the restore fails.
 	m.servePages(srv)
+	// Firecracker connects to the socket as the jail's user.
+	if err := m.jail.give(srv.Socket()); err != nil {
+		return nil, fail(err)
+	}
 	state, err := m.jail.inside(filepath.Join(snapshotDir, stateFile), false)
 	if err != nil {
 		return nil, fail(err)
@@ -347,7 +339,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string)
 		load.VsockOverride = &vsockOverride{UDSPath: m.jail.own(vsockName)}
 	}
 	if err := m.api.do(ctx, "PUT", "/snapshot/load", load, nil); err != nil {
-		return nil, fail(fmt.Errorf("%w: %s", err, logTail(m.hostLog())))
+		return nil, fail(fmt.Errorf("%w: %s", err, vmmproc.LogTail("firecracker log", m.hostLog())))
 	}
 	if err := m.Resume(ctx); err != nil {
 		return nil, fail(err)
@@ -387,17 +379,15 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 	cmd := d.command(spec, j)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = console, console
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if spec.Netns == "" || j.jailed {
-		// The jailer joins the namespace itself (--netns).
-		err = cmd.Start()
-	} else {
-		err = netns.Do(spec.Netns, cmd.Start)
+	ns := spec.Netns
+	if j.jailed {
+		ns = "" // the jailer joins the namespace itself (--netns)
 	}
+	proc, err := vmmproc.Start(cmd, ns, d.onExit(spec))
 	if err != nil {
-		return nil, fmt.Errorf("run %s: %w", cmd.Path, err)
+		return nil, err
 	}
-	m := newChildMachine(d, spec, j, cmd)
+	m := newMachine(d, spec, j, proc)
 	defer func() {
 		if err != nil {
 			m.kill()
@@ -411,8 +401,15 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 	return m, nil
 }
 
-// command builds the firecracker (or jailer) command line. The api socket
-// path on it is how Attach recognises the process.
+// onExit is what runs when the Firecracker of spec exits, whoever
+// started it.
+func (d *Driver) onExit(spec vmm.Spec) func(status string) {
+	log := d.log.With("sandbox", spec.ID)
+	return func(status string) { log.Debug("firecracker exited", "status", status) }
+}
+
+// command builds the firecracker (or jailer) command line. What identity
+// says of it is how Attach and ReclaimProcesses recognise the process.
 func (d *Driver) command(spec vmm.Spec, j *jail) *exec.Cmd {
 	if !j.jailed {
 		return exec.Command(d.binary, "--api-sock", j.ownHost(apiSocketName), "--id", jailID(spec))
@@ -438,34 +435,46 @@ func (d *Driver) command(spec vmm.Spec, j *jail) *exec.Cmd {
 
 // Attach re-adopts the Firecracker process pid started for spec. It
 // returns vmm.ErrNotRunning when pid is gone, is not that Firecracker (its
-// command line does not carry the machine's id), or does not answer on the
-// API socket. A machine restored through the page server cannot be
+// command line does not carry the machine's identity), or does not answer
+// on the API socket. A machine restored through the page server cannot be
 // re-adopted by another process once its page server is gone: its
 // unserved memory is lost with it.
 func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Machine, err error) {
-	if pid <= 0 {
-		return nil, fmt.Errorf("attach %s: pid %d: %w", spec.ID, pid, vmm.ErrNotRunning)
-	}
-	pidfd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
-	if errors.Is(err, unix.ESRCH) {
-		return nil, fmt.Errorf("attach %s: pid %d: %w", spec.ID, pid, vmm.ErrNotRunning)
-	}
+	proc, err := vmmproc.Adopt(pid, d.identity(spec), d.onExit(spec))
 	if err != nil {
-		return nil, fmt.Errorf("attach %s: open pidfd of %d: %w", spec.ID, pid, err)
-	}
-	if err := isOurs(pid, jailID(spec)); err != nil {
-		unix.Close(pidfd)
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
-	j := d.existingJail(spec)
-	m := newAttachedMachine(d, spec, j, pid, pidfd)
+	m := newMachine(d, spec, d.existingJail(spec), proc)
 	var info instanceInfo
 	if err := m.api.do(ctx, "GET", "/", nil, &info); err != nil {
-		m.release()
-		return nil, fmt.Errorf("attach %s: pid %d: %w: %w", spec.ID, pid, vmm.ErrNotRunning, err)
+		return nil, fmt.Errorf("attach %s: %w", spec.ID, proc.Unanswered(err))
 	}
 	m.log.Info("vmm attached", "state", info.State)
 	return m, nil
+}
+
+// identity is what only the Firecracker of spec carries on its command
+// line: its API socket in spec.Dir or, in a jail, where the socket is
+// named inside the chroot, the jail's id, which names the jail.
+func (d *Driver) identity(spec vmm.Spec) vmmproc.Identity {
+	j := d.existingJail(spec)
+	if j.jailed {
+		return vmmproc.Identity{Flag: "--id", Value: jailID(spec)}
+	}
+	return vmmproc.Identity{Flag: "--api-sock", Value: j.ownHost(apiSocketName)}
+}
+
+// ReclaimProcesses ends the Firecracker processes an earlier daemon
+// started for machines under keep.Dir that keep.PIDs does not hold: those
+// whose command line carries the identity of a directory directly under
+// keep.Dir, the identity Attach checks. Each gets SIGTERM, then SIGKILL to
+// its process group after a deadline. A process that merely names such a
+// directory (an admin's tail of a console log) is not one of them. The
+// page servers of restored machines ran in the daemon and went with it.
+// The jail of a reclaimed machine is left as it is: the machine's next
+// start replaces it.
+func (d *Driver) ReclaimProcesses(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
+	return vmmproc.Reclaim(keep, d.identity, d.reclaimWait, d.log)
 }
 
 // jailID is the machine's id for Firecracker and the jailer: the jailer
@@ -484,36 +493,4 @@ func jailID(spec vmm.Spec) string {
 		return "ember"
 	}
 	return string(id)
-}
-
-// isOurs checks that pid's command line carries "--id id".
-func isOurs(pid int, id string) error {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return fmt.Errorf("read command line of %d: %w", pid, vmm.ErrNotRunning)
-	}
-	args := strings.Split(string(b), "\x00")
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "--id" && args[i+1] == id {
-			return nil
-		}
-	}
-	return fmt.Errorf("pid %d is not the firecracker of %s: %w", pid, id, vmm.ErrNotRunning)
-}
-
-// logTail returns the end of Firecracker's log, for errors.
-func logTail(path string) string {
-	const max = 2048
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "no firecracker log: " + err.Error()
-	}
-	if len(b) > max {
-		b = b[len(b)-max:]
-	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return "empty firecracker log"
-	}
-	return "firecracker log: " + strings.ReplaceAll(s, "\n", "; ")
 }

@@ -91,14 +91,29 @@ func (j *jail) inside(path string, writable bool) (string, error) {
 		}
 	}
 	if writable {
-		if err := os.Chown(dst, j.uid, j.gid); err != nil {
-			return "", fmt.Errorf("give %s to the jail's user: %w", dst, err)
+		if err := j.give(dst); err != nil {
+			return "", err
 		}
 	}
 	return "/" + name, nil
 }
 
-func copyFile(src, dst string) error {
+// give hands the host file at path to the jail's user, as whom Firecracker
+// opens it; outside a jail Firecracker runs as the daemon's user, and there
+// is nothing to give.
+func (j *jail) give(path string) error {
+	if !j.jailed {
+		return nil
+	}
+	if err := os.Chown(path, j.uid, j.gid); err != nil {
+		return fmt.Errorf("give %s to the jail's user %d:%d: %w", path, j.uid, j.gid, err)
+	}
+	return nil
+}
+
+// copyFile copies src to dst, which must not exist. A copy that fails is
+// removed: half a snapshot file must not pass for a whole one.
+func copyFile(src, dst string) (err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -108,6 +123,11 @@ func copyFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, os.Remove(dst))
+		}
+	}()
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
 		return err

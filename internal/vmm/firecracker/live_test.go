@@ -19,26 +19,27 @@ import (
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/qemu"
+	"github.com/emberhq/ember/internal/vmm/vmmtest"
 )
 
 // liveSlotIndex is the network slot the kvm-live tier uses (the VM tier's
 // range).
 const liveSlotIndex = 3900
 
-// TestLive is the kvm-live tier: a real Firecracker boots the default
-// template, runs a command through the agent, is paused and snapshotted,
-// stopped, restored in a fresh process with its memory served by the page
-// server, and runs a command again. It needs /dev/kvm and a firecracker
-// binary (EMBER_FIRECRACKER or PATH).
+// TestLive is the kvm-live tier: the whole vmm conformance suite on a real
+// Firecracker, then a guest in a network slot that runs a command through
+// the agent, is paused and snapshotted, stopped, restored in a fresh
+// process with its memory served by the page server, and runs a command
+// again. It needs /dev/kvm where KVM boots the guest kernel (the probe's
+// verdict) and a firecracker binary (EMBER_FIRECRACKER or PATH).
 func TestLive(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "qemu-system-x86_64")
 	guest := testutil.Guest(t)
 	log := slog.New(slog.DiscardHandler)
-	ctx := t.Context()
 	// The daemon's own choice: the probe's verdict for the guest kernel.
 	prober := qemu.NewProber("qemu-system-x86_64", "", 0, log)
-	v, err := prober.Choose(ctx, guest.Kernel)
+	v, err := prober.Choose(t.Context(), guest.Kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,11 +49,22 @@ func TestLive(t *testing.T) {
 		// Not a missing install step: most hosts have no Firecracker.
 		t.Skip("kvm-live tier: " + reason)
 	}
-
-	d, err := New(Config{Binary: bin, TrackDirtyPages: true, Prober: prober}, log)
-	if err != nil {
-		t.Fatal(err)
+	newDriver := func(t testing.TB) *Driver {
+		d, err := New(Config{Binary: bin, TrackDirtyPages: true, Prober: prober}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
 	}
+	vmmtest.Run(t, vmmtest.Suite{New: func(t testing.TB) vmm.Driver { return newDriver(t) }, Boot: true})
+	t.Run("Network", func(t *testing.T) { runLiveNetwork(t, newDriver(t), guest) })
+}
+
+// runLiveNetwork boots guest in a network slot of its own and checks the
+// agent answers over it, before a snapshot and after the restore.
+func runLiveNetwork(t *testing.T, d *Driver, guest testutil.GuestImage) {
+	log := slog.New(slog.DiscardHandler)
+	ctx := t.Context()
 	pool, err := network.NewPool(network.Config{FirstIndex: liveSlotIndex, PoolSize: 1, NoEgress: true}, log)
 	if err != nil {
 		t.Fatal(err)

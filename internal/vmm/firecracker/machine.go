@@ -8,39 +8,29 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/internal/memory/uffd"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 )
-
-// killWait bounds the wait for the process to exit after SIGKILL.
-const killWait = 5 * time.Second
 
 // Machine is a Firecracker process, started by this driver or attached to
 // by pid. It implements vmm.Machine, vmm.Stater and vmm.Snapshotter.
 type Machine struct {
 	log  *slog.Logger
 	spec vmm.Spec
-	pid  int
 	jail *jail
 	api  *client
+	proc *vmmproc.Process
 	// trackDirty says whether Diff snapshots are possible.
 	trackDirty bool
-	stopWait   time.Duration
-	// signal sends a signal to the process (through a pidfd when it is
-	// not our child, so a recycled pid is never hit).
-	signal func(syscall.Signal) error
-	// done is closed once the process has exited.
-	done chan struct{}
-	// release stops watching an attached process (a failed Attach).
-	release func()
+	// stopWait is how long Stop waits for the guest to shut down after
+	// ctrl-alt-del, termWait how long for Firecracker to exit after
+	// SIGTERM.
+	stopWait, termWait time.Duration
 
 	// mu serialises API requests that change state, and Stop.
 	mu      sync.Mutex
@@ -56,81 +46,20 @@ var (
 	_ vmm.Snapshotter = (*Machine)(nil)
 )
 
-func newMachine(d *Driver, spec vmm.Spec, j *jail, pid int) *Machine {
+// newMachine wraps the Firecracker process of spec.
+func newMachine(d *Driver, spec vmm.Spec, j *jail, proc *vmmproc.Process) *Machine {
 	return &Machine{
-		log: d.log.With("sandbox", spec.ID, "pid", pid), spec: spec, pid: pid, jail: j,
+		log: d.log.With("sandbox", spec.ID, "pid", proc.PID()), spec: spec, jail: j, proc: proc,
 		api: newClient(j.ownHost(apiSocketName)), trackDirty: d.cfg.TrackDirtyPages,
-		stopWait: d.cfg.StopWait, done: make(chan struct{}), release: func() {},
+		stopWait: d.cfg.StopWait, termWait: vmmproc.TermWait,
 	}
-}
-
-// newChildMachine wraps a process this process started; a goroutine reaps
-// it and closes done.
-func newChildMachine(d *Driver, spec vmm.Spec, j *jail, cmd *exec.Cmd) *Machine {
-	m := newMachine(d, spec, j, cmd.Process.Pid)
-	m.signal = func(sig syscall.Signal) error { return cmd.Process.Signal(sig) }
-	go func() {
-		err := cmd.Wait()
-		m.log.Debug("firecracker exited", "err", err)
-		close(m.done)
-	}()
-	return m
-}
-
-// newAttachedMachine wraps a process that is not necessarily our child,
-// given an open pidfd of it, which it takes over.
-func newAttachedMachine(d *Driver, spec vmm.Spec, j *jail, pid, pidfd int) *Machine {
-	m := newMachine(d, spec, j, pid)
-	f := os.NewFile(uintptr(pidfd), fmt.Sprintf("pidfd:%d", pid))
-	var once sync.Once
-	stop := make(chan struct{})
-	m.release = func() { once.Do(func() { close(stop) }) }
-	m.signal = func(sig syscall.Signal) error {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			return os.ErrProcessDone
-		}
-		var sigErr error
-		if err := rc.Control(func(fd uintptr) { sigErr = unix.PidfdSendSignal(int(fd), sig, nil, 0) }); err != nil {
-			return os.ErrProcessDone
-		}
-		if errors.Is(sigErr, unix.ESRCH) {
-			return os.ErrProcessDone
-		}
-		return sigErr
-	}
-	go func() {
-		defer f.Close()
-		p := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if n, _ := unix.Poll(p, 100); n > 0 {
-				close(m.done)
-				return
-			}
-		}
-	}()
-	return m
 }
 
 // PID returns the Firecracker (or jailer-exec'd Firecracker) process id.
-func (m *Machine) PID() int { return m.pid }
+func (m *Machine) PID() int { return m.proc.PID() }
 
 // Done is closed when the process has exited.
-func (m *Machine) Done() <-chan struct{} { return m.done }
-
-func (m *Machine) exited() bool {
-	select {
-	case <-m.done:
-		return true
-	default:
-		return false
-	}
-}
+func (m *Machine) Done() <-chan struct{} { return m.proc.Done() }
 
 // hostLog is the host path of Firecracker's log.
 func (m *Machine) hostLog() string { return m.jail.ownHost(logName) }
@@ -145,9 +74,12 @@ func (m *Machine) setupLogging(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("create %s: %w", p, err)
 		}
-		f.Close()
-		if m.jail.jailed {
-			os.Chown(p, m.jail.uid, m.jail.gid)
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("create %s: %w", p, err)
+		}
+		// Firecracker, as the jail's user, opens them for writing.
+		if err := m.jail.give(p); err != nil {
+			return err
 		}
 	}
 	if err := m.api.do(ctx, "PUT", "/logger", logger{LogPath: m.jail.own(logName), Level: "Info", ShowLevel: true}, nil); err != nil {
@@ -167,8 +99,8 @@ func (m *Machine) waitReady(ctx context.Context) error {
 			return nil
 		}
 		select {
-		case <-m.done:
-			return fmt.Errorf("firecracker exited during start: %s", logTail(vmm.ConsoleLog(m.spec.Dir)))
+		case <-m.proc.Done():
+			return fmt.Errorf("firecracker exited during start: %s", vmmproc.LogTail("firecracker log", vmm.ConsoleLog(m.spec.Dir)))
 		case <-ctx.Done():
 			return fmt.Errorf("wait for api socket: %w (last: %v)", context.Cause(ctx), err)
 		case <-tick.C:
@@ -199,7 +131,7 @@ func (m *Machine) Resume(ctx context.Context) error { return m.setState(ctx, "Re
 func (m *Machine) setState(ctx context.Context, state string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.stopped || m.exited() {
+	if m.stopped || m.proc.Exited() {
 		return fmt.Errorf("set %s state %s: %w", m.spec.ID, state, vmm.ErrNotRunning)
 	}
 	if err := m.api.do(ctx, "PATCH", "/vm", vmState{State: state}, nil); err != nil {
@@ -211,7 +143,7 @@ func (m *Machine) setState(ctx context.Context, state string) error {
 // State reports the run state from GET /: running, paused, or "not
 // started" before InstanceStart.
 func (m *Machine) State(ctx context.Context) (vmm.State, error) {
-	if m.exited() {
+	if m.proc.Exited() {
 		return "", fmt.Errorf("state of %s: %w", m.spec.ID, vmm.ErrNotRunning)
 	}
 	var info instanceInfo
@@ -228,13 +160,14 @@ func (m *Machine) State(ctx context.Context) (vmm.State, error) {
 }
 
 // Snapshot writes the paused machine's state (vmstate) and memory (memory)
-// into dir. With opts.Diff and dirty page tracking on it writes a Diff
-// snapshot, whose memory file holds only the pages dirtied since the last
-// one; otherwise a Full snapshot.
+// into dir, and its shape (machine.json), which Restore holds a spec to.
+// With opts.Diff and dirty page tracking on it writes a Diff snapshot,
+// whose memory file holds only the pages dirtied since the last one;
+// otherwise a Full snapshot.
 func (m *Machine) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOptions) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.stopped || m.exited() {
+	if m.stopped || m.proc.Exited() {
 		return fmt.Errorf("snapshot %s: %w", m.spec.ID, vmm.ErrNotRunning)
 	}
 	typ := "Full"
@@ -253,46 +186,42 @@ func (m *Machine) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOpt
 	if err := errors.Join(m.jail.export(stateFile, state), m.jail.export(memoryFile, mem)); err != nil {
 		return fmt.Errorf("snapshot %s: %w", m.spec.ID, err)
 	}
+	if err := writeShape(dir, m.spec); err != nil {
+		return fmt.Errorf("snapshot %s: %w", m.spec.ID, err)
+	}
 	m.log.Info("vmm snapshot", "type", typ, "dir", dir, "duration", time.Since(begin))
 	return nil
 }
 
-// Stop asks the guest to shut down (SendCtrlAltDel), kills the process if
-// it has not exited within the driver's StopWait, and removes the jail and
-// the page server. It is idempotent.
+// Stop asks the guest to shut down (SendCtrlAltDel), ends the process
+// with SIGTERM and then SIGKILL if it has not exited within the driver's
+// StopWait, and removes the jail and the page server. It is idempotent.
 func (m *Machine) Stop(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ctx = context.WithoutCancel(ctx)
-	var errs []error
-	// A paused guest cannot act on ctrl-alt-del: kill it straight away.
-	if st, err := m.State(ctx); err == nil && st == vmm.StateRunning {
-		if err := m.api.do(ctx, "PUT", "/actions", action{ActionType: "SendCtrlAltDel"}, nil); err != nil {
-			m.log.Debug("ctrl-alt-del refused", "err", err)
-		} else {
-			select {
-			case <-m.done:
-			case <-time.After(m.stopWait):
-			}
-		}
+	how := "ctrl-alt-del"
+	// A paused guest cannot act on ctrl-alt-del: terminate it straight
+	// away.
+	if st, err := m.State(ctx); err != nil || st != vmm.StateRunning {
+		how = ""
+	} else if err := m.api.do(ctx, "PUT", "/actions", action{ActionType: "SendCtrlAltDel"}, nil); err != nil {
+		m.log.Debug("ctrl-alt-del refused", "err", err)
+		how = ""
+	} else if !m.proc.Wait(m.stopWait) {
+		how = ""
 	}
-	if !m.exited() {
-		if err := m.signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			errs = append(errs, fmt.Errorf("kill firecracker %d: %w", m.pid, err))
-		}
-		select {
-		case <-m.done:
-		case <-time.After(killWait):
-			errs = append(errs, fmt.Errorf("firecracker %d still running %s after SIGKILL", m.pid, killWait))
+	var errs []error
+	if how == "" {
+		var err error
+		if how, err = m.proc.Terminate(m.termWait); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if !m.stopped {
 		m.stopped = true
-		if m.pages != nil {
-			errs = append(errs, m.pages.Close())
-		}
-		errs = append(errs, m.jail.remove())
-		m.log.Info("vmm stopped")
+		errs = append(errs, m.releaseLocked())
+		m.log.Info("vmm stopped", "how", how)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stop %s: %w", m.spec.ID, err)
@@ -304,18 +233,25 @@ func (m *Machine) Stop(ctx context.Context) error {
 func (m *Machine) kill() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.exited() {
-		m.signal(syscall.SIGKILL)
-		select {
-		case <-m.done:
-		case <-time.After(killWait):
-		}
+	if err := m.proc.Kill(); err != nil {
+		m.log.Warn("kill firecracker", "err", err)
 	}
 	if !m.stopped {
 		m.stopped = true
-		if m.pages != nil {
-			m.pages.Close()
+		if err := m.releaseLocked(); err != nil {
+			m.log.Warn("release firecracker", "err", err)
 		}
-		m.jail.remove()
 	}
+}
+
+// releaseLocked closes the page server and removes the jail of a machine
+// whose process has exited.
+func (m *Machine) releaseLocked() error {
+	var errs []error
+	if m.pages != nil {
+		if err := m.pages.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close page server: %w", err))
+		}
+	}
+	return errors.Join(append(errs, m.jail.remove())...)
 }

@@ -11,18 +11,22 @@ import (
 	"github.com/emberhq/ember/internal/vmm/vmmtest"
 )
 
-// TestConformance boots the default template's guest under real QEMU,
-// guest RAM in a shared file (the default).
+// TestConformance runs the whole suite under real QEMU, booting the
+// default template's guest, with guest RAM in a shared file (the default)
+// and with guest RAM anonymous and saved inside the migration stream.
 func TestConformance(t *testing.T) {
 	testutil.RequireTool(t, "qemu-system-x86_64")
-	vmmtest.Run(t, newTestDriver(Config{}))
-}
-
-// TestSnapshotStreamMemory runs the snapshot cases with guest RAM saved
-// inside the migration stream.
-func TestSnapshotStreamMemory(t *testing.T) {
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	vmmtest.RunSnapshot(t, newTestDriver(Config{StreamMemory: true}))
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"MemoryFile", Config{}},
+		{"StreamMemory", Config{StreamMemory: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vmmtest.Run(t, vmmtest.Suite{New: newTestDriver(tc.cfg), Boot: true})
+		})
+	}
 }
 
 // newTestDriver makes drivers for cfg that log to the test's log.

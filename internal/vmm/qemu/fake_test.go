@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +24,9 @@ type fakeQMP struct {
 	noise, silent bool
 	// onQuit runs after quit is answered.
 	onQuit func()
+	// hangAfterStatus turns silent once a query-status is answered: a QEMU
+	// that started and then hung.
+	hangAfterStatus bool
 
 	mu     sync.Mutex
 	status string
@@ -49,6 +54,12 @@ func (f *fakeQMP) listen(path string) (net.Listener, error) {
 	return l, nil
 }
 
+func (f *fakeQMP) isSilent() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.silent
+}
+
 func (f *fakeQMP) commands() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -74,7 +85,7 @@ func (f *fakeQMP) serve(c net.Conn) {
 		f.mu.Lock()
 		f.seen = append(f.seen, req.Execute)
 		f.mu.Unlock()
-		if f.silent && negotiated {
+		if f.isSilent() && negotiated {
 			continue
 		}
 		if f.noise {
@@ -95,6 +106,10 @@ func (f *fakeQMP) serve(c net.Conn) {
 			negotiated = true
 		case req.Execute == "quit" && f.onQuit != nil:
 			f.onQuit()
+		case req.Execute == "query-status" && f.hangAfterStatus:
+			f.mu.Lock()
+			f.silent = true
+			f.mu.Unlock()
 		}
 	}
 }
@@ -130,7 +145,16 @@ const (
 	fakeIgnQuit   = "ignore-quit" // answers quit, keeps running, dies on SIGTERM
 	fakeStubborn  = "stubborn"    // ignores quit and SIGTERM
 	fakeFailStart = "fail"        // writes an error and exits 1
+	fakeHangs     = "hangs"       // answers QMP until started, then never again
+	// fakeStubbornGroup is fakeStubborn that first starts a child in its
+	// process group, which ignores SIGTERM too, and writes the child's pid
+	// to the file fakeChildEnv names.
+	fakeStubbornGroup = "stubborn-group"
 )
+
+// fakeChildEnv names the file a fakeStubbornGroup QEMU writes its child's
+// pid to.
+const fakeChildEnv = "EMBER_TEST_FAKE_QEMU_CHILD"
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
@@ -145,8 +169,20 @@ func fakeQEMUMain(mode string, args []string) int {
 		fmt.Fprintln(os.Stderr, "qemu-system-x86_64: fake: could not load kernel")
 		return 1
 	}
-	if mode == fakeStubborn {
+	if mode == fakeStubborn || mode == fakeStubbornGroup {
 		signal.Ignore(syscall.SIGTERM)
+	}
+	if mode == fakeStubbornGroup {
+		// An ignored signal stays ignored across exec.
+		child := exec.Command("sh", "-c", "trap '' TERM; exec sleep 600")
+		if err := child.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		if err := os.WriteFile(os.Getenv(fakeChildEnv), []byte(strconv.Itoa(child.Process.Pid)), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
 	}
 	var sock string
 	for i, a := range args {
@@ -162,6 +198,7 @@ func fakeQEMUMain(mode string, args []string) int {
 	if mode == fakeObedient {
 		f.onQuit = func() { os.Exit(0) }
 	}
+	f.hangAfterStatus = mode == fakeHangs
 	if _, err := f.listen(sock); err != nil {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1

@@ -8,23 +8,18 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 )
 
 // Stop's escalation deadlines: how long QEMU gets to quit after QMP quit,
-// then after SIGTERM; after SIGKILL Stop waits up to killWait for the exit.
+// then after SIGTERM (then vmmproc.Terminate sends SIGKILL).
 const (
 	quitWait = 2 * time.Second
-	termWait = 2 * time.Second
-	killWait = 5 * time.Second
+	termWait = vmmproc.TermWait
 )
 
 // qmpTimeout bounds one QMP exchange (connect, negotiate, command) when the
@@ -44,12 +39,9 @@ type Machine struct {
 	// accel is the accelerator the machine runs under.
 	accel string
 	spec  vmm.Spec
-	pid   int
-	// signal sends a signal to the process (through a pidfd where the
-	// process is not our child, so a recycled pid is never hit).
-	signal func(syscall.Signal) error
-	// done is closed once the process has exited.
-	done chan struct{}
+	// proc is the QEMU process; its exit deletes the guest RAM file
+	// (onExit) before its Done closes.
+	proc *vmmproc.Process
 
 	// Stop's deadlines, shortened by tests.
 	quitWait, termWait time.Duration
@@ -63,103 +55,36 @@ var _ vmm.Machine = (*Machine)(nil)
 var _ vmm.Stater = (*Machine)(nil)
 var _ vmm.Snapshotter = (*Machine)(nil)
 
-// newChildMachine wraps a QEMU process d started; a goroutine reaps it,
-// deletes its guest RAM and closes done.
-func newChildMachine(d *Driver, spec vmm.Spec, cmd *exec.Cmd) *Machine {
-	m := newMachine(d, spec, cmd.Process.Pid)
-	m.signal = func(sig syscall.Signal) error { return cmd.Process.Signal(sig) }
-	go func() {
-		err := cmd.Wait()
-		m.log.Debug("qemu exited", "pid", m.pid, "status", exitStatus(cmd, err))
-		m.removeMemory()
-		close(m.done)
-	}()
-	return m
-}
-
-// newAttachedMachine wraps a QEMU process that is not necessarily our child
-// (a daemon restart reparents it), given an open pidfd of it, which it takes
-// over. Its exit is observed through the pidfd (then its guest RAM is
-// deleted); release stops that.
-func newAttachedMachine(d *Driver, spec vmm.Spec, pid, pidfd int) (m *Machine, release func()) {
-	f := os.NewFile(uintptr(pidfd), fmt.Sprintf("pidfd:%d", pid))
-	m = newMachine(d, spec, pid)
-	m.signal = func(sig syscall.Signal) error {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var sigErr error
-		if err := rc.Control(func(fd uintptr) {
-			sigErr = unix.PidfdSendSignal(int(fd), sig, nil, 0)
-		}); err != nil {
-			return os.ErrProcessDone // the watcher closed the pidfd: exited
-		}
-		if errors.Is(sigErr, unix.ESRCH) {
-			return os.ErrProcessDone
-		}
-		return sigErr
-	}
-	var released atomic.Bool
-	go func() {
-		waitPidfd(f, &released)
-		if !released.Load() {
-			f.Close()
-			m.removeMemory()
-			close(m.done)
-		}
-	}()
-	return m, func() {
-		released.Store(true)
-		f.Close()
-	}
-}
-
-func newMachine(d *Driver, spec vmm.Spec, pid int) *Machine {
+// newMachine wraps the QEMU process of spec.
+func newMachine(d *Driver, spec vmm.Spec, proc *vmmproc.Process) *Machine {
 	return &Machine{
-		log:      d.log.With("sandbox", spec.ID, "pid", pid),
+		log:      d.log.With("sandbox", spec.ID, "pid", proc.PID()),
 		driver:   d,
 		memPath:  d.memPath(spec),
 		spec:     spec,
-		pid:      pid,
-		done:     make(chan struct{}),
+		proc:     proc,
 		quitWait: quitWait,
 		termWait: termWait,
 	}
 }
 
-// waitPidfd blocks until the process behind the pidfd has exited or the
-// file is released. A pidfd turns readable at exit; the runtime's poller
-// waits for that without holding a thread. Should the file not be pollable,
-// a blocking poll(2) does the same on a thread of its own.
-func waitPidfd(f *os.File, released *atomic.Bool) {
-	exited := func(fd uintptr) bool {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 0)
-		return err == nil && n > 0
+// onExit is what runs when the QEMU of spec exits, whoever started it: its
+// guest RAM file is deleted. It runs before the process's Done closes, so
+// a new machine for the same directory, which can start only after that,
+// never loses its file to it.
+func (d *Driver) onExit(spec vmm.Spec) func(status string) {
+	log, mem := d.log.With("sandbox", spec.ID), d.memPath(spec)
+	return func(status string) {
+		log.Debug("qemu exited", "status", status)
+		removeMemory(log, mem)
 	}
-	rc, err := f.SyscallConn()
-	if err == nil {
-		err = rc.Read(exited)
-	}
-	if err == nil || released.Load() {
-		return
-	}
-	rc.Control(func(fd uintptr) {
-		for {
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
-				return
-			}
-		}
-	})
 }
 
 // PID returns the QEMU process id.
-func (m *Machine) PID() int { return m.pid }
+func (m *Machine) PID() int { return m.proc.PID() }
 
 // Done is closed when the QEMU process has exited.
-func (m *Machine) Done() <-chan struct{} { return m.done }
+func (m *Machine) Done() <-chan struct{} { return m.proc.Done() }
 
 // Pause stops the guest's vCPUs.
 func (m *Machine) Pause(ctx context.Context) error {
@@ -219,7 +144,7 @@ func (m *Machine) qmpLocked(ctx context.Context, command string, args, out any) 
 // qmpFileLocked is qmpLocked that passes f's descriptor along with the
 // command.
 func (m *Machine) qmpFileLocked(ctx context.Context, command string, args, out any, f *os.File) error {
-	if m.exited() {
+	if m.proc.Exited() {
 		return vmm.ErrNotRunning
 	}
 	ctx, cancel := context.WithTimeout(ctx, qmpTimeout)
@@ -231,7 +156,7 @@ func (m *Machine) qmpFileLocked(ctx context.Context, command string, args, out a
 		err = conn.executeFile(ctx, command, args, out, f)
 		conn.Close()
 	}
-	if err != nil && m.exited() {
+	if err != nil && m.proc.Exited() {
 		return fmt.Errorf("qmp %s: %w", command, vmm.ErrNotRunning)
 	}
 	return err
@@ -243,22 +168,13 @@ func (m *Machine) cancelOnExit(ctx context.Context, cancel func()) (stop func())
 	quit := make(chan struct{})
 	go func() {
 		select {
-		case <-m.done:
+		case <-m.proc.Done():
 			cancel()
 		case <-ctx.Done():
 		case <-quit:
 		}
 	}()
 	return func() { close(quit) }
-}
-
-func (m *Machine) exited() bool {
-	select {
-	case <-m.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // Stop ends QEMU: QMP quit, then SIGTERM, then SIGKILL, each after a
@@ -283,7 +199,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 }
 
 func (m *Machine) stopLocked(ctx context.Context) (how string, err error) {
-	if m.exited() {
+	if m.proc.Exited() {
 		return "already exited", nil
 	}
 	qctx, cancel := context.WithTimeout(ctx, m.quitWait)
@@ -292,55 +208,28 @@ func (m *Machine) stopLocked(ctx context.Context) (how string, err error) {
 	if qerr != nil {
 		m.log.Debug("qmp quit", "err", qerr)
 	}
-	if m.waitExit(m.quitWait) {
+	if m.proc.Wait(m.quitWait) {
 		return "quit", nil
 	}
-	if err := m.signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		m.log.Warn("sigterm qemu", "err", err)
-	}
-	if m.waitExit(m.termWait) {
-		return "sigterm", nil
-	}
-	if err := m.signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return "", fmt.Errorf("sigkill pid %d: %w", m.pid, err)
-	}
-	if m.waitExit(killWait) {
-		return "sigkill", nil
-	}
-	return "", fmt.Errorf("pid %d still running %s after sigkill", m.pid, killWait)
+	return m.proc.Terminate(m.termWait)
 }
 
 // kill ends the process at once; Start uses it to unwind.
 func (m *Machine) kill() {
-	if err := m.signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		m.log.Warn("sigkill qemu", "err", err)
+	if err := m.proc.Kill(); err != nil {
+		m.log.Warn("kill qemu", "err", err)
 	}
-	m.waitExit(killWait)
 	m.removeFiles()
 }
 
-// waitExit waits up to d for the process to exit and reports whether it did.
-func (m *Machine) waitExit(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-m.done:
-		return true
-	case <-t.C:
-		return false
-	}
-}
-
 // removeMemory deletes the guest RAM file of an exited QEMU: without the
-// process's device state it is of no use, and it holds host memory. It
-// runs before done closes, so a new machine for the same directory, which
-// can start only after that, never loses its file to it.
-func (m *Machine) removeMemory() {
-	if m.memPath == "" {
+// process's device state it is of no use, and it holds host memory.
+func removeMemory(log *slog.Logger, path string) {
+	if path == "" {
 		return
 	}
-	if err := os.Remove(m.memPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		m.log.Warn("remove guest memory", "path", m.memPath, "err", err)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("remove guest memory", "path", path, "err", err)
 	}
 }
 
@@ -352,12 +241,4 @@ func (m *Machine) removeFiles() {
 			m.log.Warn("remove vmm file", "path", p, "err", err)
 		}
 	}
-}
-
-// exitStatus describes how a reaped child ended.
-func exitStatus(cmd *exec.Cmd, err error) string {
-	if cmd.ProcessState != nil {
-		return cmd.ProcessState.String()
-	}
-	return err.Error()
 }

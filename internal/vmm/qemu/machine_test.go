@@ -3,6 +3,7 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -210,5 +211,20 @@ func TestStartFailure(t *testing.T) {
 				t.Errorf("processes left running: %v", pids)
 			}
 		})
+	}
+}
+
+// TestAttachUnresponsive: a QEMU that is there but no longer answers QMP is
+// not taken for gone: it may still hold the disk and the TAP.
+func TestAttachUnresponsive(t *testing.T) {
+	d, spec, m := startFakeMachine(t, fakeHangs)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	_, err := d.Attach(ctx, spec, m.PID())
+	if !errors.Is(err, vmm.ErrUnresponsive) || errors.Is(err, vmm.ErrNotRunning) {
+		t.Fatalf("attach to a hung qemu: %v, want ErrUnresponsive", err)
+	}
+	if !alive(m.PID()) {
+		t.Fatal("attach killed the hung qemu")
 	}
 }

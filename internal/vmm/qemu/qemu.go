@@ -16,34 +16,27 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/accel"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 )
 
 // startTimeout bounds how long Start waits for QMP to answer when the
 // caller's context has no earlier deadline.
 const startTimeout = 30 * time.Second
-
-// maxSocketPath is the longest path a Unix socket address holds.
-const maxSocketPath = 107
 
 // Config configures the driver.
 type Config struct {
@@ -92,10 +85,14 @@ type Driver struct {
 	// memDir holds guest RAM files; empty when RAM is anonymous and
 	// snapshots stream it.
 	memDir string
+	// reclaimWait is how long ReclaimProcesses gives an orphaned QEMU
+	// after SIGTERM; tests shorten it.
+	reclaimWait time.Duration
 }
 
 var _ vmm.Driver = (*Driver)(nil)
 var _ vmm.Restorer = (*Driver)(nil)
+var _ vmm.DiskFormats = (*Driver)(nil)
 
 // New returns a driver for cfg. It fails when the binary is missing or the
 // accelerator is unknown; whether KVM boots a kernel is known only per
@@ -109,7 +106,7 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find qemu binary %q: %w", bin, err)
 	}
-	d := &Driver{log: log.With("vmm", "qemu"), binary: path}
+	d := &Driver{log: log.With("vmm", "qemu"), binary: path, reclaimWait: vmmproc.TermWait}
 	if !cfg.StreamMemory {
 		d.memDir = cfg.MemoryDir
 		if d.memDir == "" {
@@ -246,7 +243,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 		}
 		defer func() {
 			if err != nil {
-				os.Remove(mem)
+				removeMemory(d.log.With("sandbox", spec.ID), mem)
 			}
 		}()
 	}
@@ -260,11 +257,11 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 	cmd := exec.Command(d.binary, append(buildArgs(v.Accel, tscKHz, mem, spec), extra...)...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := startIn(spec.Netns, cmd); err != nil {
-		return nil, fmt.Errorf("run %s: %w", d.binary, err)
+	proc, err := vmmproc.Start(cmd, spec.Netns, d.onExit(spec))
+	if err != nil {
+		return nil, err
 	}
-	m := newChildMachine(d, spec, cmd)
+	m := newMachine(d, spec, proc)
 	m.accel = v.Accel
 	defer func() {
 		if err != nil {
@@ -280,40 +277,22 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 	return m, nil
 }
 
+// diskFormats are the root disk formats QEMU opens, the default first.
+var diskFormats = []string{"raw", "qcow2"}
+
+// DiskFormats returns "raw" and "qcow2": QEMU opens both.
+func (d *Driver) DiskFormats() []string { return slices.Clone(diskFormats) }
+
 // checkSpec rejects a spec QEMU would refuse, with a clearer message than
 // QEMU's.
 func checkSpec(spec vmm.Spec) error {
-	if spec.Dir == "" {
-		return errors.New("spec has no directory")
+	if err := vmmproc.CheckSpec(spec, qmpPath(spec.Dir)); err != nil {
+		return err
 	}
-	if n := len(qmpPath(spec.Dir)); n > maxSocketPath {
-		return fmt.Errorf("qmp socket path %s is %d bytes, over the %d a unix socket takes", qmpPath(spec.Dir), n, maxSocketPath)
-	}
-	switch spec.DiskFormat {
-	case "", "raw", "qcow2":
-	default:
-		return fmt.Errorf("disk format %q: unsupported (want raw or qcow2)", spec.DiskFormat)
-	}
-	for _, p := range []struct{ what, path string }{
-		{"directory", spec.Dir}, {"kernel", spec.Kernel}, {"root disk", spec.RootDisk}, {"initrd", spec.Initrd},
-	} {
-		if p.path == "" && p.what == "initrd" {
-			continue
-		}
-		if _, err := os.Stat(p.path); err != nil {
-			return fmt.Errorf("%s: %w", p.what, err)
-		}
+	if spec.DiskFormat != "" && !slices.Contains(diskFormats, spec.DiskFormat) {
+		return fmt.Errorf("disk format %q: unsupported (want %s)", spec.DiskFormat, strings.Join(diskFormats, " or "))
 	}
 	return nil
-}
-
-// startIn starts cmd with its thread inside the network namespace at path,
-// so QEMU and the TAP it opens live there; empty path is the current one.
-func startIn(path string, cmd *exec.Cmd) error {
-	if path == "" {
-		return cmd.Start()
-	}
-	return netns.Do(path, cmd.Start)
 }
 
 // waitReady waits until QEMU answers query-status over QMP. If QEMU exits
@@ -327,8 +306,8 @@ func (m *Machine) waitReady(ctx context.Context) error {
 			return nil
 		}
 		select {
-		case <-m.done:
-			return fmt.Errorf("qemu exited during start: %s", logTail(m.spec.Dir))
+		case <-m.proc.Done():
+			return fmt.Errorf("qemu exited during start: %s", vmmproc.LogTail("qemu log", logPath(m.spec.Dir)))
 		case <-ctx.Done():
 			return fmt.Errorf("wait for qmp: %w (last: %v)", context.Cause(ctx), err)
 		case <-tick.C:
@@ -336,54 +315,27 @@ func (m *Machine) waitReady(ctx context.Context) error {
 	}
 }
 
-// logTail returns the last lines QEMU wrote to its log, for errors.
-func logTail(dir string) string {
-	const max = 2048
-	f, err := os.Open(logPath(dir))
-	if err != nil {
-		return "no log: " + err.Error()
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > max {
-		f.Seek(st.Size()-max, io.SeekStart)
-	}
-	b, _ := io.ReadAll(f)
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
-		return "empty log"
-	}
-	return strings.ReplaceAll(string(b), "\n", "; ")
-}
-
 // Attach re-adopts the QEMU process pid that was started for spec. It
 // returns vmm.ErrNotRunning when pid is gone, is not that QEMU (its command
 // line does not name spec's QMP socket), or does not answer QMP.
 func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Machine, err error) {
-	if pid <= 0 {
-		return nil, fmt.Errorf("attach %s: pid %d: %w", spec.ID, pid, vmm.ErrNotRunning)
-	}
-	// The pidfd pins the process: once the command line matches and the
-	// pidfd shows it alive, the pid cannot have been recycled under us.
-	pidfd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
-	if errors.Is(err, unix.ESRCH) {
-		return nil, fmt.Errorf("attach %s: pid %d: %w", spec.ID, pid, vmm.ErrNotRunning)
-	}
+	proc, err := vmmproc.Adopt(pid, identity(spec), d.onExit(spec))
 	if err != nil {
-		return nil, fmt.Errorf("attach %s: open pidfd of %d: %w", spec.ID, pid, err)
-	}
-	args, err := ourQEMU(pid, spec.Dir)
-	if err != nil {
-		unix.Close(pidfd)
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
-	m, release := newAttachedMachine(d, spec, pid, pidfd)
-	m.accel = argAfter(args, "-accel", 0)
+	m := newMachine(d, spec, proc)
+	m.accel = argAfter(proc.Args(), "-accel", 0)
 	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
-		release()
-		return nil, fmt.Errorf("attach %s: pid %d: %w: %w", spec.ID, pid, vmm.ErrNotRunning, err)
+		return nil, fmt.Errorf("attach %s: %w", spec.ID, proc.Unanswered(err))
 	}
 	m.log.Info("vmm attached")
 	return m, nil
+}
+
+// identity is what only the QEMU of spec carries on its command line: the
+// QMP socket in its directory.
+func identity(spec vmm.Spec) vmmproc.Identity {
+	return vmmproc.Identity{Flag: "-chardev", Value: qmpArg(spec.Dir)}
 }
 
 // runningIn reports the QEMU still running for dir, found through the pid
@@ -397,23 +349,6 @@ func runningIn(dir string) (int, bool) {
 	if err != nil || pid <= 0 {
 		return 0, false
 	}
-	_, err = ourQEMU(pid, dir)
-	return pid, err == nil
-}
-
-// ourQEMU checks that pid's command line carries dir's QMP socket and
-// returns its arguments.
-func ourQEMU(pid int, dir string) ([]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return nil, fmt.Errorf("read command line of %d: %w", pid, vmm.ErrNotRunning)
-	}
-	want := qmpArg(dir)
-	args := strings.Split(string(b), "\x00")
-	for _, arg := range args {
-		if arg == want {
-			return args, nil
-		}
-	}
-	return nil, fmt.Errorf("pid %d is not the qemu of %s: %w", pid, dir, vmm.ErrNotRunning)
+	args, err := vmmproc.Cmdline(pid)
+	return pid, err == nil && identity(vmm.Spec{Dir: dir}).In(args)
 }

@@ -3,47 +3,69 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/emberhq/ember/internal/reclaim"
+	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
+)
+
+var (
+	_ vmm.ProcessReclaimer = (*Driver)(nil)
+	_ vmm.MemoryReclaimer  = (*Driver)(nil)
 )
 
 // memFilePattern matches the guest RAM files memPath names.
 const memFilePattern = "ember-*.mem"
 
+// ReclaimProcesses ends the QEMU processes an earlier daemon started for
+// machines under keep.Dir that keep.PIDs does not hold: those whose
+// command line carries the QMP socket of a directory directly under
+// keep.Dir, the identity Attach checks. Each gets SIGTERM, then SIGKILL to
+// its process group after a deadline. A process that merely names such a
+// directory (an admin's tail of a console log) is not one of them.
+func (d *Driver) ReclaimProcesses(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
+	return vmmproc.Reclaim(keep, identity, d.reclaimWait, d.log)
+}
+
 // ReclaimMemory deletes the guest RAM files in the driver's memory
 // directory that no running process's command line names: what a QEMU that
 // died while no daemon watched it leaves behind (Stop deletes the file of a
-// machine it stops). Call it at startup, before any machine starts: a
-// restore fills its RAM file before QEMU runs. It returns the files
-// removed.
-func (d *Driver) ReclaimMemory() ([]string, error) {
+// machine it stops). It needs nothing of keep: a kept machine's QEMU names
+// its file. Run it after ReclaimProcesses and before any machine starts: a
+// restore fills its RAM file before QEMU runs. Found counts the orphaned
+// files, Removed those deleted.
+func (d *Driver) ReclaimMemory(_ context.Context, _ reclaim.Keep) (reclaim.Result, error) {
+	var res reclaim.Result
 	if d.memDir == "" {
-		return nil, nil
+		return res, nil
 	}
 	files, err := filepath.Glob(filepath.Join(d.memDir, memFilePattern))
 	if err != nil || len(files) == 0 {
-		return nil, err
+		return res, err
 	}
 	inUse, err := memPathsInUse()
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	var removed []string
 	var errs []error
 	for _, f := range files {
 		if inUse[f] {
 			continue
 		}
+		res.Found++
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove orphaned guest memory %s: %w", f, err))
 			continue
 		}
-		removed = append(removed, f)
+		res.Removed++
 	}
-	return removed, errors.Join(errs...)
+	return res, errors.Join(errs...)
 }
 
 // memPathsInUse returns the mem-path= values on running processes'

@@ -7,12 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/vmm"
 )
 
@@ -56,16 +58,139 @@ func TestReclaimMemory(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	removed, err := d.ReclaimMemory()
+	res, err := d.ReclaimMemory(t.Context(), reclaim.Keep{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(removed, []string{orphan}) {
-		t.Errorf("removed %v, want only %s", removed, orphan)
+	if res != (reclaim.Result{Found: 1, Removed: 1}) {
+		t.Errorf("result %+v, want only %s found and removed", res, orphan)
+	}
+	if _, err := os.Stat(orphan); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("orphaned %s not removed: %v", orphan, err)
 	}
 	for _, p := range []string{live, other} {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
+
+// TestReclaimProcesses plays what a crashed daemon leaves: QEMUs (fake
+// ones, with a real QEMU's command line) for machines under keep.Dir, one
+// of which keep holds, one for a machine elsewhere, and an admin's tail of
+// a console log under keep.Dir. Only the orphaned QEMUs end: by SIGTERM,
+// or, one that ignores it, by SIGKILL to its process group.
+func TestReclaimProcesses(t *testing.T) {
+	d, base := fakeDriver(t, fakeObedient)
+	d.reclaimWait = 300 * time.Millisecond
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := reclaim.Keep{Dir: t.TempDir(), PIDs: map[int]bool{}}
+	childPID := filepath.Join(t.TempDir(), "child.pid")
+	type vm struct {
+		name, mode string
+		dir        string // the sandboxes directory it runs under
+		kept       bool
+		endedBy    syscall.Signal // 0: runs on
+	}
+	vms := []vm{
+		{"obeys", fakeObedient, keep.Dir, false, syscall.SIGTERM},
+		{"ignores", fakeStubbornGroup, keep.Dir, false, syscall.SIGKILL},
+		{"kept", fakeObedient, keep.Dir, true, 0},
+		{"elsewhere", fakeObedient, t.TempDir(), false, 0},
+	}
+	status := make([]chan syscall.WaitStatus, len(vms))
+	for i, v := range vms {
+		spec := base
+		spec.ID, spec.Dir = v.name, filepath.Join(v.dir, v.name)
+		if err := os.Mkdir(spec.Dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(exe, buildArgs(AccelTCG, 0, "", spec)...)
+		cmd.Env = append(os.Environ(), fakeQEMUEnv+"="+v.mode, fakeChildEnv+"="+childPID)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		status[i] = make(chan syscall.WaitStatus, 1)
+		go func() {
+			cmd.Wait()
+			status[i] <- cmd.ProcessState.Sys().(syscall.WaitStatus)
+		}()
+		t.Cleanup(func() { unix.Kill(-cmd.Process.Pid, unix.SIGKILL) })
+		if v.kept {
+			keep.PIDs[cmd.Process.Pid] = true
+		}
+		waitFile(t, qmpPath(spec.Dir)) // the fake's signal handling is set
+	}
+	console := vmm.ConsoleLog(filepath.Join(keep.Dir, "obeys"))
+	if err := os.WriteFile(console, []byte("boot\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tail := exec.Command("tail", "-f", console)
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tailEnded := make(chan error, 1)
+	go func() { tailEnded <- tail.Wait() }()
+	t.Cleanup(func() { tail.Process.Kill() })
+
+	res, err := d.ReclaimProcesses(t.Context(), keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (reclaim.Result{Found: 2, Removed: 2}) {
+		t.Errorf("result %+v, want 2 found, 2 removed", res)
+	}
+	// Reclaim has returned: whatever it signalled has had its signal.
+	const grace = 200 * time.Millisecond
+	for i, v := range vms {
+		wait := grace
+		if v.endedBy != 0 {
+			wait = 5 * time.Second
+		}
+		select {
+		case ws := <-status[i]:
+			if v.endedBy == 0 {
+				t.Errorf("qemu of %s ended (%v); it is no orphan", v.name, ws)
+			} else if !ws.Signaled() || ws.Signal() != v.endedBy {
+				t.Errorf("qemu of %s ended with %v, want %v", v.name, ws, v.endedBy)
+			}
+		case <-time.After(wait):
+			if v.endedBy != 0 {
+				t.Errorf("orphaned qemu of %s still running", v.name)
+			}
+		}
+	}
+	b, err := os.ReadFile(childPID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, _ := strconv.Atoi(string(b))
+	for deadline := time.Now().Add(5 * time.Second); alive(child); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			unix.Kill(child, unix.SIGKILL)
+			t.Fatalf("child %d in the stubborn qemu's group survived", child)
+		}
+	}
+	select {
+	case err := <-tailEnded:
+		t.Errorf("tail -f %s ended (%v); it is no vmm", console, err)
+	case <-time.After(grace):
+	}
+}
+
+// waitFile waits for path to exist.
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after 10s", path)
 		}
 	}
 }

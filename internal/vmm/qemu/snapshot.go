@@ -14,6 +14,7 @@ import (
 
 	"github.com/emberhq/ember/internal/fsutil"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 )
 
 // ErrSnapshotMismatch is returned by Restore when the spec or the QEMU at
@@ -221,7 +222,7 @@ func (m *Machine) waitMigrationLocked(ctx context.Context, outgoing bool) error 
 				cancel()
 			}
 			return fmt.Errorf("migration %s: %w", st.Status, context.Cause(ctx))
-		case <-m.done:
+		case <-m.proc.Done():
 			return vmm.ErrNotRunning
 		case <-tick.C:
 		}
@@ -449,10 +450,10 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 	}
 	if err := m.waitMigrationLocked(ctx, false); err != nil {
 		// QEMU ends itself when it cannot load a stream; its log says why.
-		if m.waitExit(exitGrace) {
-			return nil, fmt.Errorf("load snapshot: qemu exited: %s", logTail(spec.Dir))
+		if m.proc.Wait(exitGrace) {
+			return nil, fmt.Errorf("load snapshot: qemu exited: %s", vmmproc.LogTail("qemu log", logPath(spec.Dir)))
 		}
-		return nil, fmt.Errorf("load snapshot: %w (qemu log: %s)", err, logTail(spec.Dir))
+		return nil, fmt.Errorf("load snapshot: %w (%s)", err, vmmproc.LogTail("qemu log", logPath(spec.Dir)))
 	}
 	p.done("stream")
 	// The source was paused when it was saved, so QEMU leaves the restored

@@ -190,21 +190,6 @@ func startCounter(t testing.TB, d vmm.Driver, guest testutil.GuestImage) (vmm.Ma
 	return m, spec, s, r
 }
 
-// RunSnapshot runs the suite's snapshot cases (Run includes them): they
-// skip unless the driver implements vmm.Restorer and its machines
-// vmm.Snapshotter.
-func RunSnapshot(t *testing.T, newDriver New) {
-	guest := testutil.Guest(t)
-	t.Run("Restore", func(t *testing.T) { runRestore(t, newDriver(t), guest) })
-	t.Run("SnapshotFailure", func(t *testing.T) { runSnapshotFailure(t, newDriver(t), guest) })
-	t.Run("SnapshotTimes", func(t *testing.T) {
-		if testing.Short() {
-			t.Skip("three saves and restores; not in -short")
-		}
-		runSnapshotTimes(t, newDriver(t), guest)
-	})
-}
-
 // runRestore checks snapshot and restore: a guest process keeps counting
 // across a pause, save, stop and restore on the same disk, and two restores
 // of one snapshot onto two copies of the disk both run on from it.
@@ -307,7 +292,7 @@ func runRestore(t *testing.T, d vmm.Driver, guest testutil.GuestImage) {
 					tc.edit(&s)
 				}
 				r, err := restorer.Restore(t.Context(), s, tc.dir)
-				expectFailed(t, "restore", r, err, s)
+				expectFailed(t, "restore", r, err, s.Dir)
 			})
 		}
 	})

@@ -1,0 +1,146 @@
+//go:build linux
+
+// Package auto picks the VMM driver for this host: Firecracker where its
+// binary exists and the accelerator probe finds that KVM boots the kernel
+// the choice is made for (the default template's), QEMU otherwise, which
+// then runs each kernel under KVM or TCG by the same probe's verdicts.
+// Configuration can name either driver, and QEMU's accelerator. It lives
+// apart from package vmm because it imports every driver, as rootfs/auto
+// does every disk backend.
+package auto
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"time"
+
+	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/accel"
+	"github.com/emberhq/ember/internal/vmm/firecracker"
+	"github.com/emberhq/ember/internal/vmm/qemu"
+)
+
+// Driver is what the daemon needs of a VMM driver.
+type Driver interface {
+	vmm.Driver
+	vmm.Restorer
+	vmm.Accelerator
+}
+
+var (
+	_ Driver = (*qemu.Driver)(nil)
+	_ Driver = (*firecracker.Driver)(nil)
+)
+
+// Config is the daemon's VMM configuration. VMM and Accel are its --vmm
+// and --accel flags, and Select's errors name them so.
+type Config struct {
+	// VMM is "firecracker", "qemu" or "" (automatic).
+	VMM string
+	// Accel is QEMU's accelerator: "kvm", "tcg" or "" (per kernel: KVM
+	// where a probe boot shows it runs the kernel). "kvm" where the probe
+	// finds KVM does not boot Kernel is an error.
+	Accel string
+	// FirecrackerBinary is the firecracker executable; "" means
+	// firecracker on PATH.
+	FirecrackerBinary string
+	// QEMUBinary is the QEMU executable, which also runs the probe boots;
+	// "" means qemu-system-x86_64 on PATH.
+	QEMUBinary string
+	// CacheDir holds the probe's verdicts; "" means accel.DefaultCacheDir().
+	CacheDir string
+	// Kernel is the guest kernel the choice is made for: the default
+	// template's.
+	Kernel string
+	// HostRoot is where the probe reads the host's /dev and /sys; "" is
+	// this machine (tests pass a made-up one).
+	HostRoot string
+	// ProbeTimeout bounds a probe boot; 0 means accel.DefaultTimeout.
+	ProbeTimeout time.Duration
+}
+
+// Select returns the driver cfg and this host call for, and why: a reason
+// that starts "automatic: " or "configured". Firecracker and QEMU share
+// one prober, so a kernel is probed once for the choice and the driver.
+func Select(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, error) {
+	d, reason, err := choose(ctx, cfg, log)
+	if err != nil {
+		return nil, "", err
+	}
+	log.Info("vmm selected", "vmm", d.Name(), "reason", reason)
+	return d, reason, nil
+}
+
+func choose(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, error) {
+	qemuBin, qerr := exec.LookPath(cmp.Or(cfg.QEMUBinary, "qemu-system-x86_64"))
+	var prober *accel.Prober
+	if qerr == nil {
+		prober = qemu.NewProber(qemuBin, cfg.CacheDir, cfg.ProbeTimeout, log)
+		prober.Root = cfg.HostRoot
+	}
+	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober}
+	fcOK, fcWhy := firecracker.Available(fcCfg)
+	useQEMU := func(why string) (Driver, string, error) {
+		d, err := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Prober: prober}, log)
+		if err != nil {
+			return nil, "", err
+		}
+		if _, err := d.AccelFor(ctx, cfg.Kernel); err != nil {
+			return nil, "", fmt.Errorf("--accel %s: %w", cfg.Accel, err)
+		}
+		return d, why, nil
+	}
+	useFC := func(why string) (Driver, string, error) {
+		d, err := firecracker.New(fcCfg, log)
+		if err != nil {
+			return nil, "", err
+		}
+		return d, why, nil
+	}
+	// kvmBoots says whether the probe finds that KVM boots the kernel.
+	kvmBoots := func() (bool, string, error) {
+		if prober == nil {
+			return false, "no qemu-system-x86_64 to probe KVM with", nil
+		}
+		v, err := prober.Choose(ctx, cfg.Kernel)
+		if err != nil {
+			return false, "", err
+		}
+		return v.Accel == accel.KVM, v.Reason, nil
+	}
+	switch cfg.VMM {
+	case "":
+		if !fcOK {
+			return useQEMU("automatic: " + fcWhy)
+		}
+		ok, why, err := kvmBoots()
+		if err != nil {
+			return nil, "", err
+		}
+		if ok {
+			return useFC("automatic: " + fcWhy + "; " + why)
+		}
+		return useQEMU("automatic: " + fcWhy + " found, but " + why)
+	case "firecracker":
+		if !fcOK {
+			return nil, "", fmt.Errorf("--vmm firecracker: %s", fcWhy)
+		}
+		ok, why, err := kvmBoots()
+		if err != nil {
+			return nil, "", err
+		}
+		if !ok {
+			return nil, "", fmt.Errorf("--vmm firecracker: %s", why)
+		}
+		return useFC("configured: " + fcWhy + "; " + why)
+	case "qemu":
+		if qerr != nil {
+			return nil, "", fmt.Errorf("--vmm qemu: %w", qerr)
+		}
+		return useQEMU("configured")
+	}
+	return nil, "", fmt.Errorf("--vmm %q: want firecracker, qemu or empty for automatic", cfg.VMM)
+}
