@@ -249,6 +249,12 @@ func TestLifecycle(t *testing.T) {
 				if e.Path != "/snapshot/load" {
 					continue
 				}
+				// The restored machine runs on its own disk, not the one
+				// the snapshot was taken with (a fork must never write
+				// to its source's disk).
+				if own, _ := filepath.EvalSymlinks(spec2.RootDisk); e.Drive != own {
+					t.Errorf("restored root drive is %q, want the new machine's own disk %q", e.Drive, own)
+				}
 				var load snapshotLoad
 				json.Unmarshal(e.Body, &load)
 				if load.MemBackend == nil || load.MemBackend.BackendType != "Uffd" {
@@ -356,7 +362,7 @@ func TestJailer(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Stop(ctx) })
-	for _, name := range []string{"vmlinux", "disk.raw", apiSocketName} {
+	for _, name := range []string{"vmlinux", rootDriveName, apiSocketName} {
 		if _, err := os.Stat(filepath.Join(jailDir, "root", name)); err != nil {
 			t.Errorf("jail lacks %s: %v", name, err)
 		}

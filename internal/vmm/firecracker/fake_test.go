@@ -111,6 +111,8 @@ type entry struct {
 	Body   json.RawMessage `json:"body,omitempty"`
 	Status int             `json:"status"`
 	Fault  string          `json:"fault,omitempty"`
+	// Drive is, for a snapshot load, the file the restored root drive is.
+	Drive string `json:"drive,omitempty"`
 }
 
 // fakeState is Firecracker's microVM state as the API sees it.
@@ -133,6 +135,7 @@ type fake struct {
 	configured bool // a boot resource was set: snapshot/load is refused
 	loaded     bool
 	kernel     string
+	drive      string // the root drive's path as given, or as a load resolved it
 	memMiB     int
 	trackDirty bool
 	uffdConn   *net.UnixConn
@@ -161,7 +164,11 @@ func (f *fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body = nil
 	}
 	status, fault, out := f.handle(r.Method, r.URL.Path, body)
-	f.record(entry{Method: r.Method, Path: r.URL.Path, Body: json.RawMessage(body), Status: status, Fault: fault})
+	e := entry{Method: r.Method, Path: r.URL.Path, Body: json.RawMessage(body), Status: status, Fault: fault}
+	if r.URL.Path == "/snapshot/load" && fault == "" {
+		e.Drive = f.drive
+	}
+	f.record(e)
 	switch {
 	case fault != "":
 		w.Header().Set("Content-Type", "application/json")
@@ -221,6 +228,7 @@ func (f *fake) handle(method, path string, body []byte) (int, string, any) {
 		if _, err := os.Stat(str("path_on_host")); err != nil {
 			return 400, "Unable to create the block device: " + err.Error(), nil
 		}
+		f.drive = str("path_on_host")
 	case "putMachineConfiguration":
 		n, _ := m["vcpu_count"].(float64)
 		if n > 1 && int(n)%2 != 0 {
@@ -271,7 +279,9 @@ func (f *fake) handle(method, path string, body []byte) (int, string, any) {
 		if err := os.WriteFile(str("mem_file_path"), mem, 0o644); err != nil {
 			return 400, err.Error(), nil
 		}
-		state := fmt.Sprintf(`{"mem_size_mib":%d,"track_dirty_pages":%v}`, f.memMiB, f.trackDirty)
+		// Like Firecracker's, the state names the block device's path as
+		// it was configured; a load opens that path again.
+		state := fmt.Sprintf(`{"mem_size_mib":%d,"track_dirty_pages":%v,"drive":%q}`, f.memMiB, f.trackDirty, f.drive)
 		if err := os.WriteFile(str("snapshot_path"), []byte(state), 0o644); err != nil {
 			return 400, err.Error(), nil
 		}
@@ -289,11 +299,21 @@ func (f *fake) handle(method, path string, body []byte) (int, string, any) {
 			return 400, "Cannot open snapshot file: " + err.Error(), nil
 		}
 		var saved struct {
-			MemSizeMiB int  `json:"mem_size_mib"`
-			Dirty      bool `json:"track_dirty_pages"`
+			MemSizeMiB int    `json:"mem_size_mib"`
+			Dirty      bool   `json:"track_dirty_pages"`
+			Drive      string `json:"drive"`
 		}
 		if err := json.Unmarshal(st, &saved); err != nil {
 			return 400, "Cannot deserialize the microVM state: " + err.Error(), nil
+		}
+		if saved.Drive != "" {
+			// Opened relative to the process's working directory, as
+			// Firecracker does; the journal records which file that was.
+			real, err := filepath.EvalSymlinks(saved.Drive)
+			if err != nil {
+				return 400, "Unable to restore the block device: " + err.Error(), nil
+			}
+			f.drive = real
 		}
 		f.memMiB = saved.MemSizeMiB
 		if hasBackend {

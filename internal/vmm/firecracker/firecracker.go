@@ -239,7 +239,7 @@ func (d *Driver) configure(ctx context.Context, m *Machine, spec vmm.Spec) error
 	if err != nil {
 		return err
 	}
-	disk, err := m.jail.inside(spec.RootDisk, true)
+	disk, err := m.jail.rootDrive(spec.RootDisk)
 	if err != nil {
 		return err
 	}
@@ -324,6 +324,10 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string)
 		return nil, fail(err)
 	}
 	if err := m.setupLogging(ctx); err != nil {
+		return nil, fail(err)
+	}
+	// The saved state names the root drive rootDriveName: this machine's.
+	if _, err := m.jail.rootDrive(spec.RootDisk); err != nil {
 		return nil, fail(err)
 	}
 	load := snapshotLoad{

@@ -98,6 +98,38 @@ func (j *jail) inside(path string, writable bool) (string, error) {
 	return "/" + name, nil
 }
 
+// rootDriveName is the name under which a machine's root disk is given to
+// Firecracker, in the machine's directory or jail. Firecracker's saved
+// state keeps the path the drive was configured with and opens it again on
+// a snapshot load, which cannot rename it; with the same name in every
+// machine's own directory (Firecracker's working directory, or the jail's
+// root), a restored machine opens its own disk, never the one the snapshot
+// was taken with.
+const rootDriveName = "root.drive"
+
+// rootDrive makes disk reachable as rootDriveName and returns the path to
+// give Firecracker: relative to its working directory (spec.Dir) through a
+// symlink, or in a jail by a hard link owned by the jail's user.
+func (j *jail) rootDrive(disk string) (string, error) {
+	dst := filepath.Join(j.root, rootDriveName)
+	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("replace %s: %w", dst, err)
+	}
+	if !j.jailed {
+		if err := os.Symlink(disk, dst); err != nil {
+			return "", fmt.Errorf("name root disk %s as %s: %w", disk, dst, err)
+		}
+		return rootDriveName, nil
+	}
+	if err := os.Link(disk, dst); err != nil {
+		return "", fmt.Errorf("link %s into jail %s: %w", disk, j.root, err)
+	}
+	if err := j.give(dst); err != nil {
+		return "", err
+	}
+	return "/" + rootDriveName, nil
+}
+
 // give hands the host file at path to the jail's user, as whom Firecracker
 // opens it; outside a jail Firecracker runs as the daemon's user, and there
 // is nothing to give.
