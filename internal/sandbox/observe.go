@@ -31,6 +31,19 @@ const (
 // Ops are the operations an Observer hears of.
 var Ops = []string{OpCreate, OpRestore, OpPause, OpResume, OpSnapshot, OpFork, OpDestroy, OpTemplateBuild}
 
+// Phases are the steps of each operation, in order; an operation reports
+// those it finished (a create boots or restores, and takes the template's
+// snapshot only on a template's first cold boot).
+var Phases = map[string][]string{
+	OpCreate:   {"setup", "disk", "network", "boot", "restore", "agent", "template_snapshot", "init"},
+	OpRestore:  {"setup", "disk", "network", "restore", "agent", "init"},
+	OpPause:    {"save", "release"},
+	OpResume:   {"disk", "network", "restore", "agent"},
+	OpSnapshot: {"state", "disk"},
+	OpFork:     {"snapshot", "copies"},
+	OpDestroy:  {"release"},
+}
+
 // Not operations a client asks for, but what events and log lines say
 // happened: a machine that died while running, an end time reached, a
 // daemon restart's recovery.

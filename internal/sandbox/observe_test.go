@@ -140,6 +140,11 @@ func TestLifecycleIsObservedInOrder(t *testing.T) {
 		if !slices.Equal(got, tc.phases) || op.Duration <= 0 || op.Template != "base" || op.Sandbox == "" {
 			t.Errorf("%s: phases %v, want %v (op %+v)", tc.op, got, tc.phases, op)
 		}
+		for _, p := range got {
+			if !slices.Contains(Phases[tc.op], p) {
+				t.Errorf("%s: phase %s is not among its Phases %v", tc.op, p, Phases[tc.op])
+			}
+		}
 	}
 
 	evs := events(sub)
