@@ -14,11 +14,12 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # Templates built for the test tiers live in the cache, outside the clone.
 TEST_TEMPLATES := $(CACHE_DIR)/test-templates
 
-# Debian packages the daemon, the template build and the tests need.
+# Debian packages the daemon, the template build and the tests need
+# (prometheus brings promtool, which lints the metrics).
 APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
 	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
-	dmsetup xfsprogs btrfs-progs chromium
+	dmsetup xfsprogs btrfs-progs chromium prometheus
 # Node.js and npm (for the protocol test's npm package) come from Debian only
 # when the machine has none: a Node.js installed another way ships its own
 # npm, which Debian's npm package would conflict with.
