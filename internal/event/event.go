@@ -87,11 +87,12 @@ type Filter struct {
 	Sandbox string
 	// Types, when not empty, keeps only events of those types.
 	Types []string
-	// After replays the events the history holds with a sequence number
-	// above it (the last one a reconnecting subscriber saw).
-	After uint64
-	// Since replays the events the history holds from that time on.
-	Since time.Time
+	// Replay asks for the history's events first: those with a sequence
+	// number above After (the last one a reconnecting subscriber saw) and
+	// from Since on.
+	Replay bool
+	After  uint64
+	Since  time.Time
 }
 
 func (f Filter) match(e Event) bool {
@@ -100,10 +101,7 @@ func (f Filter) match(e Event) bool {
 
 // replays reports whether a past event is to be replayed.
 func (f Filter) replays(e Event) bool {
-	if f.After == 0 && f.Since.IsZero() {
-		return false
-	}
-	return e.Seq > f.After && !e.Time.Before(f.Since) && f.match(e)
+	return f.Replay && e.Seq > f.After && !e.Time.Before(f.Since) && f.match(e)
 }
 
 // Subscription is one subscriber's view of the stream.

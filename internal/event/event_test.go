@@ -65,12 +65,13 @@ func TestReplayFromHistory(t *testing.T) {
 		want   []string
 	}{
 		// The history holds the latest three: b (seq 2), c, d.
-		{"no replay asked", Filter{}, nil},
-		{"after a seq", Filter{After: 2}, []string{"c:created", "d:created"}},
-		{"after a seq the history dropped", Filter{After: 1}, []string{"b:created", "c:created", "d:created"}},
-		{"since a time", Filter{Since: t0.Add(3 * time.Minute)}, []string{"d:created"}},
-		{"since and a sandbox", Filter{Since: t0, Sandbox: "c"}, []string{"c:created"}},
-		{"after the last", Filter{After: 4}, nil},
+		{"no replay asked", Filter{After: 2}, nil},
+		{"all the history holds", Filter{Replay: true}, []string{"b:created", "c:created", "d:created"}},
+		{"after a seq", Filter{Replay: true, After: 2}, []string{"c:created", "d:created"}},
+		{"after a seq the history dropped", Filter{Replay: true, After: 1}, []string{"b:created", "c:created", "d:created"}},
+		{"since a time", Filter{Replay: true, Since: t0.Add(3 * time.Minute)}, []string{"d:created"}},
+		{"since and a sandbox", Filter{Replay: true, Since: t0, Sandbox: "c"}, []string{"c:created"}},
+		{"after the last", Filter{Replay: true, After: 4}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
