@@ -41,6 +41,10 @@ type samples struct {
 	// at prevAt.
 	prev   *usage.Process
 	prevAt time.Time
+	// primed is the running machine whose agent was asked once already:
+	// the agent measures the CPU share since its previous answer, so its
+	// first is an average since boot, which the sampler does not keep.
+	primed *live
 }
 
 // add appends s, first thinning the older half of the history (every
@@ -99,9 +103,17 @@ func (m *Manager) sample(ctx context.Context, sb *Sandbox) {
 	}
 	now := time.Now()
 	s := Sample{Time: now.UTC()}
+	h := &sb.samples
+	h.mu.Lock()
+	first := h.primed != l
+	h.mu.Unlock()
 	if gm, ok := l.agent.(GuestMeter); ok {
 		if g, err := gm.Metrics(ctx); err != nil {
 			m.log.Debug("sample guest", "sandbox", r.ID, "err", err)
+		} else if first {
+			h.mu.Lock()
+			h.primed = l
+			h.mu.Unlock()
 		} else {
 			s.Guest = &wire.GuestUsage{CPUCount: g.CPUCount, CPUUsedPct: g.CPUUsedPct, MemUsed: g.MemUsed,
 				MemTotal: g.MemTotal, MemCache: g.MemCache, DiskUsed: g.DiskUsed, DiskTotal: g.DiskTotal}
@@ -120,7 +132,6 @@ func (m *Manager) sample(ctx context.Context, sb *Sandbox) {
 	if sb.live.Load() != l {
 		return
 	}
-	h := &sb.samples
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if proc != nil || diskErr == nil {

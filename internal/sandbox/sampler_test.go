@@ -54,7 +54,7 @@ func TestSamplerReadsGuestAndHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
+	for range 4 {
 		m.sampleAll(ctx, time.Second)
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -62,9 +62,11 @@ func TestSamplerReadsGuestAndHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 {
-		t.Fatalf("%d samples, want 3", len(got))
+	// The agent's first answer, an average since boot, only primes it.
+	if len(got) != 4 || got[0].Guest != nil || got[0].Host == nil {
+		t.Fatalf("%d samples, the first %+v: want 4, the first the host's alone", len(got), got[0])
 	}
+	got = got[1:]
 	for i, s := range got {
 		g, h := s.Guest, s.Host
 		if g == nil || h == nil {
@@ -97,7 +99,7 @@ func TestSamplerReadsGuestAndHost(t *testing.T) {
 		defer guestFails.Store(false)
 		m.sampleAll(ctx, time.Second)
 		all, _ := m.Metrics(r.ID, time.Time{}, time.Time{})
-		if last := all[len(all)-1]; len(all) != 4 || last.Guest != nil || last.Host == nil {
+		if last := all[len(all)-1]; len(all) != 5 || last.Guest != nil || last.Host == nil {
 			t.Fatalf("%d samples, last %+v: want the host's alone", len(all), last)
 		}
 	})
@@ -107,8 +109,8 @@ func TestSamplerReadsGuestAndHost(t *testing.T) {
 		}
 		m.sampleAll(ctx, time.Second)
 		all, err := m.Metrics(r.ID, time.Time{}, time.Time{})
-		if err != nil || len(all) != 4 {
-			t.Fatalf("%d samples, %v: want the 4 taken while it ran", len(all), err)
+		if err != nil || len(all) != 5 {
+			t.Fatalf("%d samples, %v: want the 5 taken while it ran", len(all), err)
 		}
 	})
 	t.Run("bad requests", func(t *testing.T) {
