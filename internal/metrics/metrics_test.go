@@ -9,58 +9,31 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/testutil"
 )
 
-// find returns the metric of family name whose labels include want.
-func find(t *testing.T, m *Metrics, name string, want map[string]string) *dto.Metric {
+// scrape serves m and parses what a scrape gets.
+func scrape(t *testing.T, m *Metrics) (testutil.Metrics, []byte) {
 	t.Helper()
-	fams, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, mt := range f.GetMetric() {
-			got := map[string]string{}
-			for _, l := range mt.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if got[k] != v {
-					continue next
-				}
-			}
-			return mt
-		}
-	}
-	return nil
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	body := []byte(get(t, srv.URL))
+	return testutil.ParseMetrics(t, body), body
 }
 
-// value is a gauge's or a counter's value, or a histogram's count.
+// value is a gauge's or a counter's value, or a histogram's count, in a
+// scrape of m.
 func value(t *testing.T, m *Metrics, name string, labels map[string]string) float64 {
 	t.Helper()
-	mt := find(t, m, name, labels)
-	switch {
-	case mt == nil:
+	fams, _ := scrape(t, m)
+	v, ok := fams.Value(name, labels)
+	if !ok {
 		t.Fatalf("no %s%v", name, labels)
-	case mt.Histogram != nil:
-		return float64(mt.Histogram.GetSampleCount())
-	case mt.Counter != nil:
-		return mt.Counter.GetValue()
-	case mt.Gauge != nil:
-		return mt.Gauge.GetValue()
 	}
-	t.Fatalf("%s%v is neither gauge, counter nor histogram", name, labels)
-	return 0
+	return v
 }
 
 func TestLifecycleByOperationOutcomeAndPhase(t *testing.T) {
@@ -99,7 +72,8 @@ func TestLifecycleByOperationOutcomeAndPhase(t *testing.T) {
 			}
 		})
 	}
-	if sum := find(t, m, "ember_lifecycle_duration_seconds", map[string]string{"op": "create", "outcome": "ok"}).Histogram.GetSampleSum(); sum != 3 {
+	fams, _ := scrape(t, m)
+	if sum, _ := fams.Sum("ember_lifecycle_duration_seconds", map[string]string{"op": "create", "outcome": "ok"}); sum != 3 {
 		t.Fatalf("create seconds %v, want 3", sum)
 	}
 }
@@ -182,11 +156,12 @@ func TestScrapeTimeFigures(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", tc.metric, tc.labels, got, tc.want)
 		}
 	}
-	if find(t, New(Config{}), "ember_capacity_vcpus", nil) != nil {
+	if fams, _ := scrape(t, New(Config{})); fams["ember_capacity_vcpus"] != nil {
 		t.Error("capacity exported without a capacity hook")
 	}
+	fams, _ := scrape(t, m)
 	for _, family := range []string{"go_goroutines", "process_resident_memory_bytes"} {
-		if find(t, m, family, nil) == nil {
+		if fams[family] == nil {
 			t.Errorf("no %s: the Go and process collectors are missing", family)
 		}
 	}
@@ -219,13 +194,11 @@ func TestPromtoolFindsNothing(t *testing.T) {
 	m := scraped()
 	m.Observe(sandbox.Op{Name: sandbox.OpCreate, Duration: time.Second, Phases: map[string]time.Duration{"boot": time.Second}})
 	m.ObserveRequest("POST /v1/sandboxes", 201, time.Second)
-	srv := httptest.NewServer(m.Handler())
-	defer srv.Close()
-	body := get(t, srv.URL)
+	_, body := scrape(t, m)
 	for _, want := range []string{"ember_lifecycle_duration_seconds_bucket", "ember_api_requests_total", "ember_sandboxes", "go_goroutines"} {
-		if !strings.Contains(body, want) {
+		if !strings.Contains(string(body), want) {
 			t.Fatalf("no %s in\n%s", want, body)
 		}
 	}
-	testutil.CheckMetrics(t, []byte(body))
+	testutil.CheckMetrics(t, body)
 }

@@ -4,7 +4,6 @@
 package testutil
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"testing"
@@ -62,17 +61,4 @@ func RequireEnv(t testing.TB, name, fix string) string {
 		skip(t, true, name+" not set: "+fix)
 	}
 	return v
-}
-
-// CheckMetrics runs `promtool check metrics` (Debian's prometheus package)
-// on a Prometheus text exposition and fails the test on anything it finds.
-func CheckMetrics(t testing.TB, exposition []byte) {
-	t.Helper()
-	RequireTool(t, "promtool")
-	cmd := exec.Command("promtool", "check", "metrics")
-	cmd.Stdin = bytes.NewReader(exposition)
-	out, err := cmd.CombinedOutput()
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Fatalf("promtool check metrics: %v\n%s", err, out)
-	}
 }
