@@ -30,7 +30,7 @@ ifeq ($(CI),true)
 export EMBER_REQUIRE_ALL := 1
 endif
 
-GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
+GO_SOURCES := $(shell find cmd internal client wire web -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' 2>/dev/null)
 
 .PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
 
