@@ -365,6 +365,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	o.skip() // the record's writes are no phase's
 
 	spec := m.spec(r, src.kernel, s)
 	var machine vmm.Machine
@@ -386,6 +387,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	o.skip()
 
 	ag := m.d.Agent(s.HostAddr, r.Token)
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)

@@ -112,6 +112,14 @@ func (o *tracker) phase(name string) float64 {
 	return ms(d)
 }
 
+// skip starts the next phase now, leaving the time since the last one
+// out of every phase.
+func (o *tracker) skip() {
+	if o != nil {
+		o.mark = time.Now()
+	}
+}
+
 // with adds attributes to the operation's log line.
 func (o *tracker) with(attrs ...any) {
 	if o != nil {
