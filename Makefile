@@ -14,11 +14,12 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # Templates built for the test tiers live in the cache, outside the clone.
 TEST_TEMPLATES := $(CACHE_DIR)/test-templates
 
-# Debian packages the daemon, the template build and the tests need.
+# Debian packages the daemon, the template build and the tests need
+# (prometheus brings promtool, which lints the metrics).
 APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
 	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
-	dmsetup xfsprogs btrfs-progs chromium
+	dmsetup xfsprogs btrfs-progs chromium prometheus
 # Node.js and npm (for the protocol test's npm package) come from Debian only
 # when the machine has none: a Node.js installed another way ships its own
 # npm, which Debian's npm package would conflict with.
@@ -29,7 +30,7 @@ ifeq ($(CI),true)
 export EMBER_REQUIRE_ALL := 1
 endif
 
-GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
+GO_SOURCES := $(shell find cmd internal client wire web -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' 2>/dev/null)
 
 .PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
 

@@ -34,6 +34,8 @@ func TestPageUsesTheAPI(t *testing.T) {
 		{"snapshots", `"/v1/snapshots"`},
 		{"templates", `"/v1/templates"`},
 		{"the key header", `"X-API-Key"`},
+		{"follow the event stream", `"/v1/events"`},
+		{"usage samples for the charts", `"/metrics?start="`},
 		{"the key kept for the session", `sessionStorage`},
 	} {
 		t.Run(name.what, func(t *testing.T) {
@@ -41,5 +43,13 @@ func TestPageUsesTheAPI(t *testing.T) {
 				t.Errorf("the page never uses %s", name.text)
 			}
 		})
+	}
+}
+
+// TestPageFollowsEventsNotPolling holds the page to the event stream for
+// its lists: no timer refreshes them.
+func TestPageFollowsEventsNotPolling(t *testing.T) {
+	if m := regexp.MustCompile(`set(Interval|Timeout)\(\s*refresh(All|Sandboxes|Snapshots)\s*,\s*\d{4,}`).Find(TestPage); m != nil {
+		t.Errorf("the page polls its lists: %s", m)
 	}
 }

@@ -164,3 +164,92 @@ type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 }
+
+// Event is one lifecycle event of GET /v1/events, sent as a server-sent
+// event whose id is Seq, whose event name is Type and whose data is this,
+// as JSON.
+type Event struct {
+	// Seq numbers the daemon's events from 1, in the order they happened;
+	// a client that reconnects asks for those after the last it saw.
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	// Type is one of the Event* constants.
+	Type     string `json:"type"`
+	Sandbox  string `json:"sandbox,omitempty"`
+	Template string `json:"template,omitempty"`
+	// Op is the operation the event ends or comes from (create, restore,
+	// pause, resume, snapshot, fork, destroy; run for a machine that died
+	// while running, reap for an end time reached, recover for a daemon
+	// restart).
+	Op string `json:"op,omitempty"`
+	// State is the sandbox's state after the event ("" once destroyed).
+	State string `json:"state,omitempty"`
+	// DurationMS is how long the operation took.
+	DurationMS float64 `json:"duration_ms,omitempty"`
+	// Snapshot names the snapshot taken, or the one a sandbox was created
+	// from.
+	Snapshot string `json:"snapshot,omitempty"`
+	// Error says why, for a failed event.
+	Error string `json:"error,omitempty"`
+}
+
+// Event types.
+const (
+	// EventCreated: a sandbox is running, booted from a template or
+	// restored from a snapshot (Snapshot names it).
+	EventCreated = "created"
+	EventPaused  = "paused"
+	EventResumed = "resumed"
+	// EventSnapshot: a named snapshot of the sandbox was taken.
+	EventSnapshot = "snapshot"
+	// EventTimeout: the sandbox reached its end time; a destroyed or
+	// paused event follows.
+	EventTimeout = "timeout"
+	// EventFailed: an operation on the sandbox failed, or its machine
+	// died (Error says why; State where that left it).
+	EventFailed    = "failed"
+	EventDestroyed = "destroyed"
+)
+
+// Sample is one reading of a sandbox's resource use, from the guest
+// (through its agent) and from the host (its VMM process), as
+// GET /v1/sandboxes/{id}/metrics returns them. Either side is missing when
+// it could not be read.
+type Sample struct {
+	Time  time.Time   `json:"timestamp"`
+	Guest *GuestUsage `json:"guest,omitempty"`
+	Host  *HostUsage  `json:"host,omitempty"`
+}
+
+// GuestUsage is what the guest reports of itself, as E2B's envd does.
+type GuestUsage struct {
+	CPUCount int `json:"cpu_count"`
+	// CPUUsedPct is the share of all the guest's vCPUs busy since the
+	// previous sample, in percent (0-100).
+	CPUUsedPct float64 `json:"cpu_used_pct"`
+	// MemUsed is memory in use by processes and the kernel, excluding the
+	// page cache (MemCache); MemTotal what the guest kernel manages.
+	MemUsed  int64 `json:"mem_used"`
+	MemTotal int64 `json:"mem_total"`
+	MemCache int64 `json:"mem_cache"`
+	// DiskUsed and DiskTotal are the root filesystem's.
+	DiskUsed  int64 `json:"disk_used"`
+	DiskTotal int64 `json:"disk_total"`
+}
+
+// HostUsage is what the sandbox costs the host.
+type HostUsage struct {
+	// CPUSeconds is the CPU time the sandbox's VMM has used since it
+	// started; CPUUsedPct its use since the previous sample, in percent of
+	// one host CPU (200 is two CPUs busy).
+	CPUSeconds float64 `json:"cpu_seconds"`
+	CPUUsedPct float64 `json:"cpu_used_pct"`
+	// MemBytes is the VMM's resident memory, guest RAM it touched included.
+	MemBytes int64 `json:"mem_bytes"`
+	// DiskBytes is what the sandbox's disk occupies on the host
+	// (allocated blocks).
+	DiskBytes int64 `json:"disk_bytes"`
+	// Source says where CPU and memory were read: "cgroup" (the VMM's own
+	// cgroup) or "process" (its /proc entry).
+	Source string `json:"source"`
+}

@@ -26,6 +26,8 @@ import (
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api"
+	"github.com/emberhq/ember/internal/event"
+	"github.com/emberhq/ember/internal/metrics"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/rootfs"
@@ -33,6 +35,7 @@ import (
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/internal/usage"
 	"github.com/emberhq/ember/internal/vmm"
 	vmmauto "github.com/emberhq/ember/internal/vmm/auto"
 )
@@ -58,6 +61,11 @@ type serveFlags struct {
 	bridge    string
 	bridgeNet string
 	defTpl    string
+	logFormat string
+	// metricsListen serves /metrics unauthenticated on an address of its
+	// own; metricsEvery is how often each sandbox's usage is sampled.
+	metricsListen string
+	metricsEvery  time.Duration
 }
 
 func serveCmd() *cobra.Command {
@@ -83,6 +91,9 @@ func serveCmd() *cobra.Command {
 	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
 	fl.IntVar(&f.slotCount, "slot-count", 0, "how many slot indexes from --slot-first this daemon uses and reclaims (0: all above)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.logFormat, "log-format", "text", `"text" (key=value lines) or "json" (one object a line, for log shippers)`)
+	fl.StringVar(&f.metricsListen, "metrics-listen", "", "also serve Prometheus metrics on this address, without the API key (the API's /metrics needs it)")
+	fl.DurationVar(&f.metricsEvery, "metrics-interval", 5*time.Second, "how often each running sandbox's CPU, memory and disk use is sampled")
 	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
 	fl.StringVar(&f.defTpl, "default-template", template.DefaultName, "template a create that names none gets (its kernel also decides the VMM)")
 	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
@@ -110,7 +121,13 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: %w", f.logLevel, err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log, err := newLogger(f.logFormat, level)
+	if err != nil {
+		return err
+	}
+	if f.metricsEvery <= 0 {
+		return fmt.Errorf("--metrics-interval %s: must be positive", f.metricsEvery)
+	}
 
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
@@ -140,7 +157,8 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("build default template: %w", err)
 	}
-	log.Info("default template ready", "template", template.DefaultName, "duration_ms", time.Since(start).Milliseconds())
+	built := time.Since(start)
+	log.Info("default template ready", "template", template.DefaultName, "duration_ms", built.Milliseconds())
 
 	def := base
 	if f.defTpl != template.DefaultName {
@@ -189,11 +207,21 @@ func serve(ctx context.Context, f serveFlags) error {
 	}}
 	mcfg := sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes"))
 	mcfg.DefaultTemplate = def.Name
-	mgr, err := sandbox.NewManager(mcfg, sandbox.Deps{
+	var mgr *sandbox.Manager
+	events := event.NewHub(event.DefaultHistory)
+	// The scrape-time figures are read from the manager, which exists by
+	// the time anything is served.
+	mtr := metrics.New(metrics.Config{
+		Version: version, VMM: driver.Name(), Disk: disks.Name(), Log: log, Slots: pool.Stats,
+		Sandboxes: func() []store.Sandbox { return mgr.List() }, Templates: func() []string { return templateNames(reg) },
+	})
+	mtr.Observe(sandbox.Op{Name: sandbox.OpTemplateBuild, Template: template.DefaultName, Duration: built})
+	mgr, err = sandbox.NewManager(mcfg, sandbox.Deps{
 		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log,
 		Agent: func(addr netip.Addr, token string) sandbox.Agent {
 			return agent.New(fmt.Sprintf("http://%s", netip.AddrPortFrom(addr, agent.Port)), token, hc)
 		},
+		Observer: mtr, Events: events, Meter: usage.ReadProcess,
 	})
 	if err != nil {
 		return err
@@ -209,6 +237,7 @@ func serve(ctx context.Context, f serveFlags) error {
 		log.Error("start-up reclaim left orphans", "err", err)
 	}
 	mgr.RunReaper(ctx, time.Second)
+	mgr.RunSampler(ctx, f.metricsEvery)
 
 	info := func() client.Info {
 		return client.Info{
@@ -223,7 +252,8 @@ func serve(ctx context.Context, f serveFlags) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler:           api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info}, mgr, reg, log),
+		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info, Metrics: mtr, Events: events},
+			mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
@@ -239,8 +269,16 @@ func serve(ctx context.Context, f serveFlags) error {
 	fmt.Fprintf(os.Stderr, "ember: test page http://%s/test\n", ln.Addr())
 	log.Info("serving", "addr", ln.Addr().String(), "vmm", driver.Name(), "vmm_reason", vmmReason)
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if f.metricsListen != "" {
+		msrv, err := serveMetrics(f.metricsListen, mtr.Handler(), errc)
+		if err != nil {
+			return err
+		}
+		defer msrv.Close()
+		fmt.Fprintf(os.Stderr, "ember: metrics   http://%s/metrics (no key)\n", f.metricsListen)
+	}
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -256,6 +294,50 @@ func serve(ctx context.Context, f serveFlags) error {
 	mgr.Close()
 	log.Info("stopped")
 	return err
+}
+
+// newLogger returns the daemon's logger in the format asked for.
+func newLogger(format string, level slog.Level) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// serveMetrics serves the metrics alone, unauthenticated, on addr: the
+// address a Prometheus on a monitoring network scrapes. A failure to serve
+// is sent to errc.
+func serveMetrics(addr string, h http.Handler, errc chan<- error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("metrics: %w", err)
+		}
+	}()
+	return srv, nil
+}
+
+// templateNames lists the registry's templates, for the metrics.
+func templateNames(reg template.Registry) []string {
+	tpls, err := reg.List()
+	if err != nil {
+		return nil
+	}
+	names := make([]string, len(tpls))
+	for i, t := range tpls {
+		names[i] = t.Name
+	}
+	return names
 }
 
 // lockDataDir takes the single-instance lock: two daemons on one data dir

@@ -19,6 +19,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/emberhq/ember/internal/agent/proto"
 	pb "github.com/emberhq/ember/internal/agent/proto/process"
 	"github.com/emberhq/ember/internal/agent/proto/process/processconnect"
 )
@@ -89,7 +90,7 @@ func (d *tokenDoer) Do(r *http.Request) (*http.Response, error) {
 
 // Health asks the agent whether it is up.
 func (c *Client) Health(ctx context.Context) error {
-	return c.call(ctx, http.MethodGet, "/health", nil)
+	return c.call(ctx, http.MethodGet, "/health", nil, nil)
 }
 
 // Init sets the environment every later process starts with, hands the
@@ -105,12 +106,20 @@ func (c *Client) Init(ctx context.Context, env map[string]string) error {
 	if err != nil {
 		return fmt.Errorf("encode init request: %w", err)
 	}
-	return c.call(ctx, http.MethodPost, "/init", body)
+	return c.call(ctx, http.MethodPost, "/init", body, nil)
 }
 
-// call makes a plain HTTP request that expects a 2xx with no body of
-// interest.
-func (c *Client) call(ctx context.Context, method, path string, body []byte) error {
+// Metrics returns the guest's resource use as envd reports it (GET
+// /metrics); its CPU share covers the time since the previous call.
+func (c *Client) Metrics(ctx context.Context) (proto.Metrics, error) {
+	var m proto.Metrics
+	err := c.call(ctx, http.MethodGet, "/metrics", nil, &m)
+	return m, err
+}
+
+// call makes a plain HTTP request that expects a 2xx, decoding its JSON
+// body into out when out is not nil.
+func (c *Client) call(ctx context.Context, method, path string, body []byte, out any) error {
 	op := strings.ToLower(method) + " " + c.base + path
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
 	if err != nil {
@@ -124,6 +133,12 @@ func (c *Client) call(ctx context.Context, method, path string, body []byte) err
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode/100 == 2 && out != nil {
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
+			return fmt.Errorf("%s: decode response: %w", op, err)
+		}
+		return nil
+	}
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized:

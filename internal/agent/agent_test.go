@@ -17,6 +17,7 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/agent/server"
+	"github.com/emberhq/ember/internal/usage"
 )
 
 // startAgent runs the real agent on a random loopback port speaking
@@ -351,4 +352,26 @@ func BenchmarkExec(b *testing.B) {
 	b.ReportMetric(float64(through.Microseconds())/float64(b.N), "µs/agent-exec")
 	b.ReportMetric(float64(direct.Microseconds())/float64(b.N), "µs/os-exec")
 	b.ReportMetric(float64(through)/float64(direct), "x-os-exec")
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	read := func() (usage.System, error) {
+		return usage.System{CPUCount: 3, CPUBusy: 1, CPUTotal: 4, MemTotal: 512 << 20, MemUsed: 100 << 20, DiskTotal: 2 << 30}, nil
+	}
+	url := startAgent(t, server.Config{Usage: read})
+	c := newClient(t, url, "tok")
+	if err := c.Init(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Metrics(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.CPUCount != 3 || m.CPUUsedPct != 25 || m.MemTotal != 512<<20 || m.MemUsed != 100<<20 || m.DiskTotal != 2<<30 {
+		t.Fatalf("metrics %+v", m)
+	}
+	if _, err := newClient(t, url, "wrong").Metrics(t.Context()); !errors.Is(err, agent.ErrUnauthorized) {
+		t.Fatalf("with the wrong token: %v", err)
+	}
 }

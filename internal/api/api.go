@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/event"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
@@ -50,6 +51,9 @@ type Sandboxes interface {
 	GetSnapshot(ctx context.Context, name string) (store.Snapshot, error)
 	ListSnapshots(ctx context.Context) ([]store.Snapshot, error)
 	DeleteSnapshot(ctx context.Context, name string) error
+	// Metrics returns a sandbox's usage samples from start to end (zero
+	// times: open).
+	Metrics(id string, start, end time.Time) ([]sandbox.Sample, error)
 	Addresser
 }
 
@@ -68,6 +72,11 @@ type Config struct {
 	Domain string
 	// Info describes the daemon for GET /v1/info.
 	Info func() wire.Info
+	// Metrics, when set, serves GET /metrics (behind the API key) and
+	// hears of every request.
+	Metrics RequestMetrics
+	// Events, when set, is the hub GET /v1/events streams from.
+	Events *event.Hub
 }
 
 // Server is the HTTP API.
@@ -108,6 +117,7 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("POST /v1/snapshots", s.auth(s.createSnapshot))
 	s.mux.HandleFunc("GET /v1/snapshots/{name}", s.auth(s.getSnapshot))
 	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
+	s.routeObservability()
 	s.mux.HandleFunc("GET /test", s.testPage)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/test", http.StatusFound)
@@ -120,17 +130,23 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 // to the proxy, the rest to the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if id, port, ok := s.proxy.route(r); ok {
-		s.proxy.serve(w, r, s, id, port)
+		s.observe(w, r, true, func(w http.ResponseWriter, r *http.Request) { s.proxy.serve(w, r, s, id, port) })
 		return
 	}
-	s.mux.ServeHTTP(w, r)
+	s.observe(w, r, false, s.mux.ServeHTTP)
 }
 
+// auth lets a request through when it carries the API key: in X-API-Key,
+// or as a bearer token (which is how Prometheus sends a scrape's
+// credentials).
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		key := r.Header.Get("X-API-Key")
 		if key == "" {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header")
+			key, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		}
+		if key == "" {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header (or Authorization: Bearer)")
 			return
 		}
 		if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {

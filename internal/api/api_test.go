@@ -140,11 +140,21 @@ const key = "secret"
 
 func newServer(t *testing.T, f *fakeSandboxes) (*httptest.Server, *client.Client) {
 	t.Helper()
+	return newServerWith(t, f, nil)
+}
+
+// newServerWith is newServer with its config adjusted by tune.
+func newServerWith(t *testing.T, f *fakeSandboxes, tune func(*Config)) (*httptest.Server, *client.Client) {
+	t.Helper()
 	if f.recs == nil {
 		f.recs = map[string]store.Sandbox{}
 	}
 	info := func() wire.Info { return wire.Info{VMM: "qemu"} }
-	srv := httptest.NewServer(New(Config{APIKey: key, Domain: "sb.test", Info: info}, f, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	cfg := Config{APIKey: key, Domain: "sb.test", Info: info}
+	if tune != nil {
+		tune(&cfg)
+	}
+	srv := httptest.NewServer(New(cfg, f, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	t.Cleanup(srv.Close)
 	return srv, client.New(srv.URL, key)
 }
@@ -325,6 +335,7 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		{"/v1/sandboxes/{id}/pause", "post"}, {"/v1/sandboxes/{id}/resume", "post"}, {"/v1/sandboxes/{id}/timeout", "post"},
 		{"/v1/sandboxes/{id}/fork", "post"}, {"/v1/snapshots", "get"}, {"/v1/snapshots", "post"},
 		{"/v1/snapshots/{name}", "get"}, {"/v1/snapshots/{name}", "delete"},
+		{"/metrics", "get"}, {"/v1/events", "get"}, {"/v1/sandboxes/{id}/metrics", "get"},
 	}
 	paths := openapiPaths(string(doc))
 	for _, r := range routes {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/emberhq/ember/internal/netns"
 	"github.com/emberhq/ember/internal/reclaim"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -528,6 +529,14 @@ func (p *BridgePool) Unpark(_ context.Context, index int) (*Slot, error) { retur
 // restored machine cannot change.
 func (p *BridgePool) Movable() error {
 	return fmt.Errorf("the bridge network mode gives each guest its own address, which a restored machine keeps: %w", ErrNotMovable)
+}
+
+// Stats counts the slots in use: a bridge slot is built on demand, so none
+// wait.
+func (p *BridgePool) Stats() slot.Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slot.Stats{InUse: len(p.slots)}
 }
 
 // Reclaim is ReclaimBridge over this pool's bridge.

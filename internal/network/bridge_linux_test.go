@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/netns"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -139,6 +140,9 @@ func TestBridgeSlots(t *testing.T) {
 			p.Return(context.Background(), s)
 		}
 	})
+	if st := p.Stats(); st != (slot.Stats{InUse: 5}) {
+		t.Errorf("stats with five slots out: %+v", st)
+	}
 	for i, s := range slots {
 		if *s != *want.bridgeSlot(i) {
 			t.Errorf("Get %d = %+v, want %+v", i, *s, *want.bridgeSlot(i))

@@ -400,6 +400,8 @@ type Slots interface {
 	// Reclaim removes, at daemon start, the slots of this provider's range
 	// that keep.Slots does not list (see package reclaim).
 	Reclaim(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
+	// Stats says how many slots wait and how many are handed out.
+	Stats() slot.Stats
 	// Close stops handing out slots and waits for work in flight; slots
 	// handed out stay.
 	Close() error

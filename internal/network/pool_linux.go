@@ -10,9 +10,11 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emberhq/ember/internal/netns"
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/vishvananda/netlink"
 )
 
@@ -49,6 +51,9 @@ type Pool struct {
 	fillCtx    context.Context
 	backoffMin time.Duration
 	backoffMax time.Duration
+
+	// reuses counts Gets served from reused.
+	reuses atomic.Uint64
 
 	mu    sync.Mutex
 	inUse map[int]bool // indexes held by this pool (built, being built, idle or out)
@@ -230,6 +235,7 @@ func (p *Pool) Get(ctx context.Context) (*Slot, error) {
 	defer p.work.leave()
 	select {
 	case s := <-p.reused:
+		p.reuses.Add(1)
 		p.markOut(s.Index)
 		return s, nil
 	default:
@@ -515,3 +521,12 @@ func (p *Pool) Movable() error { return nil }
 
 // Idle reports how many slots wait in the pool, new and reused.
 func (p *Pool) Idle() int { return len(p.idle) + len(p.reused) }
+
+// Stats says how many slots wait in the pool (new and reused) and how many
+// are handed out.
+func (p *Pool) Stats() slot.Stats {
+	p.mu.Lock()
+	inUse := len(p.out)
+	p.mu.Unlock()
+	return slot.Stats{Idle: len(p.idle), Reused: len(p.reused), InUse: inUse, Reuses: p.reuses.Load()}
+}

@@ -91,11 +91,17 @@ func TestPoolReusesReturnedSlots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if st := p.Stats(); st.InUse != 2 || st.Reused != 0 || st.Reuses != 0 {
+		t.Errorf("stats with two slots out: %+v", st)
+	}
 	if err := p.Return(context.Background(), a); err != nil {
 		t.Fatalf("Return a: %v", err)
 	}
 	if !netns.IsMounted(a.NetnsPath) {
 		t.Fatalf("Return tore down slot %d instead of keeping it for reuse", a.Index)
+	}
+	if st := p.Stats(); st.InUse != 1 || st.Reused != 1 {
+		t.Errorf("stats with one slot returned for reuse: %+v", st)
 	}
 	if err := p.Return(context.Background(), a); err != nil {
 		t.Errorf("second Return of an idle slot = %v, want nil", err)
@@ -113,6 +119,9 @@ func TestPoolReusesReturnedSlots(t *testing.T) {
 	again := getSlot(t, p)
 	if again.Index != a.Index {
 		t.Errorf("Get = slot %d, want the returned slot %d (reuse before new)", again.Index, a.Index)
+	}
+	if st := p.Stats(); st.InUse != 1 || st.Reused != 0 || st.Reuses != 1 {
+		t.Errorf("stats after a reuse: %+v", st)
 	}
 	// The reused slot works like a new one.
 	port := serveGuest(t, again)

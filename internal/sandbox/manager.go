@@ -15,11 +15,13 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/event"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/wire"
 )
 
 // Limits bound what a create or exec request may ask for.
@@ -55,6 +57,9 @@ type Config struct {
 	// BootTimeout bounds the wait for a new guest's agent.
 	BootTimeout time.Duration
 	Limits      Limits
+	// SampleHistory bounds the usage samples kept per sandbox (see
+	// RunSampler); 0 takes DefaultSampleHistory.
+	SampleHistory int
 }
 
 // DefaultConfig returns the defaults the daemon uses.
@@ -89,13 +94,23 @@ type Deps struct {
 	VMM       vmm.Driver
 	Agent     AgentDialer
 	Log       *slog.Logger
+	// Observer hears of every lifecycle operation as it ends (the
+	// daemon's metrics); nil: none.
+	Observer Observer
+	// Events receives the lifecycle events; nil gives the manager a hub
+	// of its own (Events returns it).
+	Events *event.Hub
+	// Meter reads a running sandbox's VMM process on the host for its
+	// usage samples; nil samples the guest alone.
+	Meter HostMeter
 }
 
 // Manager holds every sandbox of this daemon.
 type Manager struct {
-	cfg Config
-	d   Deps
-	log *slog.Logger
+	cfg    Config
+	d      Deps
+	log    *slog.Logger
+	events *event.Hub
 
 	// mu guards sandboxes and closed; never held across a kernel call or a
 	// VMM request.
@@ -132,10 +147,18 @@ func NewManager(cfg Config, d Deps) (*Manager, error) {
 	if cfg.Limits.MaxForks == 0 {
 		cfg.Limits.MaxForks = DefaultConfig(cfg.Dir).Limits.MaxForks
 	}
+	if cfg.SampleHistory <= 0 {
+		cfg.SampleHistory = DefaultSampleHistory
+	}
+	events := d.Events
+	if events == nil {
+		events = event.NewHub(event.DefaultHistory)
+	}
 	return &Manager{
 		cfg:       cfg,
 		d:         d,
 		log:       d.Log,
+		events:    events,
 		sandboxes: map[string]*Sandbox{},
 		snapBusy:  map[string]bool{},
 		snapRefs:  map[string]int{},
@@ -275,6 +298,15 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (rec store.Sandbox, err error) {
 	start := time.Now()
 	id := newID()
+	op := OpCreate
+	if src.snapshot != "" {
+		op = OpRestore
+	}
+	o := m.track(op, wire.EventCreated, id, src.template)
+	o.event.Snapshot = src.snapshot
+	// Registered first, so it runs last: the operation ends once a failed
+	// create is undone.
+	defer func() { o.end(err, rec.State) }()
 	sb := &Sandbox{}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
@@ -286,11 +318,10 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
 		TimeoutS: req.TimeoutS, AutoPause: req.AutoPause, Snapshot: src.snapshot,
 	}
-	log := m.log.With("sandbox", id, "template", src.template)
 	defer func() {
 		if err != nil {
 			if cerr := sb.held.Release(ctx, cleanup.Anchor); cerr != nil {
-				log.Error("undo failed create", "err", cerr)
+				m.log.Error("undo failed create", "sandbox", id, "template", src.template, "err", cerr)
 			}
 		}
 	}()
@@ -310,7 +341,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	}
 	m.holdDir(sb, r.Dir)
 
-	phase := time.Now()
+	o.phase("setup")
 	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, src.rootfs, src.sizeBytes)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("prepare disk of sandbox %s: %w", id, err)
@@ -319,9 +350,8 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	m.holdAddress(sb)
 	m.holdAttachment(sb, id, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
-	r.TimingsMS["disk"] = ms(time.Since(phase))
+	r.TimingsMS["disk"] = o.phase("disk")
 
-	phase = time.Now()
 	s, err := m.d.Slots.Get(ctx)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("get network slot for sandbox %s: %w", id, err)
@@ -331,12 +361,12 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		return store.Sandbox{}, fmt.Errorf("apply network policy of sandbox %s: %w", id, err)
 	}
 	r.SlotIndex = s.Index
-	r.TimingsMS["network"] = ms(time.Since(phase))
+	r.TimingsMS["network"] = o.phase("network")
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	o.skip() // the record's writes are no phase's
 
-	phase = time.Now()
 	spec := m.spec(r, src.kernel, s)
 	var machine vmm.Machine
 	if src.restorer != nil {
@@ -350,35 +380,33 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	m.holdMachine(sb, machine)
 	r.VMMPID = machine.PID()
 	if src.restorer != nil {
-		r.TimingsMS["restore"] = ms(time.Since(phase))
+		r.TimingsMS["restore"] = o.phase("restore")
 	} else {
-		r.TimingsMS["boot"] = ms(time.Since(phase))
+		r.TimingsMS["boot"] = o.phase("boot")
 	}
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	o.skip()
 
-	phase = time.Now()
 	ag := m.d.Agent(s.HostAddr, r.Token)
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
 	if err := ag.WaitReady(readyCtx); err != nil {
 		return store.Sandbox{}, fmt.Errorf("wait for agent of sandbox %s (console log %s): %w", id, vmm.ConsoleLog(r.Dir), err)
 	}
-	r.TimingsMS["agent"] = ms(time.Since(phase))
+	r.TimingsMS["agent"] = o.phase("agent")
 	if src.capture != "" {
-		phase = time.Now()
 		if err := m.captureTemplate(ctx, machine, r, src.capture); err != nil {
 			return store.Sandbox{}, err
 		}
-		r.TimingsMS["template_snapshot"] = ms(time.Since(phase))
+		r.TimingsMS["template_snapshot"] = o.phase("template_snapshot")
 	}
-	phase = time.Now()
 	// Init also moves a restored guest's clock to the host's.
 	if err := ag.Init(readyCtx, r.Env); err != nil {
 		return store.Sandbox{}, fmt.Errorf("init agent of sandbox %s: %w", id, err)
 	}
-	r.TimingsMS["init"] = ms(time.Since(phase))
+	r.TimingsMS["init"] = o.phase("init")
 	r.TimingsMS["total"] = ms(time.Since(start))
 
 	r.State = StateRunning
@@ -387,7 +415,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		return store.Sandbox{}, err
 	}
 	m.watch(sb, machine)
-	log.Info("sandbox created", "slot", s.Index, "pid", r.VMMPID, "snapshot", src.snapshot, "timings_ms", r.TimingsMS)
+	o.with("slot", s.Index, "pid", r.VMMPID, "snapshot", src.snapshot)
 	return r, nil
 }
 
@@ -551,24 +579,27 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	return m.destroyLocked(ctx, sb)
 }
 
-func (m *Manager) destroyLocked(ctx context.Context, sb *Sandbox) error {
+func (m *Manager) destroyLocked(ctx context.Context, sb *Sandbox) (err error) {
 	r := sb.Record()
-	start := time.Now()
-	r.State = StateStopping
+	o := m.track(OpDestroy, wire.EventDestroyed, r.ID, r.Template)
+	state := ""
+	defer func() { o.end(err, state) }()
+	state, r.State = r.State, StateStopping
 	if err := m.put(ctx, sb, r); err != nil {
 		return err
 	}
 	if err := sb.held.Release(ctx, cleanup.Anchor); err != nil {
 		// What failed and everything under it stay held, and the record
 		// says why: a retry finishes the destroy.
-		r.State = StateError
+		state, r.State = StateError, StateError
 		r.Error = "destroy: " + err.Error()
 		if perr := m.put(ctx, sb, r); perr != nil {
 			err = errors.Join(err, perr)
 		}
 		return fmt.Errorf("destroy sandbox %s: %w", r.ID, err)
 	}
-	m.log.Info("sandbox destroyed", "sandbox", r.ID, "duration_ms", ms(time.Since(start)))
+	state = ""
+	o.phase("release")
 	if r.Snapshot != "" {
 		m.dropHidden(ctx, r.Snapshot)
 	}
@@ -624,14 +655,14 @@ func (m *Manager) watch(sb *Sandbox, machine vmm.Machine) {
 		if sb.machine != machine {
 			return // stopped on purpose
 		}
-		m.fail(sb, "vmm process exited unexpectedly")
+		m.fail(sb, opRunning, "vmm process exited unexpectedly")
 	}()
 }
 
 // fail releases what a sandbox holds but its record, and keeps the record
 // in the error state with the reason (and what could not be released, which
-// a destroy retries). Called with sb.mu held.
-func (m *Manager) fail(sb *Sandbox, reason string) {
+// a destroy retries). op names what found it failed. Called with sb.mu held.
+func (m *Manager) fail(sb *Sandbox, op, reason string) {
 	ctx := context.Background()
 	rerr := sb.held.Release(ctx, cleanup.Storage)
 	r := sb.Record()
@@ -642,7 +673,14 @@ func (m *Manager) fail(sb *Sandbox, reason string) {
 	if err := m.put(ctx, sb, r); err != nil {
 		m.log.Error("record failed sandbox", "sandbox", r.ID, "err", err)
 	}
-	m.log.Warn("sandbox failed", "sandbox", r.ID, "reason", reason, "cleanup_err", rerr)
+	m.failed(r, op, "sandbox failed", "cleanup_err", rerr)
+}
+
+// failed logs and publishes a sandbox's move to the error state.
+func (m *Manager) failed(r store.Sandbox, op, msg string, attrs ...any) {
+	m.logOp(slog.LevelWarn, msg, r.ID, r.Template, op, 0, errors.New(r.Error), attrs...)
+	m.events.Publish(wire.Event{Type: wire.EventFailed, Sandbox: r.ID, Template: r.Template, Op: op,
+		State: r.State, Error: r.Error})
 }
 
 // begin registers a lifecycle operation (create, destroy, pause, resume,

@@ -335,13 +335,23 @@ func (w *world) leaks() []string {
 
 func newManager(t *testing.T, w *world, st *store.Store, dir string) *Manager {
 	t.Helper()
+	return newManagerWith(t, w, st, dir, nil)
+}
+
+// newManagerWith is newManager with its config and parts adjusted by tune.
+func newManagerWith(t *testing.T, w *world, st *store.Store, dir string, tune func(*Config, *Deps)) *Manager {
+	t.Helper()
 	cfg := DefaultConfig(dir)
 	cfg.BootTimeout = time.Second
-	m, err := NewManager(cfg, Deps{
+	d := Deps{
 		Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: fakeDriver{w},
 		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} },
 		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	if tune != nil {
+		tune(&cfg, &d)
+	}
+	m, err := NewManager(cfg, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,6 +360,12 @@ func newManager(t *testing.T, w *world, st *store.Store, dir string) *Manager {
 }
 
 func setup(t *testing.T) (*world, *store.Store, string, *Manager) {
+	t.Helper()
+	return setupWith(t, nil)
+}
+
+// setupWith is setup with the manager's config and parts adjusted by tune.
+func setupWith(t *testing.T, tune func(*Config, *Deps)) (*world, *store.Store, string, *Manager) {
 	t.Helper()
 	w := newWorld()
 	dir := t.TempDir()
@@ -363,7 +379,7 @@ func setup(t *testing.T) (*world, *store.Store, string, *Manager) {
 	if err := os.WriteFile(w.kernel, []byte("kernel"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return w, st, sbDir, newManager(t, w, st, sbDir)
+	return w, st, sbDir, newManagerWith(t, w, st, sbDir, tune)
 }
 
 // assertEmpty checks that no record, directory or resource remains.

@@ -14,6 +14,7 @@ import (
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/wire"
 )
 
 // pauseDir holds a paused sandbox's saved machine state. It appears (by a
@@ -55,7 +56,7 @@ func (m *Manager) lookupLocked(id string) (*Sandbox, error) {
 	return sb, nil
 }
 
-func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox) (store.Sandbox, error) {
+func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox) (_ store.Sandbox, err error) {
 	if r.State != StateRunning || sb.machine == nil {
 		return store.Sandbox{}, stateError(r, "running")
 	}
@@ -63,6 +64,8 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	if !ok {
 		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, m.unsupported())
 	}
+	o := m.track(OpPause, wire.EventPaused, r.ID, r.Template)
+	defer func() { o.end(err, sb.Record().State) }()
 	start := time.Now()
 	machine, prev := sb.machine, sb.live.Load()
 	// Back to running when the machine could not be saved: it never stopped.
@@ -100,16 +103,17 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	if err := replaceDir(tmp, dir); err != nil {
 		return rollback(errors.Join(err, os.RemoveAll(tmp)))
 	}
-	saved := time.Since(start)
+	o.phase("save")
 
 	// From here the saved state is the sandbox: what the running machine
 	// held goes (the VMM first, it holds the disk open), what the paused
 	// sandbox keeps stays.
 	ctx = context.WithoutCancel(ctx)
 	if err := sb.held.Release(ctx, cleanup.Runtime); err != nil {
-		m.fail(sb, "pause: "+err.Error())
+		o.fail(sb, "pause: "+err.Error())
 		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, err)
 	}
+	o.phase("release")
 	slotIndex := -1
 	if sb.parked {
 		slotIndex = r.SlotIndex
@@ -119,7 +123,6 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
-	m.log.Info("sandbox paused", "sandbox", r.ID, "save_ms", ms(saved), "total_ms", ms(time.Since(start)))
 	return r, nil
 }
 
@@ -156,9 +159,12 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: stored policy: %w", r.ID, err)
 	}
+	o := m.track(OpResume, wire.EventResumed, r.ID, r.Template)
+	// Registered first, so it runs last: after a failed resume is undone.
+	defer func() { o.end(err, sb.Record().State) }()
 	dir := pauseDir(r)
 	if _, err := os.Stat(dir); err != nil {
-		return store.Sandbox{}, m.lost(sb, fmt.Sprintf("saved machine state %s unreadable: %v", dir, err))
+		return store.Sandbox{}, m.lost(o, sb, fmt.Sprintf("saved machine state %s unreadable: %v", dir, err))
 	}
 	start := time.Now()
 	paused := r
@@ -184,12 +190,13 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	disk, err := m.d.Disks.Attach(ctx, r.ID, r.Dir)
 	if errors.Is(err, rootfs.ErrNotFound) {
 		lostDisk = true
-		return store.Sandbox{}, m.lost(sb, "disk gone: "+err.Error())
+		return store.Sandbox{}, m.lost(o, sb, "disk gone: "+err.Error())
 	} else if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: attach disk: %w", r.ID, err)
 	}
 	m.holdAttachment(sb, r.ID, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
+	o.phase("disk")
 
 	s, err := m.d.Slots.Unpark(ctx, paused.SlotIndex)
 	if err != nil {
@@ -200,6 +207,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: apply network policy: %w", r.ID, err)
 	}
 	r.SlotIndex = s.Index
+	o.phase("network")
 
 	machine, err := restorer.Restore(ctx, m.spec(r, m.kernelOf(r.Template), s), dir)
 	if err != nil {
@@ -210,6 +218,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	o.phase("restore")
 
 	ag := m.d.Agent(s.HostAddr, r.Token)
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
@@ -222,6 +231,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := ag.Init(readyCtx, nil); err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: init agent: %w", r.ID, err)
 	}
+	o.phase("agent")
 
 	now := time.Now()
 	r.State = StateRunning
@@ -236,14 +246,14 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := os.RemoveAll(dir); err != nil {
 		m.log.Warn("remove saved state of resumed sandbox", "sandbox", r.ID, "err", err)
 	}
-	m.log.Info("sandbox resumed", "sandbox", r.ID, "slot", s.Index, "pid", r.VMMPID, "duration_ms", ms(now.Sub(start)))
+	o.with("slot", s.Index, "pid", r.VMMPID)
 	return r, nil
 }
 
 // lost moves a paused sandbox whose saved state or disk is gone to the error
 // state (it can never resume) and returns the error that says so.
-func (m *Manager) lost(sb *Sandbox, reason string) error {
-	m.fail(sb, "resume: "+reason)
+func (m *Manager) lost(o *tracker, sb *Sandbox, reason string) error {
+	o.fail(sb, "resume: "+reason)
 	return fmt.Errorf("sandbox %s cannot resume (%s); it is now in the error state: %w", sb.Record().ID, reason, ErrConflict)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/wire"
 )
 
 // Recover takes over the sandboxes a previous daemon left in the store:
@@ -55,7 +57,7 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 			} else if _, err := os.Stat(pauseDir(r)); err == nil {
 				m.settlePaused(ctx, sb, r)
 			} else {
-				m.fail(sb, "daemon stopped while the sandbox was "+r.State+", before its state was saved")
+				m.fail(sb, opRecover, "daemon stopped while the sandbox was "+r.State+", before its state was saved")
 				failed++
 			}
 		case StateRunning:
@@ -67,7 +69,7 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 			}
 			m.log.Warn("sandbox not re-adopted", "sandbox", r.ID, "err", err)
 			if errors.Is(err, vmm.ErrNotRunning) {
-				m.fail(sb, "vmm process gone after daemon restart")
+				m.fail(sb, opRecover, "vmm process gone after daemon restart")
 			} else {
 				m.failKeeping(sb, "not re-adopted after daemon restart: "+err.Error())
 			}
@@ -84,7 +86,7 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 			if err := m.stopOrphan(ctx, r); err != nil {
 				m.failKeeping(sb, "daemon stopped while the sandbox was being created: "+err.Error())
 			} else {
-				m.fail(sb, "daemon stopped while the sandbox was being created")
+				m.fail(sb, opRecover, "daemon stopped while the sandbox was being created")
 			}
 			failed++
 		}
@@ -192,13 +194,19 @@ func (m *Manager) failKeeping(sb *Sandbox, reason string) {
 	if err := m.put(context.Background(), sb, r); err != nil {
 		m.log.Error("record failed sandbox", "sandbox", r.ID, "err", err)
 	}
-	m.log.Warn("sandbox failed; its resources stay held until it is deleted", "sandbox", r.ID, "reason", reason)
+	m.failed(r, opRecover, "sandbox failed; its resources stay held until it is deleted")
 }
 
 // RunReaper destroys sandboxes past their end time until ctx ends or the
 // manager closes. It reads end times from the records, so it picks up where a
 // previous daemon left off.
 func (m *Manager) RunReaper(ctx context.Context, every time.Duration) {
+	m.background(ctx, every, func(now time.Time) { m.reap(ctx, now) })
+}
+
+// background runs fn every interval, in the background, until ctx ends or
+// the manager closes (which waits for it).
+func (m *Manager) background(ctx context.Context, every time.Duration, fn func(now time.Time)) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -211,7 +219,7 @@ func (m *Manager) RunReaper(ctx context.Context, every time.Duration) {
 			case <-m.stop:
 				return
 			case now := <-t.C:
-				m.reap(ctx, now)
+				fn(now)
 			}
 		}
 	}()
@@ -225,7 +233,8 @@ func (m *Manager) reap(ctx context.Context, now time.Time) {
 		if r.State != StateRunning || now.Before(r.ExpiresAt) {
 			continue
 		}
-		m.log.Info("sandbox timed out", "sandbox", r.ID, "expires_at", r.ExpiresAt, "auto_pause", r.AutoPause)
+		m.logOp(slog.LevelInfo, "sandbox timed out", r.ID, r.Template, opReap, 0, nil, "expires_at", r.ExpiresAt, "auto_pause", r.AutoPause)
+		m.events.Publish(wire.Event{Type: wire.EventTimeout, Sandbox: r.ID, Template: r.Template, Op: opReap, State: r.State})
 		if r.AutoPause {
 			_, err := m.Pause(ctx, r.ID)
 			if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrConflict) {

@@ -99,6 +99,9 @@ type Sandbox struct {
 	// the host reaches the guest at. Read without mu (by Exec and the port
 	// proxy); written with mu held.
 	live atomic.Pointer[live]
+
+	// samples is its usage history (RunSampler), under a lock of its own.
+	samples samples
 }
 
 // live is what a running sandbox offers the host.

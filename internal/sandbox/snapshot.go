@@ -13,6 +13,7 @@ import (
 
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/wire"
 )
 
 // A snapshot directory holds the saved machine state and the flattened disk;
@@ -69,8 +70,9 @@ func (m *Manager) reserveSnapshot(ctx context.Context, name string) (func(), err
 	}, nil
 }
 
-// snapshot writes the snapshot's directory and then its record.
-func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (store.Snapshot, error) {
+// snapshot writes the snapshot's directory and then its record. A hidden
+// snapshot is part of a fork, which reports it as its own phase.
+func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (_ store.Snapshot, err error) {
 	sb, err := m.lookupLocked(id)
 	if err != nil {
 		return store.Snapshot{}, err
@@ -80,13 +82,20 @@ func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (s
 	if r.State != StateRunning && r.State != StatePaused {
 		return store.Snapshot{}, stateError(r, "running or paused")
 	}
+	var o *tracker
+	if !hidden {
+		o = m.track(OpSnapshot, wire.EventSnapshot, id, r.Template)
+		o.event.Snapshot = name
+		o.with("snapshot", name, "from_state", r.State)
+		defer func() { o.end(err, sb.Record().State) }()
+	}
 	start := time.Now()
 	dst := filepath.Join(m.cfg.SnapshotDir, name)
 	tmp := filepath.Join(m.cfg.SnapshotDir, ".tmp-"+name)
 	if err := freshDir(tmp); err != nil {
 		return store.Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
-	if err := m.captureLocked(ctx, sb, r, tmp); err != nil {
+	if err := m.captureLocked(ctx, o, sb, r, tmp); err != nil {
 		return store.Snapshot{}, errors.Join(fmt.Errorf("snapshot sandbox %s as %q: %w", id, name, err), os.RemoveAll(tmp))
 	}
 	if err := replaceDir(tmp, dst); err != nil {
@@ -99,14 +108,16 @@ func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (s
 	if err := m.d.Store.PutSnapshot(context.WithoutCancel(ctx), sn); err != nil {
 		return store.Snapshot{}, errors.Join(err, os.RemoveAll(dst))
 	}
-	m.log.Info("snapshot created", "sandbox", id, "snapshot", name, "state", r.State, "duration_ms", ms(time.Since(start)))
+	if hidden {
+		m.log.Debug("fork snapshot created", "sandbox", id, "snapshot", name, "state", r.State, "duration_ms", ms(time.Since(start)))
+	}
 	return sn, nil
 }
 
 // captureLocked writes the machine state and flattened disk of a running or
 // paused sandbox into dir. A running machine is paused for the capture (so
 // state and disk agree) and resumed afterwards.
-func (m *Manager) captureLocked(ctx context.Context, sb *Sandbox, r store.Sandbox, dir string) (err error) {
+func (m *Manager) captureLocked(ctx context.Context, o *tracker, sb *Sandbox, r store.Sandbox, dir string) (err error) {
 	if err := m.restoreBlocked(); err != nil {
 		return err
 	}
@@ -134,9 +145,11 @@ func (m *Manager) captureLocked(ctx context.Context, sb *Sandbox, r store.Sandbo
 			return fmt.Errorf("save machine state: %w", err)
 		}
 	}
+	o.phase("state")
 	if err := m.d.Disks.Flatten(ctx, r.ID, r.Dir, snapRootfs(dir)); err != nil {
 		return fmt.Errorf("flatten disk: %w", err)
 	}
+	o.phase("disk")
 	return nil
 }
 
@@ -315,7 +328,7 @@ func (m *Manager) dropHidden(ctx context.Context, name string) {
 // Fork makes count new sandboxes, each a copy of the sandbox as it is now
 // (memory, processes, disk), with its settings. The source keeps running.
 // On error no fork remains.
-func (m *Manager) Fork(ctx context.Context, id string, count int) ([]store.Sandbox, error) {
+func (m *Manager) Fork(ctx context.Context, id string, count int) (_ []store.Sandbox, err error) {
 	if count < 1 || count > m.cfg.Limits.MaxForks {
 		return nil, invalid("count", "must be between 1 and %d, got %d", m.cfg.Limits.MaxForks, count)
 	}
@@ -327,10 +340,19 @@ func (m *Manager) Fork(ctx context.Context, id string, count int) ([]store.Sandb
 	if err != nil {
 		return nil, fmt.Errorf("fork sandbox %s: stored policy: %w", id, err)
 	}
+	o := m.track(OpFork, "", id, src.Template)
+	defer func() {
+		state := ""
+		if r, gerr := m.Get(id); gerr == nil {
+			state = r.State
+		}
+		o.end(err, state)
+	}()
 	name := forkPrefix + newID()
 	if _, err := m.snapshot(ctx, id, name, true); err != nil {
 		return nil, fmt.Errorf("fork sandbox %s: %w", id, err)
 	}
+	o.phase("snapshot")
 	// The hidden snapshot stays while forks depend on it (their disks may
 	// sit on its image) and goes with the last of them.
 	defer m.dropHidden(context.WithoutCancel(ctx), name)
@@ -349,6 +371,12 @@ func (m *Manager) Fork(ctx context.Context, id string, count int) ([]store.Sandb
 		}
 		out = append(out, r)
 	}
+	o.phase("copies")
+	ids := make([]string, len(out))
+	for i, r := range out {
+		ids[i] = r.ID
+	}
+	o.with("count", count, "forks", ids)
 	return out, nil
 }
 

@@ -148,3 +148,14 @@ func (pol Policy) Validate() error {
 	}
 	return nil
 }
+
+// Stats is how a slot provider's slots stand, for the daemon's metrics: a
+// pool that runs dry makes every create wait for a slot to be built.
+type Stats struct {
+	// Idle slots are built ahead of demand and waiting; Reused slots were
+	// returned, reset and wait for their next sandbox; InUse are handed out.
+	Idle, Reused, InUse int
+	// Reuses counts the slots handed out again after a reset, since the
+	// provider started.
+	Reuses uint64
+}

@@ -48,7 +48,8 @@ func TestPage(t *testing.T) {
 	}
 	t.Logf("screenshots go to %s", artifacts)
 
-	d := harness.ForTest(t, harness.Options{SlotFirst: slotFirst}, slotSpan)
+	// Samples every second, so the page's charts fill in seconds.
+	d := harness.ForTest(t, harness.Options{SlotFirst: slotFirst, Args: []string{"--metrics-interval", "1s"}}, slotSpan)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -1,7 +1,8 @@
 // Drives the daemon's /test page in headless Chromium through a sandbox's
-// whole life: key, create, exec, pause, resume, exec, snapshot, create from
-// the snapshot, streamed output, fork, destroy, delete the snapshot. Any
-// console error fails it.
+// whole life: key, create, exec, the usage and latency charts drawing from
+// the event stream and the samples, pause, resume, exec, snapshot, create
+// from the snapshot, streamed output, fork, destroy, delete the snapshot.
+// Any console error fails it.
 //
 // Environment: EMBER_URL and EMBER_API_KEY name the daemon; EMBER_ARTIFACTS
 // is where screenshots go; EMBER_CHROMIUM overrides /usr/bin/chromium.
@@ -140,6 +141,22 @@ async function run(page) {
 
   step("echo hello");
   await exec(page, "echo hello", "hello\n");
+
+  step("the page follows the event stream, and its charts draw");
+  await page.locator("#live", { hasText: "live" }).waitFor();
+  await page.waitForFunction((id) => {
+    const card = document.querySelector(`.usage-card[data-id="${id}"]`);
+    const drawn = (kind) => {
+      const svg = card && card.querySelector("svg." + kind);
+      return svg && +svg.dataset.points >= 2 && svg.querySelector("polyline").getAttribute("points").trim().split(" ").length >= 2;
+    };
+    return drawn("cpu") && drawn("mem") && /%$/.test(card.querySelector(".chart .val").textContent);
+  }, first);
+  await page.waitForFunction(() => +document.getElementById("latency-chart").dataset.points >= 1 &&
+    document.querySelectorAll("#latency-chart line").length >= 1);
+  const latencyText = await page.locator("#latency-val").textContent();
+  if (!/^1 · median \d+ ms/.test(latencyText)) throw new Error("create latency reads " + JSON.stringify(latencyText));
+  await shoot(page, "1-charts");
 
   step("pause");
   await page.getByRole("button", { name: "Pause " + first }).click();

@@ -24,6 +24,7 @@ import (
 
 	"github.com/emberhq/ember/internal/agent/proto/filesystem/filesystemconnect"
 	"github.com/emberhq/ember/internal/agent/proto/process/processconnect"
+	"github.com/emberhq/ember/internal/usage"
 )
 
 // TokenHeader carries the access token set by /init on every request.
@@ -47,6 +48,9 @@ type Config struct {
 	// variables and the request's own ("KEY=value" form); nil means the
 	// agent's own environment.
 	Env []string
+	// Usage reads the guest's resource use for GET /metrics; nil reads
+	// this machine's (/proc and the root file system).
+	Usage func() (usage.System, error)
 }
 
 // Server is the agent's API. The zero value is not usable; call New.
@@ -55,6 +59,7 @@ type Server struct {
 	dir     string
 	baseEnv map[string]string
 	procs   *table
+	meter   *meter
 
 	mu sync.RWMutex
 	// token, once set by /init, must accompany every request but /health.
@@ -86,7 +91,7 @@ func New(cfg Config) *Server {
 	if _, ok := base["PATH"]; !ok {
 		base["PATH"] = defaultPath
 	}
-	return &Server{log: log, dir: dir, baseEnv: base, procs: newTable(log), env: map[string]string{}}
+	return &Server{log: log, dir: dir, baseEnv: base, procs: newTable(log), meter: newMeter(cfg.Usage), env: map[string]string{}}
 }
 
 // Handler returns the agent's routes behind the access-token check.
@@ -94,6 +99,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", s.health)
 	mux.HandleFunc("POST /init", s.initialize)
+	mux.HandleFunc("GET /metrics", s.metrics)
 	procPath, procHandler := processconnect.NewProcessHandler(&processService{s: s})
 	mux.Handle(procPath, procHandler)
 	// The filesystem service comes later; until then its methods answer

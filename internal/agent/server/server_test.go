@@ -71,6 +71,26 @@ func procClient(t *testing.T, url, token string) processconnect.ProcessClient {
 	return processconnect.NewProcessClient(tokenClient{h2c(t), token}, url)
 }
 
+// request sends a plain HTTP request with the token (when not empty) and
+// returns the answer's status and body.
+func request(t *testing.T, method, url, token, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set(TokenHeader, token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
 // result is everything a Start stream delivered.
 type result struct {
 	pid            uint32
@@ -437,20 +457,8 @@ func TestInitAndToken(t *testing.T) {
 	t.Parallel()
 	_, url := serve(t, Config{})
 	post := func(token, body string) (int, string) {
-		req, err := http.NewRequest(http.MethodPost, url+"/init", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if token != "" {
-			req.Header.Set(TokenHeader, token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		status, b := request(t, http.MethodPost, url+"/init", token, body)
+		return status, string(b)
 	}
 	health := func() int {
 		resp, err := http.Get(url + "/health")
