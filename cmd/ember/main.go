@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -19,9 +20,9 @@ var version = "dev"
 
 // Defaults the daemon and the CLI agree on.
 const (
-	defaultListen   = "127.0.0.1:7070"
-	defaultDataDir  = "/var/lib/ember"
-	defaultCacheDir = "/var/cache/ember"
+	defaultListen   = config.DefaultListen
+	defaultDataDir  = config.DefaultDataDir
+	defaultCacheDir = config.DefaultCacheDir
 )
 
 // exitError carries a command's exit code out of cobra without printing.

@@ -27,6 +27,7 @@ import (
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api"
+	"github.com/emberhq/ember/internal/config"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/rootfs"
@@ -40,62 +41,36 @@ import (
 	"github.com/emberhq/ember/internal/vmm/qemu"
 )
 
-type serveFlags struct {
-	listen    string
-	dataDir   string
-	cacheDir  string
-	accel     string
-	rootfs    string
-	slotFirst int
-	slotCount int
-	logLevel  string
-	printKey  bool
-	templates string
-	noEgress  bool
-	domain    string
-	uplink    string
-	poolSize  int
-	netMode   string
-	vmm       string
-	fcBinary  string
-	bridge    string
-	bridgeNet string
-	defTpl    string
-}
-
 func serveCmd() *cobra.Command {
-	var f serveFlags
+	var path string
+	var printConfig bool
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the ember daemon",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return serve(ctx, f)
-		},
+		Long: "Run the ember daemon. Settings come from the configuration file (" + config.DefaultPath + ",\n" +
+			"or --config), overridden by the flags below; every flag is also a key of the file.\n" +
+			"The daemon checks the host first (the checks of `ember doctor`) and refuses to start\n" +
+			"on a failing one, with its fix.",
+		Example: "  ember serve\n" +
+			"  ember serve --config /srv/ember/ember.toml --listen 0.0.0.0:7070\n" +
+			"  ember serve --print-config",
+		Args: cobra.NoArgs,
 	}
-	fl := cmd.Flags()
-	fl.StringVar(&f.listen, "listen", defaultListen, "address the API listens on")
-	fl.StringVar(&f.dataDir, "data-dir", defaultDataDir, "directory for the database, API key, templates and sandboxes")
-	fl.StringVar(&f.cacheDir, "cache-dir", envOr("EMBER_CACHE_DIR", defaultCacheDir), "directory for build caches (the guest kernel)")
-	fl.StringVar(&f.vmm, "vmm", "", `"firecracker", "qemu" or "" (firecracker where its binary exists and KVM boots the default kernel)`)
-	fl.StringVar(&f.fcBinary, "firecracker", "", "firecracker binary (default: firecracker on PATH)")
-	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (per kernel: kvm where a probe boot shows KVM runs it)`)
-	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "devmapper", "reflink", "qcow2", "copy" or "" (automatic)`)
-	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
-	fl.IntVar(&f.slotCount, "slot-count", 0, "how many slot indexes from --slot-first this daemon uses and reclaims (0: all above)")
-	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
-	fl.StringVar(&f.defTpl, "default-template", template.DefaultName, "template a create that names none gets (its kernel also decides the VMM)")
-	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
-	fl.StringVar(&f.uplink, "uplink", "", "interface sandbox egress leaves by (default: the default route's)")
-	fl.IntVar(&f.poolSize, "slot-pool", network.DefaultPoolSize, "network slots kept built ahead of demand")
-	fl.StringVar(&f.bridge, "bridge", network.DefaultBridge, "bridge interface of the bridge network mode")
-	fl.StringVar(&f.bridgeNet, "bridge-cidr", network.DefaultBridgeCIDR.String(), "subnet of the bridge network mode (gateway first, guests after)")
-	fl.StringVar(&f.netMode, "network-mode", network.ModeNetns, `"netns" (a namespace per sandbox) or "bridge" (one shared bridge)`)
-	fl.BoolVar(&f.noEgress, "no-egress", false, "give sandboxes no route out (leaves host forwarding and NAT alone)")
-	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
+	flagged := config.Flags(cmd.Flags())
+	cmd.Flags().StringVar(&path, "config", "", "configuration file (default "+config.DefaultPath+" where it exists)")
+	cmd.Flags().BoolVar(&printConfig, "print-config", false, "print the effective configuration, each value with where it came from, and exit")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := config.Load(path, cmd.Flags(), flagged, os.Getenv)
+		if err != nil {
+			return err
+		}
+		if printConfig {
+			return cfg.Write(os.Stdout)
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return serve(ctx, cfg.Serve)
+	}
 	return cmd
 }
 
@@ -108,47 +83,44 @@ func envOr(name, def string) string {
 
 // serve wires the daemon: config → lock → reclaim → construct → serve →
 // shut down in reverse.
-func serve(ctx context.Context, f serveFlags) error {
+func serve(ctx context.Context, f config.Serve) error {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: %w", f.logLevel, err)
+	if err := level.UnmarshalText([]byte(f.LogLevel)); err != nil {
+		return fmt.Errorf("log-level %q: %w", f.LogLevel, err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+	if err := os.MkdirAll(f.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	unlock, err := lockDataDir(f.dataDir)
+	unlock, err := lockDataDir(f.DataDir)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	apiKey, err := loadAPIKey(filepath.Join(f.dataDir, "api-key"))
+	apiKey, err := loadAPIKey(filepath.Join(f.DataDir, "api-key"))
 	if err != nil {
 		return err
 	}
 
-	st, err := store.Open(ctx, filepath.Join(f.dataDir, "ember.db"))
+	st, err := store.Open(ctx, filepath.Join(f.DataDir, "ember.db"))
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 
-	if f.templates == "" {
-		f.templates = filepath.Join(f.dataDir, "templates")
-	}
-	reg := template.Registry{Dir: f.templates}
+	reg := template.Registry{Dir: f.Templates()}
 	start := time.Now()
-	base, err := ensureDefaultTemplate(ctx, f.cacheDir, reg, log)
+	base, err := ensureDefaultTemplate(ctx, f.CacheDir, reg, log)
 	if err != nil {
 		return fmt.Errorf("build default template: %w", err)
 	}
 	log.Info("default template ready", "template", template.DefaultName, "duration_ms", time.Since(start).Milliseconds())
 
 	def := base
-	if f.defTpl != template.DefaultName {
-		if def, err = reg.Get(f.defTpl); err != nil {
-			return fmt.Errorf("--default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.defTpl, err, f.defTpl)
+	if f.DefaultTemplate != template.DefaultName {
+		if def, err = reg.Get(f.DefaultTemplate); err != nil {
+			return fmt.Errorf("default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.DefaultTemplate, err, f.DefaultTemplate)
 		}
 	}
 	driver, vmmReason, err := chooseVMM(ctx, f, def.Kernel, log)
@@ -158,16 +130,16 @@ func serve(ctx context.Context, f serveFlags) error {
 	for _, a := range accelerators(ctx, driver, reg) {
 		log.Info("accelerator", "template", a.Template, "kernel", a.Kernel, "accel", a.Accel, "reason", a.Reason)
 	}
-	disks, diskReason, err := auto.Select(f.dataDir, f.rootfs, log)
+	disks, diskReason, err := auto.Select(f.DataDir, f.Rootfs, log)
 	if err != nil {
 		return err
 	}
 	if driver.Name() == "firecracker" && disks.Name() == "qcow2" {
 		// Firecracker opens raw disks only.
-		if f.rootfs == "qcow2" {
-			return fmt.Errorf("--rootfs qcow2: firecracker needs raw disks (use devmapper, reflink or copy)")
+		if f.Rootfs == "qcow2" {
+			return fmt.Errorf("rootfs qcow2: firecracker needs raw disks (use devmapper, reflink or copy)")
 		}
-		disks, _, err = auto.Select(f.dataDir, "copy", log)
+		disks, _, err = auto.Select(f.DataDir, "copy", log)
 		if err != nil {
 			return err
 		}
@@ -179,12 +151,12 @@ func serve(ctx context.Context, f serveFlags) error {
 		}
 	}
 
-	bridgeNet, err := netip.ParsePrefix(f.bridgeNet)
+	bridgeNet, err := netip.ParsePrefix(f.BridgeCIDR)
 	if err != nil {
-		return fmt.Errorf("--bridge-cidr %q: %w", f.bridgeNet, err)
+		return fmt.Errorf("bridge-cidr %q: %w", f.BridgeCIDR, err)
 	}
-	netCfg := network.Config{FirstIndex: f.slotFirst, SlotCount: f.slotCount, NoEgress: f.noEgress, Uplink: f.uplink,
-		PoolSize: f.poolSize, Mode: f.netMode, Bridge: f.bridge, BridgeCIDR: bridgeNet}
+	netCfg := network.Config{FirstIndex: f.SlotFirst, SlotCount: f.SlotCount, NoEgress: f.NoEgress, Uplink: f.Uplink,
+		PoolSize: f.SlotPool, Mode: f.NetworkMode, Bridge: f.Bridge, BridgeCIDR: bridgeNet}
 	pool, err := network.New(netCfg, log)
 	if err != nil {
 		return err
@@ -196,7 +168,7 @@ func serve(ctx context.Context, f serveFlags) error {
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     30 * time.Second,
 	}}
-	mcfg := sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes"))
+	mcfg := sandbox.DefaultConfig(filepath.Join(f.DataDir, "sandboxes"))
 	mcfg.DefaultTemplate = def.Name
 	mgr, err := sandbox.NewManager(mcfg, sandbox.Deps{
 		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log,
@@ -232,16 +204,16 @@ func serve(ctx context.Context, f serveFlags) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler:           api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info}, mgr, reg, log),
+		Handler:           api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info}, mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
-	ln, err := net.Listen("tcp", f.listen)
+	ln, err := net.Listen("tcp", f.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", f.listen, err)
+		return fmt.Errorf("listen on %s: %w", f.Listen, err)
 	}
-	fmt.Fprintf(os.Stderr, "ember: API       http://%s/v1 (X-API-Key from %s)\n", ln.Addr(), filepath.Join(f.dataDir, "api-key"))
-	if f.printKey {
+	fmt.Fprintf(os.Stderr, "ember: API       http://%s/v1 (X-API-Key from %s)\n", ln.Addr(), filepath.Join(f.DataDir, "api-key"))
+	if f.PrintAPIKey {
 		fmt.Fprintf(os.Stderr, "ember: API key   %s\n", apiKey)
 	}
 	fmt.Fprintf(os.Stderr, "ember: OpenAPI   http://%s/openapi.yaml\n", ln.Addr())
@@ -337,21 +309,21 @@ type vmmDriver interface {
 // accelerator probe says KVM boots the default template's kernel, QEMU
 // otherwise; --vmm overrides. With --accel kvm, a kernel KVM does not boot
 // is an error here, before anything is started. It returns why.
-func chooseVMM(ctx context.Context, f serveFlags, kernel string, log *slog.Logger) (vmmDriver, string, error) {
+func chooseVMM(ctx context.Context, f config.Serve, kernel string, log *slog.Logger) (vmmDriver, string, error) {
 	qemuBin, qerr := exec.LookPath("qemu-system-x86_64")
 	var prober *accel.Prober
 	if qerr == nil {
-		prober = qemu.NewProber(qemuBin, f.cacheDir, 0, log)
+		prober = qemu.NewProber(qemuBin, f.CacheDir, 0, log)
 	}
-	fcCfg := firecracker.Config{Binary: f.fcBinary, Prober: prober}
+	fcCfg := firecracker.Config{Binary: f.Firecracker, Prober: prober}
 	fcOK, fcWhy := firecracker.Available(fcCfg)
 	useQEMU := func(why string) (vmmDriver, string, error) {
-		d, err := qemu.New(qemu.Config{Accel: f.accel, Prober: prober}, log)
+		d, err := qemu.New(qemu.Config{Accel: f.Accel, Prober: prober}, log)
 		if err != nil {
 			return nil, "", err
 		}
 		if _, err := d.AccelFor(ctx, kernel); err != nil {
-			return nil, "", fmt.Errorf("--accel %s: %w", f.accel, err)
+			return nil, "", fmt.Errorf("accel %s: %w", f.Accel, err)
 		}
 		return d, why, nil
 	}
@@ -373,7 +345,7 @@ func chooseVMM(ctx context.Context, f serveFlags, kernel string, log *slog.Logge
 		}
 		return v.Accel == accel.KVM, v.Reason, nil
 	}
-	switch f.vmm {
+	switch f.VMM {
 	case "":
 		if !fcOK {
 			return useQEMU("automatic: " + fcWhy)
@@ -388,23 +360,23 @@ func chooseVMM(ctx context.Context, f serveFlags, kernel string, log *slog.Logge
 		return useQEMU("automatic: " + fcWhy + " found, but " + why)
 	case "firecracker":
 		if !fcOK {
-			return nil, "", fmt.Errorf("--vmm firecracker: %s", fcWhy)
+			return nil, "", fmt.Errorf("vmm firecracker: %s", fcWhy)
 		}
 		ok, why, err := kvmBoots()
 		if err != nil {
 			return nil, "", err
 		}
 		if !ok {
-			return nil, "", fmt.Errorf("--vmm firecracker: %s", why)
+			return nil, "", fmt.Errorf("vmm firecracker: %s", why)
 		}
 		return useFC("configured: " + fcWhy + "; " + why)
 	case "qemu":
 		if qerr != nil {
-			return nil, "", fmt.Errorf("--vmm qemu: %w", qerr)
+			return nil, "", fmt.Errorf("vmm qemu: %w", qerr)
 		}
 		return useQEMU("configured")
 	}
-	return nil, "", fmt.Errorf("--vmm %q: want firecracker, qemu or empty for automatic", f.vmm)
+	return nil, "", fmt.Errorf("vmm %q: want firecracker, qemu or empty for automatic", f.VMM)
 }
 
 // accelerators reports the accelerator each template's kernel gets, and
