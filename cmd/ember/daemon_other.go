@@ -22,6 +22,15 @@ func serveCmd() *cobra.Command {
 	}
 }
 
+func doctorCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Check the host the daemon runs on (Linux only)",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  func(*cobra.Command, []string) error { return errLinuxOnly },
+	}
+}
+
 func templateBuildCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "build [NAME]",

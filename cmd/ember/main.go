@@ -38,7 +38,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
+	root.AddCommand(serveCmd(), doctorCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
 		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd())
 	if err := root.Execute(); err != nil {
 		var ee exitError

@@ -22,12 +22,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api"
 	"github.com/emberhq/ember/internal/config"
+	"github.com/emberhq/ember/internal/doctor"
+	"github.com/emberhq/ember/internal/fsutil"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/rootfs"
@@ -42,7 +43,6 @@ import (
 )
 
 func serveCmd() *cobra.Command {
-	var path string
 	var printConfig bool
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -56,11 +56,10 @@ func serveCmd() *cobra.Command {
 			"  ember serve --print-config",
 		Args: cobra.NoArgs,
 	}
-	flagged := config.Flags(cmd.Flags())
-	cmd.Flags().StringVar(&path, "config", "", "configuration file (default "+config.DefaultPath+" where it exists)")
+	load := configFlags(cmd)
 	cmd.Flags().BoolVar(&printConfig, "print-config", false, "print the effective configuration, each value with where it came from, and exit")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		cfg, err := config.Load(path, cmd.Flags(), flagged, os.Getenv)
+		cfg, err := load()
 		if err != nil {
 			return err
 		}
@@ -69,9 +68,19 @@ func serveCmd() *cobra.Command {
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return serve(ctx, cfg.Serve)
+		return serve(ctx, cfg)
 	}
 	return cmd
+}
+
+// configFlags gives cmd every daemon setting as a flag, and --config; the
+// func it returns loads the effective configuration once the flags are
+// parsed.
+func configFlags(cmd *cobra.Command) func() (*config.Config, error) {
+	var path string
+	flagged := config.Flags(cmd.Flags())
+	cmd.Flags().StringVar(&path, "config", "", "configuration file (default "+config.DefaultPath+" where it exists)")
+	return func() (*config.Config, error) { return config.Load(path, cmd.Flags(), flagged, os.Getenv) }
 }
 
 func envOr(name, def string) string {
@@ -83,7 +92,8 @@ func envOr(name, def string) string {
 
 // serve wires the daemon: config → lock → reclaim → construct → serve →
 // shut down in reverse.
-func serve(ctx context.Context, f config.Serve) error {
+func serve(ctx context.Context, cfg *config.Config) error {
+	f := cfg.Serve
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.LogLevel)); err != nil {
 		return fmt.Errorf("log-level %q: %w", f.LogLevel, err)
@@ -93,11 +103,19 @@ func serve(ctx context.Context, f config.Serve) error {
 	if err := os.MkdirAll(f.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	unlock, err := lockDataDir(f.DataDir)
-	if err != nil {
+	unlock, err := fsutil.TryLock(f.LockFile())
+	if errors.Is(err, fsutil.ErrLocked) {
+		return fmt.Errorf("another ember daemon is running on %s (lock %s)", f.DataDir, f.LockFile())
+	} else if err != nil {
 		return err
 	}
 	defer unlock()
+	// The host checks of `ember doctor`: a host that cannot serve is
+	// refused now, with the fix, instead of failing creates later.
+	prober := newProber(f, log)
+	if err := refuseUnfitHost(ctx, cfg, prober, log); err != nil {
+		return err
+	}
 	apiKey, err := loadAPIKey(filepath.Join(f.DataDir, "api-key"))
 	if err != nil {
 		return err
@@ -123,27 +141,17 @@ func serve(ctx context.Context, f config.Serve) error {
 			return fmt.Errorf("default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.DefaultTemplate, err, f.DefaultTemplate)
 		}
 	}
-	driver, vmmReason, err := chooseVMM(ctx, f, def.Kernel, log)
+	driver, vmmReason, err := chooseVMM(ctx, f, prober, def.Kernel, log)
 	if err != nil {
 		return err
 	}
 	for _, a := range accelerators(ctx, driver, reg) {
 		log.Info("accelerator", "template", a.Template, "kernel", a.Kernel, "accel", a.Accel, "reason", a.Reason)
 	}
-	disks, diskReason, err := auto.Select(f.DataDir, f.Rootfs, log)
+	// Firecracker opens raw disks only.
+	disks, diskReason, err := auto.Select(f.DataDir, f.Rootfs, driver.Name() == "firecracker", log)
 	if err != nil {
 		return err
-	}
-	if driver.Name() == "firecracker" && disks.Name() == "qcow2" {
-		// Firecracker opens raw disks only.
-		if f.Rootfs == "qcow2" {
-			return fmt.Errorf("rootfs qcow2: firecracker needs raw disks (use devmapper, reflink or copy)")
-		}
-		disks, _, err = auto.Select(f.DataDir, "copy", log)
-		if err != nil {
-			return err
-		}
-		diskReason = "automatic: qcow2 passed over (firecracker opens raw disks only); sparse copies work everywhere"
 	}
 	if r, ok := disks.(rootfs.Reconciler); ok {
 		if err := r.Reconcile(ctx); err != nil {
@@ -239,19 +247,24 @@ func serve(ctx context.Context, f config.Serve) error {
 	return err
 }
 
-// lockDataDir takes the single-instance lock: two daemons on one data dir
-// would fight over its sandboxes and network slots.
-func lockDataDir(dir string) (func(), error) {
-	path := filepath.Join(dir, "ember.lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
+// refuseUnfitHost runs the host checks, logs every warning with its fix,
+// and returns an error naming each failing check with its fix.
+func refuseUnfitHost(ctx context.Context, cfg *config.Config, prober *accel.Prober, log *slog.Logger) error {
+	rep := checkHost(ctx, cfg, prober, true)
+	var fine []string
+	for _, c := range rep.Checks {
+		switch c.Status {
+		case doctor.OK:
+			fine = append(fine, c.Name)
+		case doctor.Warn:
+			log.Warn("host check", "check", c.Name, "finding", c.Finding, "fix", c.Fix)
+		}
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another ember daemon is running on %s (lock %s): %w", dir, path, err)
+	if err := rep.Err(); err != nil {
+		return err
 	}
-	return func() { f.Close() }, nil
+	log.Info("host checks ok", "checks", strings.Join(fine, " "))
+	return nil
 }
 
 // loadAPIKey reads the API key, creating it (mode 0600) on first start.
@@ -309,12 +322,7 @@ type vmmDriver interface {
 // accelerator probe says KVM boots the default template's kernel, QEMU
 // otherwise; --vmm overrides. With --accel kvm, a kernel KVM does not boot
 // is an error here, before anything is started. It returns why.
-func chooseVMM(ctx context.Context, f config.Serve, kernel string, log *slog.Logger) (vmmDriver, string, error) {
-	qemuBin, qerr := exec.LookPath("qemu-system-x86_64")
-	var prober *accel.Prober
-	if qerr == nil {
-		prober = qemu.NewProber(qemuBin, f.CacheDir, 0, log)
-	}
+func chooseVMM(ctx context.Context, f config.Serve, prober *accel.Prober, kernel string, log *slog.Logger) (vmmDriver, string, error) {
 	fcCfg := firecracker.Config{Binary: f.Firecracker, Prober: prober}
 	fcOK, fcWhy := firecracker.Available(fcCfg)
 	useQEMU := func(why string) (vmmDriver, string, error) {
@@ -334,49 +342,27 @@ func chooseVMM(ctx context.Context, f config.Serve, kernel string, log *slog.Log
 		}
 		return d, why, nil
 	}
-	// kvmBoots says whether the probe finds that KVM boots the kernel.
-	kvmBoots := func() (bool, string, error) {
-		if prober == nil {
-			return false, "no qemu-system-x86_64 to probe KVM with", nil
-		}
-		v, err := prober.Choose(ctx, kernel)
-		if err != nil {
-			return false, "", err
-		}
-		return v.Accel == accel.KVM, v.Reason, nil
+	name, why, err := vmm.Choose(f.VMM, fcOK, fcWhy, func() (bool, string, error) { return prober.KVMBoots(ctx, kernel) })
+	switch {
+	case err != nil:
+		return nil, "", err
+	case name == "firecracker":
+		return useFC(why)
+	case f.VMM == "qemu" && prober == nil:
+		return nil, "", errors.New("vmm qemu: qemu-system-x86_64 not on PATH (apt-get install qemu-system-x86)")
 	}
-	switch f.VMM {
-	case "":
-		if !fcOK {
-			return useQEMU("automatic: " + fcWhy)
-		}
-		ok, why, err := kvmBoots()
-		if err != nil {
-			return nil, "", err
-		}
-		if ok {
-			return useFC("automatic: " + fcWhy + "; " + why)
-		}
-		return useQEMU("automatic: " + fcWhy + " found, but " + why)
-	case "firecracker":
-		if !fcOK {
-			return nil, "", fmt.Errorf("vmm firecracker: %s", fcWhy)
-		}
-		ok, why, err := kvmBoots()
-		if err != nil {
-			return nil, "", err
-		}
-		if !ok {
-			return nil, "", fmt.Errorf("vmm firecracker: %s", why)
-		}
-		return useFC("configured: " + fcWhy + "; " + why)
-	case "qemu":
-		if qerr != nil {
-			return nil, "", fmt.Errorf("vmm qemu: %w", qerr)
-		}
-		return useQEMU("configured")
+	return useQEMU(why)
+}
+
+// newProber returns the accelerator prober the daemon, its VMM choice and
+// its host checks share, so a kernel is probed once; nil when there is no
+// QEMU to probe with.
+func newProber(f config.Serve, log *slog.Logger) *accel.Prober {
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil
 	}
-	return nil, "", fmt.Errorf("vmm %q: want firecracker, qemu or empty for automatic", f.VMM)
+	return qemu.NewProber(bin, f.CacheDir, 0, log)
 }
 
 // accelerators reports the accelerator each template's kernel gets, and

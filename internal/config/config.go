@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -97,8 +98,12 @@ func (s Serve) Templates() string {
 	if s.TemplateDir != "" {
 		return s.TemplateDir
 	}
-	return s.DataDir + "/templates"
+	return filepath.Join(s.DataDir, "templates")
 }
+
+// LockFile is the data directory's single-instance lock: two daemons on
+// one data directory would fight over its sandboxes and network slots.
+func (s Serve) LockFile() string { return filepath.Join(s.DataDir, "ember.lock") }
 
 // setting describes one key: its help text, the environment variable that
 // overrides the file (if any), the values it may take (if a fixed set) and

@@ -29,45 +29,87 @@ var Names = []string{"devmapper", "reflink", "qcow2", "copy"}
 // ErrUnknown is returned for a preferred name that is no backend.
 var ErrUnknown = errors.New("unknown rootfs backend")
 
+// Availability is whether a backend can run for a data directory: Err
+// says what it lacks, nil that it can.
+type Availability struct {
+	Name string
+	Err  error
+}
+
+// Probe reports every backend's availability for dir, in the order
+// automatic selection tries them, without making anything: the reflink
+// probe's two temporary files go again at once. dir must exist.
+func Probe(dir string) []Availability {
+	out := make([]Availability, 0, len(Names))
+	for _, name := range Names {
+		out = append(out, Availability{Name: name, Err: check(name, dir)})
+	}
+	return out
+}
+
+// Pick chooses among avail, as Probe reported it: the preferred backend ("" or
+// "auto": the first that can run), passing over qcow2 when the VMM opens
+// raw disks only (rawOnly). It returns the name and why; a preferred
+// backend that cannot run is an error saying what it lacks.
+func Pick(avail []Availability, preferred string, rawOnly bool) (name, reason string, err error) {
+	automatic := preferred == "" || preferred == "auto"
+	var why []string
+	for _, a := range avail {
+		if !automatic && preferred != a.Name {
+			continue
+		}
+		switch {
+		case rawOnly && a.Name == "qcow2" && !automatic:
+			return "", "", fmt.Errorf("rootfs backend qcow2: %w", ErrRawOnly)
+		case rawOnly && a.Name == "qcow2":
+			why = append(why, "qcow2: "+ErrRawOnly.Error())
+		case a.Err != nil && !automatic:
+			return "", "", fmt.Errorf("rootfs backend %s: %w", a.Name, a.Err)
+		case a.Err != nil:
+			why = append(why, a.Name+": "+a.Err.Error())
+		case !automatic:
+			return a.Name, "configured", nil
+		default:
+			reason = "automatic: " + available[a.Name]
+			if len(why) > 0 {
+				reason += "; passed over " + strings.Join(why, "; ")
+			}
+			return a.Name, reason, nil
+		}
+	}
+	if !automatic {
+		return "", "", fmt.Errorf("rootfs backend %q: %w (want one of %s, or auto)", preferred, ErrUnknown, strings.Join(Names, ", "))
+	}
+	// copy always runs; reaching here is a bug.
+	return "", "", fmt.Errorf("select rootfs backend: none available: %s", strings.Join(why, "; "))
+}
+
+// ErrRawOnly passes over qcow2 for a VMM that opens raw disks only.
+var ErrRawOnly = errors.New("the vmm opens raw disks only (firecracker): use devmapper, reflink or copy")
+
 // Select returns the backend to use and why. dir is the daemon's data
 // directory: sandbox disks and templates must live on its filesystem (the
 // reflink probe runs there) and devmapper keeps its intent journal in
 // dir/devmapper. preferred names a backend ("" or "auto": choose); a named
 // backend this host cannot run is an error that says what is missing.
+// rawOnly passes over qcow2, for a VMM that opens raw disks only.
 //
 // A backend that implements rootfs.Reconciler must be reconciled before
 // use.
-func Select(dir, preferred string, log *slog.Logger) (rootfs.Backend, string, error) {
+func Select(dir, preferred string, rawOnly bool, log *slog.Logger) (rootfs.Backend, string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("select rootfs backend: %w", err)
 	}
-	var why []string
-	for _, name := range Names {
-		if preferred != "" && preferred != "auto" && preferred != name {
-			continue
-		}
-		b, err := open(name, dir, log)
-		if err == nil {
-			reason := "configured"
-			if preferred == "" || preferred == "auto" {
-				reason = "automatic: " + available[name]
-				if len(why) > 0 {
-					reason += "; passed over " + strings.Join(why, "; ")
-				}
-			}
-			log.Info("rootfs backend selected", "rootfs", name, "reason", reason)
-			return b, reason, nil
-		}
-		if preferred == name {
-			return nil, "", fmt.Errorf("rootfs backend %s: %w", name, err)
-		}
-		why = append(why, name+": "+err.Error())
+	name, reason, err := Pick(Probe(dir), preferred, rawOnly)
+	if err != nil {
+		return nil, "", err
 	}
-	if preferred != "" && preferred != "auto" {
-		return nil, "", fmt.Errorf("rootfs backend %q: %w (want one of %s, or auto)", preferred, ErrUnknown, strings.Join(Names, ", "))
+	b, err := open(name, dir, log)
+	if err != nil {
+		return nil, "", fmt.Errorf("rootfs backend %s: %w", name, err)
 	}
-	// copy always opens; reaching here is a bug.
-	return nil, "", fmt.Errorf("select rootfs backend: none available: %s", strings.Join(why, "; "))
+	log.Info("rootfs backend selected", "rootfs", name, "reason", reason)
+	return b, reason, nil
 }
 
 // available says why a backend was chosen.
@@ -78,23 +120,35 @@ var available = map[string]string{
 	"copy":      "sparse copies work everywhere, at the cost of a copy per sandbox",
 }
 
-// open returns the backend called name, or why this host cannot run it.
+// check says why this host cannot run the backend called name for dir, or
+// nil.
+func check(name, dir string) error {
+	switch name {
+	case "devmapper":
+		return devmapper.Available()
+	case "reflink":
+		if err := reflink.Supported(dir); err != nil {
+			return fmt.Errorf("%s cannot clone files (put it on xfs with reflink=1 or btrfs): %w", dir, err)
+		}
+	case "qcow2":
+		if _, err := exec.LookPath("qemu-img"); err != nil {
+			return fmt.Errorf("qemu-img not on PATH (apt-get install qemu-utils)")
+		}
+	case "copy":
+	default:
+		return ErrUnknown
+	}
+	return nil
+}
+
+// open returns the backend called name, which check found can run.
 func open(name, dir string, log *slog.Logger) (rootfs.Backend, error) {
 	switch name {
 	case "devmapper":
-		if err := devmapper.Available(); err != nil {
-			return nil, err
-		}
 		return devmapper.New(filepath.Join(dir, "devmapper"), log)
 	case "reflink":
-		if err := reflink.Supported(dir); err != nil {
-			return nil, fmt.Errorf("%s cannot clone files (put it on xfs with reflink=1 or btrfs): %w", dir, err)
-		}
 		return reflink.New(log), nil
 	case "qcow2":
-		if _, err := exec.LookPath("qemu-img"); err != nil {
-			return nil, fmt.Errorf("qemu-img not on PATH (apt-get install qemu-utils)")
-		}
 		return qcow2.New(log), nil
 	case "copy":
 		return rootfscopy.New(log), nil

@@ -29,7 +29,7 @@ func TestSelectByName(t *testing.T) {
 		{"zfs", "", true},
 	} {
 		t.Run(tc.preferred, func(t *testing.T) {
-			b, reason, err := auto.Select(dir, tc.preferred, discard)
+			b, reason, err := auto.Select(dir, tc.preferred, false, discard)
 			if tc.err {
 				if !errors.Is(err, auto.ErrUnknown) {
 					t.Fatalf("select %q: %v, want ErrUnknown", tc.preferred, err)
@@ -59,7 +59,7 @@ func TestSelectAutomatic(t *testing.T) {
 	case reflink.Supported(plain) == nil:
 		want = "reflink"
 	}
-	b, reason, err := auto.Select(plain, "", discard)
+	b, reason, err := auto.Select(plain, "", false, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestSelectAutomatic(t *testing.T) {
 	if dmErr != nil && !strings.Contains(reason, "devmapper: "+dmErr.Error()) {
 		t.Errorf("reason %q does not say why devmapper was passed over", reason)
 	}
-	if _, _, err := auto.Select(plain, "devmapper", discard); (err == nil) != (dmErr == nil) {
+	if _, _, err := auto.Select(plain, "devmapper", false, discard); (err == nil) != (dmErr == nil) {
 		t.Errorf("select devmapper by name: %v, available: %v", err, dmErr)
 	}
 
@@ -77,8 +77,52 @@ func TestSelectAutomatic(t *testing.T) {
 		return
 	}
 	testutil.RequireRoot(t)
-	b, reason, err = auto.Select(rootfstest.ReflinkDir(t, "xfs"), "", discard)
+	b, reason, err = auto.Select(rootfstest.ReflinkDir(t, "xfs"), "", false, discard)
 	if err != nil || b.Name() != "reflink" {
 		t.Errorf("automatic selection on xfs gave %v (%q), %v; want reflink", b, reason, err)
+	}
+}
+
+func TestPick(t *testing.T) {
+	noDM := errors.New("no device-mapper")
+	noClone := errors.New("cannot clone")
+	this := []auto.Availability{{"devmapper", noDM}, {"reflink", noClone}, {"qcow2", nil}, {"copy", nil}}
+	all := []auto.Availability{{"devmapper", nil}, {"reflink", nil}, {"qcow2", nil}, {"copy", nil}}
+	cases := []struct {
+		name      string
+		avail     []auto.Availability
+		preferred string
+		rawOnly   bool
+		want      string
+		reason    []string
+		err       error
+	}{
+		{"first that runs", this, "", false, "qcow2", []string{"automatic: qemu-img found", "passed over devmapper: no device-mapper; reflink: cannot clone"}, nil},
+		{"auto is automatic", this, "auto", false, "qcow2", []string{"automatic: "}, nil},
+		{"raw only passes over qcow2", this, "", true, "copy", []string{"qcow2: the vmm opens raw disks only"}, nil},
+		{"everything runs", all, "", true, "devmapper", []string{"automatic: device-mapper present"}, nil},
+		{"configured", this, "copy", false, "copy", []string{"configured"}, nil},
+		{"configured but missing", this, "devmapper", false, "", nil, noDM},
+		{"configured qcow2 for raw only", this, "qcow2", true, "", nil, auto.ErrRawOnly},
+		{"unknown", this, "zfs", false, "", nil, auto.ErrUnknown},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			name, reason, err := auto.Pick(tc.avail, tc.preferred, tc.rawOnly)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil || name != tc.want {
+				t.Fatalf("picked %q (%v), want %q", name, err, tc.want)
+			}
+			for _, r := range tc.reason {
+				if !strings.Contains(reason, r) {
+					t.Errorf("reason %q lacks %q", reason, r)
+				}
+			}
+		})
 	}
 }
