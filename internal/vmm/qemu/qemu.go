@@ -16,12 +16,10 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -328,7 +326,7 @@ func (m *Machine) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-m.done:
-			return fmt.Errorf("qemu exited during start: %s", logTail(m.spec.Dir))
+			return &vmm.ExitError{VMM: "qemu", During: "during start", Log: vmm.LogTail(logPath(m.spec.Dir))}
 		case <-ctx.Done():
 			return fmt.Errorf("wait for qmp: %w (last: %v)", context.Cause(ctx), err)
 		case <-tick.C:
@@ -336,23 +334,10 @@ func (m *Machine) waitReady(ctx context.Context) error {
 	}
 }
 
-// logTail returns the last lines QEMU wrote to its log, for errors.
+// logTail returns the last lines QEMU wrote to its log, on one line, for
+// errors.
 func logTail(dir string) string {
-	const max = 2048
-	f, err := os.Open(logPath(dir))
-	if err != nil {
-		return "no log: " + err.Error()
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > max {
-		f.Seek(st.Size()-max, io.SeekStart)
-	}
-	b, _ := io.ReadAll(f)
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
-		return "empty log"
-	}
-	return strings.ReplaceAll(string(b), "\n", "; ")
+	return strings.ReplaceAll(vmm.LogTail(logPath(dir)), "\n", "; ")
 }
 
 // Attach re-adopts the QEMU process pid that was started for spec. It
