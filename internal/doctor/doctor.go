@@ -341,7 +341,7 @@ func (r *run) kvm() Check {
 		return ok("kvm", "%s", r.verdict.Reason)
 	case r.verdict != nil:
 		if must := r.mustKVM(); must != "" {
-			return fail("kvm", fix+"; or drop "+must, "%s insists on KVM, but %s", must, strings.TrimPrefix(r.verdict.Reason, "tcg: "))
+			return fail("kvm", fix+"; or drop "+must, "%s insists on KVM, but the probe says %s", must, r.verdict.Reason)
 		}
 		return warn("kvm", fix, "%s: guests run under TCG, software emulation, several times slower", r.verdict.Reason)
 	case !h.KVM:

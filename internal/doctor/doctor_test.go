@@ -196,7 +196,7 @@ func TestEachFailAndWarn(t *testing.T) {
 		{name: "accel kvm on pvm", args: []string{"--accel", "kvm"}, break_: func(h *fakeHost) {
 			h.kvm = accel.Host{KVM: true, Kind: accel.KindPVM, Module: "kvm_pvm"}
 			h.verdict = accel.Verdict{Accel: accel.TCG, Reason: "tcg: /dev/kvm is PVM (kvm_pvm) and kernel 8f1c8f73 does not boot under it"}
-		}, check: "kvm", status: Fail, finding: "--accel kvm insists on KVM, but /dev/kvm is PVM", fix: "or drop --accel kvm"},
+		}, check: "kvm", status: Fail, finding: "--accel kvm insists on KVM, but the probe says tcg: /dev/kvm is PVM", fix: "or drop --accel kvm"},
 		{name: "no kvm", break_: func(h *fakeHost) {
 			h.kvm = accel.Host{Err: errors.New("open /dev/kvm: no such file or directory")}
 			h.verdict = accel.Verdict{Accel: accel.TCG, Reason: "tcg: no usable /dev/kvm (open /dev/kvm: no such file or directory)"}
