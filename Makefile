@@ -10,6 +10,7 @@ DATA_DIR  ?= /var/lib/ember
 CACHE_DIR ?= /var/cache/ember
 LISTEN    ?= 127.0.0.1:7070
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
 
 # Templates built for the test tiers live in the cache, outside the clone.
 TEST_TEMPLATES := $(CACHE_DIR)/test-templates
@@ -67,7 +68,7 @@ internal/template/agentbin/ember-agent: bin/ember-agent
 	cp $< $@
 
 bin/ember: internal/template/agentbin/ember-agent $(GO_SOURCES) go.mod go.sum
-	go build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/ember
+	go build -trimpath -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $@ ./cmd/ember
 
 ## template: build the default template (kernel cached in CACHE_DIR)
 template: deps build

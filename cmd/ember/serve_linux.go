@@ -64,7 +64,7 @@ func serveCmd() *cobra.Command {
 			return err
 		}
 		if printConfig {
-			return cfg.Write(os.Stdout)
+			return cfg.Write(cmd.OutOrStdout())
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()

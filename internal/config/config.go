@@ -159,6 +159,19 @@ func Keys() []string {
 	return out
 }
 
+// Choices returns the values a setting with a fixed set takes, without the
+// empty "automatic" one; nil for any other setting.
+func Choices(key string) []string {
+	st, _ := lookup(key)
+	var out []string
+	for _, v := range st.oneOf {
+		if v != "" && v != "auto" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 func isKey(key string) bool {
 	_, ok := lookup(key)
 	return ok
