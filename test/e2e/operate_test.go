@@ -16,7 +16,6 @@ import (
 
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/rootfs/devmapper"
-	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm/accel"
 	"github.com/emberhq/ember/test/harness"
 )
@@ -113,12 +112,9 @@ func (r doctorReport) get(t *testing.T, name string) (status, finding, fix strin
 // has: on the development machines a PVM /dev/kvm that does not boot
 // ember's kernel, no device-mapper and no reflink on /.
 func TestDoctorOnThisHost(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	bin := testutil.RequireEnv(t, "EMBER_BIN", "run through `make test`, which builds bin/ember")
-	guest := testutil.Guest(t)
+	h := harness.Require(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
-	cmd := exec.Command(bin, "doctor", "--json", "--data-dir", dataDir, "--template-dir", filepath.Dir(filepath.Dir(guest.Kernel)),
+	cmd := exec.Command(h.Bin, "doctor", "--json", "--data-dir", dataDir, "--template-dir", h.Templates,
 		"--listen", "127.0.0.1:0", "--no-egress")
 	out, err := cmd.Output()
 	var rep doctorReport
@@ -172,10 +168,7 @@ func fsOf(t *testing.T, dir string) string {
 // TestServeRefusesAFailingCheck: a daemon whose host check fails exits at
 // start with the check and its fix, and starts nothing.
 func TestServeRefusesAFailingCheck(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	bin := testutil.RequireEnv(t, "EMBER_BIN", "run through `make test`, which builds bin/ember")
-	guest := testutil.Guest(t)
+	h := harness.Require(t)
 	// The API's port is taken.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -197,8 +190,8 @@ func TestServeRefusesAFailingCheck(t *testing.T) {
 			dataDir := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, bin, append([]string{"serve", "--data-dir", dataDir,
-				"--template-dir", filepath.Dir(filepath.Dir(guest.Kernel)), "--slot-first", strconv.Itoa(slotFirst), "--slot-count", "10"}, tc.args...)...)
+			cmd := exec.CommandContext(ctx, h.Bin, append([]string{"serve", "--data-dir", dataDir,
+				"--template-dir", h.Templates, "--slot-first", strconv.Itoa(slotFirst), "--slot-count", "10"}, tc.args...)...)
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			err := cmd.Run()
