@@ -52,7 +52,8 @@ const (
 )
 
 // Serve is every setting of `ember serve`. The toml tag is the key in the
-// file and the flag's name.
+// file and the flag's name; the settings table below gives each its help
+// text (the flag's usage and the example file's comment).
 type Serve struct {
 	Listen          string `toml:"listen"`
 	DataDir         string `toml:"data-dir"`
@@ -205,6 +206,9 @@ const (
 	FromFlag    = "flag"
 )
 
+// String says where a value came from as --print-config prints it:
+// "default", "/etc/ember/ember.toml:3", "flag --listen", "environment
+// EMBER_CACHE_DIR".
 func (s Source) String() string {
 	switch s.Kind {
 	case FromFile:
