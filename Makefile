@@ -10,6 +10,7 @@ DATA_DIR  ?= /var/lib/ember
 CACHE_DIR ?= /var/cache/ember
 LISTEN    ?= 127.0.0.1:7070
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
 
 # Templates built for the test tiers live in the cache, outside the clone.
 TEST_TEMPLATES := $(CACHE_DIR)/test-templates
@@ -19,7 +20,7 @@ TEST_TEMPLATES := $(CACHE_DIR)/test-templates
 APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
 	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
-	dmsetup xfsprogs btrfs-progs chromium prometheus
+	dmsetup xfsprogs btrfs-progs chromium prometheus systemd
 # Node.js and npm (for the protocol test's npm package) come from Debian only
 # when the machine has none: a Node.js installed another way ships its own
 # npm, which Debian's npm package would conflict with.
@@ -32,7 +33,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client wire web -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' 2>/dev/null)
 
-.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
+.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean install uninstall
 
 all: build
 
@@ -68,7 +69,7 @@ internal/template/agentbin/ember-agent: bin/ember-agent
 	cp $< $@
 
 bin/ember: internal/template/agentbin/ember-agent $(GO_SOURCES) go.mod go.sum
-	go build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/ember
+	go build -trimpath -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $@ ./cmd/ember
 
 ## template: build the default template (kernel cached in CACHE_DIR)
 template: deps build
@@ -122,6 +123,48 @@ bench-snapshot: deps build template
 ## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
 bench-uffd: deps
 	go run ./test/benchuffd
+
+# Where `make install` puts ember. DESTDIR stages a package; the test of
+# install sets the directories themselves, so the unit's paths are real.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= /etc/systemd/system
+SYSTEM_UNITDIR := $(filter /etc/systemd/system,$(DESTDIR)$(UNITDIR))
+
+## install: ember in BINDIR, the systemd unit (ember.service) and a default
+## config (SYSCONFDIR/ember/ember.toml, kept when present); idempotent
+install: build
+	install -D -m 0755 bin/ember $(DESTDIR)$(BINDIR)/ember
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/ember $(DESTDIR)$(UNITDIR)
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/ember/ember.toml ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/ember/ember.toml"; \
+	else \
+		install -m 0644 dist/ember.toml $(DESTDIR)$(SYSCONFDIR)/ember/ember.toml; \
+	fi
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/ember.service > $(DESTDIR)$(UNITDIR)/ember.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/ember.service.tmp
+	mv $(DESTDIR)$(UNITDIR)/ember.service.tmp $(DESTDIR)$(UNITDIR)/ember.service
+	@if [ -n "$(SYSTEM_UNITDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed: start it with systemctl enable --now ember; upgrade with make install && systemctl restart ember"
+
+## uninstall: remove what install put (the config only if unchanged); the
+## data stays unless PURGE=1, which also removes DATA_DIR and the config
+uninstall:
+	@if [ -n "$(SYSTEM_UNITDIR)" ] && [ -d /run/systemd/system ] && systemctl is-enabled -q ember 2>/dev/null; then \
+		systemctl disable --now ember; \
+		echo "stopped ember: the sandboxes' VMMs keep running until destroyed (ember rm before uninstalling)"; \
+	fi
+	rm -f $(DESTDIR)$(BINDIR)/ember $(DESTDIR)$(UNITDIR)/ember.service
+	@if [ -n "$(SYSTEM_UNITDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@if [ "$(PURGE)" = 1 ]; then \
+		rm -rf $(DESTDIR)$(SYSCONFDIR)/ember $(DESTDIR)$(DATA_DIR); \
+		echo "removed $(DESTDIR)$(SYSCONFDIR)/ember and $(DESTDIR)$(DATA_DIR)"; \
+	else \
+		if cmp -s dist/ember.toml $(DESTDIR)$(SYSCONFDIR)/ember/ember.toml; then rm -f $(DESTDIR)$(SYSCONFDIR)/ember/ember.toml; fi; \
+		rmdir $(DESTDIR)$(SYSCONFDIR)/ember 2>/dev/null || true; \
+		echo "kept $(DESTDIR)$(DATA_DIR) and any changed config (PURGE=1 removes them)"; \
+	fi
 
 ## proto: regenerate the agent's Go code from its .proto files
 proto:

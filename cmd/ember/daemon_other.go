@@ -15,18 +15,30 @@ var errLinuxOnly = errors.New("the daemon runs on Linux: run this on the host th
 
 func serveCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "serve",
-		Short: "Run the ember daemon (Linux only)",
-		Args:  cobra.ArbitraryArgs,
-		RunE:  func(*cobra.Command, []string) error { return errLinuxOnly },
+		Use:     "serve",
+		Short:   "Run the ember daemon (Linux only)",
+		Example: "  ember serve",
+		Args:    cobra.ArbitraryArgs,
+		RunE:    func(*cobra.Command, []string) error { return errLinuxOnly },
+	}
+}
+
+func doctorCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "doctor",
+		Short:   "Check the host the daemon runs on (Linux only)",
+		Example: "  ember doctor",
+		Args:    cobra.ArbitraryArgs,
+		RunE:    func(*cobra.Command, []string) error { return errLinuxOnly },
 	}
 }
 
 func templateBuildCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "build [NAME]",
-		Short: "Build a template locally (Linux only)",
-		Args:  cobra.ArbitraryArgs,
-		RunE:  func(*cobra.Command, []string) error { return errLinuxOnly },
+		Use:     "build [NAME]",
+		Short:   "Build a template locally (Linux only)",
+		Example: "  ember template build",
+		Args:    cobra.ArbitraryArgs,
+		RunE:    func(*cobra.Command, []string) error { return errLinuxOnly },
 	}
 }

@@ -12,16 +12,21 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/config"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time with -ldflags "-X main.version=...
+// -X main.commit=...".
+var (
+	version = "dev"
+	commit  = ""
+)
 
 // Defaults the daemon and the CLI agree on.
 const (
-	defaultListen   = "127.0.0.1:7070"
-	defaultDataDir  = "/var/lib/ember"
-	defaultCacheDir = "/var/cache/ember"
+	defaultListen   = config.DefaultListen
+	defaultDataDir  = config.DefaultDataDir
+	defaultCacheDir = config.DefaultCacheDir
 )
 
 // exitError carries a command's exit code out of cobra without printing.
@@ -30,17 +35,7 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
-	root := &cobra.Command{
-		Use:           "ember",
-		Short:         "Run untrusted code in microVM sandboxes on a host you own",
-		Version:       version,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-	}
-	root.AddCommand(serveCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
-		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd())
-	root.AddCommand(statsCmd(), eventsCmd())
-	if err := root.Execute(); err != nil {
+	if err := newRoot().Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
@@ -48,6 +43,27 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ember:", err)
 		os.Exit(1)
 	}
+}
+
+// newRoot returns the ember command with every subcommand.
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ember",
+		Short: "Run untrusted code in microVM sandboxes on a host you own",
+		Long: "Run untrusted code in microVM sandboxes on a host you own. `ember serve` is the daemon\n" +
+			"(check its host first with `ember doctor`); every other command talks to a daemon, the local\n" +
+			"one or the one EMBER_URL names (with EMBER_API_KEY).",
+		Example: "  sudo ember doctor\n" +
+			"  sudo ember serve\n" +
+			"  id=$(ember create) && ember exec $id -- uname -a && ember rm $id",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serveCmd(), doctorCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
+		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd(), versionCmd(), statsCmd(), eventsCmd())
+	completionExamples(root)
+	return root
 }
 
 // apiClient returns an SDK client for the daemon named by EMBER_URL and

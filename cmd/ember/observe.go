@@ -93,6 +93,8 @@ func statsCmd() *cobra.Command {
 		Long: "Show each sandbox's latest usage sample: CPU and memory as its guest reports them, and what its\n" +
 			"VMM costs the host. Without IDs, every running sandbox. The daemon samples every few seconds\n" +
 			"(ember serve --metrics-interval).",
+		Example: `  ember stats
+  ember stats --no-stream <id>`,
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			c, err := apiClient()
 			if err != nil {

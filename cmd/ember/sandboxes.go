@@ -22,7 +22,11 @@ func createCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a sandbox and print its id",
-		Args:  cobra.NoArgs,
+		Example: "  ember create\n" +
+			"  ember create --template base --memory 512 --vcpus 2 --env GREETING=hello\n" +
+			"  ember create --snapshot kept --auto-pause --timeout 3600\n" +
+			"  ember create --no-internet --allow 10.0.0.0/8 --json",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
 			if req.Env, err = keyValues("--env", env); err != nil {
@@ -80,10 +84,13 @@ func networkCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "network ID",
 		Short: "Replace a running sandbox's egress policy (takes effect at once)",
+		Example: "  ember network SANDBOX --no-internet --allow 198.51.100.0/24\n" +
+			"  ember network SANDBOX --deny 10.0.0.0/8",
 		Long: "Replace a running sandbox's egress policy. A destination in --deny is refused; else one in\n" +
 			"--allow is reached; else the internet is reachable unless --no-internet. The host, other\n" +
 			"sandboxes and 169.254.169.254 are never reachable.",
-		Args: cobra.ExactArgs(1),
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeSandbox,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := apiClient()
 			if err != nil {
@@ -122,7 +129,9 @@ func lsCmd() *cobra.Command {
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List sandboxes",
-		Args:    cobra.NoArgs,
+		Example: "  ember ls\n" +
+			"  ember ls --json | jq -r '.[] | select(.state == \"paused\") | .id'",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := apiClient()
 			if err != nil {
@@ -151,9 +160,11 @@ func lsCmd() *cobra.Command {
 
 func getCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "get ID",
-		Short: "Show one sandbox as JSON",
-		Args:  cobra.ExactArgs(1),
+		Use:               "get ID",
+		Short:             "Show one sandbox as JSON",
+		Example:           "  ember get SANDBOX\n  ember get SANDBOX | jq .timings_ms",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeSandbox,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := apiClient()
 			if err != nil {
@@ -176,7 +187,11 @@ func execCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "exec ID -- CMD [ARGS...]",
 		Short: "Run a command in a sandbox, streaming its output; exits with its exit code",
-		Args:  cobra.MinimumNArgs(2),
+		Example: "  ember exec SANDBOX -- uname -a\n" +
+			"  ember exec -e NAME=world -w /tmp SANDBOX -- sh -c 'echo hello $NAME'\n" +
+			"  echo data | ember exec -i SANDBOX -- cat",
+		Args:              cobra.MinimumNArgs(2),
+		ValidArgsFunction: completeSandbox,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := keyValues("--env", env)
 			if err != nil {
@@ -217,7 +232,10 @@ func rmCmd() *cobra.Command {
 		Use:     "rm ID...",
 		Aliases: []string{"kill"},
 		Short:   "Destroy sandboxes",
-		Args:    cobra.MinimumNArgs(1),
+		Example: "  ember rm SANDBOX\n" +
+			"  ember rm $(ember ls --json | jq -r '.[].id')",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeSandboxes,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := apiClient()
 			if err != nil {
@@ -240,9 +258,10 @@ func rmCmd() *cobra.Command {
 
 func infoCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "info",
-		Short: "Show which VMM, accelerators and disk backend the daemon uses, and why",
-		Args:  cobra.NoArgs,
+		Use:     "info",
+		Short:   "Show which VMM, accelerators and disk backend the daemon uses, and why",
+		Example: "  ember info\n  EMBER_URL=http://10.0.0.5:7070 EMBER_API_KEY=... ember info",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := apiClient()
 			if err != nil {

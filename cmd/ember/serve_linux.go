@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -21,12 +22,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api"
+	"github.com/emberhq/ember/internal/config"
+	"github.com/emberhq/ember/internal/doctor"
 	"github.com/emberhq/ember/internal/event"
+	"github.com/emberhq/ember/internal/fsutil"
 	"github.com/emberhq/ember/internal/metrics"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/reclaim"
@@ -37,74 +40,50 @@ import (
 	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/internal/usage"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/accel"
 	vmmauto "github.com/emberhq/ember/internal/vmm/auto"
+	"github.com/emberhq/ember/internal/vmm/qemu"
 )
 
-type serveFlags struct {
-	listen    string
-	dataDir   string
-	cacheDir  string
-	accel     string
-	rootfs    string
-	slotFirst int
-	slotCount int
-	logLevel  string
-	printKey  bool
-	templates string
-	noEgress  bool
-	domain    string
-	uplink    string
-	poolSize  int
-	netMode   string
-	vmm       string
-	fcBinary  string
-	bridge    string
-	bridgeNet string
-	defTpl    string
-	logFormat string
-	// metricsListen serves /metrics unauthenticated on an address of its
-	// own; metricsEvery is how often each sandbox's usage is sampled.
-	metricsListen string
-	metricsEvery  time.Duration
-}
-
 func serveCmd() *cobra.Command {
-	var f serveFlags
+	var printConfig bool
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the ember daemon",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return serve(ctx, f)
-		},
+		Long: "Run the ember daemon. Settings come from the configuration file (" + config.DefaultPath + ",\n" +
+			"or --config), overridden by the flags below; every flag is also a key of the file.\n" +
+			"The daemon checks the host first (the checks of `ember doctor`) and refuses to start\n" +
+			"on a failing one, with its fix.",
+		Example: "  ember serve\n" +
+			"  ember serve --config /srv/ember/ember.toml --listen 0.0.0.0:7070\n" +
+			"  ember serve --print-config",
+		Args: cobra.NoArgs,
 	}
-	fl := cmd.Flags()
-	fl.StringVar(&f.listen, "listen", defaultListen, "address the API listens on")
-	fl.StringVar(&f.dataDir, "data-dir", defaultDataDir, "directory for the database, API key, templates and sandboxes")
-	fl.StringVar(&f.cacheDir, "cache-dir", envOr("EMBER_CACHE_DIR", defaultCacheDir), "directory for build caches (the guest kernel)")
-	fl.StringVar(&f.vmm, "vmm", "", `"firecracker", "qemu" or "" (firecracker where its binary exists and KVM boots the default kernel)`)
-	fl.StringVar(&f.fcBinary, "firecracker", "", "firecracker binary (default: firecracker on PATH)")
-	fl.StringVar(&f.accel, "accel", "", `QEMU accelerator: "kvm", "tcg" or "" (per kernel: kvm where a probe boot shows KVM runs it)`)
-	fl.StringVar(&f.rootfs, "rootfs", "", `root disk backend: "devmapper", "reflink", "qcow2", "copy" or "" (automatic)`)
-	fl.IntVar(&f.slotFirst, "slot-first", 0, "first network slot index this daemon uses")
-	fl.IntVar(&f.slotCount, "slot-count", 0, "how many slot indexes from --slot-first this daemon uses and reclaims (0: all above)")
-	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	fl.StringVar(&f.logFormat, "log-format", "text", `"text" (key=value lines) or "json" (one object a line, for log shippers)`)
-	fl.StringVar(&f.metricsListen, "metrics-listen", "", "also serve Prometheus metrics on this address, without the API key (the API's /metrics needs it)")
-	fl.DurationVar(&f.metricsEvery, "metrics-interval", 5*time.Second, "how often each running sandbox's CPU, memory and disk use is sampled")
-	fl.StringVar(&f.templates, "template-dir", "", "template registry directory (default DATA_DIR/templates)")
-	fl.StringVar(&f.defTpl, "default-template", template.DefaultName, "template a create that names none gets (its kernel also decides the VMM)")
-	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
-	fl.StringVar(&f.uplink, "uplink", "", "interface sandbox egress leaves by (default: the default route's)")
-	fl.IntVar(&f.poolSize, "slot-pool", network.DefaultPoolSize, "network slots kept built ahead of demand")
-	fl.StringVar(&f.bridge, "bridge", network.DefaultBridge, "bridge interface of the bridge network mode")
-	fl.StringVar(&f.bridgeNet, "bridge-cidr", network.DefaultBridgeCIDR.String(), "subnet of the bridge network mode (gateway first, guests after)")
-	fl.StringVar(&f.netMode, "network-mode", network.ModeNetns, `"netns" (a namespace per sandbox) or "bridge" (one shared bridge)`)
-	fl.BoolVar(&f.noEgress, "no-egress", false, "give sandboxes no route out (leaves host forwarding and NAT alone)")
-	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
+	load := configFlags(cmd)
+	cmd.Flags().BoolVar(&printConfig, "print-config", false, "print the effective configuration, each value with where it came from, and exit")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := load()
+		if err != nil {
+			return err
+		}
+		if printConfig {
+			return cfg.Write(cmd.OutOrStdout())
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return serve(ctx, cfg)
+	}
 	return cmd
+}
+
+// configFlags gives cmd every daemon setting as a flag, and --config; the
+// func it returns loads the effective configuration once the flags are
+// parsed.
+func configFlags(cmd *cobra.Command) func() (*config.Config, error) {
+	var path string
+	flagged := config.Flags(cmd.Flags())
+	cmd.Flags().StringVar(&path, "config", "", "configuration file (default "+config.DefaultPath+" where it exists)")
+	return func() (*config.Config, error) { return config.Load(path, cmd.Flags(), flagged, os.Getenv) }
 }
 
 func envOr(name, def string) string {
@@ -116,44 +95,47 @@ func envOr(name, def string) string {
 
 // serve wires the daemon: config → lock → reclaim → construct → serve →
 // shut down in reverse.
-func serve(ctx context.Context, f serveFlags) error {
+func serve(ctx context.Context, cfg *config.Config) error {
+	f := cfg.Serve
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: %w", f.logLevel, err)
+	if err := level.UnmarshalText([]byte(f.LogLevel)); err != nil {
+		return fmt.Errorf("log-level %q: %w", f.LogLevel, err)
 	}
-	log, err := newLogger(f.logFormat, level)
+	log, err := newLogger(f.LogFormat, level)
 	if err != nil {
 		return err
 	}
-	if f.metricsEvery <= 0 {
-		return fmt.Errorf("--metrics-interval %s: must be positive", f.metricsEvery)
-	}
 
-	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+	if err := os.MkdirAll(f.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	unlock, err := lockDataDir(f.dataDir)
-	if err != nil {
+	unlock, err := fsutil.TryLock(f.LockFile())
+	if errors.Is(err, fsutil.ErrLocked) {
+		return fmt.Errorf("another ember daemon is running on %s (lock %s)", f.DataDir, f.LockFile())
+	} else if err != nil {
 		return err
 	}
 	defer unlock()
-	apiKey, err := loadAPIKey(filepath.Join(f.dataDir, "api-key"))
+	// The host checks of `ember doctor`: a host that cannot serve is
+	// refused now, with the fix, instead of failing creates later.
+	prober := newProber(f, log)
+	if err := refuseUnfitHost(ctx, cfg, prober, log); err != nil {
+		return err
+	}
+	apiKey, err := loadAPIKey(filepath.Join(f.DataDir, "api-key"))
 	if err != nil {
 		return err
 	}
 
-	st, err := store.Open(ctx, filepath.Join(f.dataDir, "ember.db"))
+	st, err := store.Open(ctx, filepath.Join(f.DataDir, "ember.db"))
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 
-	if f.templates == "" {
-		f.templates = filepath.Join(f.dataDir, "templates")
-	}
-	reg := template.Registry{Dir: f.templates}
+	reg := template.Registry{Dir: f.Templates()}
 	start := time.Now()
-	base, err := ensureDefaultTemplate(ctx, f.cacheDir, reg, log)
+	base, err := ensureDefaultTemplate(ctx, f.CacheDir, reg, log)
 	if err != nil {
 		return fmt.Errorf("build default template: %w", err)
 	}
@@ -161,13 +143,13 @@ func serve(ctx context.Context, f serveFlags) error {
 	log.Info("default template ready", "template", template.DefaultName, "duration_ms", built.Milliseconds())
 
 	def := base
-	if f.defTpl != template.DefaultName {
-		if def, err = reg.Get(f.defTpl); err != nil {
-			return fmt.Errorf("--default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.defTpl, err, f.defTpl)
+	if f.DefaultTemplate != template.DefaultName {
+		if def, err = reg.Get(f.DefaultTemplate); err != nil {
+			return fmt.Errorf("default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.DefaultTemplate, err, f.DefaultTemplate)
 		}
 	}
-	driver, vmmReason, err := vmmauto.Select(ctx, vmmauto.Config{VMM: f.vmm, Accel: f.accel,
-		FirecrackerBinary: f.fcBinary, CacheDir: f.cacheDir, Kernel: def.Kernel}, log)
+	driver, vmmReason, err := vmmauto.Select(ctx, vmmauto.Config{VMM: f.VMM, Accel: f.Accel,
+		FirecrackerBinary: f.Firecracker, CacheDir: f.CacheDir, Kernel: def.Kernel, Prober: prober}, log)
 	if err != nil {
 		return err
 	}
@@ -178,7 +160,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	if df, ok := driver.(vmm.DiskFormats); ok {
 		formats = df.DiskFormats()
 	}
-	disks, diskReason, err := auto.Select(f.dataDir, f.rootfs, formats, log)
+	disks, diskReason, err := auto.Select(f.DataDir, f.Rootfs, formats, log)
 	if err != nil {
 		return err
 	}
@@ -188,12 +170,12 @@ func serve(ctx context.Context, f serveFlags) error {
 		}
 	}
 
-	bridgeNet, err := netip.ParsePrefix(f.bridgeNet)
+	bridgeNet, err := netip.ParsePrefix(f.BridgeCIDR)
 	if err != nil {
-		return fmt.Errorf("--bridge-cidr %q: %w", f.bridgeNet, err)
+		return fmt.Errorf("bridge-cidr %q: %w", f.BridgeCIDR, err)
 	}
-	netCfg := network.Config{FirstIndex: f.slotFirst, SlotCount: f.slotCount, NoEgress: f.noEgress, Uplink: f.uplink,
-		PoolSize: f.poolSize, Mode: f.netMode, Bridge: f.bridge, BridgeCIDR: bridgeNet}
+	netCfg := network.Config{FirstIndex: f.SlotFirst, SlotCount: f.SlotCount, NoEgress: f.NoEgress, Uplink: f.Uplink,
+		PoolSize: f.SlotPool, Mode: f.NetworkMode, Bridge: f.Bridge, BridgeCIDR: bridgeNet}
 	pool, err := network.New(netCfg, log)
 	if err != nil {
 		return err
@@ -205,7 +187,7 @@ func serve(ctx context.Context, f serveFlags) error {
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     30 * time.Second,
 	}}
-	mcfg := sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes"))
+	mcfg := sandbox.DefaultConfig(filepath.Join(f.DataDir, "sandboxes"))
 	mcfg.DefaultTemplate = def.Name
 	var mgr *sandbox.Manager
 	events := event.NewHub(event.DefaultHistory)
@@ -237,7 +219,7 @@ func serve(ctx context.Context, f serveFlags) error {
 		log.Error("start-up reclaim left orphans", "err", err)
 	}
 	mgr.RunReaper(ctx, time.Second)
-	mgr.RunSampler(ctx, f.metricsEvery)
+	mgr.RunSampler(ctx, f.MetricsEvery())
 
 	info := func() client.Info {
 		return client.Info{
@@ -252,17 +234,17 @@ func serve(ctx context.Context, f serveFlags) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info, Metrics: mtr, Events: events},
+		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events},
 			mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
-	ln, err := net.Listen("tcp", f.listen)
+	ln, err := net.Listen("tcp", f.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", f.listen, err)
+		return fmt.Errorf("listen on %s: %w", f.Listen, err)
 	}
-	fmt.Fprintf(os.Stderr, "ember: API       http://%s/v1 (X-API-Key from %s)\n", ln.Addr(), filepath.Join(f.dataDir, "api-key"))
-	if f.printKey {
+	fmt.Fprintf(os.Stderr, "ember: API       http://%s/v1 (X-API-Key from %s)\n", ln.Addr(), filepath.Join(f.DataDir, "api-key"))
+	if f.PrintAPIKey {
 		fmt.Fprintf(os.Stderr, "ember: API key   %s\n", apiKey)
 	}
 	fmt.Fprintf(os.Stderr, "ember: OpenAPI   http://%s/openapi.yaml\n", ln.Addr())
@@ -271,13 +253,13 @@ func serve(ctx context.Context, f serveFlags) error {
 
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
-	if f.metricsListen != "" {
-		msrv, err := serveMetrics(f.metricsListen, mtr.Handler(), errc)
+	if f.MetricsListen != "" {
+		msrv, err := serveMetrics(f.MetricsListen, mtr.Handler(), errc)
 		if err != nil {
 			return err
 		}
 		defer msrv.Close()
-		fmt.Fprintf(os.Stderr, "ember: metrics   http://%s/metrics (no key)\n", f.metricsListen)
+		fmt.Fprintf(os.Stderr, "ember: metrics   http://%s/metrics (no key)\n", f.MetricsListen)
 	}
 	select {
 	case err := <-errc:
@@ -296,63 +278,24 @@ func serve(ctx context.Context, f serveFlags) error {
 	return err
 }
 
-// newLogger returns the daemon's logger in the format asked for.
-func newLogger(format string, level slog.Level) (*slog.Logger, error) {
-	opts := &slog.HandlerOptions{Level: level}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
-}
-
-// serveMetrics serves the metrics alone, unauthenticated, on addr: the
-// address a Prometheus on a monitoring network scrapes. A failure to serve
-// is sent to errc.
-func serveMetrics(addr string, h http.Handler, errc chan<- error) (*http.Server, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("metrics: %w", err)
+// refuseUnfitHost runs the host checks, logs every warning with its fix,
+// and returns an error naming each failing check with its fix.
+func refuseUnfitHost(ctx context.Context, cfg *config.Config, prober *accel.Prober, log *slog.Logger) error {
+	rep := checkHost(ctx, cfg, prober, true)
+	var fine []string
+	for _, c := range rep.Checks {
+		switch c.Status {
+		case doctor.OK:
+			fine = append(fine, c.Name)
+		case doctor.Warn:
+			log.Warn("host check", "check", c.Name, "finding", c.Finding, "fix", c.Fix)
 		}
-	}()
-	return srv, nil
-}
-
-// templateNames lists the registry's templates, for the metrics.
-func templateNames(reg template.Registry) []string {
-	tpls, err := reg.List()
-	if err != nil {
-		return nil
 	}
-	names := make([]string, len(tpls))
-	for i, t := range tpls {
-		names[i] = t.Name
+	if err := rep.Err(); err != nil {
+		return err
 	}
-	return names
-}
-
-// lockDataDir takes the single-instance lock: two daemons on one data dir
-// would fight over its sandboxes and network slots.
-func lockDataDir(dir string) (func(), error) {
-	path := filepath.Join(dir, "ember.lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another ember daemon is running on %s (lock %s): %w", dir, path, err)
-	}
-	return func() { f.Close() }, nil
+	log.Info("host checks ok", "checks", strings.Join(fine, " "))
+	return nil
 }
 
 // loadAPIKey reads the API key, creating it (mode 0600) on first start.
@@ -387,6 +330,61 @@ func reclaimPlan(driver vmm.Driver, slots network.Slots, disks rootfs.Backend) r
 		plan.Devices = r
 	}
 	return plan
+}
+
+// newLogger returns the daemon's logger in the format asked for.
+func newLogger(format string, level slog.Level) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("log-format %q: want text or json", format)
+}
+
+// serveMetrics serves the metrics alone, unauthenticated, on addr: the
+// address a Prometheus on a monitoring network scrapes. A failure to serve
+// is sent to errc.
+func serveMetrics(addr string, h http.Handler, errc chan<- error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics-listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("metrics: %w", err)
+		}
+	}()
+	return srv, nil
+}
+
+// templateNames lists the registry's templates, for the metrics.
+func templateNames(reg template.Registry) []string {
+	tpls, err := reg.List()
+	if err != nil {
+		return nil
+	}
+	names := make([]string, len(tpls))
+	for i, t := range tpls {
+		names[i] = t.Name
+	}
+	return names
+}
+
+// newProber returns the accelerator prober the daemon, its VMM choice and
+// its host checks share, so a kernel is probed once; nil when there is no
+// QEMU to probe with.
+func newProber(f config.Serve, log *slog.Logger) *accel.Prober {
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil
+	}
+	return qemu.NewProber(bin, f.CacheDir, 0, log)
 }
 
 // accelerators reports the accelerator each template's kernel gets, and

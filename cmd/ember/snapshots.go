@@ -18,9 +18,11 @@ import (
 func sandboxCall(use, short string, call func(ctx context.Context, c *client.Client, id string) (client.Sandbox, error)) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   use + " ID",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
+		Use:               use + " ID",
+		Short:             short,
+		Example:           "  ember " + use + " SANDBOX\n  ember " + use + " --json SANDBOX",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeSandbox,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := apiClient()
 			if err != nil {
@@ -57,9 +59,11 @@ func resumeCmd() *cobra.Command {
 
 func timeoutCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "timeout ID SECONDS",
-		Short: "Set a sandbox's end time to now + SECONDS",
-		Args:  cobra.ExactArgs(2),
+		Use:               "timeout ID SECONDS",
+		Short:             "Set a sandbox's end time to now + SECONDS",
+		Example:           "  ember timeout SANDBOX 3600",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeSandbox,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := strconv.Atoi(args[1])
 			if err != nil {
@@ -83,9 +87,11 @@ func forkCmd() *cobra.Command {
 	var n int
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "fork ID",
-		Short: "Make copies of a running sandbox as it is now and print their ids",
-		Args:  cobra.ExactArgs(1),
+		Use:               "fork ID",
+		Short:             "Make copies of a running sandbox as it is now and print their ids",
+		Example:           "  ember fork SANDBOX\n  ember fork --count 3 SANDBOX",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeSandbox,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := apiClient()
 			if err != nil {
@@ -113,11 +119,17 @@ func snapshotCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "snapshot",
 		Short: "Create, list and delete snapshots (sandboxes can be created from them)",
+		Example: "  ember snapshot create SANDBOX kept\n" +
+			"  ember create --snapshot kept\n" +
+			"  ember snapshot ls\n" +
+			"  ember snapshot rm kept",
 	}
 	create := &cobra.Command{
-		Use:   "create ID NAME",
-		Short: "Snapshot a running or paused sandbox (it keeps running)",
-		Args:  cobra.ExactArgs(2),
+		Use:               "create ID NAME",
+		Short:             "Snapshot a running or paused sandbox (it keeps running)",
+		Example:           "  ember snapshot create SANDBOX kept",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeSandbox,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := apiClient()
 			if err != nil {
@@ -135,6 +147,7 @@ func snapshotCmd() *cobra.Command {
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List snapshots",
+		Example: "  ember snapshot ls\n  ember snapshot ls --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := apiClient()
@@ -163,6 +176,7 @@ func snapshotCmd() *cobra.Command {
 		Use:     "rm NAME...",
 		Aliases: []string{"delete"},
 		Short:   "Delete snapshots no sandbox was created from",
+		Example: "  ember snapshot rm kept",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := apiClient()

@@ -9,7 +9,8 @@ import (
 )
 
 func templateCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "template", Short: "Manage templates"}
+	cmd := &cobra.Command{Use: "template", Short: "Manage templates",
+		Example: "  ember template ls\n  ember template build"}
 	cmd.AddCommand(templateLsCmd(), templateBuildCmd())
 	return cmd
 }
@@ -20,6 +21,7 @@ func templateLsCmd() *cobra.Command {
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List templates with their sizes",
+		Example: "  ember template ls\n  ember template ls --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := apiClient()

@@ -565,8 +565,41 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		return 499, "client_closed_request", "the client went away"
 	}
+	var op *sandbox.OpError
+	if errors.As(err, &op) {
+		status, code := opStatus(err)
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "sandbox", op.ID, "code", code, "err", err)
+		return status, code, op.Summary() + " (the daemon log has the details)"
+	}
 	s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	return http.StatusInternalServerError, "internal", "internal error: the daemon log has the details"
+}
+
+// opStatus maps the part of the host a lifecycle operation failed in to a
+// status and a stable code. Most are the daemon's failures (500); a guest
+// that never answered is a timeout of the daemon's gateway to it (504), one
+// that answered wrongly a bad gateway (502), a daemon out of network slots
+// unavailable until a sandbox ends (503).
+func opStatus(err error) (int, string) {
+	switch {
+	case errors.Is(err, sandbox.ErrNoCapacity):
+		return http.StatusServiceUnavailable, "no_capacity"
+	case errors.Is(err, sandbox.ErrDisk):
+		return http.StatusInternalServerError, "disk_failed"
+	case errors.Is(err, sandbox.ErrNetwork):
+		return http.StatusInternalServerError, "network_failed"
+	case errors.Is(err, sandbox.ErrVMMStart):
+		return http.StatusInternalServerError, "vmm_start_failed"
+	case errors.Is(err, sandbox.ErrVMMSave):
+		return http.StatusInternalServerError, "vmm_save_failed"
+	case errors.Is(err, sandbox.ErrBoot):
+		return http.StatusGatewayTimeout, "boot_failed"
+	case errors.Is(err, sandbox.ErrAgent):
+		return http.StatusBadGateway, "agent_failed"
+	case errors.Is(err, sandbox.ErrStore):
+		return http.StatusInternalServerError, "store_failed"
+	}
+	return http.StatusInternalServerError, "internal"
 }
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {

@@ -35,12 +35,17 @@ type fakeSandboxes struct {
 	// snaps holds snapshots; inUse names those a sandbox depends on.
 	snaps map[string]store.Snapshot
 	inUse map[string]bool
+	// createErr, when set, is what Create returns.
+	createErr error
 }
 
 func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.created = append(f.created, req)
+	if f.createErr != nil {
+		return store.Sandbox{}, f.createErr
+	}
 	if req.Template != "base" && req.Template != "" {
 		return store.Sandbox{}, fmt.Errorf("template %q: %w", req.Template, sandbox.ErrTemplateNotFound)
 	}

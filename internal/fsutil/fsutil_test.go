@@ -1,6 +1,7 @@
 package fsutil
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,4 +30,33 @@ func TestWriteFileAtomic(t *testing.T) {
 	if err := WriteFileAtomic(filepath.Join(dir, "missing", "x"), []byte("x"), 0o600); err == nil {
 		t.Fatal("write into a missing directory succeeded")
 	}
+}
+
+func TestTryLockAndHeld(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "ember.lock")
+	if Held(p) {
+		t.Fatal("a missing lock file is held")
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Fatalf("Held created the lock file: %v", err)
+	}
+	unlock, err := TryLock(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Held(p) {
+		t.Fatal("a taken lock is not held")
+	}
+	if _, err := TryLock(p); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second TryLock: %v, want ErrLocked", err)
+	}
+	unlock()
+	if Held(p) {
+		t.Fatal("a released lock is held")
+	}
+	unlock, err = TryLock(p)
+	if err != nil {
+		t.Fatalf("TryLock after release: %v", err)
+	}
+	unlock()
 }

@@ -40,3 +40,29 @@ func Lock(ctx context.Context, path string) (unlock func(), err error) {
 		}
 	}
 }
+
+// ErrLocked is returned by TryLock for a lock another process holds.
+var ErrLocked = errors.New("locked by another process")
+
+// TryLock is Lock without the wait: a lock another process holds is an
+// error wrapping ErrLocked.
+func TryLock(path string) (unlock func(), err error) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(ErrLocked)
+	return Lock(ctx, path)
+}
+
+// Held reports whether another process holds the lock at path. It creates
+// nothing: a missing file is a lock nobody holds.
+func Held(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		return errors.Is(err, unix.EWOULDBLOCK)
+	}
+	unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
+}

@@ -114,7 +114,7 @@ func (p *BridgePool) onHost(fn func() error) error {
 func (p *BridgePool) setupHost() error {
 	cfg := p.cfg
 	if !cfg.NoEgress {
-		up, err := resolveUplink(cfg.Uplink)
+		up, err := ResolveUplink(cfg.Uplink)
 		if err != nil {
 			return err
 		}

@@ -89,7 +89,7 @@ var (
 	// ErrInvalidConfig wraps every Config.Validate failure.
 	ErrInvalidConfig = errors.New("invalid network config")
 	// ErrNoCapacity means every slot index of the configured ranges is taken.
-	ErrNoCapacity = errors.New("no free network slot")
+	ErrNoCapacity = slot.ErrNoCapacity
 	// ErrNotFound means a slot's namespace does not exist.
 	ErrNotFound = errors.New("network slot not found")
 	// ErrInUse means the slot is already held by this pool.

@@ -93,6 +93,19 @@ func hostRules(uplink string, hostCIDR netip.Prefix) []ruleSpec {
 // uplinkTag tags a rule that belongs to one uplink.
 func uplinkTag(what, uplink string) string { return what + " via " + uplink }
 
+// CheckNFTables reports whether this host's nf_tables answers, by listing
+// its tables: every rule ember writes goes through it.
+func CheckNFTables() error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("open nftables: %w", err)
+	}
+	if _, err := c.ListTables(); err != nil {
+		return fmt.Errorf("list nftables tables: %w", err)
+	}
+	return nil
+}
+
 // ensureHostTable creates the host table, its sets and chains if missing and
 // adds the rules it lacks. It never removes anything, so concurrent pools
 // and a running daemon keep their slots.

@@ -132,7 +132,7 @@ func newPool(cfg Config, log *slog.Logger, tune func(*Pool)) (*Pool, error) {
 func (p *Pool) setupHost() error {
 	cfg, log := p.cfg, p.log
 	if !cfg.NoEgress {
-		up, err := resolveUplink(cfg.Uplink)
+		up, err := ResolveUplink(cfg.Uplink)
 		if err != nil {
 			return err
 		}
@@ -169,10 +169,12 @@ func (p *Pool) onHost(fn func() error) error {
 	return netns.Do(p.cfg.HostNetns, fn)
 }
 
-// resolveUplink returns name after checking it exists, or, when name is
-// empty, the interface of the main table's default IPv4 route with the
-// lowest metric ("" when there is none).
-func resolveUplink(name string) (string, error) {
+// ResolveUplink returns the interface sandbox egress leaves by: name after
+// checking it exists, or, when name is empty, the interface of the main
+// table's default IPv4 route with the lowest metric ("" when there is
+// none). An interface that does not exist is an error wrapping
+// ErrInvalidConfig.
+func ResolveUplink(name string) (string, error) {
 	if name != "" {
 		if _, err := netlink.LinkByName(name); err != nil {
 			return "", fmt.Errorf("%w: uplink %q: %w", ErrInvalidConfig, name, err)

@@ -3,8 +3,11 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"strings"
 
+	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/vmm"
 )
 
 // Sentinels callers branch on; internal/api maps each to a status and a code.
@@ -72,4 +75,104 @@ func (e *StateConflict) Is(target error) bool {
 
 func stateError(r store.Sandbox, want string) error {
 	return &StateConflict{ID: r.ID, State: r.State, Want: want}
+}
+
+// What a lifecycle operation failed in: the parts of the host the daemon
+// drives. An *OpError wraps one of them; internal/api maps each to a status
+// and a stable code, and tells the client the first useful line of the
+// cause.
+var (
+	// ErrDisk: the sandbox's disk (or its directory) could not be made,
+	// attached or flattened.
+	ErrDisk = errors.New("disk failed")
+	// ErrNetwork: the sandbox's network slot or its policy could not be set
+	// up.
+	ErrNetwork = errors.New("network failed")
+	// ErrNoCapacity: every network slot of this daemon is taken. An
+	// *OpError of kind ErrNetwork wraps it.
+	ErrNoCapacity = slot.ErrNoCapacity
+	// ErrVMMStart: the VMM did not start the machine, or did not restore
+	// it from its saved state.
+	ErrVMMStart = errors.New("vmm did not start the machine")
+	// ErrVMMSave: the VMM could not pause or save the machine.
+	ErrVMMSave = errors.New("vmm could not save the machine")
+	// ErrBoot: the machine started, but the guest's agent never answered.
+	ErrBoot = errors.New("guest did not come up")
+	// ErrAgent: the guest's agent answered, but refused to set the guest up.
+	ErrAgent = errors.New("guest agent failed")
+	// ErrStore: the daemon's database could not record the sandbox.
+	ErrStore = errors.New("store failed")
+)
+
+// OpError is a lifecycle operation on a sandbox that failed in one part of
+// the host. errors.Is finds its Kind and everything its cause wraps.
+type OpError struct {
+	// Op is the operation ("create", "resume", "pause", "snapshot"), ID the
+	// sandbox and Step what the operation was doing ("prepare disk").
+	Op, ID, Step string
+	// Kind is one of ErrDisk, ErrNetwork, ErrVMMStart, ErrVMMSave, ErrBoot,
+	// ErrAgent and ErrStore.
+	Kind error
+	// Hint, when set, is the first useful line of what went wrong, found
+	// where the cause alone does not say it (a guest's console).
+	Hint string
+	Err  error
+}
+
+func (e *OpError) Error() string {
+	return fmt.Sprintf("%s sandbox %s: %s: %v", e.Op, e.ID, e.Step, e.Err)
+}
+
+// Unwrap returns the kind and the cause.
+func (e *OpError) Unwrap() []error { return []error{e.Kind, e.Err} }
+
+// Cause returns the first useful line of what went wrong, for the client
+// (the full chain is for the log): the Hint, else the VMM's own error line
+// where it exited with one, else the first line of the cause.
+func (e *OpError) Cause() string {
+	if e.Hint != "" {
+		return e.Hint
+	}
+	var exit *vmm.ExitError
+	if errors.As(e.Err, &exit) {
+		return exit.Reason()
+	}
+	line, _, _ := strings.Cut(e.Err.Error(), "\n")
+	return line
+}
+
+// Summary is what the client is told: the operation, the sandbox, the step
+// and the cause's first useful line.
+func (e *OpError) Summary() string {
+	return fmt.Sprintf("%s sandbox %s: %s: %s", e.Op, e.ID, e.Step, truncate(e.Cause(), maxCause))
+}
+
+// maxCause bounds the cause a client is told; the log keeps all of it.
+const maxCause = 500
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// opError wraps err, when there is one, as a failure of op on sandbox id
+// in step.
+func opError(op, id, step string, kind, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &OpError{Op: op, ID: id, Step: step, Kind: kind, Err: err}
+}
+
+// bootError is a guest whose agent never answered. Its console's last line
+// is the useful one: a kernel panic, or the last thing a stuck boot did.
+func bootError(op, id, dir string, err error) error {
+	console := vmm.ConsoleLog(dir)
+	e := &OpError{Op: op, ID: id, Step: "wait for the guest's agent (console log " + console + ")", Kind: ErrBoot, Err: err}
+	if line := vmm.LastLine(console); line != "" {
+		e.Hint = fmt.Sprintf("%v; the guest console's last line: %s", err, line)
+	}
+	return e
 }

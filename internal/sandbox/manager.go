@@ -337,14 +337,14 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	}
 	m.holdRegistration(sb, id)
 	if err := os.MkdirAll(r.Dir, 0o700); err != nil {
-		return store.Sandbox{}, fmt.Errorf("create dir of sandbox %s: %w", id, err)
+		return store.Sandbox{}, opError("create", id, "create its directory", ErrDisk, err)
 	}
 	m.holdDir(sb, r.Dir)
 
 	o.phase("setup")
 	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, src.rootfs, src.sizeBytes)
 	if err != nil {
-		return store.Sandbox{}, fmt.Errorf("prepare disk of sandbox %s: %w", id, err)
+		return store.Sandbox{}, opError("create", id, "prepare its disk", ErrDisk, err)
 	}
 	m.holdDisk(sb, id, r.Dir)
 	m.holdAddress(sb)
@@ -354,11 +354,11 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 
 	s, err := m.d.Slots.Get(ctx)
 	if err != nil {
-		return store.Sandbox{}, fmt.Errorf("get network slot for sandbox %s: %w", id, err)
+		return store.Sandbox{}, opError("create", id, "get a network slot", ErrNetwork, err)
 	}
 	m.holdSlot(sb, s)
 	if err := m.d.Slots.SetPolicy(ctx, s, *req.Network); err != nil {
-		return store.Sandbox{}, fmt.Errorf("apply network policy of sandbox %s: %w", id, err)
+		return store.Sandbox{}, opError("create", id, "apply its network policy", ErrNetwork, err)
 	}
 	r.SlotIndex = s.Index
 	r.TimingsMS["network"] = o.phase("network")
@@ -375,7 +375,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		machine, err = m.d.VMM.Start(ctx, spec)
 	}
 	if err != nil {
-		return store.Sandbox{}, fmt.Errorf("start vmm of sandbox %s: %w", id, err)
+		return store.Sandbox{}, opError("create", id, "start the vmm ("+m.d.VMM.Name()+")", ErrVMMStart, err)
 	}
 	m.holdMachine(sb, machine)
 	r.VMMPID = machine.PID()
@@ -393,7 +393,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
 	if err := ag.WaitReady(readyCtx); err != nil {
-		return store.Sandbox{}, fmt.Errorf("wait for agent of sandbox %s (console log %s): %w", id, vmm.ConsoleLog(r.Dir), err)
+		return store.Sandbox{}, bootError("create", id, r.Dir, err)
 	}
 	r.TimingsMS["agent"] = o.phase("agent")
 	if src.capture != "" {
@@ -404,7 +404,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	}
 	// Init also moves a restored guest's clock to the host's.
 	if err := ag.Init(readyCtx, r.Env); err != nil {
-		return store.Sandbox{}, fmt.Errorf("init agent of sandbox %s: %w", id, err)
+		return store.Sandbox{}, opError("create", id, "set the guest up", ErrAgent, err)
 	}
 	r.TimingsMS["init"] = o.phase("init")
 	r.TimingsMS["total"] = ms(time.Since(start))
@@ -455,7 +455,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // put persists r and publishes it to readers.
 func (m *Manager) put(ctx context.Context, sb *Sandbox, r store.Sandbox) error {
 	if err := m.d.Store.PutSandbox(context.WithoutCancel(ctx), r); err != nil {
-		return err
+		return opError("record", r.ID, "write its state ("+r.State+")", ErrStore, err)
 	}
 	sb.publish(r)
 	return nil
@@ -554,7 +554,7 @@ func (m *Manager) SetNetwork(ctx context.Context, id string, pol slot.Policy) (s
 		return store.Sandbox{}, stateError(r, "running")
 	}
 	if err := m.d.Slots.SetPolicy(ctx, sb.slot, pol); err != nil {
-		return store.Sandbox{}, fmt.Errorf("apply network policy of sandbox %s: %w", id, err)
+		return store.Sandbox{}, opError("set the network of", id, "apply its network policy", ErrNetwork, err)
 	}
 	r.Network = storedPolicy(pol)
 	if err := m.put(ctx, sb, r); err != nil {

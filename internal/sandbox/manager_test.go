@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -41,8 +42,13 @@ type world struct {
 	tplKey string
 
 	failDisk, failSlot, failStart, failReady, failAdopt bool
-	failPause, failSnapshot, failRestore, failAttach    bool
-	failFlatten, failStop, failRemove                   bool
+	failInit                                            bool
+	// slotErr and startErr, when set, are what Get and Start return;
+	// console is what a machine's console log holds.
+	slotErr, startErr                                error
+	console                                          string
+	failPause, failSnapshot, failRestore, failAttach bool
+	failFlatten, failStop, failRemove                bool
 	// released counts each release by resource ("remove sb1",
 	// "detach sb1", "return 3", "stop 101").
 	released map[string]int
@@ -138,6 +144,9 @@ func (s fakeSlots) Get(ctx context.Context) (*slot.Slot, error) {
 	if w.failSlot {
 		return nil, errors.New("no slot")
 	}
+	if w.slotErr != nil {
+		return nil, w.slotErr
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for i := 0; ; i++ {
@@ -194,6 +203,14 @@ func (d fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, erro
 	w := d.w
 	if w.failStart {
 		return nil, errors.New("qemu exploded")
+	}
+	if w.startErr != nil {
+		return nil, w.startErr
+	}
+	if w.console != "" {
+		if err := os.WriteFile(vmm.ConsoleLog(spec.Dir), []byte(w.console), 0o600); err != nil {
+			return nil, err
+		}
 	}
 	return w.newMachine(spec, ""), nil
 }
@@ -307,7 +324,12 @@ func (a fakeAgent) WaitReady(ctx context.Context) error {
 	}
 	return nil
 }
-func (a fakeAgent) Init(ctx context.Context, env map[string]string) error { return nil }
+func (a fakeAgent) Init(ctx context.Context, env map[string]string) error {
+	if a.w.failInit {
+		return errors.New("init refused")
+	}
+	return nil
+}
 func (a fakeAgent) Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error) {
 	if a.w.execFn != nil {
 		return a.w.execFn(ctx, req, stdout, stderr)
@@ -482,21 +504,42 @@ func TestCreateRejectsBadInputLeavingNothing(t *testing.T) {
 }
 
 func TestCreateFailureUnwindsEverything(t *testing.T) {
+	qemuExit := &vmm.ExitError{VMM: "qemu", During: "during start",
+		Log: "qemu-system-x86_64: -netdev tap,id=net0,ifname=tap0: could not open /dev/net/tun: No such device\n"}
 	cases := []struct {
 		name string
 		set  func(w *world)
+		// kind is the OpError's kind; cause what its Cause must say.
+		kind  error
+		cause string
 	}{
-		{"disk", func(w *world) { w.failDisk = true }},
-		{"slot", func(w *world) { w.failSlot = true }},
-		{"vmm", func(w *world) { w.failStart = true }},
-		{"agent", func(w *world) { w.failReady = true }},
+		{"disk", func(w *world) { w.failDisk = true }, ErrDisk, "disk full"},
+		{"slot", func(w *world) { w.failSlot = true }, ErrNetwork, "no slot"},
+		{"no capacity", func(w *world) { w.slotErr = fmt.Errorf("indexes 0..9 taken: %w", slot.ErrNoCapacity) }, ErrNoCapacity, "indexes 0..9 taken: no free network slot"},
+		{"vmm", func(w *world) { w.failStart = true }, ErrVMMStart, "qemu exploded"},
+		{"vmm exits", func(w *world) { w.startErr = fmt.Errorf("start sb: %w", qemuExit) }, ErrVMMStart,
+			"qemu-system-x86_64: -netdev tap,id=net0,ifname=tap0: could not open /dev/net/tun: No such device"},
+		{"agent", func(w *world) { w.failReady = true }, ErrBoot, "no answer"},
+		{"agent with a console", func(w *world) {
+			w.failReady, w.console = true, "booting\nKernel panic - not syncing: VFS: Unable to mount root fs\n"
+		},
+			ErrBoot, "no answer; the guest console's last line: Kernel panic - not syncing: VFS: Unable to mount root fs"},
+		{"init", func(w *world) { w.failInit = true }, ErrAgent, "init refused"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			w, st, dir, m := setup(t)
 			tc.set(w)
-			if _, err := m.Create(context.Background(), CreateRequest{}); err == nil {
-				t.Fatal("create succeeded")
+			_, err := m.Create(context.Background(), CreateRequest{})
+			var op *OpError
+			if !errors.As(err, &op) || !errors.Is(err, tc.kind) {
+				t.Fatalf("create: %v, want an *OpError of %v", err, tc.kind)
+			}
+			if op.Op != "create" || op.ID == "" || op.Cause() != tc.cause {
+				t.Fatalf("op %q id %q cause %q, want create and cause %q", op.Op, op.ID, op.Cause(), tc.cause)
+			}
+			if want := "create sandbox " + op.ID + ": "; !strings.HasPrefix(op.Summary(), want) || !strings.HasSuffix(op.Summary(), tc.cause) {
+				t.Fatalf("summary %q", op.Summary())
 			}
 			assertEmpty(t, w, st, m, dir)
 		})

@@ -80,7 +80,7 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 		if err := m.put(ctx, sb, r); err != nil {
 			errs = append(errs, err)
 		}
-		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, errors.Join(errs...))
+		return store.Sandbox{}, opError("pause", r.ID, "save the machine", ErrVMMSave, errors.Join(errs...))
 	}
 
 	r.State = StatePausing
@@ -192,7 +192,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 		lostDisk = true
 		return store.Sandbox{}, m.lost(o, sb, "disk gone: "+err.Error())
 	} else if err != nil {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: attach disk: %w", r.ID, err)
+		return store.Sandbox{}, opError("resume", r.ID, "attach its disk", ErrDisk, err)
 	}
 	m.holdAttachment(sb, r.ID, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
@@ -200,18 +200,18 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 
 	s, err := m.d.Slots.Unpark(ctx, paused.SlotIndex)
 	if err != nil {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: get network slot: %w", r.ID, err)
+		return store.Sandbox{}, opError("resume", r.ID, "get a network slot", ErrNetwork, err)
 	}
 	m.holdSlot(sb, s)
 	if err := m.d.Slots.SetPolicy(ctx, s, pol); err != nil {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: apply network policy: %w", r.ID, err)
+		return store.Sandbox{}, opError("resume", r.ID, "apply its network policy", ErrNetwork, err)
 	}
 	r.SlotIndex = s.Index
 	o.phase("network")
 
 	machine, err := restorer.Restore(ctx, m.spec(r, m.kernelOf(r.Template), s), dir)
 	if err != nil {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: restore vmm: %w", r.ID, err)
+		return store.Sandbox{}, opError("resume", r.ID, "restore the machine ("+m.d.VMM.Name()+")", ErrVMMStart, err)
 	}
 	m.holdMachine(sb, machine)
 	r.VMMPID = machine.PID()
@@ -224,12 +224,12 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
 	if err := ag.WaitReady(readyCtx); err != nil {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: wait for agent (console log %s): %w", r.ID, vmm.ConsoleLog(r.Dir), err)
+		return store.Sandbox{}, bootError("resume", r.ID, r.Dir, err)
 	}
 	// The guest wakes with the clock it was saved with; Init moves it to
 	// the host's (and re-sends env and token, which it already has).
 	if err := ag.Init(readyCtx, nil); err != nil {
-		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: init agent: %w", r.ID, err)
+		return store.Sandbox{}, opError("resume", r.ID, "set the guest up", ErrAgent, err)
 	}
 	o.phase("agent")
 

@@ -153,14 +153,16 @@ func TestPauseFailureKeepsRunning(t *testing.T) {
 		{"vcpus will not stop", func(w *world) { w.failPause = true }},
 		{"state not saved", func(w *world) { w.failSnapshot = true }},
 	}
+
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			w, st, dir, m := setup(t)
 			ctx := context.Background()
 			r := mustCreate(t, m, CreateRequest{})
 			tc.set(w)
-			if _, err := m.Pause(ctx, r.ID); err == nil {
-				t.Fatal("pause succeeded")
+			// Either way the VMM could not save the machine.
+			if _, err := m.Pause(ctx, r.ID); !errors.Is(err, ErrVMMSave) {
+				t.Fatalf("pause: %v, want ErrVMMSave", err)
 			}
 			got, _ := m.Get(r.ID)
 			if got.State != StateRunning || got.VMMPID != r.VMMPID {
@@ -204,11 +206,12 @@ func TestResumeFailureStaysPaused(t *testing.T) {
 	cases := []struct {
 		name string
 		set  func(*world, bool)
+		kind error
 	}{
-		{"disk will not attach", func(w *world, on bool) { w.failAttach = on }},
-		{"no slot", func(w *world, on bool) { w.failSlot = on }},
-		{"restore fails", func(w *world, on bool) { w.failRestore = on }},
-		{"agent silent", func(w *world, on bool) { w.failReady = on }},
+		{"disk will not attach", func(w *world, on bool) { w.failAttach = on }, ErrDisk},
+		{"no slot", func(w *world, on bool) { w.failSlot = on }, ErrNetwork},
+		{"restore fails", func(w *world, on bool) { w.failRestore = on }, ErrVMMStart},
+		{"agent silent", func(w *world, on bool) { w.failReady = on }, ErrBoot},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -219,8 +222,9 @@ func TestResumeFailureStaysPaused(t *testing.T) {
 				t.Fatal(err)
 			}
 			tc.set(w, true)
-			if _, err := m.Resume(ctx, r.ID); err == nil || errors.Is(err, ErrConflict) {
-				t.Fatalf("resume: %v", err)
+			var op *OpError
+			if _, err := m.Resume(ctx, r.ID); !errors.Is(err, tc.kind) || !errors.As(err, &op) || op.Op != "resume" || op.ID != r.ID {
+				t.Fatalf("resume: %v, want a resume *OpError of %v", err, tc.kind)
 			}
 			assertPaused(t, w, st, m, r.ID)
 			tc.set(w, false)

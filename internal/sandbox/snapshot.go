@@ -134,20 +134,20 @@ func (m *Manager) captureLocked(ctx context.Context, o *tracker, sb *Sandbox, r 
 			return m.unsupported()
 		}
 		if err := sb.machine.Pause(ctx); err != nil {
-			return fmt.Errorf("pause vcpus: %w", err)
+			return opError("snapshot", r.ID, "pause the vcpus", ErrVMMSave, err)
 		}
 		defer func() {
 			if rerr := sb.machine.Resume(context.WithoutCancel(ctx)); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("resume vcpus: %w", rerr))
+				err = errors.Join(err, opError("snapshot", r.ID, "resume the vcpus", ErrVMMSave, rerr))
 			}
 		}()
 		if err := snapper.Snapshot(ctx, snapState(dir), vmm.SnapshotOptions{}); err != nil {
-			return fmt.Errorf("save machine state: %w", err)
+			return opError("snapshot", r.ID, "save the machine state", ErrVMMSave, err)
 		}
 	}
 	o.phase("state")
 	if err := m.d.Disks.Flatten(ctx, r.ID, r.Dir, snapRootfs(dir)); err != nil {
-		return fmt.Errorf("flatten disk: %w", err)
+		return opError("snapshot", r.ID, "flatten its disk", ErrDisk, err)
 	}
 	o.phase("disk")
 	return nil

@@ -177,10 +177,11 @@ func TestSnapshotFailureLeavesNothing(t *testing.T) {
 	cases := []struct {
 		name string
 		set  func(*world, bool)
+		kind error
 	}{
-		{"vcpus will not stop", func(w *world, on bool) { w.failPause = on }},
-		{"state not saved", func(w *world, on bool) { w.failSnapshot = on }},
-		{"disk not flattened", func(w *world, on bool) { w.failFlatten = on }},
+		{"vcpus will not stop", func(w *world, on bool) { w.failPause = on }, ErrVMMSave},
+		{"state not saved", func(w *world, on bool) { w.failSnapshot = on }, ErrVMMSave},
+		{"disk not flattened", func(w *world, on bool) { w.failFlatten = on }, ErrDisk},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -188,11 +189,11 @@ func TestSnapshotFailureLeavesNothing(t *testing.T) {
 			ctx := context.Background()
 			src := mustCreate(t, m, CreateRequest{})
 			tc.set(w, true)
-			if _, err := m.CreateSnapshot(ctx, src.ID, "s"); err == nil {
-				t.Fatal("snapshot succeeded")
+			if _, err := m.CreateSnapshot(ctx, src.ID, "s"); !errors.Is(err, tc.kind) {
+				t.Fatalf("snapshot: %v, want %v", err, tc.kind)
 			}
-			if _, err := m.Fork(ctx, src.ID, 2); err == nil {
-				t.Fatal("fork succeeded")
+			if _, err := m.Fork(ctx, src.ID, 2); !errors.Is(err, tc.kind) {
+				t.Fatalf("fork: %v, want %v", err, tc.kind)
 			}
 			assertNoSnapshots(t, st, m)
 			if got, _ := m.Get(src.ID); got.State != StateRunning || machineOf(t, w, src.VMMPID).isPaused() {

@@ -80,7 +80,7 @@ func (m *Manager) captureTemplate(ctx context.Context, machine vmm.Machine, r st
 		m.log.Warn("capture template snapshot", "sandbox", r.ID, "template", r.Template, "err", errors.Join(err, os.RemoveAll(tmp)))
 	}
 	if rerr := machine.Resume(context.WithoutCancel(ctx)); rerr != nil {
-		return fmt.Errorf("resume sandbox %s after its template snapshot: %w", r.ID, rerr)
+		return opError("create", r.ID, "resume the machine after its template snapshot", ErrVMMSave, rerr)
 	}
 	if err == nil {
 		m.log.Info("template snapshot captured", "template", r.Template, "dir", dir)

@@ -65,6 +65,11 @@ func (s *Slot) BootArgs() string {
 	return fmt.Sprintf("ip=%s::%s:%s::%s:off", guest, gw, netmask, guestDevice)
 }
 
+// ErrNoCapacity means every slot index a pool may hand out is taken. The
+// network package's pools return it; it lives here so the sandbox layer
+// can name it without importing them.
+var ErrNoCapacity = errors.New("no free network slot")
+
 // ErrInvalidPolicy wraps every Policy.Validate failure.
 var ErrInvalidPolicy = errors.New("invalid network policy")
 

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -61,11 +60,8 @@ func TestAccelIsSaid(t *testing.T) {
 // or none at all), `ember serve --accel kvm` exits non-zero at start with
 // the probe's reason and starts nothing.
 func TestAccelKVMRefused(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	bin := testutil.RequireEnv(t, "EMBER_BIN", "run through `make test`, which builds bin/ember")
-	guest := testutil.Guest(t)
-	v, err := qemu.NewProber("qemu-system-x86_64", "", 0, slog.New(slog.DiscardHandler)).Choose(context.Background(), guest.Kernel)
+	h := harness.Require(t)
+	v, err := qemu.NewProber("qemu-system-x86_64", "", 0, slog.New(slog.DiscardHandler)).Choose(context.Background(), h.Guest.Kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +72,8 @@ func TestAccelKVMRefused(t *testing.T) {
 	const slotFirst = 3470
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "serve", "--accel", "kvm", "--listen", "127.0.0.1:0", "--data-dir", dataDir,
-		"--template-dir", filepath.Dir(filepath.Dir(guest.Kernel)), "--slot-first", "3470", "--no-egress")
+	cmd := exec.CommandContext(ctx, h.Bin, "serve", "--accel", "kvm", "--listen", "127.0.0.1:0", "--data-dir", dataDir,
+		"--template-dir", h.Templates, "--slot-first", "3470", "--no-egress")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()

@@ -19,15 +19,12 @@ import (
 // o.SlotFirst, and puts the daemon's log into a failed test's log.
 func ForTest(t testing.TB, o Options, span int) *Daemon {
 	t.Helper()
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	bin := testutil.RequireEnv(t, "EMBER_BIN", "run through `make test`, which builds bin/ember")
-	guest := testutil.Guest(t)
+	h := Require(t)
 	logf, err := os.CreateTemp("", "ember-test-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Bin, o.Templates, o.DataDir, o.Log = bin, filepath.Dir(filepath.Dir(guest.Kernel)), t.TempDir(), logf
+	o.Bin, o.Templates, o.DataDir, o.Log = h.Bin, h.Templates, t.TempDir(), logf
 	if o.SlotCount == 0 {
 		o.SlotCount = span
 	}
@@ -53,6 +50,27 @@ func ForTest(t testing.TB, o Options, span int) *Daemon {
 		os.Remove(logf.Name())
 	})
 	return d
+}
+
+// Host is what a test that runs bin/ember needs of this machine.
+type Host struct {
+	// Bin is bin/ember ($EMBER_BIN); Guest the default template's kernel
+	// and root image; Templates the registry holding it.
+	Bin       string
+	Guest     testutil.GuestImage
+	Templates string
+}
+
+// Require skips a test that runs bin/ember on this host where root, QEMU,
+// $EMBER_BIN or the built default template are missing (or fails it under
+// EMBER_REQUIRE_ALL), and returns them.
+func Require(t testing.TB) Host {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "qemu-system-x86_64")
+	bin := testutil.RequireEnv(t, "EMBER_BIN", "run through `make test`, which builds bin/ember")
+	guest := testutil.Guest(t)
+	return Host{Bin: bin, Guest: guest, Templates: filepath.Dir(filepath.Dir(guest.Kernel))}
 }
 
 // Tail returns the last n lines of s.

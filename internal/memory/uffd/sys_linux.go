@@ -148,6 +148,24 @@ func le64(b []byte) uint64 {
 // missing-page faults. It is exported for tests and benchmarks that play
 // the VMM.
 func Register(addr, n uint64, features uint64) (fd int, err error) {
+	fd, err = open(features)
+	if err != nil {
+		return -1, err
+	}
+	defer func() {
+		if err != nil {
+			unix.Close(fd)
+		}
+	}()
+	reg := uffdioRegister{rng: uffdioRange{start: addr, len: n}, mode: registerMissng}
+	if err := ioctl(fd, ioctlRegister, unsafe.Pointer(&reg)); err != nil {
+		return -1, fmt.Errorf("uffdio_register %#x+%#x: %w", addr, n, err)
+	}
+	return fd, nil
+}
+
+// open opens a userfaultfd and negotiates the API with features.
+func open(features uint64) (int, error) {
 	flags := uintptr(unix.O_CLOEXEC | unix.O_NONBLOCK)
 	r, _, e := unix.Syscall(unix.SYS_USERFAULTFD, flags, 0, 0)
 	if e == unix.EPERM {
@@ -158,21 +176,24 @@ func Register(addr, n uint64, features uint64) (fd int, err error) {
 	if e != 0 {
 		return -1, fmt.Errorf("userfaultfd: %w", e)
 	}
-	fd = int(r)
-	defer func() {
-		if err != nil {
-			unix.Close(fd)
-		}
-	}()
+	fd := int(r)
 	api := uffdioAPI{api: uffdAPI, features: features}
 	if err := ioctl(fd, ioctlAPI, unsafe.Pointer(&api)); err != nil {
+		unix.Close(fd)
 		return -1, fmt.Errorf("uffdio_api features %#x: %w", features, err)
 	}
-	reg := uffdioRegister{rng: uffdioRange{start: addr, len: n}, mode: registerMissng}
-	if err := ioctl(fd, ioctlRegister, unsafe.Pointer(&reg)); err != nil {
-		return -1, fmt.Errorf("uffdio_register %#x+%#x: %w", addr, n, err)
-	}
 	return fd, nil
+}
+
+// Available reports whether this host gives the daemon a userfaultfd, which
+// serving a restored Firecracker machine's memory needs: it opens one,
+// negotiates the API and closes it.
+func Available() error {
+	fd, err := open(0)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
 }
 
 // Addr returns the address of the first byte of b, for the handshake's

@@ -97,10 +97,55 @@ func TestSelectForRawOnlyVMM(t *testing.T) {
 		t.Fatalf("chose %s for a raw-only vmm", b.Name())
 	}
 	if devmapper.Available() != nil && reflink.Supported(plain) != nil &&
-		!strings.Contains(reason, "qcow2: its disks are qcow2 and the vmm opens raw only") {
+		!strings.Contains(reason, "qcow2: the vmm does not open this backend's disks: its disks are qcow2 and the vmm opens raw only") {
 		t.Errorf("reason %q does not say why qcow2 was passed over", reason)
 	}
 	if _, _, err := auto.Select(plain, "qcow2", raw, discard); err == nil || !strings.Contains(err.Error(), "opens raw only") {
 		t.Errorf("qcow2 by name for a raw-only vmm: %v", err)
+	}
+}
+
+func TestPick(t *testing.T) {
+	noDM := errors.New("no device-mapper")
+	noClone := errors.New("cannot clone")
+	this := []auto.Availability{{"devmapper", noDM}, {"reflink", noClone}, {"qcow2", nil}, {"copy", nil}}
+	all := []auto.Availability{{"devmapper", nil}, {"reflink", nil}, {"qcow2", nil}, {"copy", nil}}
+	raw := []string{"raw"}
+	cases := []struct {
+		name      string
+		avail     []auto.Availability
+		preferred string
+		formats   []string
+		want      string
+		reason    []string
+		err       error
+	}{
+		{"first that runs", this, "", nil, "qcow2", []string{"automatic: qemu-img found", "passed over devmapper: no device-mapper; reflink: cannot clone"}, nil},
+		{"auto is automatic", this, "auto", nil, "qcow2", []string{"automatic: "}, nil},
+		{"raw only passes over qcow2", this, "", raw, "copy", []string{"qcow2: the vmm does not open this backend's disks: its disks are qcow2 and the vmm opens raw only"}, nil},
+		{"everything runs", all, "", raw, "devmapper", []string{"automatic: device-mapper present"}, nil},
+		{"configured", this, "copy", nil, "copy", []string{"configured"}, nil},
+		{"configured but missing", this, "devmapper", nil, "", nil, noDM},
+		{"configured qcow2 for raw only", this, "qcow2", raw, "", nil, auto.ErrFormat},
+		{"unknown", this, "zfs", nil, "", nil, auto.ErrUnknown},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			name, reason, err := auto.Pick(tc.avail, tc.preferred, tc.formats)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil || name != tc.want {
+				t.Fatalf("picked %q (%v), want %q", name, err, tc.want)
+			}
+			for _, r := range tc.reason {
+				if !strings.Contains(reason, r) {
+					t.Errorf("reason %q lacks %q", reason, r)
+				}
+			}
+		})
 	}
 }

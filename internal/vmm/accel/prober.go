@@ -370,3 +370,17 @@ func hashFile(path string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// KVMBoots says whether KVM boots kernel here, and why, for choosing a VMM
+// that runs under KVM only: the verdict of Choose. A nil Prober (no QEMU to
+// probe with) says no.
+func (p *Prober) KVMBoots(ctx context.Context, kernel string) (bool, string, error) {
+	if p == nil {
+		return false, "no qemu-system-x86_64 to probe KVM with", nil
+	}
+	v, err := p.Choose(ctx, kernel)
+	if err != nil {
+		return false, "", err
+	}
+	return v.Accel == KVM, v.Reason, nil
+}

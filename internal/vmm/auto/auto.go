@@ -60,6 +60,10 @@ type Config struct {
 	HostRoot string
 	// ProbeTimeout bounds a probe boot; 0 means accel.DefaultTimeout.
 	ProbeTimeout time.Duration
+	// Prober, when set, is the prober the daemon's host checks share, so
+	// a kernel is probed once for them, the choice and the driver; the
+	// fields above that configure one are then unused.
+	Prober *accel.Prober
 }
 
 // Select returns the driver cfg and this host call for, and why: a reason
@@ -76,8 +80,8 @@ func Select(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, 
 
 func choose(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, error) {
 	qemuBin, qerr := exec.LookPath(cmp.Or(cfg.QEMUBinary, "qemu-system-x86_64"))
-	var prober *accel.Prober
-	if qerr == nil {
+	prober := cfg.Prober
+	if prober == nil && qerr == nil {
 		prober = qemu.NewProber(qemuBin, cfg.CacheDir, cfg.ProbeTimeout, log)
 		prober.Root = cfg.HostRoot
 	}
@@ -89,7 +93,7 @@ func choose(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, 
 			return nil, "", err
 		}
 		if _, err := d.AccelFor(ctx, cfg.Kernel); err != nil {
-			return nil, "", fmt.Errorf("--accel %s: %w", cfg.Accel, err)
+			return nil, "", fmt.Errorf("accel %s: %w", cfg.Accel, err)
 		}
 		return d, why, nil
 	}
@@ -101,46 +105,30 @@ func choose(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, 
 		return d, why, nil
 	}
 	// kvmBoots says whether the probe finds that KVM boots the kernel.
-	kvmBoots := func() (bool, string, error) {
-		if prober == nil {
-			return false, "no qemu-system-x86_64 to probe KVM with", nil
-		}
-		v, err := prober.Choose(ctx, cfg.Kernel)
-		if err != nil {
-			return false, "", err
-		}
-		return v.Accel == accel.KVM, v.Reason, nil
+	kvmBoots := func() (bool, string, error) { return prober.KVMBoots(ctx, cfg.Kernel) }
+	name, why, err := vmm.Choose(cfg.VMM, fcOK, fcWhy, kvmBoots)
+	if err != nil {
+		return nil, "", err
 	}
-	switch cfg.VMM {
-	case "":
-		if !fcOK {
-			return useQEMU("automatic: " + fcWhy)
-		}
-		ok, why, err := kvmBoots()
-		if err != nil {
-			return nil, "", err
-		}
-		if ok {
-			return useFC("automatic: " + fcWhy + "; " + why)
-		}
-		return useQEMU("automatic: " + fcWhy + " found, but " + why)
-	case "firecracker":
-		if !fcOK {
-			return nil, "", fmt.Errorf("--vmm firecracker: %s", fcWhy)
-		}
-		ok, why, err := kvmBoots()
-		if err != nil {
-			return nil, "", err
-		}
-		if !ok {
-			return nil, "", fmt.Errorf("--vmm firecracker: %s", why)
-		}
-		return useFC("configured: " + fcWhy + "; " + why)
+	switch {
+	case name == "firecracker":
+		return useFC(why)
+	case cfg.VMM == "qemu" && qerr != nil:
+		return nil, "", fmt.Errorf("vmm qemu: %w", qerr)
+	}
+	return useQEMU(why)
+}
+
+// DiskFormats returns the disk formats the driver called name opens, as
+// the driver states them (vmm.DiskFormats), for a caller that has chosen a
+// driver by name without making one (`ember doctor`); nil for a name that
+// is no driver.
+func DiskFormats(name string) []string {
+	switch name {
 	case "qemu":
-		if qerr != nil {
-			return nil, "", fmt.Errorf("--vmm qemu: %w", qerr)
-		}
-		return useQEMU("configured")
+		return (*qemu.Driver)(nil).DiskFormats()
+	case "firecracker":
+		return (*firecracker.Driver)(nil).DiskFormats()
 	}
-	return nil, "", fmt.Errorf("--vmm %q: want firecracker, qemu or empty for automatic", cfg.VMM)
+	return nil
 }

@@ -69,11 +69,11 @@ func TestSelect(t *testing.T) {
 		},
 		{
 			name: "firecracker configured, no binary", host: noFC(kvmBoots), vmm: "firecracker",
-			says: []string{"--vmm firecracker: firecracker unavailable: "},
+			says: []string{"vmm firecracker: firecracker unavailable: "},
 		},
 		{
 			name: "firecracker configured, pvm host", host: pvm, vmm: "firecracker",
-			says: []string{"--vmm firecracker: tcg: /dev/kvm is PVM (kvm_pvm)"},
+			says: []string{"vmm firecracker: tcg: /dev/kvm is PVM (kvm_pvm)"},
 		},
 		{
 			name: "qemu configured where firecracker would run", host: kvmBoots, vmm: "qemu", want: "qemu", gotAccel: accel.KVM,
@@ -81,11 +81,11 @@ func TestSelect(t *testing.T) {
 		},
 		{
 			name: "qemu configured, no qemu", host: noQEMU(noKVM), vmm: "qemu",
-			says: []string{"--vmm qemu: "},
+			says: []string{"vmm qemu: "},
 		},
 		{
 			name: "unknown vmm", host: kvmBoots, vmm: "xen",
-			says: []string{`--vmm "xen": want firecracker, qemu or empty`},
+			says: []string{`vmm "xen": want firecracker, qemu or empty`},
 		},
 		{
 			name: "kvm configured where it boots", host: noFC(kvmBoots), accel: "kvm", want: "qemu", gotAccel: accel.KVM,
@@ -93,11 +93,11 @@ func TestSelect(t *testing.T) {
 		},
 		{
 			name: "kvm configured on a pvm host", host: noFC(pvm), accel: "kvm",
-			says: []string{"--accel kvm: ", "tcg: /dev/kvm is PVM (kvm_pvm)", "failed to set MSR"},
+			says: []string{"accel kvm: ", "tcg: /dev/kvm is PVM (kvm_pvm)", "failed to set MSR"},
 		},
 		{
 			name: "kvm configured, no kvm", host: noKVM, vmm: "qemu", accel: "kvm",
-			says: []string{"--accel kvm: ", "no usable /dev/kvm"},
+			says: []string{"accel kvm: ", "no usable /dev/kvm"},
 		},
 		{
 			name: "tcg configured where kvm boots", host: noFC(kvmBoots), accel: "tcg", want: "qemu", gotAccel: accel.TCG,

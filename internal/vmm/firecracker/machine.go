@@ -100,7 +100,7 @@ func (m *Machine) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-m.proc.Done():
-			return fmt.Errorf("firecracker exited during start: %s", vmmproc.LogTail("firecracker log", vmm.ConsoleLog(m.spec.Dir)))
+			return &vmm.ExitError{VMM: "firecracker", During: "during start", Log: vmm.LogTail(vmm.ConsoleLog(m.spec.Dir))}
 		case <-ctx.Done():
 			return fmt.Errorf("wait for api socket: %w (last: %v)", context.Cause(ctx), err)
 		case <-tick.C:

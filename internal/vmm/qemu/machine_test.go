@@ -187,12 +187,14 @@ func TestStartFailure(t *testing.T) {
 		mode    string
 		spec    func(s *vmm.Spec)
 		wantErr string
+		// reason is QEMU's own error line, for a QEMU that exited.
+		reason string
 	}{
-		{"qemu exits", fakeFailStart, nil, "could not load kernel"},
-		{"missing kernel", fakeObedient, func(s *vmm.Spec) { s.Kernel += ".missing" }, "kernel"},
-		{"missing disk", fakeObedient, func(s *vmm.Spec) { s.RootDisk += ".missing" }, "root disk"},
-		{"bad format", fakeObedient, func(s *vmm.Spec) { s.DiskFormat = "vmdk" }, "vmdk"},
-		{"socket path too long", fakeObedient, func(s *vmm.Spec) { s.Dir += "/" + strings.Repeat("x", 110) }, "unix socket"},
+		{"qemu exits", fakeFailStart, nil, "could not load kernel", "qemu-system-x86_64: fake: could not load kernel"},
+		{"missing kernel", fakeObedient, func(s *vmm.Spec) { s.Kernel += ".missing" }, "kernel", ""},
+		{"missing disk", fakeObedient, func(s *vmm.Spec) { s.RootDisk += ".missing" }, "root disk", ""},
+		{"bad format", fakeObedient, func(s *vmm.Spec) { s.DiskFormat = "vmdk" }, "vmdk", ""},
+		{"socket path too long", fakeObedient, func(s *vmm.Spec) { s.Dir += "/" + strings.Repeat("x", 110) }, "unix socket", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, spec := fakeDriver(t, tc.mode)
@@ -206,6 +208,10 @@ func TestStartFailure(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("error %q does not mention %q", err, tc.wantErr)
+			}
+			var exit *vmm.ExitError
+			if tc.reason != "" && (!errors.As(err, &exit) || exit.Reason() != tc.reason) {
+				t.Errorf("error %q: want a vmm.ExitError with QEMU's line %q", err, tc.reason)
 			}
 			if pids := vmmtest.ProcessesNaming(t, spec.Dir); len(pids) > 0 {
 				t.Errorf("processes left running: %v", pids)

@@ -307,7 +307,7 @@ func (m *Machine) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-m.proc.Done():
-			return fmt.Errorf("qemu exited during start: %s", vmmproc.LogTail("qemu log", logPath(m.spec.Dir)))
+			return &vmm.ExitError{VMM: "qemu", During: "during start", Log: vmm.LogTail(logPath(m.spec.Dir))}
 		case <-ctx.Done():
 			return fmt.Errorf("wait for qmp: %w (last: %v)", context.Cause(ctx), err)
 		case <-tick.C:

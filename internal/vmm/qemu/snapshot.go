@@ -451,7 +451,7 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 	if err := m.waitMigrationLocked(ctx, false); err != nil {
 		// QEMU ends itself when it cannot load a stream; its log says why.
 		if m.proc.Wait(exitGrace) {
-			return nil, fmt.Errorf("load snapshot: qemu exited: %s", vmmproc.LogTail("qemu log", logPath(spec.Dir)))
+			return nil, fmt.Errorf("load snapshot: %w", &vmm.ExitError{VMM: "qemu", Log: vmm.LogTail(logPath(spec.Dir))})
 		}
 		return nil, fmt.Errorf("load snapshot: %w (%s)", err, vmmproc.LogTail("qemu log", logPath(spec.Dir)))
 	}

@@ -5,7 +5,6 @@ package vmmproc
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
@@ -42,30 +41,15 @@ func CheckSpec(spec vmm.Spec, socket string) error {
 	return nil
 }
 
-// maxTail is how much of a log LogTail returns.
-const maxTail = 2048
-
-// LogTail returns, for an error message, the end of the log at path (at
-// most 2 KiB, its lines joined by "; "), introduced by name: "qemu log:
+// LogTail returns, for an error message, the end of the log at path
+// (vmm.ReadTail, its lines joined by "; "), introduced by name: "qemu log:
 // ...", or "empty qemu log", or "no qemu log: <why>".
 func LogTail(name, path string) string {
-	f, err := os.Open(path)
-	if err != nil {
+	s, err := vmm.ReadTail(path)
+	switch {
+	case err != nil:
 		return "no " + name + ": " + err.Error()
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "no " + name + ": " + err.Error()
-	}
-	off := max(0, st.Size()-maxTail)
-	b := make([]byte, st.Size()-off)
-	n, err := f.ReadAt(b, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "no " + name + ": " + err.Error()
-	}
-	s := strings.TrimSpace(string(b[:n]))
-	if s == "" {
+	case s == "":
 		return "empty " + name
 	}
 	return name + ": " + strings.ReplaceAll(s, "\n", "; ")

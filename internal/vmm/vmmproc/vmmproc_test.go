@@ -480,7 +480,7 @@ func TestLogTail(t *testing.T) {
 		{"missing", "", true, "no qemu log: open "},
 		{"empty", "  \n", false, "empty qemu log"},
 		{"lines", "one\ntwo\n", false, "qemu log: one; two"},
-		{"long", long, false, "qemu log: " + strings.Repeat("a", maxTail-len("\nlast line\n")) + "; last line"},
+		{"long", long, false, "qemu log: " + strings.Repeat("a", 2048-len("\nlast line\n")) + "; last line"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, tc.name)
