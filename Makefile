@@ -15,7 +15,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 TEST_TEMPLATES := $(CACHE_DIR)/test-templates
 
 # Debian packages the daemon, the template build and the tests need.
-APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
+APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static bash-static \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
 	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
 	dmsetup xfsprogs btrfs-progs chromium
