@@ -38,7 +38,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
-		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd())
+		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd(), cpCmd(), filesCmd(), shellCmd())
 	if err := root.Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {

@@ -53,14 +53,16 @@ type serveFlags struct {
 	templates string
 	noEgress  bool
 	domain    string
-	uplink    string
-	poolSize  int
-	netMode   string
-	vmm       string
-	fcBinary  string
-	bridge    string
-	bridgeNet string
-	defTpl    string
+	// execOutput is the most of each output stream the buffered exec keeps.
+	execOutput int
+	uplink     string
+	poolSize   int
+	netMode    string
+	vmm        string
+	fcBinary   string
+	bridge     string
+	bridgeNet  string
+	defTpl     string
 }
 
 func serveCmd() *cobra.Command {
@@ -91,6 +93,7 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.domain, "domain", "localhost", "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox")
 	fl.StringVar(&f.uplink, "uplink", "", "interface sandbox egress leaves by (default: the default route's)")
 	fl.IntVar(&f.poolSize, "slot-pool", network.DefaultPoolSize, "network slots kept built ahead of demand")
+	fl.IntVar(&f.execOutput, "exec-output-limit", api.DefaultExecOutputLimit, "bytes of stdout, and of stderr, POST /exec keeps (the rest is dropped and the result says truncated)")
 	fl.StringVar(&f.bridge, "bridge", network.DefaultBridge, "bridge interface of the bridge network mode")
 	fl.StringVar(&f.bridgeNet, "bridge-cidr", network.DefaultBridgeCIDR.String(), "subnet of the bridge network mode (gateway first, guests after)")
 	fl.StringVar(&f.netMode, "network-mode", network.ModeNetns, `"netns" (a namespace per sandbox) or "bridge" (one shared bridge)`)
@@ -232,7 +235,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler:           api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info}, mgr, reg, log),
+		Handler:           api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info, ExecOutputLimit: f.execOutput}, mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}

@@ -5,6 +5,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	_ "embed"
@@ -14,10 +15,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
@@ -50,7 +51,23 @@ type Sandboxes interface {
 	GetSnapshot(ctx context.Context, name string) (store.Snapshot, error)
 	ListSnapshots(ctx context.Context) ([]store.Snapshot, error)
 	DeleteSnapshot(ctx context.Context, name string) error
+	Guest
 	Addresser
+}
+
+// Guest is what the API does inside a running sandbox beyond exec: files,
+// terminals and the stdin of a running command.
+type Guest interface {
+	ReadFile(ctx context.Context, id, user, path string) (io.ReadCloser, int64, error)
+	WriteFile(ctx context.Context, id, user, path string, src io.Reader) (agent.Entry, error)
+	StatFile(ctx context.Context, id, user, path string) (agent.Entry, error)
+	ListFiles(ctx context.Context, id, user, path string, depth int) ([]agent.Entry, error)
+	MakeDir(ctx context.Context, id, user, path string) (agent.Entry, error)
+	MoveFile(ctx context.Context, id, user, from, to string) (agent.Entry, error)
+	RemoveFile(ctx context.Context, id, user, path string) error
+	StartTerminal(ctx context.Context, id string, req agent.TerminalRequest) (sandbox.Terminal, error)
+	SendStdin(ctx context.Context, id string, pid uint32, data []byte) error
+	CloseStdin(ctx context.Context, id string, pid uint32) error
 }
 
 // Templates lists templates.
@@ -68,7 +85,15 @@ type Config struct {
 	Domain string
 	// Info describes the daemon for GET /v1/info.
 	Info func() wire.Info
+	// ExecOutputLimit is the most of each output stream the buffered exec
+	// keeps (the rest is dropped and the result says truncated); 0 means
+	// DefaultExecOutputLimit.
+	ExecOutputLimit int
 }
+
+// DefaultExecOutputLimit is the most of stdout, and of stderr, the
+// buffered exec keeps by default.
+const DefaultExecOutputLimit = 16 << 20
 
 // Server is the HTTP API.
 type Server struct {
@@ -100,6 +125,16 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("PUT /v1/sandboxes/{id}/network", s.auth(s.setNetwork))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.auth(s.exec))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec/stream", s.auth(s.execStream))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/processes/{pid}/stdin", s.auth(s.sendStdin))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/processes/{pid}/close-stdin", s.auth(s.closeStdin))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files", s.auth(s.readFile))
+	s.mux.HandleFunc("PUT /v1/sandboxes/{id}/files", s.auth(s.fileOp(http.StatusOK, s.writeFile)))
+	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}/files", s.auth(s.removeFile))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files/list", s.auth(s.listFiles))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files/stat", s.auth(s.fileOp(http.StatusOK, s.statFile)))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/files/mkdir", s.auth(s.fileOp(http.StatusCreated, s.makeDir)))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/files/move", s.auth(s.moveFile))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/pty", s.authQuery(s.terminal))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.auth(s.pauseSandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.auth(s.resumeSandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/timeout", s.auth(s.setTimeout))
@@ -109,6 +144,7 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("GET /v1/snapshots/{name}", s.auth(s.getSnapshot))
 	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
 	s.mux.HandleFunc("GET /test", s.testPage)
+	s.mux.Handle("GET /test/assets/", http.StripPrefix("/test/assets/", http.FileServerFS(web.Assets)))
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/test", http.StatusFound)
 	})
@@ -128,17 +164,33 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		s.checkKey(w, r, r.Header.Get("X-API-Key"), h)
+	}
+}
+
+// authQuery is auth that also takes the key from the api_key query
+// parameter: a browser cannot set headers on a WebSocket.
+func (s *Server) authQuery(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		key := r.Header.Get("X-API-Key")
 		if key == "" {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header")
-			return
+			key = r.URL.Query().Get("api_key")
 		}
-		if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
-			return
-		}
-		h(w, r)
+		s.checkKey(w, r, key, h)
 	}
+}
+
+// checkKey runs h when key is the API key, and answers 401 otherwise.
+func (s *Server) checkKey(w http.ResponseWriter, r *http.Request, key string, h http.HandlerFunc) {
+	if key == "" {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header")
+		return
+	}
+	if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
+		return
+	}
+	h(w, r)
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
@@ -154,7 +206,7 @@ func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 // page is public and every call it makes is authenticated.
 func (s *Server) testPage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'")
 	w.Write(web.TestPage)
 }
 
@@ -362,12 +414,8 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 func execRequest(req wire.ExecRequest) sandbox.ExecRequest {
-	var stdin []byte
-	if req.Stdin != "" {
-		stdin = []byte(req.Stdin)
-	}
 	return sandbox.ExecRequest{
-		Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, Stdin: stdin,
+		Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, User: req.User, Stdin: req.Stdin,
 		Timeout: time.Duration(req.TimeoutS) * time.Second,
 	}
 }
@@ -390,26 +438,60 @@ func decodeExec(w http.ResponseWriter, r *http.Request) (wire.ExecRequest, bool)
 	return req, true
 }
 
+// exec runs a command to its end and answers with its output, keeping at
+// most ExecOutputLimit bytes of each stream: a command that prints without
+// end costs the daemon that much, not more.
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	req, ok := decodeExec(w, r)
 	if !ok {
 		return
 	}
-	var stdout, stderr strings.Builder
-	res, err := s.sandboxes.Exec(r.Context(), r.PathValue("id"), execRequest(req), &stdout, &stderr)
+	if req.StdinOpen {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "stdin_open: only the streaming exec (/exec/stream) keeps stdin open")
+		return
+	}
+	limit := s.cfg.ExecOutputLimit
+	if limit <= 0 {
+		limit = DefaultExecOutputLimit
+	}
+	stdout, stderr := &capped{max: limit}, &capped{max: limit}
+	res, err := s.sandboxes.Exec(r.Context(), r.PathValue("id"), execRequest(req), stdout, stderr)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, wire.ExecResult{
-		Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: res.ExitCode,
-		DurationMS: float64(res.Duration.Microseconds()) / 1000,
+		Stdout: stdout.buf.Bytes(), Stderr: stderr.buf.Bytes(), ExitCode: res.ExitCode,
+		DurationMS:      float64(res.Duration.Microseconds()) / 1000,
+		Truncated:       stdout.dropped || stderr.dropped,
+		StdoutTruncated: stdout.dropped, StderrTruncated: stderr.dropped,
 	})
 }
 
-// execStream answers with NDJSON: one event per chunk of output as the
-// command produces it, then an exit (or error) event. Errors found before
-// the command starts are plain JSON errors with their status.
+// capped keeps the first max bytes written to it and drops the rest,
+// remembering that it did; writes never fail, so the command runs on.
+type capped struct {
+	max     int
+	buf     bytes.Buffer
+	dropped bool
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if room := c.max - c.buf.Len(); room < len(p) {
+		c.dropped = true
+		c.buf.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	c.buf.Write(p)
+	return len(p), nil
+}
+
+// execStream answers with NDJSON: a start event with the pid, one event
+// per chunk of output as the command produces it, then an exit (or error)
+// event. Each event is written and flushed before the next chunk is read
+// from the guest, so a slow reader slows the command instead of growing a
+// buffer here. Errors found before the command starts are plain JSON
+// errors with their status.
 func (s *Server) execStream(w http.ResponseWriter, r *http.Request) {
 	req, ok := decodeExec(w, r)
 	if !ok {
@@ -428,7 +510,10 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
 	ew.flush()
-	res, err := s.sandboxes.Exec(r.Context(), id, execRequest(req), ew.stream("stdout"), ew.stream("stderr"))
+	er := execRequest(req)
+	er.KeepStdin = req.StdinOpen
+	er.Started = func(pid uint32) { ew.send(wire.ExecEvent{Type: "start", Pid: pid}) }
+	res, err := s.sandboxes.Exec(r.Context(), id, er, ew.stream("stdout"), ew.stream("stderr"))
 	if err != nil {
 		_, code, msg := s.classify(r, err)
 		ew.send(wire.ExecEvent{Type: "error", Code: code, Message: msg})
@@ -466,7 +551,7 @@ func (e *eventWriter) flush() {
 
 func (e *eventWriter) stream(kind string) io.Writer {
 	return writerFunc(func(p []byte) (int, error) {
-		if err := e.send(wire.ExecEvent{Type: kind, Data: string(p)}); err != nil {
+		if err := e.send(wire.ExecEvent{Type: kind, Data: p}); err != nil {
 			return 0, err
 		}
 		return len(p), nil
@@ -542,6 +627,24 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 	case errors.Is(err, sandbox.ErrConflict):
 		// A *sandbox.StateConflict names the state the sandbox is in.
 		return http.StatusConflict, "invalid_state", err.Error()
+	case errors.Is(err, sandbox.ErrFileNotFound):
+		return http.StatusNotFound, "file_not_found", err.Error()
+	case errors.Is(err, sandbox.ErrIsDirectory):
+		return http.StatusBadRequest, "is_directory", err.Error()
+	case errors.Is(err, sandbox.ErrNotDirectory):
+		return http.StatusBadRequest, "not_directory", err.Error()
+	case errors.Is(err, sandbox.ErrPermission):
+		return http.StatusForbidden, "permission_denied", err.Error()
+	case errors.Is(err, sandbox.ErrNoSpace):
+		return http.StatusInsufficientStorage, "no_space", err.Error()
+	case errors.Is(err, sandbox.ErrFileExists):
+		return http.StatusConflict, "file_exists", err.Error()
+	case errors.Is(err, sandbox.ErrUnknownUser):
+		return http.StatusBadRequest, "unknown_user", err.Error()
+	case errors.Is(err, sandbox.ErrInvalidGuest):
+		return http.StatusBadRequest, "invalid_argument", err.Error()
+	case errors.Is(err, sandbox.ErrNoProcess):
+		return http.StatusNotFound, "process_not_found", err.Error()
 	case errors.Is(err, sandbox.ErrExecTimeout):
 		return http.StatusGatewayTimeout, "exec_timeout", err.Error()
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(context.Cause(r.Context()), ErrShuttingDown):

@@ -35,6 +35,13 @@ type fakeSandboxes struct {
 	// snaps holds snapshots; inUse names those a sandbox depends on.
 	snaps map[string]store.Snapshot
 	inUse map[string]bool
+	// files is the fake guest's file system: path to contents, nil for a
+	// directory.
+	files map[string][]byte
+	// stdin collects what SendStdin delivered, by pid.
+	stdin map[uint32][]byte
+	// outLimit, when set, is the server's ExecOutputLimit.
+	outLimit int
 }
 
 func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
@@ -120,11 +127,14 @@ func (f *fakeSandboxes) Exec(ctx context.Context, id string, req sandbox.ExecReq
 	if f.execErr != nil {
 		return sandbox.ExecResult{}, f.execErr
 	}
+	if req.Started != nil {
+		req.Started(42)
+	}
 	for i, chunk := range f.execOut {
 		if i > 0 {
 			time.Sleep(200 * time.Millisecond)
 		}
-		fmt.Fprint(stdout, chunk)
+		io.WriteString(stdout, chunk)
 	}
 	fmt.Fprint(stderr, "warn")
 	return sandbox.ExecResult{ExitCode: 3, Duration: time.Millisecond}, nil
@@ -144,7 +154,7 @@ func newServer(t *testing.T, f *fakeSandboxes) (*httptest.Server, *client.Client
 		f.recs = map[string]store.Sandbox{}
 	}
 	info := func() wire.Info { return wire.Info{VMM: "qemu"} }
-	srv := httptest.NewServer(New(Config{APIKey: key, Domain: "sb.test", Info: info}, f, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv := httptest.NewServer(New(Config{APIKey: key, Domain: "sb.test", Info: info, ExecOutputLimit: f.outLimit}, f, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	t.Cleanup(srv.Close)
 	return srv, client.New(srv.URL, key)
 }
@@ -228,7 +238,7 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Stdout != "hello\n" || res.Stderr != "warn" || res.ExitCode != 3 {
+	if string(res.Stdout) != "hello\n" || string(res.Stderr) != "warn" || res.ExitCode != 3 || res.Truncated {
 		t.Fatalf("exec: %+v", res)
 	}
 	off := false

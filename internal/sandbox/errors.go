@@ -4,7 +4,22 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/store"
+)
+
+// Sentinels of file operations, terminals and stdin inside a sandbox, as
+// the guest agent reports them.
+var (
+	ErrFileNotFound = agent.ErrFileNotFound
+	ErrIsDirectory  = agent.ErrIsDirectory
+	ErrNotDirectory = agent.ErrNotDirectory
+	ErrPermission   = agent.ErrPermission
+	ErrNoSpace      = agent.ErrNoSpace
+	ErrFileExists   = agent.ErrExists
+	ErrUnknownUser  = agent.ErrUnknownUser
+	ErrInvalidGuest = agent.ErrInvalid
+	ErrNoProcess    = agent.ErrNoProcess
 )
 
 // Sentinels callers branch on; internal/api maps each to a status and a code.

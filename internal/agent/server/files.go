@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	contract "github.com/emberhq/ember/internal/agent/proto"
 )
 
 // Signing operations, as E2B's signed URLs name them.
@@ -83,12 +85,12 @@ func (s *Server) checkSigned(r *http.Request, operation string) error {
 func (s *Server) failFiles(w http.ResponseWriter, r *http.Request, err error) {
 	f := classify(err)
 	if errors.Is(err, errSignature) {
-		f.status, f.reason = http.StatusUnauthorized, ReasonSignature
+		f.status, f.reason = http.StatusUnauthorized, contract.ReasonSignature
 	}
 	if f.status == http.StatusInternalServerError {
 		s.log.Warn("files request failed", "method", r.Method, "path", r.URL.Query().Get("path"), "err", err)
 	}
-	w.Header().Set(ReasonHeader, f.reason)
+	w.Header().Set(contract.ReasonHeader, f.reason)
 	writeError(w, f.status, err.Error())
 }
 
@@ -117,7 +119,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := acct.resolve(r.URL.Query().Get("path"))
 	if err != nil {
-		s.failFiles(w, r, fmt.Errorf("%w: %w", errInvalidPath, err))
+		s.failFiles(w, r, fmt.Errorf("%w: %w", errInvalid, err))
 		return
 	}
 	var f *os.File
@@ -196,13 +198,13 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	case "gzip":
 		zr, err := gzip.NewReader(r.Body)
 		if err != nil {
-			s.failFiles(w, r, fmt.Errorf("%w: gzip body: %w", errInvalidPath, err))
+			s.failFiles(w, r, fmt.Errorf("%w: gzip body: %w", errInvalid, err))
 			return
 		}
 		defer zr.Close()
 		body = zr
 	default:
-		s.failFiles(w, r, fmt.Errorf("%w: unsupported content encoding %q (want gzip or none)", errInvalidPath, enc))
+		s.failFiles(w, r, fmt.Errorf("%w: unsupported content encoding %q (want gzip or none)", errInvalid, enc))
 		return
 	}
 	query := r.URL.Query().Get("path")
@@ -211,7 +213,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case media == "application/octet-stream":
 		if query == "" {
-			s.failFiles(w, r, fmt.Errorf("%w: the path query parameter is required for a raw upload", errInvalidPath))
+			s.failFiles(w, r, fmt.Errorf("%w: the path query parameter is required for a raw upload", errInvalid))
 			return
 		}
 		p, err := acct.resolve(query)
@@ -231,7 +233,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 			if err != nil {
-				s.failFiles(w, r, fmt.Errorf("%w: read multipart body: %w", errInvalidPath, err))
+				s.failFiles(w, r, fmt.Errorf("%w: read multipart body: %w", errInvalid, err))
 				return
 			}
 			if part.FormName() != "file" {
@@ -248,13 +250,13 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 			p, err := acct.resolve(dest)
 			if err != nil {
 				part.Close()
-				s.failFiles(w, r, fmt.Errorf("%w: part %d: %w", errInvalidPath, len(done)+1, err))
+				s.failFiles(w, r, fmt.Errorf("%w: part %d: %w", errInvalid, len(done)+1, err))
 				return
 			}
 			for _, u := range done {
 				if u.Path == p {
 					part.Close()
-					s.failFiles(w, r, fmt.Errorf("%w: two parts are for %q; only the first was written", errInvalidPath, p))
+					s.failFiles(w, r, fmt.Errorf("%w: two parts are for %q; only the first was written", errInvalid, p))
 					return
 				}
 			}
@@ -267,11 +269,11 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 			done = append(done, uploaded{Path: p, Name: filepath.Base(p), Type: "file"})
 		}
 		if len(done) == 0 {
-			s.failFiles(w, r, fmt.Errorf("%w: the multipart body has no part named \"file\"", errInvalidPath))
+			s.failFiles(w, r, fmt.Errorf("%w: the multipart body has no part named \"file\"", errInvalid))
 			return
 		}
 	default:
-		s.failFiles(w, r, fmt.Errorf("%w: unsupported content type %q (want multipart/form-data or application/octet-stream)", errInvalidPath, r.Header.Get("Content-Type")))
+		s.failFiles(w, r, fmt.Errorf("%w: unsupported content type %q (want multipart/form-data or application/octet-stream)", errInvalid, r.Header.Get("Content-Type")))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

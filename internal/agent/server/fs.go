@@ -16,27 +16,9 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	contract "github.com/emberhq/ember/internal/agent/proto"
 	pb "github.com/emberhq/ember/internal/agent/proto/filesystem"
 	"github.com/emberhq/ember/internal/agent/proto/filesystem/filesystemconnect"
-)
-
-// ReasonHeader names, on an error answer of /files and in the metadata of a
-// Connect error, what went wrong in a word the host maps to its sentinels
-// (one Connect code or HTTP status covers several: a directory where a file
-// is expected and the reverse are both invalid arguments).
-const ReasonHeader = "Ember-Error"
-
-// Reasons an operation on a file fails, as ReasonHeader carries them.
-const (
-	ReasonNotFound     = "not_found"
-	ReasonIsDirectory  = "is_directory"
-	ReasonNotDirectory = "not_directory"
-	ReasonPermission   = "permission_denied"
-	ReasonNoSpace      = "no_space"
-	ReasonExists       = "exists"
-	ReasonUnknownUser  = "unknown_user"
-	ReasonInvalid      = "invalid"
-	ReasonSignature    = "bad_signature"
 )
 
 // failure is a classified error: the reason, the Connect code and the HTTP
@@ -56,33 +38,37 @@ func classify(err error) failure {
 	}
 	switch {
 	case errors.Is(err, errUnknownUser):
-		return f(ReasonUnknownUser, connect.CodeInvalidArgument, 400)
+		return f(contract.ReasonUnknownUser, connect.CodeInvalidArgument, 400)
+	case errors.Is(err, errInvalid):
+		return f(contract.ReasonInvalid, connect.CodeInvalidArgument, 400)
 	case errors.Is(err, fs.ErrNotExist):
-		return f(ReasonNotFound, connect.CodeNotFound, 404)
+		return f(contract.ReasonNotFound, connect.CodeNotFound, 404)
 	case errors.Is(err, syscall.EISDIR):
-		return f(ReasonIsDirectory, connect.CodeInvalidArgument, 400)
+		return f(contract.ReasonIsDirectory, connect.CodeInvalidArgument, 400)
 	case errors.Is(err, syscall.ENOTDIR):
-		return f(ReasonNotDirectory, connect.CodeInvalidArgument, 400)
+		return f(contract.ReasonNotDirectory, connect.CodeInvalidArgument, 400)
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
-		return f(ReasonPermission, connect.CodePermissionDenied, 403)
+		return f(contract.ReasonPermission, connect.CodePermissionDenied, 403)
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return f(ReasonNoSpace, connect.CodeResourceExhausted, 507)
+		return f(contract.ReasonNoSpace, connect.CodeResourceExhausted, 507)
 	case errors.Is(err, fs.ErrExist), errors.Is(err, syscall.ENOTEMPTY):
-		return f(ReasonExists, connect.CodeAlreadyExists, 409)
-	case errors.Is(err, errInvalidPath), errors.Is(err, syscall.ENAMETOOLONG), errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.ELOOP):
-		return f(ReasonInvalid, connect.CodeInvalidArgument, 400)
+		return f(contract.ReasonExists, connect.CodeAlreadyExists, 409)
+	case errors.Is(err, syscall.ENAMETOOLONG), errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.ELOOP):
+		return f(contract.ReasonInvalid, connect.CodeInvalidArgument, 400)
 	}
 	return f("internal", connect.CodeInternal, 500)
 }
 
-// errInvalidPath says a request's path cannot name a file.
-var errInvalidPath = errors.New("invalid path")
+// errInvalid says a request is malformed: a path that cannot name a file,
+// a terminal of no size, a command not found. It wins over whatever it
+// wraps.
+var errInvalid = errors.New("invalid request")
 
 // rpcError is classify's answer as a Connect error.
 func rpcError(err error) error {
 	f := classify(err)
 	ce := connect.NewError(f.code, err)
-	ce.Meta().Set(ReasonHeader, f.reason)
+	ce.Meta().Set(contract.ReasonHeader, f.reason)
 	return ce
 }
 
@@ -102,7 +88,7 @@ func (fsv *fsService) target(h http.Header, p string) (*account, string, error) 
 	}
 	abs, err := acct.resolve(p)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: %w", errInvalidPath, err)
+		return nil, "", fmt.Errorf("%w: %w", errInvalid, err)
 	}
 	return acct, abs, nil
 }
@@ -156,7 +142,7 @@ func (fsv *fsService) Move(_ context.Context, req *connect.Request[pb.MoveReques
 	}
 	dst, err := acct.resolve(req.Msg.GetDestination())
 	if err != nil {
-		return nil, rpcError(fmt.Errorf("%w: %w", errInvalidPath, err))
+		return nil, rpcError(fmt.Errorf("%w: %w", errInvalid, err))
 	}
 	var e *pb.EntryInfo
 	err = acct.as(func() error {
@@ -248,7 +234,7 @@ func (fsv *fsService) Remove(_ context.Context, req *connect.Request[pb.RemoveRe
 		return nil, rpcError(err)
 	}
 	if p == "/" {
-		return nil, rpcError(fmt.Errorf("remove %q: %w: refusing to remove the root", p, errInvalidPath))
+		return nil, rpcError(fmt.Errorf("remove %q: %w: refusing to remove the root", p, errInvalid))
 	}
 	err = acct.as(func() error {
 		if _, err := os.Lstat(p); err != nil {

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	contract "github.com/emberhq/ember/internal/agent/proto"
+
 	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
 
@@ -63,7 +65,7 @@ func sharedDir(t *testing.T) string {
 func reason(err error) string {
 	var ce *connect.Error
 	if ok := asConnect(err, &ce); ok {
-		return ce.Meta().Get(ReasonHeader)
+		return ce.Meta().Get(contract.ReasonHeader)
 	}
 	return ""
 }
@@ -154,35 +156,35 @@ func TestFilesystem(t *testing.T) {
 		{"stat missing", func() error {
 			_, err := fc.Stat(ctx, connect.NewRequest(&pb.StatRequest{Path: filepath.Join(dir, "nope")}))
 			return err
-		}, connect.CodeNotFound, ReasonNotFound},
+		}, connect.CodeNotFound, contract.ReasonNotFound},
 		{"list a file", func() error {
 			_, err := fc.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{Path: filepath.Join(dir, "moved/into/g.txt")}))
 			return err
-		}, connect.CodeInvalidArgument, ReasonNotDirectory},
+		}, connect.CodeInvalidArgument, contract.ReasonNotDirectory},
 		{"list missing", func() error {
 			_, err := fc.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{Path: filepath.Join(dir, "nope")}))
 			return err
-		}, connect.CodeNotFound, ReasonNotFound},
+		}, connect.CodeNotFound, contract.ReasonNotFound},
 		{"make existing dir", func() error {
 			_, err := fc.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{Path: filepath.Join(dir, "new")}))
 			return err
-		}, connect.CodeAlreadyExists, ReasonExists},
+		}, connect.CodeAlreadyExists, contract.ReasonExists},
 		{"move missing", func() error {
 			_, err := fc.Move(ctx, connect.NewRequest(&pb.MoveRequest{Source: filepath.Join(dir, "nope"), Destination: filepath.Join(dir, "x")}))
 			return err
-		}, connect.CodeNotFound, ReasonNotFound},
+		}, connect.CodeNotFound, contract.ReasonNotFound},
 		{"remove missing", func() error {
 			_, err := fc.Remove(ctx, connect.NewRequest(&pb.RemoveRequest{Path: filepath.Join(dir, "nope")}))
 			return err
-		}, connect.CodeNotFound, ReasonNotFound},
+		}, connect.CodeNotFound, contract.ReasonNotFound},
 		{"empty path", func() error {
 			_, err := fc.Stat(ctx, connect.NewRequest(&pb.StatRequest{}))
 			return err
-		}, connect.CodeInvalidArgument, ReasonInvalid},
+		}, connect.CodeInvalidArgument, contract.ReasonInvalid},
 		{"unknown user", func() error {
 			_, err := fsClient(t, url, "no-such-user-ember").Stat(ctx, connect.NewRequest(&pb.StatRequest{Path: "/"}))
 			return err
-		}, connect.CodeInvalidArgument, ReasonUnknownUser},
+		}, connect.CodeInvalidArgument, contract.ReasonUnknownUser},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,7 +220,7 @@ func TestFilesystemAsUser(t *testing.T) {
 		}
 	}
 	_, err := fc.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{Path: private}))
-	if connect.CodeOf(err) != connect.CodePermissionDenied || reason(err) != ReasonPermission {
+	if connect.CodeOf(err) != connect.CodePermissionDenied || reason(err) != contract.ReasonPermission {
 		t.Errorf("list root's 0700 dir as nobody = %v, want PermissionDenied", err)
 	}
 	_, err = fc.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{Path: filepath.Join(private, "x")}))
@@ -409,12 +411,12 @@ func TestFilesHTTP(t *testing.T) {
 		status             int
 		reason             string
 	}{
-		{"read missing", http.MethodGet, filepath.Join(dir, "nope"), "", nil, 404, ReasonNotFound},
-		{"read a directory", http.MethodGet, dir, "", nil, 400, ReasonIsDirectory},
-		{"write over a directory", http.MethodPost, filepath.Join(dir, "sub"), "x", map[string]string{"Content-Type": "application/octet-stream"}, 400, ReasonIsDirectory},
-		{"write below a file", http.MethodPost, filepath.Join(dir, "raw.bin/x"), "x", map[string]string{"Content-Type": "application/octet-stream"}, 400, ReasonNotDirectory},
-		{"unknown content type", http.MethodPost, filepath.Join(dir, "y"), "x", map[string]string{"Content-Type": "text/plain"}, 400, ReasonInvalid},
-		{"bad gzip", http.MethodPost, filepath.Join(dir, "y"), "not gzip", map[string]string{"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"}, 400, ReasonInvalid},
+		{"read missing", http.MethodGet, filepath.Join(dir, "nope"), "", nil, 404, contract.ReasonNotFound},
+		{"read a directory", http.MethodGet, dir, "", nil, 400, contract.ReasonIsDirectory},
+		{"write over a directory", http.MethodPost, filepath.Join(dir, "sub"), "x", map[string]string{"Content-Type": "application/octet-stream"}, 400, contract.ReasonIsDirectory},
+		{"write below a file", http.MethodPost, filepath.Join(dir, "raw.bin/x"), "x", map[string]string{"Content-Type": "application/octet-stream"}, 400, contract.ReasonNotDirectory},
+		{"unknown content type", http.MethodPost, filepath.Join(dir, "y"), "x", map[string]string{"Content-Type": "text/plain"}, 400, contract.ReasonInvalid},
+		{"bad gzip", http.MethodPost, filepath.Join(dir, "y"), "not gzip", map[string]string{"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"}, 400, contract.ReasonInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -423,8 +425,8 @@ func TestFilesHTTP(t *testing.T) {
 				Code    int    `json:"code"`
 				Message string `json:"message"`
 			}
-			if code != tt.status || h.Get(ReasonHeader) != tt.reason || json.Unmarshal(body, &e) != nil || e.Code != tt.status {
-				t.Errorf("= %d %q %s, want %d %q", code, h.Get(ReasonHeader), body, tt.status, tt.reason)
+			if code != tt.status || h.Get(contract.ReasonHeader) != tt.reason || json.Unmarshal(body, &e) != nil || e.Code != tt.status {
+				t.Errorf("= %d %q %s, want %d %q", code, h.Get(contract.ReasonHeader), body, tt.status, tt.reason)
 			}
 		})
 	}
@@ -484,8 +486,8 @@ func TestFilesSigned(t *testing.T) {
 			if code == 200 && string(body) != "secret data" {
 				t.Fatalf("body %q", body)
 			}
-			if code == 401 && h.Get(ReasonHeader) != ReasonSignature {
-				t.Errorf("reason %q", h.Get(ReasonHeader))
+			if code == 401 && h.Get(contract.ReasonHeader) != contract.ReasonSignature {
+				t.Errorf("reason %q", h.Get(contract.ReasonHeader))
 			}
 		})
 	}
@@ -516,8 +518,8 @@ func TestUploadNoSpace(t *testing.T) {
 	}
 	code, h, body := filesReq(t, http.MethodPost, base+"/files?path="+url.QueryEscape(p), bytes.NewReader(make([]byte, 1<<20)),
 		map[string]string{"Content-Type": "application/octet-stream"})
-	if code != http.StatusInsufficientStorage || h.Get(ReasonHeader) != ReasonNoSpace {
-		t.Fatalf("upload of 1 MiB into 256 KiB = %d %q %s, want 507 no_space", code, h.Get(ReasonHeader), body)
+	if code != http.StatusInsufficientStorage || h.Get(contract.ReasonHeader) != contract.ReasonNoSpace {
+		t.Fatalf("upload of 1 MiB into 256 KiB = %d %q %s, want 507 no_space", code, h.Get(contract.ReasonHeader), body)
 	}
 	entries, _ := os.ReadDir(dir)
 	got, _ := os.ReadFile(p)

@@ -254,7 +254,7 @@ func (s *Server) find(sel *pb.ProcessSelector) (*proc, error) {
 // directory and environment.
 func (s *Server) spec(req *pb.StartRequest, username string) (spec, error) {
 	invalid := func(format string, args ...any) (spec, error) {
-		return spec{}, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))
+		return spec{}, rpcError(fmt.Errorf("%w: "+format, append([]any{errInvalid}, args...)...))
 	}
 	cfg := req.GetProcess()
 	if cfg.GetCmd() == "" {
@@ -262,7 +262,7 @@ func (s *Server) spec(req *pb.StartRequest, username string) (spec, error) {
 	}
 	acct, err := s.account(username)
 	if err != nil {
-		return spec{}, userError(err)
+		return spec{}, rpcError(err)
 	}
 	var size *pty.Winsize
 	if req.Pty != nil {
@@ -324,21 +324,9 @@ func (s *Server) spec(req *pb.StartRequest, username string) (spec, error) {
 func winsize(p *pb.PTY) (*pty.Winsize, error) {
 	cols, rows := p.GetSize().GetCols(), p.GetSize().GetRows()
 	if cols == 0 || rows == 0 || cols > 0xffff || rows > 0xffff {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("pty size %dx%d: want columns and rows from 1 to 65535", cols, rows))
+		return nil, rpcError(fmt.Errorf("%w: pty size %dx%d: want columns and rows from 1 to 65535", errInvalid, cols, rows))
 	}
 	return &pty.Winsize{Cols: uint16(cols), Rows: uint16(rows)}, nil
-}
-
-// userError maps a failure to resolve a request's user.
-func userError(err error) error {
-	switch {
-	case errors.Is(err, errUnknownUser):
-		return connect.NewError(connect.CodeInvalidArgument, err)
-	case errors.Is(err, fs.ErrPermission):
-		return connect.NewError(connect.CodePermissionDenied, err)
-	default:
-		return connect.NewError(connect.CodeInternal, err)
-	}
 }
 
 // lookPath resolves a command name against the PATH the process will get
