@@ -113,8 +113,8 @@ type ExecRequest struct {
 // JSON): at most the daemon's per-stream limit of each, the rest dropped
 // and Truncated (and the stream's own flag) set.
 type ExecResult struct {
-	Stdout          []byte  `json:"stdout"`
-	Stderr          []byte  `json:"stderr"`
+	Stdout          []byte  `json:"stdout,omitempty"`
+	Stderr          []byte  `json:"stderr,omitempty"`
 	ExitCode        int     `json:"exit_code"`
 	DurationMS      float64 `json:"duration_ms"`
 	Truncated       bool    `json:"truncated"`

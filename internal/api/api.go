@@ -5,10 +5,12 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/subtle"
 	_ "embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -460,12 +462,42 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wire.ExecResult{
-		Stdout: stdout.buf.Bytes(), Stderr: stderr.buf.Bytes(), ExitCode: res.ExitCode,
+	writeExecResult(w, stdout.buf.Bytes(), stderr.buf.Bytes(), wire.ExecResult{
+		ExitCode:        res.ExitCode,
 		DurationMS:      float64(res.Duration.Microseconds()) / 1000,
 		Truncated:       stdout.dropped || stderr.dropped,
 		StdoutTruncated: stdout.dropped, StderrTruncated: stderr.dropped,
 	})
+}
+
+// writeExecResult writes rest with stdout and stderr as wire.ExecResult's
+// base64 fields, encoding them straight onto the connection: the output
+// kept is the only copy the daemon holds, not one more for its JSON.
+func writeExecResult(w http.ResponseWriter, stdout, stderr []byte, rest wire.ExecResult) {
+	tail, err := json.Marshal(rest) // Stdout and Stderr empty: omitted
+	if err != nil || len(tail) < 2 {
+		writeError(w, http.StatusInternalServerError, "internal", "encode exec result")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	b64 := func(b []byte) {
+		enc := base64.NewEncoder(base64.StdEncoding, bw)
+		enc.Write(b)
+		enc.Close()
+	}
+	bw.WriteString(`{"stdout":"`)
+	b64(stdout)
+	bw.WriteString(`","stderr":"`)
+	b64(stderr)
+	bw.WriteString(`"`)
+	if string(tail) != "{}" {
+		bw.WriteString(",")
+	}
+	bw.Write(tail[1:])
+	bw.WriteString("\n")
+	bw.Flush()
 }
 
 // capped keeps the first max bytes written to it and drops the rest,

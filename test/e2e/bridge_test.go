@@ -30,7 +30,7 @@ func TestBridgeModePauseKeepsTheAddress(t *testing.T) {
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("ip addr in %s: %+v %v", id, res, err)
 		}
-		f := strings.Fields(res.Stdout)
+		f := strings.Fields(string(res.Stdout))
 		if len(f) < 4 {
 			t.Fatalf("ip addr output %q", res.Stdout)
 		}
@@ -64,7 +64,7 @@ func TestBridgeModePauseKeepsTheAddress(t *testing.T) {
 		t.Fatalf("resumed with address %s, want %s", got, aAddr)
 	}
 	res, err := d.Client.Exec(ctx, a.ID, client.ExecRequest{Cmd: "cat", Args: []string{"/root/mark"}})
-	if err != nil || res.Stdout != "kept\n" {
+	if err != nil || string(res.Stdout) != "kept\n" {
 		t.Fatalf("file after resume: %+v %v", res, err)
 	}
 	// Snapshots and forks would restore a guest at an address that is not

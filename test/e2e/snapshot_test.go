@@ -26,7 +26,7 @@ func guestSh(t *testing.T, d *harness.Daemon, id, script string) string {
 	if res.ExitCode != 0 {
 		t.Fatalf("exec %q in %s: exit %d: %s", script, id, res.ExitCode, res.Stderr)
 	}
-	return strings.TrimSpace(res.Stdout)
+	return strings.TrimSpace(string(res.Stdout))
 }
 
 func shInt(t *testing.T, d *harness.Daemon, id, script string) int {
