@@ -222,6 +222,32 @@ func TestCopyAndShell(t *testing.T) {
 		t.Fatalf("files ls:\n%s", out)
 	}
 
+	// ember exec -i is interactive: each line comes back before the next
+	// is typed, and the end of input ends cat.
+	ecmd := exec.Command(d.Bin, "exec", "-i", sb.ID, "--", "cat")
+	ecmd.Env = d.Env()
+	in, _ := ecmd.StdinPipe()
+	var echoed safeBuffer
+	ecmd.Stdout = &echoed
+	if err := ecmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"first line\n", "second line\n"} {
+		io.WriteString(in, line)
+		deadline := time.Now().Add(15 * time.Second)
+		for !strings.HasSuffix(echoed.String(), line) {
+			if time.Now().After(deadline) {
+				ecmd.Process.Kill()
+				t.Fatalf("%q not echoed while stdin stays open; got %q", line, echoed.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	in.Close()
+	if err := ecmd.Wait(); err != nil || echoed.String() != "first line\nsecond line\n" {
+		t.Fatalf("exec -i: %v, %q", err, echoed.String())
+	}
+
 	// ember shell on a terminal of ours, as a person would use it.
 	cmd := exec.Command(d.Bin, "shell", sb.ID)
 	cmd.Env = append(d.Env(), "TERM=xterm")
