@@ -61,6 +61,6 @@ func run(log *slog.Logger, listen, dir string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
-	log.Info("listening", "addr", ln.Addr().String())
+	log.Info("listening", "addr", ln.Addr().String(), "envd_version", server.EnvdVersion)
 	return server.New(server.Config{Logger: log, Dir: dir}).Serve(ctx, ln)
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
+
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
@@ -335,6 +337,11 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		{"/v1/sandboxes/{id}/pause", "post"}, {"/v1/sandboxes/{id}/resume", "post"}, {"/v1/sandboxes/{id}/timeout", "post"},
 		{"/v1/sandboxes/{id}/fork", "post"}, {"/v1/snapshots", "get"}, {"/v1/snapshots", "post"},
 		{"/v1/snapshots/{name}", "get"}, {"/v1/snapshots/{name}", "delete"},
+		{"/v1/sandboxes/{id}/processes/{pid}/stdin", "post"}, {"/v1/sandboxes/{id}/processes/{pid}/close-stdin", "post"},
+		{"/v1/sandboxes/{id}/files", "get"}, {"/v1/sandboxes/{id}/files", "put"}, {"/v1/sandboxes/{id}/files", "delete"},
+		{"/v1/sandboxes/{id}/files/list", "get"}, {"/v1/sandboxes/{id}/files/stat", "get"},
+		{"/v1/sandboxes/{id}/files/mkdir", "post"}, {"/v1/sandboxes/{id}/files/move", "post"},
+		{"/v1/sandboxes/{id}/pty", "get"},
 	}
 	paths := openapiPaths(string(doc))
 	for _, r := range routes {
@@ -379,5 +386,17 @@ func TestTestPageServedWithoutKey(t *testing.T) {
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
 		t.Fatalf("content type %q", ct)
+	}
+}
+
+// TestOpenAPIIsValid holds the document to OpenAPI 3: it loads and
+// validates, references included.
+func TestOpenAPIIsValid(t *testing.T) {
+	doc, err := openapi3.NewLoader().LoadFromData(openapiDoc)
+	if err != nil {
+		t.Fatalf("load openapi.yaml: %v", err)
+	}
+	if err := doc.Validate(t.Context()); err != nil {
+		t.Fatalf("openapi.yaml is not valid OpenAPI 3: %v", err)
 	}
 }

@@ -26,6 +26,13 @@ import (
 	"github.com/emberhq/ember/internal/agent/proto/process/processconnect"
 )
 
+// EnvdVersion is the version of E2B's envd whose features this agent
+// has, as a control plane reports it to E2B's SDKs (which gate features on
+// it): 0.5.7 brings closeStdin, octet-stream and gzip uploads; file
+// metadata as extended attributes (0.6.2) is not implemented, so nothing
+// newer may be claimed.
+const EnvdVersion = "0.5.7"
+
 // TokenHeader carries the access token set by /init on every request.
 const TokenHeader = "X-Access-Token"
 
