@@ -192,3 +192,45 @@ test('connect re-attaches to a running command', async () => {
   assert.equal(r.exitCode, 0)
   assert.ok(out.includes('tick3'), JSON.stringify(out))
 })
+
+// A second agent with an access token, as a sandbox E2B reports as secured:
+// the SDK's own signed URLs open /files, a tampered or expired one does not,
+// and nothing else gets in without the token.
+test('access token and signed URLs', async (t) => {
+  const secured = spawn(bin, ['-listen', '127.0.0.1:0'], { stdio: ['ignore', 'inherit', 'pipe'] })
+  t.after(() => new Promise((resolve) => { secured.once('exit', resolve); secured.kill('SIGTERM') }))
+  const lines = createInterface({ input: secured.stderr })
+  const url = await new Promise((resolve, reject) => {
+    secured.once('exit', (code) => reject(new Error(`ember-agent exited with ${code}`)))
+    lines.once('line', (line) => {
+      const m = /addr=(\S+)/.exec(line)
+      m ? resolve(`http://${m[1]}`) : reject(new Error(`no address in ${line}`))
+    })
+  })
+  lines.resume()
+  const init = await fetch(url + '/init', { method: 'POST', body: JSON.stringify({ accessToken: 'tok-123' }) })
+  assert.equal(init.status, 204)
+  const s = new Sandbox({ sandboxId: 'secured', envdVersion: '0.5.7', envdAccessToken: 'tok-123', sandboxUrl: url, apiKey: 'e2b_unused', debug: true })
+  const p = join(dir, 'signed.txt')
+  await s.files.write(p, 'signed content')
+  assert.equal(await s.files.read(p), 'signed content')
+
+  const down = await s.downloadUrl(p, { useSignatureExpiration: 60 })
+  assert.match(down, /signature=v1_/)
+  assert.equal(await (await fetch(down)).text(), 'signed content')
+  const tampered = down.replace(/signature=v1_./, 'signature=v1_X')
+  assert.equal((await fetch(tampered)).status, 401)
+  const expired = await s.downloadUrl(p, { useSignatureExpiration: -10 })
+  assert.equal((await fetch(expired)).status, 401)
+
+  const up = await s.uploadUrl(join(dir, 'via-url.txt'))
+  const form = new FormData()
+  form.append('file', new Blob(['uploaded by url']), join(dir, 'via-url.txt'))
+  assert.equal((await fetch(up, { method: 'POST', body: form })).status, 200)
+  assert.equal(await s.files.read(join(dir, 'via-url.txt')), 'uploaded by url')
+
+  assert.equal((await fetch(url + '/files?path=' + encodeURIComponent(p))).status, 401)
+  const rpc = await fetch(url + '/process.Process/List', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' })
+  assert.equal(rpc.status, 401)
+  assert.equal((await fetch(url + '/health')).status, 204)
+})
