@@ -3,6 +3,11 @@
 //	c := client.New("http://127.0.0.1:7070", apiKey)
 //	sb, err := c.CreateSandbox(ctx, client.CreateSandboxRequest{Template: "base"})
 //	res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "uname", Args: []string{"-a"}})
+//	_, err = c.AsUser("user").WriteFile(ctx, sb.ID, "notes.txt", strings.NewReader("hi"))
+//	term, err := c.OpenTerminal(ctx, sb.ID, client.TerminalOptions{Cols: 80, Rows: 24})
+//
+// Output and stdin are bytes, exactly; files stream both ways without
+// being held in memory; a Terminal is an io.ReadWriter with Resize.
 package client
 
 import (

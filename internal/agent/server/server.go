@@ -1,7 +1,8 @@
 // Package server is ember-agent's envd-compatible API: the HTTP endpoints
-// (/health, /init) and the Connect RPC services the E2B SDKs call inside a
-// sandbox. It serves HTTP/1.1 and cleartext HTTP/2 on one listener, because
-// Connect clients use both.
+// (/health, /init, /files) and the Connect RPC services (process and
+// filesystem) the E2B SDKs call inside a sandbox, each run as the user the
+// request names. It serves HTTP/1.1 and cleartext HTTP/2 on one listener,
+// because Connect clients use both.
 package server
 
 import (
