@@ -44,6 +44,8 @@ type fakeSandboxes struct {
 	stdin map[uint32][]byte
 	// outLimit, when set, is the server's ExecOutputLimit.
 	outLimit int
+	// execFn, when set, is the whole of Exec.
+	execFn func(ctx context.Context, stdout io.Writer) (sandbox.ExecResult, error)
 }
 
 func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
@@ -128,6 +130,9 @@ func (f *fakeSandboxes) Exec(ctx context.Context, id string, req sandbox.ExecReq
 	}
 	if f.execErr != nil {
 		return sandbox.ExecResult{}, f.execErr
+	}
+	if f.execFn != nil {
+		return f.execFn(ctx, stdout)
 	}
 	if req.Started != nil {
 		req.Started(42)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -378,4 +379,43 @@ func TestTerminalWebSocket(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExecStreamBackpressure: while the client reads nothing, the daemon
+// takes output from the command only as fast as the connection carries it:
+// what it accepted stays within the socket buffers, not the command's whole
+// output.
+func TestExecStreamBackpressure(t *testing.T) {
+	t.Parallel()
+	var written atomic.Int64
+	chunk := bytes.Repeat([]byte("y\n"), 16<<10)
+	f := &fakeSandboxes{recs: map[string]store.Sandbox{"sb1": {ID: "sb1", State: sandbox.StateRunning}},
+		execFn: func(ctx context.Context, stdout io.Writer) (sandbox.ExecResult, error) {
+			for range 1024 { // 32 MiB if nothing pushed back
+				if _, err := stdout.Write(chunk); err != nil {
+					return sandbox.ExecResult{}, err
+				}
+				written.Add(int64(len(chunk)))
+			}
+			return sandbox.ExecResult{}, nil
+		}}
+	srv, _ := newServer(t, f)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/v1/sandboxes/sb1/exec/stream", strings.NewReader(`{"cmd":"yes"}`))
+	req.Header.Set("X-API-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	time.Sleep(time.Second) // the client reads nothing
+	first := written.Load()
+	time.Sleep(500 * time.Millisecond)
+	if stalled := written.Load(); stalled != first || stalled > 16<<20 {
+		t.Fatalf("with no reader the command's output went on: %d then %d bytes taken", first, stalled)
+	}
+	n, _ := io.Copy(io.Discard, resp.Body)
+	if written.Load() != 1024*int64(len(chunk)) || n < written.Load() {
+		t.Fatalf("after reading: %d bytes taken, %d bytes of events", written.Load(), n)
+	}
+	t.Logf("taken while nobody read: %d KiB of %d MiB", first>>10, (1024*len(chunk))>>20)
 }
