@@ -151,16 +151,25 @@ test('files: stat, mkdir, rename, remove, missing', async () => {
   await assert.rejects(sbx.files.read(join(d, 'y')), FileNotFoundError)
 })
 
+test('files: metadata kept and read back', async () => {
+  const p = join(dir, 'meta.txt')
+  await sbx.files.write(p, 'm', { metadata: { Author: 'ember', purpose: 'sdk test' } })
+  const info = await sbx.files.getInfo(p)
+  assert.deepEqual(info.metadata, { author: 'ember', purpose: 'sdk test' })
+})
+
 test('watchDir reports changes, recursively', async () => {
   const d = join(dir, 'watched')
   await sbx.files.makeDir(join(d, 'sub'))
   const seen = []
-  const w = await sbx.files.watchDir(d, (ev) => seen.push(`${ev.type} ${ev.name}`), { recursive: true })
+  const entries = []
+  const w = await sbx.files.watchDir(d, (ev) => { seen.push(`${ev.type} ${ev.name}`); if (ev.entry) entries.push(ev.entry.name) }, { recursive: true, includeEntry: true })
   await sbx.files.write(join(d, 'sub/new.txt'), 'n')
   const deadline = Date.now() + 10000
   while (!seen.includes('create sub/new.txt') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
   await w.stop()
   assert.ok(seen.includes('create sub/new.txt'), JSON.stringify(seen))
+  assert.ok(entries.includes('new.txt'), JSON.stringify(entries))
 })
 
 test('pty: input, resize, exit', async () => {
@@ -210,7 +219,7 @@ test('access token and signed URLs', async (t) => {
   lines.resume()
   const init = await fetch(url + '/init', { method: 'POST', body: JSON.stringify({ accessToken: 'tok-123' }) })
   assert.equal(init.status, 204)
-  const s = new Sandbox({ sandboxId: 'secured', envdVersion: '0.5.7', envdAccessToken: 'tok-123', sandboxUrl: url, apiKey: 'e2b_unused', debug: true })
+  const s = new Sandbox({ sandboxId: 'secured', envdVersion: '0.6.4', envdAccessToken: 'tok-123', sandboxUrl: url, apiKey: 'e2b_unused', debug: true })
   const p = join(dir, 'signed.txt')
   await s.files.write(p, 'signed content')
   assert.equal(await s.files.read(p), 'signed content')

@@ -175,6 +175,38 @@ func acceptsGzip(h string) bool {
 	return false
 }
 
+// metadataHeader prefixes the request headers that attach metadata to
+// uploaded files (E2B's SDKs send X-Metadata-<key>, envd 0.6.2 on).
+const metadataHeader = "X-Metadata-"
+
+// metadataXattr prefixes the extended attributes metadata is kept in, as
+// envd keeps it: key k is user.e2b.k.
+const metadataXattr = "user.e2b."
+
+// uploadMetadata collects the metadata headers of an upload, keys
+// lowercased (the first value of a repeated header wins).
+func uploadMetadata(h http.Header) (map[string]string, error) {
+	var md map[string]string
+	for name, values := range h {
+		key, ok := strings.CutPrefix(name, metadataHeader)
+		if !ok || len(values) == 0 {
+			continue
+		}
+		key = strings.ToLower(key)
+		if key == "" {
+			continue
+		}
+		if len(metadataXattr)+len(key) > 255 || len(values[0]) > 64<<10 {
+			return nil, fmt.Errorf("%w: metadata %q: keys up to %d bytes, values up to 64 KiB", errInvalid, key, 255-len(metadataXattr))
+		}
+		if md == nil {
+			md = map[string]string{}
+		}
+		md[key] = values[0]
+	}
+	return md, nil
+}
+
 // uploaded is one element of POST /files's answer.
 type uploaded struct {
 	Path string `json:"path"`
@@ -207,6 +239,11 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 		s.failFiles(w, r, fmt.Errorf("%w: unsupported content encoding %q (want gzip or none)", errInvalid, enc))
 		return
 	}
+	md, err := uploadMetadata(r.Header)
+	if err != nil {
+		s.failFiles(w, r, err)
+		return
+	}
 	query := r.URL.Query().Get("path")
 	media, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var done []uploaded
@@ -218,7 +255,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 		}
 		p, err := acct.resolve(query)
 		if err == nil {
-			err = writeFile(acct, p, body)
+			err = writeFile(acct, p, body, md)
 		}
 		if err != nil {
 			s.failFiles(w, r, err)
@@ -260,7 +297,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 					return
 				}
 			}
-			err = writeFile(acct, p, part)
+			err = writeFile(acct, p, part, md)
 			part.Close()
 			if err != nil {
 				s.failFiles(w, r, err)
@@ -282,9 +319,10 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 
 // writeFile writes src to p as acct: missing parent directories are made
 // (theirs), the data goes to a temporary file beside p, which then replaces
-// p (keeping p's permission bits when it existed). Any failure, a full
-// disk included, removes the temporary file and leaves p untouched.
-func writeFile(acct *account, p string, src io.Reader) error {
+// p (keeping p's permission bits when it existed) with the metadata md as
+// extended attributes. Any failure, a full disk included, removes the
+// temporary file and leaves p untouched.
+func writeFile(acct *account, p string, src io.Reader, md map[string]string) error {
 	var tmp *os.File
 	err := acct.as(func() error {
 		dir := filepath.Dir(p)
@@ -314,6 +352,9 @@ func writeFile(acct *account, p string, src io.Reader) error {
 	}
 	// The file is open: copying needs no identity of its own.
 	_, err = io.Copy(tmp, src)
+	if err == nil {
+		err = setMetadata(tmp, md)
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}

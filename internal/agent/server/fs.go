@@ -280,6 +280,9 @@ func entryInfo(p string) (*pb.EntryInfo, error) {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		e.Owner, e.Group = ownerName(st.Uid), groupName(st.Gid)
 	}
+	if fi.Mode().IsRegular() {
+		e.Metadata = metadata(p)
+	}
 	return e, nil
 }
 

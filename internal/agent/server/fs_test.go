@@ -391,6 +391,15 @@ func TestFilesHTTP(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("raw upload = %d %s", code, body)
 	}
+	code, _, body = filesReq(t, http.MethodPost, base+"/files?path="+url.QueryEscape(p), strings.NewReader("with metadata"),
+		map[string]string{"Content-Type": "application/octet-stream", "X-Metadata-Author": "Ember", "x-metadata-purpose": "test"})
+	if code != http.StatusOK {
+		t.Fatalf("upload with metadata = %d %s", code, body)
+	}
+	st, err := fsClient(t, base, "").Stat(t.Context(), connect.NewRequest(&pb.StatRequest{Path: p}))
+	if md := st.Msg.GetEntry().GetMetadata(); err != nil || md["author"] != "Ember" || md["purpose"] != "test" || len(md) != 2 {
+		t.Fatalf("metadata read back: %v, %v", md, err)
+	}
 	var gz bytes.Buffer
 	zw := gzip.NewWriter(&gz)
 	zw.Write([]byte("zipped"))
