@@ -200,3 +200,52 @@ func TestDeadlineKillsProcess(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestConnectByTag: a process started with a tag can be re-attached to by
+// that tag, and an ended one cannot.
+func TestConnectByTag(t *testing.T) {
+	t.Parallel()
+	_, url := serve(t, Config{})
+	pc := procClient(t, url, "")
+	tag := "re-attach-me"
+	req := sh("read line; echo got $line")
+	stdin := true
+	req.Stdin, req.Tag = &stdin, &tag
+	first, sel := started(t, pc, connect.NewRequest(req))
+	go func() {
+		for first.Receive() {
+		}
+	}()
+	byTag := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Tag{Tag: tag}}
+	cs, err := pc.Connect(t.Context(), connect.NewRequest(&pb.ConnectRequest{Process: byTag}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if !cs.Receive() || cs.Msg().GetEvent().GetStart().GetPid() != sel.GetPid() {
+		t.Fatalf("connect by tag: %v, %v; want start of pid %d", cs.Msg(), cs.Err(), sel.GetPid())
+	}
+	if _, err := pc.SendInput(t.Context(), stdinReq(byTag, "hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	var out string
+	var end *pb.ProcessEvent_EndEvent
+	for cs.Receive() {
+		out += string(cs.Msg().GetEvent().GetData().GetStdout())
+		if e := cs.Msg().GetEvent().GetEnd(); e != nil {
+			end = e
+		}
+	}
+	if out != "got hello\n" || end == nil || end.GetExitCode() != 0 {
+		t.Fatalf("re-attached stream: %q, end %v, %v", out, end, cs.Err())
+	}
+	again, err := pc.Connect(t.Context(), connect.NewRequest(&pb.ConnectRequest{Process: byTag}))
+	if err == nil {
+		again.Receive()
+		err = again.Err()
+		again.Close()
+	}
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("connect to an ended process = %v, want NotFound", err)
+	}
+}
