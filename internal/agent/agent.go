@@ -246,7 +246,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 		if ctx.Err() != nil {
 			return fail(ctx.Err())
 		}
-		return ExitStatus{}, c.rpcError(op, err)
+		return ExitStatus{}, c.reasonError(op, err)
 	}
 	defer stream.Close()
 
@@ -301,9 +301,9 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 		err = errors.New("stream ended without an end event")
 	}
 	if !started {
-		// The agent refused the request (bad input, token, shutdown): no
-		// process to kill.
-		return ExitStatus{}, c.rpcError(op, err)
+		// The agent refused the request (bad input, an unknown user,
+		// token, shutdown): no process to kill.
+		return ExitStatus{}, c.reasonError(op, err)
 	}
 	return fail(c.rpcError(op, err))
 }

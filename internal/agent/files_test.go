@@ -162,3 +162,25 @@ func TestStdinKeptOpen(t *testing.T) {
 		t.Fatalf("stdin after the end = %v, want ErrNoProcess", err)
 	}
 }
+
+// TestExecRefusals: a command the agent will not start says why, as the
+// sentinel the API maps.
+func TestExecRefusals(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, startAgent(t, server.Config{}), "")
+	for _, tt := range []struct {
+		name string
+		req  agent.ExecRequest
+		want error
+	}{
+		{"unknown user", agent.ExecRequest{Cmd: "true", User: "no-such-user-ember"}, agent.ErrUnknownUser},
+		{"missing binary", agent.ExecRequest{Cmd: "/no/such/binary"}, agent.ErrInvalid},
+		{"missing cwd", agent.ExecRequest{Cmd: "true", Cwd: "/no/such/dir"}, agent.ErrInvalid},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := c.Exec(t.Context(), tt.req, io.Discard, io.Discard); !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}

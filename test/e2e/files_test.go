@@ -118,6 +118,9 @@ func TestFilesAndBytes(t *testing.T) {
 		if _, err := c.AsUser("nobody-such").StatFile(ctx, sb.ID, "/"); !client.IsCode(err, "unknown_user") {
 			t.Errorf("unknown user: %v", err)
 		}
+		if _, err := c.AsUser("nobody-such").Exec(ctx, sb.ID, client.ExecRequest{Cmd: "true"}); !client.IsCode(err, "unknown_user") {
+			t.Errorf("exec as an unknown user: %v", err)
+		}
 	})
 	t.Run("errors", func(t *testing.T) {
 		for _, tc := range []struct {

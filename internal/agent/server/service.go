@@ -361,7 +361,7 @@ func startError(err error) error {
 	case errors.Is(err, errClosed):
 		return connect.NewError(connect.CodeUnavailable, err)
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC):
-		return connect.NewError(connect.CodeInvalidArgument, err)
+		return rpcError(fmt.Errorf("%w: %w", errInvalid, err))
 	default:
 		return connect.NewError(connect.CodeInternal, err)
 	}
