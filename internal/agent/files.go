@@ -228,12 +228,18 @@ func (c *Client) ReadFile(ctx context.Context, user, path string) (io.ReadCloser
 
 // WriteFile streams src into a file in the sandbox, creating missing parent
 // directories. The file is replaced whole once everything arrived: a
-// failure leaves the old one (or none) in place.
-func (c *Client) WriteFile(ctx context.Context, user, path string, src io.Reader) (Entry, error) {
+// failure leaves the old one (or none) in place. size is src's length, or
+// -1 when unknown (the body is then chunked).
+func (c *Client) WriteFile(ctx context.Context, user, path string, src io.Reader, size int64) (Entry, error) {
 	op := fmt.Sprintf("write %q", path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.filesURL(user, path), io.NopCloser(src))
 	if err != nil {
 		return Entry{}, fmt.Errorf("%s: %w", op, err)
+	}
+	// A known length goes as one body, not as chunks flushed one by one.
+	req.ContentLength = size
+	if size == 0 {
+		req.Body = http.NoBody
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := c.files.Do(req)

@@ -28,7 +28,7 @@ func TestFiles(t *testing.T) {
 		all[i] = byte(i)
 	}
 	p := filepath.Join(dir, "sub", "all.bin")
-	if e, err := c.WriteFile(ctx, "", p, bytes.NewReader(all)); err != nil || e.Path != p {
+	if e, err := c.WriteFile(ctx, "", p, bytes.NewReader(all), 256); err != nil || e.Path != p {
 		t.Fatalf("write = %+v, %v", e, err)
 	}
 	body, size, err := c.ReadFile(ctx, "", p)
@@ -71,7 +71,7 @@ func TestFiles(t *testing.T) {
 		}, agent.ErrNotDirectory},
 		{"make an existing directory", func() error { _, err := c.MakeDir(ctx, "", dir); return err }, agent.ErrExists},
 		{"stat as nobody known", func() error { _, err := c.Stat(ctx, "no-such-user-ember", dir); return err }, agent.ErrUnknownUser},
-		{"write over a directory", func() error { _, err := c.WriteFile(ctx, "", dir, strings.NewReader("x")); return err }, agent.ErrIsDirectory},
+		{"write over a directory", func() error { _, err := c.WriteFile(ctx, "", dir, strings.NewReader("x"), -1); return err }, agent.ErrIsDirectory},
 		{"remove missing", func() error { return c.Remove(ctx, "", filepath.Join(dir, "nope")) }, agent.ErrFileNotFound},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -61,7 +61,7 @@ type Sandboxes interface {
 // terminals and the stdin of a running command.
 type Guest interface {
 	ReadFile(ctx context.Context, id, user, path string) (io.ReadCloser, int64, error)
-	WriteFile(ctx context.Context, id, user, path string, src io.Reader) (agent.Entry, error)
+	WriteFile(ctx context.Context, id, user, path string, src io.Reader, size int64) (agent.Entry, error)
 	StatFile(ctx context.Context, id, user, path string) (agent.Entry, error)
 	ListFiles(ctx context.Context, id, user, path string, depth int) ([]agent.Entry, error)
 	MakeDir(ctx context.Context, id, user, path string) (agent.Entry, error)

@@ -80,7 +80,7 @@ func (s *Server) fileOp(status int, op func(r *http.Request, id, user, p string)
 // writeFile streams the request body into a file in a sandbox (PUT
 // /files?path=); the file is replaced only once all of it arrived.
 func (s *Server) writeFile(r *http.Request, id, user, p string) (agent.Entry, error) {
-	if _, err := s.sandboxes.WriteFile(r.Context(), id, user, p, r.Body); err != nil {
+	if _, err := s.sandboxes.WriteFile(r.Context(), id, user, p, r.Body, r.ContentLength); err != nil {
 		return agent.Entry{}, err
 	}
 	return s.sandboxes.StatFile(r.Context(), id, user, p)
@@ -169,7 +169,9 @@ func (s *Server) sendStdin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	buf := make([]byte, 32<<10)
+	// A read returns what has arrived: a keystroke alone, or up to this
+	// much of a bulk stream in one call to the guest.
+	buf := make([]byte, 256<<10)
 	for {
 		n, err := r.Body.Read(buf)
 		if n > 0 {

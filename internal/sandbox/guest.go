@@ -60,10 +60,10 @@ func (m *Manager) ReadFile(ctx context.Context, id, user, path string) (rc io.Re
 	return rc, size, err
 }
 
-// WriteFile streams src into a file in a running sandbox; the file is
-// replaced only once all of it arrived.
-func (m *Manager) WriteFile(ctx context.Context, id, user, path string, src io.Reader) (agent.Entry, error) {
-	return inGuest(m, id, "write file", func(ag Agent) (agent.Entry, error) { return ag.WriteFile(ctx, userOr(user), path, src) })
+// WriteFile streams src (size bytes, -1 when unknown) into a file in a
+// running sandbox; the file is replaced only once all of it arrived.
+func (m *Manager) WriteFile(ctx context.Context, id, user, path string, src io.Reader, size int64) (agent.Entry, error) {
+	return inGuest(m, id, "write file", func(ag Agent) (agent.Entry, error) { return ag.WriteFile(ctx, userOr(user), path, src, size) })
 }
 
 // StatFile describes a file in a running sandbox.

@@ -316,7 +316,7 @@ func (guestOnly) CloseStdin(context.Context, uint32) error        { return errGu
 func (guestOnly) ReadFile(context.Context, string, string) (io.ReadCloser, int64, error) {
 	return nil, 0, errGuestOnly
 }
-func (guestOnly) WriteFile(context.Context, string, string, io.Reader) (agent.Entry, error) {
+func (guestOnly) WriteFile(context.Context, string, string, io.Reader, int64) (agent.Entry, error) {
 	return agent.Entry{}, errGuestOnly
 }
 func (guestOnly) Stat(context.Context, string, string) (agent.Entry, error) {

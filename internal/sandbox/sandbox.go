@@ -73,7 +73,7 @@ type Agent interface {
 	SendStdin(ctx context.Context, pid uint32, data []byte) error
 	CloseStdin(ctx context.Context, pid uint32) error
 	ReadFile(ctx context.Context, user, path string) (io.ReadCloser, int64, error)
-	WriteFile(ctx context.Context, user, path string, src io.Reader) (agent.Entry, error)
+	WriteFile(ctx context.Context, user, path string, src io.Reader, size int64) (agent.Entry, error)
 	Stat(ctx context.Context, user, path string) (agent.Entry, error)
 	List(ctx context.Context, user, path string, depth int) ([]agent.Entry, error)
 	MakeDir(ctx context.Context, user, path string) (agent.Entry, error)
