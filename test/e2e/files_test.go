@@ -349,15 +349,16 @@ wait:
 	}
 	t.Logf("daemon RSS %d MiB before, at most %d MiB from 8 s to 13.5 s and %d MiB from 13.5 s to 19 s, peak %d MiB; kept %d MiB of stdout",
 		before>>20, early>>20, late>>20, peak>>20, len(r.res.Stdout)>>20)
-	if late-early > 8<<20 {
-		t.Errorf("daemon RSS rose by %d MiB in the last 5.5 s of yes, want it flat (at most 8)", (late-early)>>20)
+	if late-early > 16<<20 {
+		t.Errorf("daemon RSS rose by %d MiB in the last 5.5 s of yes, want it flat (at most 16)", (late-early)>>20)
 	}
 	if !r.res.Truncated || len(r.res.Stdout) != 16<<20 {
 		t.Fatalf("kept %d bytes, truncated %v; want the 16 MiB limit and truncated", len(r.res.Stdout), r.res.Truncated)
 	}
-	// The kept 16 MiB, and the garbage collector's headroom over it.
-	if growth := peak - before; growth > 64<<20 {
-		t.Fatalf("daemon RSS grew by %d MiB while yes ran, want at most 64", growth>>20)
+	// The kept 16 MiB, and the garbage collector's headroom over it and
+	// over the output passing through.
+	if growth := peak - before; growth > 80<<20 {
+		t.Fatalf("daemon RSS grew by %d MiB while yes ran, want at most 80", growth>>20)
 	}
 }
 
