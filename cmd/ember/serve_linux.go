@@ -234,8 +234,8 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events},
-			mgr, reg, log),
+		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events,
+			ExecOutputLimit: f.ExecOutputLimit}, mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}

@@ -50,6 +50,7 @@ const (
 	modeBridge        = "bridge"        // network.ModeBridge
 	defaultBridge     = "ember-br0"     // network.DefaultBridge
 	defaultBridgeCIDR = "172.30.0.0/24" // network.DefaultBridgeCIDR
+	defaultExecOutput = 16 << 20        // api.DefaultExecOutputLimit
 )
 
 // Serve is every setting of `ember serve`. The toml tag is the key in the
@@ -74,6 +75,7 @@ type Serve struct {
 	Uplink          string `toml:"uplink"`
 	NoEgress        bool   `toml:"no-egress"`
 	Domain          string `toml:"domain"`
+	ExecOutputLimit int    `toml:"exec-output-limit"`
 	LogLevel        string `toml:"log-level"`
 	LogFormat       string `toml:"log-format"`
 	MetricsListen   string `toml:"metrics-listen"`
@@ -93,6 +95,7 @@ func Default() Serve {
 		Bridge:          defaultBridge,
 		BridgeCIDR:      defaultBridgeCIDR,
 		Domain:          "localhost",
+		ExecOutputLimit: defaultExecOutput,
 		LogLevel:        "info",
 		LogFormat:       "text",
 		MetricsInterval: "5s",
@@ -159,6 +162,8 @@ var settings = []setting{
 	{key: "uplink", usage: "interface sandbox egress leaves by (default: the default route's)", field: func(s *Serve) any { return &s.Uplink }},
 	{key: "no-egress", usage: "give sandboxes no route out (leaves host forwarding and NAT alone)", field: func(s *Serve) any { return &s.NoEgress }},
 	{key: "domain", usage: "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox", field: func(s *Serve) any { return &s.Domain }},
+	{key: "exec-output-limit", usage: "bytes of stdout, and of stderr, POST /exec keeps (the rest is dropped and the result says truncated)",
+		nonNegative: true, field: func(s *Serve) any { return &s.ExecOutputLimit }},
 	{key: "log-level", usage: "debug, info, warn or error", field: func(s *Serve) any { return &s.LogLevel }},
 	{key: "log-format", usage: `"text" (key=value lines) or "json" (one object a line, for log shippers)`,
 		oneOf: []string{"text", "json"}, field: func(s *Serve) any { return &s.LogFormat }},

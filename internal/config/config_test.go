@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/emberhq/ember/internal/api"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/template"
 )
@@ -263,6 +264,7 @@ func TestDefaultsMatchThePackages(t *testing.T) {
 		{"bridge mode", modeBridge, network.ModeBridge},
 		{"bridge", defaultBridge, network.DefaultBridge},
 		{"bridge cidr", defaultBridgeCIDR, network.DefaultBridgeCIDR.String()},
+		{"exec output limit", strconv.Itoa(defaultExecOutput), strconv.Itoa(api.DefaultExecOutputLimit)},
 	}
 	for _, tc := range cases {
 		if tc.here != tc.there {

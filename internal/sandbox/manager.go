@@ -618,18 +618,15 @@ func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest, stdout, 
 	if req.Timeout == 0 {
 		req.Timeout = m.cfg.DefaultExecTimeout
 	}
-	sb, err := m.lookup(id)
+	ag, err := m.guest(id)
 	if err != nil {
 		return ExecResult{}, err
-	}
-	ag := sb.getAgent()
-	if r := sb.Record(); r.State != StateRunning || ag == nil {
-		return ExecResult{}, stateError(r, "running")
 	}
 	ctx, cancel := context.WithTimeout(ctx, req.Timeout)
 	defer cancel()
 	start := time.Now()
-	st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, Stdin: req.Stdin}, stdout, stderr)
+	st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, User: userOr(req.User),
+		Stdin: req.Stdin, KeepStdin: req.KeepStdin, Started: req.Started}, stdout, stderr)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return ExecResult{}, fmt.Errorf("exec %q in sandbox %s after %s: %w", req.Cmd, id, req.Timeout, ErrExecTimeout)

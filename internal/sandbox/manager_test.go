@@ -316,7 +316,42 @@ func (m *fakeMachine) crash() {
 	})
 }
 
-type fakeAgent struct{ w *world }
+// fakeAgent runs commands in a world; its file and terminal calls are
+// not part of it (the VM tier and the agent's own tests cover them).
+type fakeAgent struct {
+	w *world
+	guestOnly
+}
+
+// guestOnly answers the calls only a real guest can.
+type guestOnly struct{}
+
+var errGuestOnly = errors.New("not in the fake world")
+
+func (guestOnly) SendStdin(context.Context, uint32, []byte) error { return errGuestOnly }
+func (guestOnly) CloseStdin(context.Context, uint32) error        { return errGuestOnly }
+func (guestOnly) ReadFile(context.Context, string, string) (io.ReadCloser, int64, error) {
+	return nil, 0, errGuestOnly
+}
+func (guestOnly) WriteFile(context.Context, string, string, io.Reader, int64) (agent.Entry, error) {
+	return agent.Entry{}, errGuestOnly
+}
+func (guestOnly) Stat(context.Context, string, string) (agent.Entry, error) {
+	return agent.Entry{}, errGuestOnly
+}
+func (guestOnly) List(context.Context, string, string, int) ([]agent.Entry, error) {
+	return nil, errGuestOnly
+}
+func (guestOnly) MakeDir(context.Context, string, string) (agent.Entry, error) {
+	return agent.Entry{}, errGuestOnly
+}
+func (guestOnly) Move(context.Context, string, string, string) (agent.Entry, error) {
+	return agent.Entry{}, errGuestOnly
+}
+func (guestOnly) Remove(context.Context, string, string) error { return errGuestOnly }
+func (guestOnly) StartTerminal(context.Context, agent.TerminalRequest) (*agent.Terminal, error) {
+	return nil, errGuestOnly
+}
 
 func (a fakeAgent) WaitReady(ctx context.Context) error {
 	if a.w.failReady {
@@ -367,7 +402,7 @@ func newManagerWith(t *testing.T, w *world, st *store.Store, dir string, tune fu
 	cfg.BootTimeout = time.Second
 	d := Deps{
 		Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: fakeDriver{w},
-		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} },
+		Agent: func(netip.Addr, string) Agent { return fakeAgent{w: w} },
 		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	if tune != nil {

@@ -65,11 +65,30 @@ type Slots interface {
 	Movable() error
 }
 
-// Agent is the host side of one sandbox's guest agent.
+// Agent is the host side of one sandbox's guest agent (agent.Client).
 type Agent interface {
 	WaitReady(ctx context.Context) error
 	Init(ctx context.Context, env map[string]string) error
 	Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
+	SendStdin(ctx context.Context, pid uint32, data []byte) error
+	CloseStdin(ctx context.Context, pid uint32) error
+	ReadFile(ctx context.Context, user, path string) (io.ReadCloser, int64, error)
+	WriteFile(ctx context.Context, user, path string, src io.Reader, size int64) (agent.Entry, error)
+	Stat(ctx context.Context, user, path string) (agent.Entry, error)
+	List(ctx context.Context, user, path string, depth int) ([]agent.Entry, error)
+	MakeDir(ctx context.Context, user, path string) (agent.Entry, error)
+	Move(ctx context.Context, user, from, to string) (agent.Entry, error)
+	Remove(ctx context.Context, user, path string) error
+	StartTerminal(ctx context.Context, req agent.TerminalRequest) (*agent.Terminal, error)
+}
+
+// Terminal is a program on a terminal in a sandbox (agent.Terminal).
+type Terminal interface {
+	Pid() uint32
+	Recv() (data []byte, st *agent.ExitStatus, err error)
+	Write(ctx context.Context, p []byte) error
+	Resize(ctx context.Context, cols, rows uint32) error
+	Close() error
 }
 
 // AgentDialer returns the agent client of a guest reachable at addr.
@@ -153,11 +172,17 @@ type CreateRequest struct {
 
 // ExecRequest runs one command in a sandbox.
 type ExecRequest struct {
-	Cmd   string
-	Args  []string
-	Env   map[string]string
-	Cwd   string
+	Cmd  string
+	Args []string
+	Env  map[string]string
+	Cwd  string
+	// User is the guest user to run as; "" is DefaultUser.
+	User  string
 	Stdin []byte
+	// KeepStdin leaves stdin open after Stdin for SendStdin and
+	// CloseStdin; Started learns the pid they take.
+	KeepStdin bool
+	Started   func(pid uint32)
 	// Timeout bounds the command; 0 takes the default.
 	Timeout time.Duration
 }
