@@ -21,6 +21,9 @@ APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static bash-static 
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
 	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
 	dmsetup xfsprogs btrfs-progs chromium prometheus systemd
+# Template builds: mmdebstrap makes the built-in Debian base; the tests
+# push images to Debian's docker-registry on loopback.
+APT_PACKAGES += mmdebstrap docker-registry
 # Node.js and npm (for the protocol test's npm package) come from Debian only
 # when the machine has none: a Node.js installed another way ships its own
 # npm, which Debian's npm package would conflict with.
