@@ -235,7 +235,7 @@ func tarNames(p string) (map[string]bool, error) {
 		if err != nil {
 			return nil, err
 		}
-		names[strings.TrimPrefix(filepath.Clean("/" + h.Name), "/")] = true
+		names[strings.TrimPrefix(filepath.Clean("/"+h.Name), "/")] = true
 	}
 }
 
