@@ -15,6 +15,7 @@ import (
 
 	"github.com/emberhq/ember/internal/fsutil"
 	"github.com/emberhq/ember/internal/runner"
+	"github.com/emberhq/ember/internal/template"
 )
 
 const (
@@ -109,31 +110,15 @@ func (b *Builder) debianBase(ctx context.Context, say func(string)) (tarPath, ke
 	if _, err := runner.Run(ctx, "mmdebstrap", args...); err != nil {
 		return "", "", fmt.Errorf("make debian base with mmdebstrap: %w", err)
 	}
-	if err := syncPath(filepath.Join(work, "rootfs.tar")); err != nil {
+	if err := template.Sync(filepath.Join(work, "rootfs.tar")); err != nil {
 		return "", "", err
 	}
 	if err := os.Rename(work, filepath.Join(root, key)); err != nil {
 		return "", "", fmt.Errorf("publish debian base: %w", err)
 	}
-	if err := syncPath(root); err != nil {
+	if err := template.Sync(root); err != nil {
 		return "", "", err
 	}
 	b.log().Info("built-in debian base made", "key", key[:12], "duration", time.Since(start).Round(time.Millisecond))
 	return out, key, nil
-}
-
-// syncPath flushes a file or a directory's entries.
-func syncPath(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync %q: %w", p, err)
-	}
-	return nil
 }

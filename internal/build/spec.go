@@ -95,7 +95,10 @@ type Step struct {
 }
 
 // KeyValue is one environment variable.
-type KeyValue struct{ Key, Value string }
+type KeyValue struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
 
 // String is how the step shows in progress and errors: its Dockerfile text
 // when it has one.

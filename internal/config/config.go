@@ -81,6 +81,8 @@ type Serve struct {
 	MetricsListen   string `toml:"metrics-listen"`
 	MetricsInterval string `toml:"metrics-interval"`
 	PrintAPIKey     bool   `toml:"print-api-key"`
+	// Template builds (package build).
+	BuildCacheGiB int `toml:"build-cache-gib"`
 }
 
 // Default returns the configuration of a daemon given no file and no flags.
@@ -99,6 +101,7 @@ func Default() Serve {
 		LogLevel:        "info",
 		LogFormat:       "text",
 		MetricsInterval: "5s",
+		BuildCacheGiB:   32,
 	}
 }
 
@@ -172,6 +175,8 @@ var settings = []setting{
 	{key: "metrics-interval", usage: "how often each running sandbox's CPU, memory and disk use is sampled (a duration: 5s)",
 		field: func(s *Serve) any { return &s.MetricsInterval }},
 	{key: "print-api-key", usage: "print the API key at start (make run does)", field: func(s *Serve) any { return &s.PrintAPIKey }},
+	{key: "build-cache-gib", usage: "GiB of disk the template build step cache may allocate (least recently used steps go first; published templates' steps stay)",
+		nonNegative: true, field: func(s *Serve) any { return &s.BuildCacheGiB }},
 }
 
 // Keys returns every setting's key, in order.

@@ -88,16 +88,7 @@ type startSpec struct {
 // withTemplateConfig gives a create what the template says its sandboxes
 // start with: its environment under the request's, and its start command.
 func withTemplateConfig(req *CreateRequest, src *source, tpl template.Template) {
-	if len(tpl.Env) > 0 {
-		env := make(map[string]string, len(tpl.Env)+len(req.Env))
-		for k, v := range tpl.Env {
-			env[k] = v
-		}
-		for k, v := range req.Env {
-			env[k] = v
-		}
-		req.Env = env
-	}
+	req.Env = underEnv(tpl.Env, req.Env)
 	if tpl.StartCmd != "" {
 		src.start = &startSpec{cmd: tpl.StartCmd, ready: tpl.ReadyCmd, user: tpl.User, workdir: tpl.Workdir, env: tpl.Env}
 	}

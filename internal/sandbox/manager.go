@@ -59,7 +59,7 @@ type Config struct {
 	// ReadyTimeout bounds the wait for a template's start command to be
 	// ready (its ready command to succeed) on a cold boot.
 	ReadyTimeout time.Duration
-	Limits      Limits
+	Limits       Limits
 	// SampleHistory bounds the usage samples kept per sandbox (see
 	// RunSampler); 0 takes DefaultSampleHistory.
 	SampleHistory int

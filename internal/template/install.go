@@ -19,6 +19,9 @@ const (
 	HostBash    = hostBash
 )
 
+// Sync flushes a file another process wrote, or a directory's entries.
+func Sync(path string) error { return syncFile(path) }
+
 // MakeImage builds a sparse ext4 image of size bytes from a staged tree,
 // without mounting anything (mkfs.ext4 -d keeps owners, modes, links and
 // extended attributes), and flushes it.
