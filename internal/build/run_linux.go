@@ -563,4 +563,3 @@ func linkFile(src, dst string) error {
 func sortKV(kvs []KeyValue) {
 	sort.Slice(kvs, func(i, j int) bool { return kvs[i].Key < kvs[j].Key })
 }
-
