@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emberhq/ember/internal/build"
 	"github.com/emberhq/ember/internal/sandbox"
@@ -107,6 +108,7 @@ func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request) {
 	}
 	req.Spec, req.Context = spec, dir
 	ew := &eventWriter{w: w}
+	start := time.Now()
 	committed := false
 	req.OnPrepared = func() {
 		committed = true
@@ -123,7 +125,9 @@ func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	ew.sendJSON(s.buildError(r, err))
+	ev := s.buildError(r, err)
+	ev.ElapsedMS = float64(time.Since(start).Microseconds()) / 1000
+	ew.sendJSON(ev)
 }
 
 // maxContextBody bounds a build context's tar stream.
