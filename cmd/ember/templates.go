@@ -154,8 +154,7 @@ template ("base") from ember's own kernel, or NAME around a kernel you supply
 PVM guest kernel).`,
 		Example: `  ember template build code --preset code
   ember template build app -f Dockerfile .
-  ember template build app -f Dockerfile --build-arg VERSION=2 --start-cmd 'python3 -m http.server 8000' \
-      --ready-cmd 'curl -sf localhost:8000' ./app
+  ember template build web -f Dockerfile --start-cmd 'python3 -m http.server 8000' --ready-cmd 'curl -sf localhost:8000' ./web
   ember create --template app
   ember template build
   ember template build pvm --kernel /boot/vmlinux-pvm`,
