@@ -38,6 +38,10 @@ type Sandboxes interface {
 	ExportDisk(ctx context.Context, id, dst string) error
 	Destroy(ctx context.Context, id string) error
 	List() []store.Sandbox
+	// ReplaceTemplate runs replace once no sandbox, create or snapshot
+	// needs the template name (sandbox.ErrTemplateInUse otherwise); nil
+	// replace only checks.
+	ReplaceTemplate(ctx context.Context, name string, replace func() error) error
 }
 
 // Defaults of a build's machine and disk.
@@ -139,6 +143,9 @@ func (b *Builder) Prepare(ctx context.Context, req Request) (_ *Plan, err error)
 	spec := req.Spec
 	if !templateName.MatchString(spec.Name) {
 		return nil, inputError(ErrInvalidSpec, 0, spec.Name, "a template name is 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit")
+	}
+	if err := b.Sandboxes.ReplaceTemplate(ctx, spec.Name, nil); err != nil {
+		return nil, fmt.Errorf("build template %q: %w", spec.Name, err)
 	}
 	if req.DiskMiB == 0 {
 		req.DiskMiB = DefaultDiskMiB

@@ -282,7 +282,11 @@ func (r *run) publish(ctx context.Context, last entry) (template.Template, error
 		}
 		r.box = nil
 	}
-	out, err := p.b.Registry.Install(ctx, t, kernel, last.image)
+	var out template.Template
+	err := p.b.Sandboxes.ReplaceTemplate(ctx, p.spec.Name, func() (err error) {
+		out, err = p.b.Registry.Install(ctx, t, kernel, last.image)
+		return err
+	})
 	if err != nil {
 		return template.Template{}, fmt.Errorf("publish template %q: %w", p.spec.Name, err)
 	}

@@ -62,17 +62,52 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string, reg TemplateR
 	if len(users) > 0 {
 		return fmt.Errorf("template %q: needed by %s: %w", name, strings.Join(users, ", "), ErrTemplateInUse)
 	}
-	defer func() {
-		m.tplMu.Lock()
-		delete(m.tplBusy, name)
-		m.tplMu.Unlock()
-	}()
+	defer m.unclaimTemplate(name)
 	if err := reg.Remove(name); err != nil {
 		if errors.Is(err, template.ErrNotFound) {
 			return fmt.Errorf("template %q: %w", name, ErrTemplateNotFound)
 		}
 		return err
 	}
+	m.log.Info("template deleted", "template", name)
+	return m.dropTemplateSnapshots(name)
+}
+
+// ReplaceTemplate runs replace (a build publishing the template called
+// name) once nothing needs the template it replaces, holding creates from
+// it off meanwhile: a sandbox's disk may sit on its image. It is
+// ErrTemplateInUse while a sandbox, a create or a snapshot needs it, or
+// when it is the daemon's default. replace nil just checks.
+func (m *Manager) ReplaceTemplate(ctx context.Context, name string, replace func() error) error {
+	if name == m.cfg.DefaultTemplate {
+		return fmt.Errorf("template %q: the daemon's default template, which it builds itself: %w", name, ErrTemplateInUse)
+	}
+	users, err := m.claimTemplate(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return fmt.Errorf("template %q: needed by %s: %w", name, strings.Join(users, ", "), ErrTemplateInUse)
+	}
+	defer m.unclaimTemplate(name)
+	if replace == nil {
+		return nil
+	}
+	if err := replace(); err != nil {
+		return err
+	}
+	return m.dropTemplateSnapshots(name)
+}
+
+func (m *Manager) unclaimTemplate(name string) {
+	m.tplMu.Lock()
+	delete(m.tplBusy, name)
+	m.tplMu.Unlock()
+}
+
+// dropTemplateSnapshots removes a template's memory snapshots (every
+// build and machine shape).
+func (m *Manager) dropTemplateSnapshots(name string) error {
 	var errs []error
 	entries, _ := os.ReadDir(m.cfg.SnapshotDir)
 	own := regexp.MustCompile(`^` + regexp.QuoteMeta(templatePrefix+name) + `-[0-9a-f]{1,16}-[0-9]+c[0-9]+m$`)
@@ -81,7 +116,6 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string, reg TemplateR
 			errs = append(errs, os.RemoveAll(filepath.Join(m.cfg.SnapshotDir, e.Name())))
 		}
 	}
-	m.log.Info("template deleted", "template", name)
 	return errors.Join(errs...)
 }
 

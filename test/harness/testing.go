@@ -24,7 +24,10 @@ func ForTest(t testing.TB, o Options, span int) *Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Bin, o.Templates, o.DataDir, o.Log = h.Bin, h.Templates, t.TempDir(), logf
+	o.Bin, o.DataDir, o.Log = h.Bin, t.TempDir(), logf
+	if o.Templates == "" {
+		o.Templates = h.Templates
+	}
 	if o.SlotCount == 0 {
 		o.SlotCount = span
 	}
@@ -93,4 +96,28 @@ func RunKeepingHost(m *testing.M) int {
 		exec.Command("nft", "delete", "table", "inet", "ember").Run()
 	}
 	return code
+}
+
+// PrivateTemplates returns a template registry of the test's own holding
+// the default template (hard links of the shared one's files): a daemon
+// that builds templates writes them there, never into the registry other
+// tests share.
+func PrivateTemplates(t testing.TB) string {
+	t.Helper()
+	h := Require(t)
+	dir := t.TempDir()
+	src := filepath.Join(h.Templates, "base")
+	if err := os.Mkdir(filepath.Join(dir, "base"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if err := os.Link(filepath.Join(src, e.Name()), filepath.Join(dir, "base", e.Name())); err != nil {
+			t.Fatalf("link the default template: %v", err)
+		}
+	}
+	return dir
 }
