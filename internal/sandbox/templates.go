@@ -52,25 +52,16 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string, reg TemplateR
 	} else if err != nil {
 		return err
 	}
-	if name == m.cfg.DefaultTemplate {
-		return fmt.Errorf("template %q: the daemon's default template: %w", name, ErrTemplateInUse)
-	}
-	users, err := m.claimTemplate(ctx, name)
-	if err != nil {
-		return err
-	}
-	if len(users) > 0 {
-		return fmt.Errorf("template %q: needed by %s: %w", name, strings.Join(users, ", "), ErrTemplateInUse)
-	}
-	defer m.unclaimTemplate(name)
-	if err := reg.Remove(name); err != nil {
-		if errors.Is(err, template.ErrNotFound) {
-			return fmt.Errorf("template %q: %w", name, ErrTemplateNotFound)
+	return m.ReplaceTemplate(ctx, name, func() error {
+		if err := reg.Remove(name); err != nil {
+			if errors.Is(err, template.ErrNotFound) {
+				return fmt.Errorf("template %q: %w", name, ErrTemplateNotFound)
+			}
+			return err
 		}
-		return err
-	}
-	m.log.Info("template deleted", "template", name)
-	return m.dropTemplateSnapshots(name)
+		m.log.Info("template deleted", "template", name)
+		return nil
+	})
 }
 
 // ReplaceTemplate runs replace (a build publishing the template called
@@ -80,7 +71,7 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string, reg TemplateR
 // when it is the daemon's default. replace nil just checks.
 func (m *Manager) ReplaceTemplate(ctx context.Context, name string, replace func() error) error {
 	if name == m.cfg.DefaultTemplate {
-		return fmt.Errorf("template %q: the daemon's default template, which it builds itself: %w", name, ErrTemplateInUse)
+		return fmt.Errorf("template %q: the daemon's default template (it builds it itself): %w", name, ErrTemplateInUse)
 	}
 	users, err := m.claimTemplate(ctx, name)
 	if err != nil {
