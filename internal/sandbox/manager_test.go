@@ -330,6 +330,12 @@ func (a fakeAgent) Init(ctx context.Context, env map[string]string) error {
 	}
 	return nil
 }
+func (a fakeAgent) Rekey(ctx context.Context, env map[string]string, token string) error {
+	if token == "" {
+		return errors.New("rekey with an empty token")
+	}
+	return a.Init(ctx, env)
+}
 func (a fakeAgent) Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error) {
 	if a.w.execFn != nil {
 		return a.w.execFn(ctx, req, stdout, stderr)

@@ -72,11 +72,17 @@ func TestSnapshotCreateFromAndDelete(t *testing.T) {
 				k := mustCreate(t, m, CreateRequest{Snapshot: "snap-1", Env: map[string]string{"KID": "1"}})
 				kids = append(kids, k)
 			}
+			tokens := map[string]bool{src.Token: true}
 			for _, k := range kids {
 				if k.State != StateRunning || k.Snapshot != "snap-1" || k.VCPUs != 2 || k.MemoryMiB != 512 ||
-					k.Token != src.Token || k.Env["FROM"] != "src" || k.Env["KID"] != "1" {
+					k.Env["FROM"] != "src" || k.Env["KID"] != "1" {
 					t.Fatalf("sandbox from snapshot %+v", k)
 				}
+				// Each restored guest is handed a token of its own.
+				if k.Token == "" || tokens[k.Token] {
+					t.Fatalf("sandbox %s from snapshot shares token %q", k.ID, k.Token)
+				}
+				tokens[k.Token] = true
 				if _, ok := k.TimingsMS["restore"]; !ok {
 					t.Fatalf("timings %v", k.TimingsMS)
 				}
