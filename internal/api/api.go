@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/api/e2b"
 	"github.com/emberhq/ember/internal/event"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
@@ -35,25 +36,11 @@ var openapiDoc []byte
 // shutting_down.
 var ErrShuttingDown = errors.New("the daemon is shutting down")
 
-// Sandboxes is the sandbox manager as the API uses it.
+// Sandboxes is the sandbox manager as the API uses it: what E2B's control
+// plane needs of it, and exec and the address of a running sandbox.
 type Sandboxes interface {
-	Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error)
-	Get(id string) (store.Sandbox, error)
-	List() []store.Sandbox
-	Destroy(ctx context.Context, id string) error
-	SetNetwork(ctx context.Context, id string, pol slot.Policy) (store.Sandbox, error)
+	e2b.Sandboxes
 	Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error)
-	Pause(ctx context.Context, id string) (store.Sandbox, error)
-	Resume(ctx context.Context, id string) (store.Sandbox, error)
-	SetTimeout(ctx context.Context, id string, seconds int) (store.Sandbox, error)
-	Fork(ctx context.Context, id string, count int) ([]store.Sandbox, error)
-	CreateSnapshot(ctx context.Context, id, name string) (store.Snapshot, error)
-	GetSnapshot(ctx context.Context, name string) (store.Snapshot, error)
-	ListSnapshots(ctx context.Context) ([]store.Snapshot, error)
-	DeleteSnapshot(ctx context.Context, name string) error
-	// Metrics returns a sandbox's usage samples from start to end (zero
-	// times: open).
-	Metrics(id string, start, end time.Time) ([]sandbox.Sample, error)
 	Addresser
 }
 
@@ -77,6 +64,9 @@ type Config struct {
 	Metrics RequestMetrics
 	// Events, when set, is the hub GET /v1/events streams from.
 	Events *event.Hub
+	// E2B configures the E2B control plane served beside /v1 (package
+	// e2b); its Authorize, Classify and Log are the server's.
+	E2B e2b.Config
 }
 
 // Server is the HTTP API.
@@ -97,7 +87,7 @@ const (
 
 // New returns the API server.
 func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, sandboxes: sb, templates: tpl, log: log, mux: http.NewServeMux(), proxy: newProxy(cfg.Domain, sb)}
+	s := &Server{cfg: cfg, sandboxes: sb, templates: tpl, log: log, mux: http.NewServeMux(), proxy: newProxy(cfg.Domain, sb, log)}
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
 	s.mux.HandleFunc("GET /v1/info", s.auth(s.getInfo))
@@ -118,6 +108,7 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("GET /v1/snapshots/{name}", s.auth(s.getSnapshot))
 	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
 	s.routeObservability()
+	s.routeE2B()
 	s.mux.HandleFunc("GET /test", s.testPage)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/test", http.StatusFound)
@@ -129,8 +120,8 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 // ServeHTTP implements http.Handler: requests routed to a sandbox port go
 // to the proxy, the rest to the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if id, port, ok := s.proxy.route(r); ok {
-		s.observe(w, r, true, func(w http.ResponseWriter, r *http.Request) { s.proxy.serve(w, r, s, id, port) })
+	if rt, ok := s.proxy.route(r); ok {
+		s.observe(w, r, true, func(w http.ResponseWriter, r *http.Request) { s.proxy.serve(w, r, s, rt) })
 		return
 	}
 	s.observe(w, r, false, s.mux.ServeHTTP)
@@ -141,20 +132,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // credentials).
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		key := r.Header.Get("X-API-Key")
-		if key == "" {
-			key, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		}
-		if key == "" {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header (or Authorization: Bearer)")
-			return
-		}
-		if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
+		if ok, reason := s.authorized(r); !ok {
+			writeError(w, http.StatusUnauthorized, "unauthorized", reason)
 			return
 		}
 		h(w, r)
 	}
+}
+
+// authorized says whether r carries the API key, and if not why not.
+func (s *Server) authorized(r *http.Request) (bool, string) {
+	key := r.Header.Get("X-API-Key")
+	if key == "" {
+		key, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	}
+	if key == "" {
+		return false, "missing X-API-Key header (or Authorization: Bearer)"
+	}
+	if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
+		return false, "invalid API key"
+	}
+	return true, ""
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {

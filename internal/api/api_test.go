@@ -37,6 +37,8 @@ type fakeSandboxes struct {
 	inUse map[string]bool
 	// createErr, when set, is what Create returns.
 	createErr error
+	// addressed lists the sandboxes Address was asked for, in order.
+	addressed []string
 }
 
 func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
@@ -105,6 +107,9 @@ func (f *fakeSandboxes) SetNetwork(ctx context.Context, id string, pol slot.Poli
 }
 
 func (f *fakeSandboxes) Address(id string) (netip.Addr, error) {
+	f.mu.Lock()
+	f.addressed = append(f.addressed, id)
+	f.mu.Unlock()
 	r, err := f.Get(id)
 	if err != nil {
 		return netip.Addr{}, err
