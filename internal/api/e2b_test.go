@@ -124,6 +124,7 @@ func TestE2BControlPlane(t *testing.T) {
 			}}},
 		{name: "list, 1.x: running only", method: "GET", path: "/sandboxes", status: 200, checks: []check{ids("run1", "run2", "sb1")}},
 		{name: "timeout", method: "POST", path: "/sandboxes/run2/timeout", body: `{"timeout":600}`, status: 204},
+		{name: "timeout, paused", method: "POST", path: "/sandboxes/paused1/timeout", body: `{"timeout":600}`, status: 409, checks: []check{field("code", 409)}},
 		{name: "timeout, unknown", method: "POST", path: "/sandboxes/nope/timeout", body: `{"timeout":600}`, status: 404, checks: []check{field("code", 404)}},
 		{name: "pause, memory false", method: "POST", path: "/sandboxes/run2/pause", body: `{"memory":false}`, status: 501},
 		{name: "pause, already paused", method: "POST", path: "/sandboxes/paused1/pause", body: `{}`, status: 409, checks: []check{field("code", 409)}},

@@ -67,8 +67,11 @@ type targetKey struct{}
 
 func newProxy(domain string, sbs proxied, log *slog.Logger) *proxy {
 	p := &proxy{domain: strings.ToLower(strings.TrimPrefix(domain, ".")), sbs: sbs, log: log}
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	tr := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, upstreamAddr(addr))
+		},
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       60 * time.Second,
 		ResponseHeaderTimeout: 0, // long polls and streams are the point
@@ -149,6 +152,10 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, s *Server, rt rout
 			p.fail(w, r, s, rt, err)
 			return
 		}
+		if rec, err = p.sbs.Get(rt.id); err != nil {
+			p.fail(w, r, s, rt, err)
+			return
+		}
 	}
 	if rt.port != envdPort && rec.TrafficToken != "" &&
 		subtle.ConstantTimeCompare([]byte(r.Header.Get(headerTrafficToken)), []byte(rec.TrafficToken)) != 1 {
@@ -161,8 +168,34 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, s *Server, rt rout
 		p.fail(w, r, s, rt, err)
 		return
 	}
-	target := &url.URL{Scheme: "http", Host: netip.AddrPortFrom(addr, uint16(port)).String()}
+	target := &url.URL{Scheme: "http", Host: upstreamHost(rec, addr, port)}
 	p.rp.ServeHTTP(w, r.WithContext(contextWith(r, target)))
+}
+
+// upstreamHost names the upstream of a request by the sandbox's machine as
+// well as its address: the transport pools connections by host, and an
+// address passes to another machine when a slot is reused (or a sandbox
+// resumes elsewhere), whose guest knows nothing of the old one's
+// connections. A request sent on such a connection fails without being
+// retried (a POST is not replayable), so each machine gets a pool of its
+// own. The form is <id>-<vmm pid>.<address>:<port>; the dialer takes the
+// address back out.
+func upstreamHost(rec store.Sandbox, addr netip.Addr, port int) string {
+	return net.JoinHostPort(fmt.Sprintf("%s-%d.%s", rec.ID, rec.VMMPID, addr), strconv.Itoa(port))
+}
+
+// upstreamAddr is the address of an upstreamHost, to dial.
+func upstreamAddr(hostport string) string {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return hostport
+	}
+	if _, ip, ok := strings.Cut(host, "."); ok {
+		if _, err := netip.ParseAddr(ip); err == nil {
+			return net.JoinHostPort(ip, port)
+		}
+	}
+	return hostport
 }
 
 // reject answers a request the proxy refuses, in envd's shape for envd

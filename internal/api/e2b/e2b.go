@@ -469,6 +469,12 @@ func (f *Facade) kill(w http.ResponseWriter, r *http.Request) {
 func (f *Facade) setTimeout(w http.ResponseWriter, r *http.Request) {
 	var body TimeoutRequest
 	f.act(w, r, &body, func(ctx context.Context, id string) error {
+		// A paused sandbox has no end time until it runs again: E2B's
+		// SDKs before 2.4 connect by trying this first and resuming when
+		// it fails.
+		if rec, err := f.sbs.Get(id); err == nil && rec.State != sandbox.StateRunning {
+			return &sandbox.StateConflict{ID: id, State: rec.State, Want: "running"}
+		}
 		_, err := f.sbs.SetTimeout(ctx, id, body.Timeout)
 		return err
 	})
