@@ -89,7 +89,10 @@ func TestSDKs(t *testing.T) {
 			"--tls-listen", tlsAddr, "--tls-cert", certs.cert, "--tls-key", certs.key},
 	}, slotSpan)
 	t.Logf("daemon up in %s (it built its default template)", time.Since(start).Round(time.Millisecond))
-	makeE2BTemplate(t, registry)
+	testutil.RequireTool(t, "debugfs")
+	if err := harness.E2BTemplate(registry, e2bTemplate); err != nil {
+		t.Fatal(err)
+	}
 	_, tlsPort, _ := net.SplitHostPort(tlsAddr)
 	for _, s := range matrix {
 		ver := installedVersion(t, s.dir)
@@ -173,65 +176,6 @@ func installedVersion(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return p.Version
-}
-
-// makeE2BTemplate adds e2bTemplate to the tier's registry: the default
-// template the daemon built there at start (its guest runs this tree's
-// agent), with /bin/bash added from Debian's bash-static where the image
-// has none, since E2B's SDKs run every command as /bin/bash -l -c. The
-// image is a copy; the template the daemon built stays as it was.
-func makeE2BTemplate(t *testing.T, registry string) {
-	t.Helper()
-	src, dst := filepath.Join(registry, "base"), filepath.Join(registry, e2bTemplate)
-	if err := os.Mkdir(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Link(filepath.Join(src, "vmlinux"), filepath.Join(dst, "vmlinux")); err != nil {
-		t.Fatal(err)
-	}
-	image := filepath.Join(dst, "rootfs.ext4")
-	run(t, "cp", "--sparse=always", filepath.Join(src, "rootfs.ext4"), image)
-	manifest, err := os.ReadFile(filepath.Join(src, "template.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testutil.RequireTool(t, "debugfs")
-	if !hasBash(t, image) {
-		if _, err := os.Stat(hostBash); err != nil {
-			t.Fatalf("%s: %v (apt-get install bash-static; make deps does)", hostBash, err)
-		}
-		run(t, "debugfs", "-w", "-R", "write "+hostBash+" /bin/bash", image)
-		// Another image than the one the key names: its own key, so no
-		// template snapshot of the original is ever restored over it.
-		var m map[string]any
-		if err := json.Unmarshal(manifest, &m); err != nil {
-			t.Fatal(err)
-		}
-		m["key"] = fmt.Sprint(m["key"], "+bash")
-		if manifest, err = json.Marshal(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dst, "template.json"), manifest, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// hostBash is the static bash of Debian's bash-static.
-const hostBash = "/bin/bash-static"
-
-// hasBash says whether the image holds a /bin/bash.
-func hasBash(t *testing.T, image string) bool {
-	t.Helper()
-	out, _ := exec.Command("debugfs", "-R", "stat /bin/bash", image).CombinedOutput()
-	return strings.Contains(string(out), "Type: regular") || strings.Contains(string(out), "Type: symlink")
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
 }
 
 // certFiles are a CA and a certificate it signed for api.<domain> and
