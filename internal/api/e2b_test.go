@@ -236,6 +236,7 @@ func TestProxyForE2B(t *testing.T) {
 		"sb2":     {ID: "sb2", State: sandbox.StateRunning, Token: "tok2"},
 		"private": {ID: "private", State: sandbox.StateRunning, Token: "tok3", TrafficToken: "traffic"},
 		"sleepy":  {ID: "sleepy", State: sandbox.StatePaused, Token: "tok4", AutoResume: true},
+		"dozing":  {ID: "dozing", State: sandbox.StatePausing, Token: "tok6", AutoResume: true},
 		"paused":  {ID: "paused", State: sandbox.StatePaused, Token: "tok5"},
 	}}
 	srv, _ := newServer(t, f)
@@ -272,6 +273,7 @@ func TestProxyForE2B(t *testing.T) {
 		{"private with its token", "GET", "/", port + "-private.sb.test", map[string]string{headerTrafficToken: "traffic"}, 200},
 		{"private, wrong token", "GET", "/", port + "-private.sb.test", map[string]string{headerTrafficToken: "guess"}, 403},
 		{"auto-resume", "GET", "/", port + "-sleepy.sb.test", nil, 200},
+		{"auto-resume behind a pause in progress", "GET", "/", port + "-dozing.sb.test", nil, 200},
 		{"paused without auto-resume", "GET", "/", port + "-paused.sb.test", nil, 409},
 		{"signature of no sandbox", "GET", "/files?path=/a&signature=" + sign("/a", "read", "nobody's"), "", nil, 401},
 	}

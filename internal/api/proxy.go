@@ -146,8 +146,9 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, s *Server, rt rout
 		p.fail(w, r, s, rt, err)
 		return
 	}
-	if rec.State == sandbox.StatePaused && rec.AutoResume {
-		// The request waits for the resume, then goes through.
+	if rec.AutoResume && (rec.State == sandbox.StatePaused || rec.State == sandbox.StatePausing) {
+		// The request waits for the resume (behind a pause in progress,
+		// which holds the sandbox), then goes through.
 		if _, err := p.sbs.Resume(r.Context(), rt.id); err != nil && !errors.Is(err, sandbox.ErrNotPaused) {
 			p.fail(w, r, s, rt, err)
 			return

@@ -297,6 +297,39 @@ export function e2bFlows(sdk) {
       assert.ok(b > a, `the counter stood still after the resume (${a} → ${b})`)
     })
 
+    test('paused at its timeout as asked, resumed by traffic', T, async (t) => {
+      if (!pinned) return t.skip(`e2b@${version} has no lifecycle option`)
+      const s = await create({ timeoutMs: 600_000, lifecycle: { onTimeout: 'pause', autoResume: true } })
+      await s.commands.run('echo before > /tmp/auto')
+      const info = await Sandbox.getInfo(s.sandboxId)
+      assert.deepEqual(info.lifecycle, { onTimeout: 'pause', autoResume: true })
+      await s.setTimeout(2_000)
+      const deadline = Date.now() + 30_000
+      while ((await Sandbox.getInfo(s.sandboxId)).state !== 'paused') {
+        assert.ok(Date.now() < deadline, 'not paused 30 s after its timeout')
+        await new Promise((r) => setTimeout(r, 300))
+      }
+      // The first request waits for the resume, then goes through.
+      assert.equal((await s.commands.run('cat /tmp/auto')).stdout, 'before\n')
+      assert.equal((await Sandbox.getInfo(s.sandboxId)).state, 'running')
+    })
+
+    test('a private sandbox takes traffic on its ports with its token only', T, async (t) => {
+      if (!pinned) return t.skip(`e2b@${version} has no network.allowPublicTraffic`)
+      const s = await create({ network: { allowPublicTraffic: false } })
+      assert.ok(s.trafficAccessToken, 'no trafficAccessToken')
+      await s.commands.run('mkdir -p /tmp/www && echo served > /tmp/www/index.html && busybox httpd -p 8080 -h /tmp/www')
+      const get = (hdrs) => fetch(process.env.E2B_SANDBOX_URL + '/index.html', {
+        headers: { 'E2b-Sandbox-Id': s.sandboxId, 'E2b-Sandbox-Port': '8080', ...hdrs },
+      })
+      assert.equal((await get({})).status, 403)
+      const ok = await get({ 'E2b-Traffic-Access-Token': s.trafficAccessToken })
+      assert.equal(ok.status, 200)
+      assert.equal(await ok.text(), 'served\n')
+      const pub = await create()
+      assert.equal(pub.trafficAccessToken, undefined)
+    })
+
     test('snapshot → create from it', T, async (t) => {
       if (typeof Sandbox.prototype.createSnapshot !== 'function') return t.skip(`e2b@${version} has no createSnapshot`)
       const s = await create()
