@@ -89,6 +89,8 @@ export function e2bFlows(sdk) {
       const info = await Sandbox.getInfo(s.sandboxId)
       assert.equal(info.sandboxId, s.sandboxId)
       assert.equal(info.metadata.flow, 'lifecycle')
+      assert.match(info.envdVersion, /^\d+\.\d+\.\d+$/)
+      if (info.state !== undefined) assert.equal(info.state, 'running')
       assert.ok(info.startedAt instanceof Date && !isNaN(info.startedAt), `startedAt ${info.startedAt}`)
       assert.ok(info.endAt > info.startedAt, `endAt ${info.endAt}`)
       const listed = await list({ query: { metadata: { flow: 'lifecycle', version } } })
@@ -123,6 +125,16 @@ export function e2bFlows(sdk) {
         assert.ok(Date.now() < deadline, 'the sandbox outlived its timeout by 30 s')
         await new Promise((r) => setTimeout(r, 500))
       }
+    })
+
+    test('updateNetwork replaces the egress policy', T, async (t) => {
+      if (typeof Sandbox.updateNetwork !== 'function') return t.skip(`e2b@${version} has no updateNetwork`)
+      const s = await create({ allowInternetAccess: true })
+      await Sandbox.updateNetwork(s.sandboxId, { allowOut: ['10.1.2.3'], allowInternetAccess: false })
+      const info = await Sandbox.getInfo(s.sandboxId)
+      assert.equal(info.allowInternetAccess, false)
+      assert.deepEqual(info.network.allowOut, ['10.1.2.3/32'])
+      await assert.rejects(Sandbox.updateNetwork(s.sandboxId, { allowOut: ['example.com'] }), /501/)
     })
 
     test('two sandboxes are isolated', T, async () => {
