@@ -1,12 +1,10 @@
 package api
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -22,25 +20,11 @@ import (
 // JSON) and returns the status, the headers and the body.
 func e2bCall(t *testing.T, base, method, path, body, apiKey string) (int, http.Header, []byte) {
 	t.Helper()
-	var rd io.Reader
+	hdr := map[string]string{"X-API-KEY": apiKey}
 	if body != "" {
-		rd = strings.NewReader(body)
+		hdr["Content-Type"] = "application/json"
 	}
-	req, err := http.NewRequest(method, base+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("X-API-KEY", apiKey)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, b
+	return send(t, method, base+path, "", hdr, body)
 }
 
 // TestE2BControlPlane drives the facade's routes as E2B's SDKs call them:
@@ -246,20 +230,8 @@ func TestProxyForE2B(t *testing.T) {
 	}
 	do := func(method, target, host string, hdr map[string]string) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, srv.URL+target, bytes.NewReader(nil))
-		if host != "" {
-			req.Host = host
-		}
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		status, _, b := send(t, method, srv.URL+target, host, hdr, "")
+		return status, string(b)
 	}
 	// The upstream listens on a port of its own, not 49983: route signed
 	// URLs by header-free request, then check which sandbox was chosen by

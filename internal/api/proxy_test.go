@@ -44,6 +44,29 @@ func upstream(t *testing.T) (port string) {
 	return port
 }
 
+// send makes a request with the given Host (unless empty), headers and
+// body, and returns the status, the headers and the body of the answer.
+func send(t *testing.T, method, url, host string, hdr map[string]string, body string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
 func TestProxyRoutesByHostAndHeaders(t *testing.T) {
 	port := upstream(t)
 	srv, _ := newServer(t, &fakeSandboxes{recs: map[string]store.Sandbox{
@@ -52,21 +75,11 @@ func TestProxyRoutesByHostAndHeaders(t *testing.T) {
 	}})
 	get := func(host string, hdr map[string]string) (int, string, string) {
 		t.Helper()
-		req, _ := http.NewRequest("GET", srv.URL+"/some/path?q=1", nil)
-		req.Host = host
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		status, _, b := send(t, "GET", srv.URL+"/some/path?q=1", host, hdr, "")
 		// /v1 errors carry a string code, envd's (E2B's) a number.
 		var e struct{ Code any }
 		json.Unmarshal(b, &e)
-		return resp.StatusCode, string(b), fmt.Sprint(e.Code)
+		return status, string(b), fmt.Sprint(e.Code)
 	}
 	cases := []struct {
 		name   string
