@@ -214,6 +214,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		TimeoutS: req.TimeoutS, Env: req.Env, Metadata: req.Metadata,
 		Snapshot: req.Snapshot, AutoPause: req.AutoPause,
+		AutoResume: req.AutoResume, PrivateTraffic: req.PrivateTraffic,
 	}
 	if req.Network != nil {
 		pol, err := policy(*req.Network)
@@ -499,6 +500,7 @@ func toSandbox(r store.Sandbox) wire.Sandbox {
 		TimingsMS: r.TimingsMS, Error: r.Error,
 		Network:   wire.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
 		AutoPause: r.AutoPause, Snapshot: r.Snapshot, DiskBytes: r.DiskBytes, MemoryBytes: r.MemoryBytes,
+		AutoResume: r.AutoResume, TrafficToken: r.TrafficToken,
 	}
 }
 

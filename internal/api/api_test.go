@@ -229,7 +229,7 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 	_, c := newServer(t, f)
 	ctx := context.Background()
 	sb, err := c.CreateSandbox(ctx, wire.CreateSandboxRequest{Template: "base", VCPUs: 2, MemoryMiB: 512, TimeoutS: 30,
-		Env: map[string]string{"A": "b"}, Metadata: map[string]string{"k": "v"}})
+		Env: map[string]string{"A": "b"}, Metadata: map[string]string{"k": "v"}, AutoPause: true, AutoResume: true, PrivateTraffic: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,8 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 		t.Fatalf("created %+v", sb)
 	}
 	got := f.created[0]
-	if got.VCPUs != 2 || got.MemoryMiB != 512 || got.TimeoutS != 30 || got.Env["A"] != "b" || got.Metadata["k"] != "v" {
+	if got.VCPUs != 2 || got.MemoryMiB != 512 || got.TimeoutS != 30 || got.Env["A"] != "b" || got.Metadata["k"] != "v" ||
+		!got.AutoResume || !got.PrivateTraffic {
 		t.Fatalf("manager got %+v", got)
 	}
 	list, err := c.ListSandboxes(ctx)

@@ -187,6 +187,8 @@ func (m *Manager) validate(req *CreateRequest) error {
 		return invalid("memory_mib", "must be between %d and %d, got %d", l.MinMemoryMiB, l.MaxMemoryMiB, req.MemoryMiB)
 	case req.TimeoutS < 1 || time.Duration(req.TimeoutS)*time.Second > l.MaxTimeout:
 		return invalid("timeout_s", "must be between 1 and %d seconds, got %d", int(l.MaxTimeout/time.Second), req.TimeoutS)
+	case req.AutoResume && !req.AutoPause:
+		return invalid("auto_resume", "needs auto_pause: a sandbox destroyed at its end time has nothing to resume")
 	}
 	for k := range req.Env {
 		if k == "" || containsAny(k, "=\x00") {

@@ -492,6 +492,7 @@ func TestCreateRejectsBadInputLeavingNothing(t *testing.T) {
 		{"bad env name", CreateRequest{Env: map[string]string{"A=B": "x"}}, "env", ErrInvalid},
 		{"disk below the template's", CreateRequest{DiskMiB: 512}, "disk_mib", ErrInvalid},
 		{"absurd disk", CreateRequest{DiskMiB: 1 << 30}, "disk_mib", ErrInvalid},
+		{"auto-resume without auto-pause", CreateRequest{AutoResume: true}, "auto_resume", ErrInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
