@@ -36,7 +36,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client wire web -path web/node_modules -prune -o \( -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' \) -print 2>/dev/null)
 
-.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd bench-files proto clean install uninstall
+.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd bench-files bench-e2b proto clean install uninstall
 
 all: build
 
@@ -56,8 +56,11 @@ apt:
 
 # The protocol test reads the e2b SDK; the browser test drives Debian's
 # Chromium with playwright-core; the /test page's terminal is xterm.js. All
-# are pinned by their lock files.
-npm: test/e2b/node_modules/.package-lock.json test/browser/node_modules/.package-lock.json web/node_modules/.package-lock.json
+# are pinned by their lock files. The E2B tier's compatibility matrix pins
+# two older e2b SDKs beside the protocol test's, each in a directory and
+# lock file of its own.
+E2B_SDKS := test/e2b test/e2b/v2early test/e2b/v1
+npm: $(addsuffix /node_modules/.package-lock.json,$(E2B_SDKS)) test/browser/node_modules/.package-lock.json web/node_modules/.package-lock.json
 
 %/node_modules/.package-lock.json: %/package.json %/package-lock.json
 	npm ci --prefix $* --no-audit --no-fund --loglevel=error
@@ -102,8 +105,9 @@ TEST_ENV := EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/e
 # other, not beside them: their daemons reclaim ember slots at and above
 # their first index at start, and must not meet anyone else's.
 test: deps build template check
-	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/e2e -e /test/browser)
+	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/e2e -e /test/browser -e /test/e2b$$)
 	$(TEST_ENV) go test -race -count=1 -timeout 20m -v ./test/e2e
+	$(TEST_ENV) go test -race -count=1 -timeout 15m -v ./test/e2b
 	$(TEST_ENV) go test -race -count=1 -timeout 5m -v ./test/browser
 	$(MAKE) --no-print-directory test-host
 
@@ -138,6 +142,11 @@ bench-rootfs: deps
 ## bench-snapshot: pause, resume and create-from-snapshot against a cold boot
 bench-snapshot: deps build template
 	go run ./test/benchsnapshot -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
+
+## bench-e2b: E2B SDK create → first commands.run against the same flow
+## through the Go SDK, alternating, over 10 sandboxes each
+bench-e2b: deps build
+	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/benche2b -ember $(CURDIR)/bin/ember -e2b $(CURDIR)/test/e2b
 
 ## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
 bench-uffd: deps

@@ -23,6 +23,12 @@ type CreateSandboxRequest struct {
 	Network *NetworkPolicy `json:"network,omitempty"`
 	// AutoPause pauses the sandbox at its end time instead of destroying it.
 	AutoPause bool `json:"auto_pause,omitempty"`
+	// AutoResume resumes the sandbox, once paused, when a request for one
+	// of its ports reaches the port proxy; it needs AutoPause.
+	AutoResume bool `json:"auto_resume,omitempty"`
+	// PrivateTraffic gives the sandbox a traffic token the port proxy
+	// requires of requests to its ports (Sandbox.TrafficToken).
+	PrivateTraffic bool `json:"private_traffic,omitempty"`
 }
 
 // NetworkPolicy is what a sandbox may reach. A destination in Deny is
@@ -52,6 +58,11 @@ type Sandbox struct {
 	Error string `json:"error,omitempty"`
 	// AutoPause: the sandbox is paused, not destroyed, at its end time.
 	AutoPause bool `json:"auto_pause"`
+	// AutoResume: traffic for the paused sandbox resumes it.
+	AutoResume bool `json:"auto_resume"`
+	// TrafficToken, when set, is what requests to the sandbox's ports must
+	// carry in E2b-Traffic-Access-Token.
+	TrafficToken string `json:"traffic_token,omitempty"`
 	// Snapshot names the snapshot the sandbox was created from.
 	Snapshot string `json:"snapshot,omitempty"`
 	// DiskBytes and MemoryBytes are the bytes its disk and, while paused,

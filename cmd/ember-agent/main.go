@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/agent/proto"
 	"github.com/emberhq/ember/internal/agent/server"
 	"github.com/emberhq/ember/internal/rootfs/growfs"
 )
@@ -61,6 +62,6 @@ func run(log *slog.Logger, listen, dir string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "envd_version", server.EnvdVersion)
+	log.Info("listening", "addr", ln.Addr().String(), "envd_version", proto.EnvdVersion)
 	return server.New(server.Config{Logger: log, Dir: dir}).Serve(ctx, ln)
 }

@@ -124,11 +124,19 @@ func (c *Client) Health(ctx context.Context) error {
 // moves the guest's clock forward to the host's when it is behind (as after
 // a restore from a snapshot).
 func (c *Client) Init(ctx context.Context, env map[string]string) error {
+	return c.Rekey(ctx, env, c.token)
+}
+
+// Rekey is Init handing the agent token instead of the client's own, which
+// the agent requires from then on: a guest restored from a snapshot wakes
+// knowing the token of the sandbox it was taken from, and is given one of
+// its own. The request itself still carries the client's token.
+func (c *Client) Rekey(ctx context.Context, env map[string]string, token string) error {
 	body, err := json.Marshal(struct {
 		EnvVars     map[string]string `json:"envVars,omitempty"`
 		AccessToken string            `json:"accessToken,omitempty"`
 		Timestamp   time.Time         `json:"timestamp"`
-	}{env, c.token, time.Now().UTC()})
+	}{env, token, time.Now().UTC()})
 	if err != nil {
 		return fmt.Errorf("encode init request: %w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/api/e2b"
 	"github.com/emberhq/ember/internal/build"
 	"github.com/emberhq/ember/internal/event"
 	"github.com/emberhq/ember/internal/sandbox"
@@ -40,27 +41,13 @@ var openapiDoc []byte
 // shutting_down.
 var ErrShuttingDown = errors.New("the daemon is shutting down")
 
-// Sandboxes is the sandbox manager as the API uses it.
+// Sandboxes is the sandbox manager as the API uses it: what E2B's control
+// plane needs of it, and exec and the address of a running sandbox.
 type Sandboxes interface {
-	Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error)
-	Get(id string) (store.Sandbox, error)
-	List() []store.Sandbox
-	Destroy(ctx context.Context, id string) error
-	SetNetwork(ctx context.Context, id string, pol slot.Policy) (store.Sandbox, error)
+	e2b.Sandboxes
 	Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error)
-	Pause(ctx context.Context, id string) (store.Sandbox, error)
-	Resume(ctx context.Context, id string) (store.Sandbox, error)
-	SetTimeout(ctx context.Context, id string, seconds int) (store.Sandbox, error)
-	Fork(ctx context.Context, id string, count int) ([]store.Sandbox, error)
-	CreateSnapshot(ctx context.Context, id, name string) (store.Snapshot, error)
-	GetSnapshot(ctx context.Context, name string) (store.Snapshot, error)
-	ListSnapshots(ctx context.Context) ([]store.Snapshot, error)
-	DeleteSnapshot(ctx context.Context, name string) error
-	// Metrics returns a sandbox's usage samples from start to end (zero
-	// times: open).
-	Metrics(id string, start, end time.Time) ([]sandbox.Sample, error)
-	Guest
 	Addresser
+	Guest
 }
 
 // Guest is what the API does inside a running sandbox beyond exec: files,
@@ -105,6 +92,9 @@ type Config struct {
 	// Builds, when set, builds and deletes templates (POST /v1/templates,
 	// DELETE /v1/templates/{name}).
 	Builds Builds
+	// E2B configures the E2B control plane served beside /v1 (package
+	// e2b); its Authorize, Classify and Log are the server's.
+	E2B e2b.Config
 }
 
 // DefaultExecOutputLimit is the most of stdout, and of stderr, the
@@ -129,7 +119,7 @@ const (
 
 // New returns the API server.
 func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, sandboxes: sb, templates: tpl, log: log, mux: http.NewServeMux(), proxy: newProxy(cfg.Domain, sb)}
+	s := &Server{cfg: cfg, sandboxes: sb, templates: tpl, log: log, mux: http.NewServeMux(), proxy: newProxy(cfg.Domain, sb, log)}
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
 	s.mux.HandleFunc("GET /v1/info", s.auth(s.getInfo))
@@ -161,6 +151,7 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
 	s.routeObservability()
 	s.routeTemplates()
+	s.routeE2B()
 	s.mux.HandleFunc("GET /test", s.testPage)
 	s.mux.Handle("GET /test/assets/", http.StripPrefix("/test/assets/", http.FileServerFS(web.Assets)))
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -173,8 +164,8 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 // ServeHTTP implements http.Handler: requests routed to a sandbox port go
 // to the proxy, the rest to the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if id, port, ok := s.proxy.route(r); ok {
-		s.observe(w, r, true, func(w http.ResponseWriter, r *http.Request) { s.proxy.serve(w, r, s, id, port) })
+	if rt, ok := s.proxy.route(r); ok {
+		s.observe(w, r, true, func(w http.ResponseWriter, r *http.Request) { s.proxy.serve(w, r, s, rt) })
 		return
 	}
 	s.observe(w, r, false, s.mux.ServeHTTP)
@@ -210,14 +201,27 @@ func requestKey(r *http.Request) string {
 	return key
 }
 
-// checkKey runs h when key is the API key, and answers 401 otherwise.
-func (s *Server) checkKey(w http.ResponseWriter, r *http.Request, key string, h http.HandlerFunc) {
+// authorized says whether r carries the API key in its headers, and if
+// not why not (E2B's control plane answers with its own error shape).
+func (s *Server) authorized(r *http.Request) (bool, string) {
+	return s.validKey(requestKey(r))
+}
+
+// validKey says whether key is the API key, and if not why not.
+func (s *Server) validKey(key string) (bool, string) {
 	if key == "" {
-		writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header (or Authorization: Bearer)")
-		return
+		return false, "missing X-API-Key header (or Authorization: Bearer)"
 	}
 	if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
-		writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
+		return false, "invalid API key"
+	}
+	return true, ""
+}
+
+// checkKey runs h when key is the API key, and answers 401 otherwise.
+func (s *Server) checkKey(w http.ResponseWriter, r *http.Request, key string, h http.HandlerFunc) {
+	if ok, reason := s.validKey(key); !ok {
+		writeError(w, http.StatusUnauthorized, "unauthorized", reason)
 		return
 	}
 	h(w, r)
@@ -275,6 +279,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		TimeoutS: req.TimeoutS, Env: req.Env, Metadata: req.Metadata,
 		Snapshot: req.Snapshot, AutoPause: req.AutoPause,
+		AutoResume: req.AutoResume, PrivateTraffic: req.PrivateTraffic,
 	}
 	if req.Network != nil {
 		pol, err := policy(*req.Network)
@@ -626,6 +631,7 @@ func toSandbox(r store.Sandbox) wire.Sandbox {
 		TimingsMS: r.TimingsMS, Error: r.Error,
 		Network:   wire.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
 		AutoPause: r.AutoPause, Snapshot: r.Snapshot, DiskBytes: r.DiskBytes, MemoryBytes: r.MemoryBytes,
+		AutoResume: r.AutoResume, TrafficToken: r.TrafficToken,
 	}
 }
 

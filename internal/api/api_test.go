@@ -48,6 +48,8 @@ type fakeSandboxes struct {
 	outLimit int
 	// execFn, when set, is the whole of Exec.
 	execFn func(ctx context.Context, stdout io.Writer) (sandbox.ExecResult, error)
+	// addressed lists the sandboxes Address was asked for, in order.
+	addressed []string
 }
 
 func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
@@ -116,6 +118,9 @@ func (f *fakeSandboxes) SetNetwork(ctx context.Context, id string, pol slot.Poli
 }
 
 func (f *fakeSandboxes) Address(id string) (netip.Addr, error) {
+	f.mu.Lock()
+	f.addressed = append(f.addressed, id)
+	f.mu.Unlock()
 	r, err := f.Get(id)
 	if err != nil {
 		return netip.Addr{}, err
@@ -241,7 +246,7 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 	_, c := newServer(t, f)
 	ctx := context.Background()
 	sb, err := c.CreateSandbox(ctx, wire.CreateSandboxRequest{Template: "base", VCPUs: 2, MemoryMiB: 512, TimeoutS: 30,
-		Env: map[string]string{"A": "b"}, Metadata: map[string]string{"k": "v"}})
+		Env: map[string]string{"A": "b"}, Metadata: map[string]string{"k": "v"}, AutoPause: true, AutoResume: true, PrivateTraffic: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +254,8 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 		t.Fatalf("created %+v", sb)
 	}
 	got := f.created[0]
-	if got.VCPUs != 2 || got.MemoryMiB != 512 || got.TimeoutS != 30 || got.Env["A"] != "b" || got.Metadata["k"] != "v" {
+	if got.VCPUs != 2 || got.MemoryMiB != 512 || got.TimeoutS != 30 || got.Env["A"] != "b" || got.Metadata["k"] != "v" ||
+		!got.AutoResume || !got.PrivateTraffic {
 		t.Fatalf("manager got %+v", got)
 	}
 	list, err := c.ListSandboxes(ctx)

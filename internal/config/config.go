@@ -83,6 +83,11 @@ type Serve struct {
 	PrintAPIKey     bool   `toml:"print-api-key"`
 	// Template builds (package build).
 	BuildCacheGiB int `toml:"build-cache-gib"`
+	// E2B facade and TLS (see the settings table).
+	E2BTemplates string `toml:"e2b-templates"`
+	TLSListen    string `toml:"tls-listen"`
+	TLSCert      string `toml:"tls-cert"`
+	TLSKey       string `toml:"tls-key"`
 }
 
 // Default returns the configuration of a daemon given no file and no flags.
@@ -177,6 +182,12 @@ var settings = []setting{
 	{key: "print-api-key", usage: "print the API key at start (make run does)", field: func(s *Serve) any { return &s.PrintAPIKey }},
 	{key: "build-cache-gib", usage: "GiB of disk the template build step cache may allocate (least recently used steps go first; published templates' steps stay)",
 		nonNegative: true, field: func(s *Serve) any { return &s.BuildCacheGiB }},
+	{key: "e2b-templates", usage: `E2B template names and the ember templates they stand for, "NAME=TEMPLATE,…" (E2B's default "base" is the default template unless named here)`,
+		field: func(s *Serve) any { return &s.E2BTemplates }},
+	{key: "tls-listen", usage: "also serve the API and the port proxy over TLS on this address (the 1.x and early 2.x E2B SDKs reach a daemon only over https)",
+		field: func(s *Serve) any { return &s.TLSListen }},
+	{key: "tls-cert", usage: "TLS certificate (PEM) for tls-listen, covering api.DOMAIN and *.DOMAIN", field: func(s *Serve) any { return &s.TLSCert }},
+	{key: "tls-key", usage: "TLS private key (PEM) for tls-listen", field: func(s *Serve) any { return &s.TLSKey }},
 }
 
 // Keys returns every setting's key, in order.
@@ -568,6 +579,7 @@ func (c *Config) validate() error {
 	if d, err := time.ParseDuration(c.MetricsInterval); err != nil || d <= 0 {
 		bad("metrics-interval", "%q: want a positive duration such as 5s", c.MetricsInterval)
 	}
+	c.validateE2B(bad)
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			bad("metrics-listen", "%q: want HOST:PORT (%v)", c.MetricsListen, err)
@@ -654,4 +666,56 @@ func quote(s string) string {
 	}
 	b.WriteByte('"')
 	return b.String()
+}
+
+// e2bDomains are the domains E2B's SDKs treat as E2B's own cloud: given one
+// as a sandbox's domain, they send its envd traffic, access token included,
+// to sandbox.<domain>.
+var e2bDomains = []string{"e2b.app", "e2b.dev", "e2b.pro", "e2b-staging.dev"}
+
+// E2BTemplateMap parses e2b-templates ("NAME=TEMPLATE,…"), validated by Load.
+func (s Serve) E2BTemplateMap() map[string]string {
+	m, _ := parseTemplateMap(s.E2BTemplates)
+	return m
+}
+
+func parseTemplateMap(v string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, pair := range strings.Split(v, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		name, tpl, ok := strings.Cut(pair, "=")
+		name, tpl = strings.TrimSpace(name), strings.TrimSpace(tpl)
+		if !ok || name == "" || tpl == "" {
+			return nil, fmt.Errorf("%q: want NAME=TEMPLATE", pair)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("%q named twice", name)
+		}
+		out[name] = tpl
+	}
+	return out, nil
+}
+
+// validateE2B checks the settings the E2B facade and TLS read.
+func (c *Config) validateE2B(bad func(key, format string, args ...any)) {
+	if _, err := parseTemplateMap(c.E2BTemplates); err != nil {
+		bad("e2b-templates", "%v", err)
+	}
+	d := strings.ToLower(strings.TrimSuffix(c.Domain, "."))
+	for _, e := range e2bDomains {
+		if d == e || strings.HasSuffix(d, "."+e) {
+			bad("domain", "%q: E2B's SDKs send the traffic of sandboxes on %s to E2B's cloud, with their access tokens; use a domain of your own", c.Domain, e)
+		}
+	}
+	if c.TLSListen == "" {
+		return
+	}
+	if _, _, err := net.SplitHostPort(c.TLSListen); err != nil {
+		bad("tls-listen", "%q: want HOST:PORT (%v)", c.TLSListen, err)
+	}
+	if c.TLSCert == "" || c.TLSKey == "" {
+		bad("tls-listen", "needs tls-cert and tls-key")
+	}
 }

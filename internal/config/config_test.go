@@ -68,6 +68,15 @@ func TestParse(t *testing.T) {
 		{name: "empty data dir", doc: "data-dir = \"\"\n", errKey: "data-dir", errLine: 1, errText: "must not be empty"},
 		{name: "key twice", doc: "domain = \"a\"\ndomain = \"b\"\n", errKey: "domain", errLine: 2, errText: "already defined"},
 		{name: "syntax", doc: "listen = \n", errLine: 1, errText: "start of value"},
+		{name: "e2b templates", doc: "e2b-templates = \"base = big, code-interpreter-v1=py\"\n", check: func(t *testing.T, c *Config) {
+			if m := c.E2BTemplateMap(); len(m) != 2 || m["base"] != "big" || m["code-interpreter-v1"] != "py" {
+				t.Errorf("map %v", m)
+			}
+		}},
+		{name: "e2b template without its template", doc: "e2b-templates = \"base=big,py\"\n", errKey: "e2b-templates", errLine: 1, errText: `"py": want NAME=TEMPLATE`},
+		{name: "e2b template twice", doc: "e2b-templates = \"a=b,a=c\"\n", errKey: "e2b-templates", errLine: 1, errText: `"a" named twice`},
+		{name: "an e2b domain", doc: "domain = \"sbx.e2b.app\"\n", errKey: "domain", errLine: 1, errText: "to E2B's cloud"},
+		{name: "tls without a key", doc: "tls-listen = \"127.0.0.1:7443\"\ntls-cert = \"c.pem\"\n", errKey: "tls-listen", errLine: 1, errText: "needs tls-cert and tls-key"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -198,6 +198,8 @@ func (m *Manager) validate(req *CreateRequest) error {
 		return invalid("memory_mib", "must be between %d and %d, got %d", l.MinMemoryMiB, l.MaxMemoryMiB, req.MemoryMiB)
 	case req.TimeoutS < 1 || time.Duration(req.TimeoutS)*time.Second > l.MaxTimeout:
 		return invalid("timeout_s", "must be between 1 and %d seconds, got %d", int(l.MaxTimeout/time.Second), req.TimeoutS)
+	case req.AutoResume && !req.AutoPause:
+		return invalid("auto_resume", "needs auto_pause: a sandbox destroyed at its end time has nothing to resume")
 	}
 	for k := range req.Env {
 		if k == "" || containsAny(k, "=\x00") {
@@ -346,6 +348,10 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		CreatedAt: start.UTC(), ExpiresAt: start.Add(time.Duration(req.TimeoutS) * time.Second).UTC(),
 		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
 		TimeoutS: req.TimeoutS, AutoPause: req.AutoPause, Snapshot: src.snapshot,
+		AutoResume: req.AutoResume,
+	}
+	if req.PrivateTraffic {
+		r.TrafficToken = newToken()
 	}
 	defer func() {
 		if err != nil {
@@ -439,8 +445,17 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		}
 		r.TimingsMS["template_snapshot"] = o.phase("template_snapshot")
 	}
-	// Init also moves a restored guest's clock to the host's.
-	if err := ag.Init(readyCtx, r.Env); err != nil {
+	// Init also moves a restored guest's clock to the host's. A guest
+	// restored from a named snapshot knows that snapshot's token: it is
+	// handed one of its own, so no two sandboxes share a token.
+	if rk, ok := ag.(Rekeyer); ok && src.snapshot != "" {
+		token := newToken()
+		if err := rk.Rekey(readyCtx, r.Env, token); err != nil {
+			return store.Sandbox{}, opError("create", id, "set the guest up", ErrAgent, err)
+		}
+		r.Token = token
+		ag = m.d.Agent(s.HostAddr, r.Token)
+	} else if err := ag.Init(readyCtx, r.Env); err != nil {
 		return store.Sandbox{}, opError("create", id, "set the guest up", ErrAgent, err)
 	}
 	r.TimingsMS["init"] = o.phase("init")

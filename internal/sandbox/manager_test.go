@@ -370,6 +370,12 @@ func (a fakeAgent) Init(ctx context.Context, env map[string]string) error {
 	}
 	return nil
 }
+func (a fakeAgent) Rekey(ctx context.Context, env map[string]string, token string) error {
+	if token == "" {
+		return errors.New("rekey with an empty token")
+	}
+	return a.Init(ctx, env)
+}
 func (a fakeAgent) Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error) {
 	if a.w.execFn != nil {
 		return a.w.execFn(ctx, req, stdout, stderr)
@@ -526,6 +532,7 @@ func TestCreateRejectsBadInputLeavingNothing(t *testing.T) {
 		{"bad env name", CreateRequest{Env: map[string]string{"A=B": "x"}}, "env", ErrInvalid},
 		{"disk below the template's", CreateRequest{DiskMiB: 512}, "disk_mib", ErrInvalid},
 		{"absurd disk", CreateRequest{DiskMiB: 1 << 30}, "disk_mib", ErrInvalid},
+		{"auto-resume without auto-pause", CreateRequest{AutoResume: true}, "auto_resume", ErrInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

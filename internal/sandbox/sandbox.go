@@ -91,6 +91,14 @@ type Terminal interface {
 	Close() error
 }
 
+// Rekeyer is an Agent that can hand its guest a new access token (the
+// agent's /init), which the guest requires from then on. A sandbox
+// restored from a snapshot gets a token of its own this way instead of
+// sharing the snapshot's with every other sandbox made from it.
+type Rekeyer interface {
+	Rekey(ctx context.Context, env map[string]string, token string) error
+}
+
 // AgentDialer returns the agent client of a guest reachable at addr.
 type AgentDialer func(addr netip.Addr, token string) Agent
 
@@ -171,6 +179,12 @@ type CreateRequest struct {
 	// Image, for a template build's sandbox, boots an image that is no
 	// template yet instead of Template (see build.go).
 	Image *Image
+	// AutoResume resumes the sandbox, once paused, when traffic for it
+	// reaches the port proxy.
+	AutoResume bool
+	// PrivateTraffic gives the sandbox a traffic token that the port
+	// proxy requires of every request to its ports (the agent's excepted).
+	PrivateTraffic bool
 }
 
 // ExecRequest runs one command in a sandbox.

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,8 +14,8 @@ import (
 
 // ForTest starts a daemon for one test from bin/ember ($EMBER_BIN) and the
 // built default template ($EMBER_TEST_TEMPLATE), skipping (or failing under
-// EMBER_REQUIRE_ALL) where they, root or QEMU are missing. Bin, Templates,
-// DataDir and Log of o are filled in. At cleanup it destroys every sandbox,
+// EMBER_REQUIRE_ALL) where they, root or QEMU are missing. Bin, DataDir
+// and Log of o are filled in, and Templates unless set. At cleanup it destroys every sandbox,
 // stops the daemon, fails the test on anything left in the span slots from
 // o.SlotFirst, and puts the daemon's log into a failed test's log.
 func ForTest(t testing.TB, o Options, span int) *Daemon {
@@ -120,4 +121,16 @@ func PrivateTemplates(t testing.TB) string {
 		}
 	}
 	return dir
+}
+
+// FreeAddr returns a loopback address with a port nothing listens on, for
+// a daemon's second listener.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

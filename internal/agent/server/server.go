@@ -28,13 +28,6 @@ import (
 	"github.com/emberhq/ember/internal/usage"
 )
 
-// EnvdVersion is the version of E2B's envd whose features this agent
-// has, as a control plane reports it to E2B's SDKs, which gate features on
-// it: closeStdin (0.5.2), octet-stream and gzip uploads (0.5.7), file
-// metadata kept as user.e2b.* extended attributes (0.6.2), entries in watch
-// events (0.6.3) and watches of network mounts (0.6.4, never refused here).
-const EnvdVersion = "0.6.4"
-
 // TokenHeader carries the access token set by /init on every request.
 const TokenHeader = "X-Access-Token"
 
