@@ -220,6 +220,9 @@ func checkStep(st Step) error {
 		if strings.TrimSpace(st.Command) == "" {
 			return bad("an empty command")
 		}
+		if strings.ContainsAny(st.User, " \t\n:") {
+			return bad("user %q: a user name", st.User)
+		}
 	case Copy:
 		if len(st.Sources) == 0 || st.Path == "" {
 			return bad("COPY needs sources and a destination")

@@ -91,7 +91,8 @@ func stepKey(parent string, st Step, copyDigest string) string {
 		Chown   string     `json:"chown,omitempty"`
 		Mode    uint32     `json:"mode,omitempty"`
 		Files   string     `json:"files,omitempty"`
-	}{st.Kind, st.Command, st.Env, st.Path, st.Sources, st.Chown, st.Mode, copyDigest})
+		User    string     `json:"user,omitempty"`
+	}{st.Kind, st.Command, st.Env, st.Path, st.Sources, st.Chown, st.Mode, copyDigest, st.User})
 	h := sha256.New()
 	fmt.Fprintf(h, "ember step %s\nparent %s\n%s\n", cacheVersion, parent, canon)
 	return hex.EncodeToString(h.Sum(nil))

@@ -109,6 +109,9 @@ func (t *translator) node(n *parser.Node) error {
 		if len(c.FlagsUsed) > 0 {
 			return inputError(ErrDockerfile, line, "", "RUN --%s is not supported", c.FlagsUsed[0])
 		}
+		if strings.TrimSpace(shellForm(c.ShellDependantCmdLine)) == "" {
+			return inputError(ErrDockerfile, line, "", "RUN requires at least one argument")
+		}
 		t.spec.Steps = append(t.spec.Steps, Step{Kind: Run, Command: shellForm(c.ShellDependantCmdLine), Env: t.argEnv(), Line: line, Text: text})
 	case *instructions.CopyCommand:
 		switch {

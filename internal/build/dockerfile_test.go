@@ -123,6 +123,7 @@ func TestParseDockerfileErrors(t *testing.T) {
 		line int
 	}{
 		{"unknown instruction", "FROM debian\nRUN true\nFROBNICATE now\n", ErrUnknownInstruction, 3},
+		{"RUN with nothing to run", "FROM debian\nRUN\n", ErrDockerfile, 2},
 		{"no from", "RUN true\n", ErrDockerfile, 1},
 		{"empty", "", ErrDockerfile, 0},
 		{"two stages", "FROM a AS x\nFROM b\n", ErrDockerfile, 2},

@@ -99,7 +99,10 @@ func (r *run) steps(ctx context.Context) (template.Template, error) {
 	hits := 0
 	var last entry
 	if !p.req.NoCache {
-		for _, k := range p.keys {
+		for i, k := range p.keys {
+			if i > 0 && p.spec.Steps[i-1].Force {
+				break
+			}
 			e, ok := r.cache.get(k)
 			if !ok {
 				break
@@ -357,8 +360,12 @@ func (b *box) run(ctx context.Context, st Step, s state, out func(string) io.Wri
 	}
 	tail := &tailWriter{max: tailLines}
 	stdout, stderr := io.MultiWriter(out("stdout"), tail), io.MultiWriter(out("stderr"), tail)
+	user := userOf(s)
+	if st.User != "" {
+		user = st.User
+	}
 	res, err := b.sb.Exec(ctx, b.id, sandbox.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", st.Command}, Env: env,
-		Cwd: s.Workdir, User: userOf(s), Timeout: b.timeout}, stdout, stderr)
+		Cwd: s.Workdir, User: user, Timeout: b.timeout}, stdout, stderr)
 	if err != nil {
 		return &StepError{ExitCode: -1, Output: tail.lines(), Err: err}
 	}

@@ -88,6 +88,12 @@ type Step struct {
 	// Mode, when set, is the permission bits a Copy step gives every
 	// file and directory it copies (--chmod).
 	Mode uint32
+	// User, when set, is who a Run step runs as, for that step alone
+	// (E2B's runCmd(cmd, {user})); empty is USER's user.
+	User string
+	// Force runs the step, and so every step after it, even when the
+	// cache holds its result (E2B's skipCache and per-step force).
+	Force bool
 	// Line is where the step came from in a Dockerfile (0: elsewhere),
 	// and Text how it was written there, for messages and progress.
 	Line int
