@@ -243,7 +243,8 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
 		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events,
-			ExecOutputLimit: f.ExecOutputLimit, Builds: builds, E2B: e2b.Config{Templates: f.E2BTemplateMap()}},
+			ExecOutputLimit: f.ExecOutputLimit, Builds: builds, E2B: e2b.Config{Templates: f.E2BTemplateMap(),
+				DefaultTemplate: f.DefaultTemplate, FilesDir: filepath.Join(f.DataDir, "e2b-files"), BuildContext: reqCtx}},
 			mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },

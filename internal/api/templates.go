@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,18 +11,17 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/api/e2b"
 	"github.com/emberhq/ember/internal/build"
 	"github.com/emberhq/ember/internal/sandbox"
-	"github.com/emberhq/ember/internal/template"
 	"github.com/emberhq/ember/wire"
 )
 
 // Builds builds and deletes templates (package build's Builder and the
 // sandbox manager's checks, wired by the daemon).
 type Builds interface {
-	// Context unpacks a build context's tar stream into a directory.
-	Context(r io.Reader) (dir string, cleanup func(), err error)
-	Build(ctx context.Context, req build.Request, emit func(wire.BuildEvent)) (template.Template, error)
+	// Context and Build: as E2B's template SDK builds, so do /v1's.
+	e2b.Builds
 	// DeleteTemplate deletes a template nothing needs.
 	DeleteTemplate(ctx context.Context, name string) error
 }
