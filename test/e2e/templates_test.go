@@ -27,12 +27,14 @@ import (
 	"github.com/emberhq/ember/wire"
 )
 
-// Slots of the template tests (5400-5599): a daemon each.
+// Slots of the template tests (5400-5559; test/e2b's template test has
+// 5560-5599): a daemon each, buildSlots of them.
 const (
 	slotTemplates = 5400
-	slotRegistry  = 5450
-	slotStartCmd  = 5500
-	slotApt       = 5550
+	slotRegistry  = 5440
+	slotStartCmd  = 5480
+	slotApt       = 5520
+	buildSlots    = 40
 )
 
 // buildDaemon starts a daemon that builds templates into a registry of
@@ -40,7 +42,7 @@ const (
 func buildDaemon(t *testing.T, o harness.Options) *harness.Daemon {
 	t.Helper()
 	o.Templates = harness.PrivateTemplates(t)
-	return startWith(t, o)
+	return harness.ForTest(t, o, buildSlots)
 }
 
 // contextTar is a build context holding files (name → content; a name

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -107,20 +108,30 @@ func PrivateTemplates(t testing.TB) string {
 	t.Helper()
 	h := Require(t)
 	dir := t.TempDir()
-	src := filepath.Join(h.Templates, "base")
-	if err := os.Mkdir(filepath.Join(dir, "base"), 0o755); err != nil {
+	if err := LinkDefaultTemplate(h.Templates, dir); err != nil {
 		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if err := os.Link(filepath.Join(src, e.Name()), filepath.Join(dir, "base", e.Name())); err != nil {
-			t.Fatalf("link the default template: %v", err)
-		}
 	}
 	return dir
+}
+
+// LinkDefaultTemplate puts the default template of registry src into
+// registry dst as hard links of its files (a build never writes into a
+// published template's files: it publishes new ones).
+func LinkDefaultTemplate(src, dst string) error {
+	from, to := filepath.Join(src, "base"), filepath.Join(dst, "base")
+	if err := os.Mkdir(to, 0o755); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.Link(filepath.Join(from, e.Name()), filepath.Join(to, e.Name())); err != nil {
+			return fmt.Errorf("link the default template: %w", err)
+		}
+	}
+	return nil
 }
 
 // FreeAddr returns a loopback address with a port nothing listens on, for
