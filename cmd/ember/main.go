@@ -38,7 +38,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
-		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd())
+		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd(), keyCmd())
 	if err := root.Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {
@@ -69,4 +69,12 @@ func apiClient() (*client.Client, error) {
 		key = strings.TrimSpace(string(b))
 	}
 	return client.New(url, key), nil
+}
+
+// envOr returns the environment variable name, or def when it is unset.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

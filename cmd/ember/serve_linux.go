@@ -4,11 +4,8 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +22,7 @@ import (
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api"
+	"github.com/emberhq/ember/internal/apikey"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/rootfs"
@@ -58,6 +55,9 @@ type serveFlags struct {
 	bridge    string
 	bridgeNet string
 	defTpl    string
+
+	// Hardening: TLS for the API.
+	tlsCert, tlsKey string
 }
 
 func serveCmd() *cobra.Command {
@@ -93,14 +93,11 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.netMode, "network-mode", network.ModeNetns, `"netns" (a namespace per sandbox) or "bridge" (one shared bridge)`)
 	fl.BoolVar(&f.noEgress, "no-egress", false, "give sandboxes no route out (leaves host forwarding and NAT alone)")
 	fl.BoolVar(&f.printKey, "print-api-key", false, "print the API key at start (make run does)")
-	return cmd
-}
 
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
+	// Hardening.
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve the API over TLS with this certificate (PEM; with --tls-key)")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
+	return cmd
 }
 
 // serve wires the daemon: config → lock → reclaim → construct → serve →
@@ -120,7 +117,10 @@ func serve(ctx context.Context, f serveFlags) error {
 		return err
 	}
 	defer unlock()
-	apiKey, err := loadAPIKey(filepath.Join(f.dataDir, "api-key"))
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return errors.New("--tls-cert and --tls-key go together: give both or neither")
+	}
+	keyFile, err := apikey.Open(filepath.Join(f.dataDir, apikey.FileName))
 	if err != nil {
 		return err
 	}
@@ -223,7 +223,7 @@ func serve(ctx context.Context, f serveFlags) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler:           api.New(api.Config{APIKey: apiKey, Domain: f.domain, Info: info}, mgr, reg, log),
+		Handler:           api.New(api.Config{APIKey: keyFile.Key, Domain: f.domain, Info: info}, mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
@@ -231,16 +231,29 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
-	fmt.Fprintf(os.Stderr, "ember: API       http://%s/v1 (X-API-Key from %s)\n", ln.Addr(), filepath.Join(f.dataDir, "api-key"))
-	if f.printKey {
-		fmt.Fprintf(os.Stderr, "ember: API key   %s\n", apiKey)
+	scheme := "http"
+	if f.tlsCert != "" {
+		scheme = "https"
+	} else if !loopback(ln.Addr()) {
+		log.Warn("the API listens beyond loopback without TLS: the API key and every request cross the network in the clear; give --tls-cert and --tls-key", "addr", ln.Addr().String())
+		fmt.Fprintf(os.Stderr, "ember: WARNING   %s is reachable from other hosts and not encrypted: use --tls-cert and --tls-key\n", ln.Addr())
 	}
-	fmt.Fprintf(os.Stderr, "ember: OpenAPI   http://%s/openapi.yaml\n", ln.Addr())
-	fmt.Fprintf(os.Stderr, "ember: test page http://%s/test\n", ln.Addr())
-	log.Info("serving", "addr", ln.Addr().String(), "vmm", driver.Name(), "vmm_reason", vmmReason)
+	fmt.Fprintf(os.Stderr, "ember: API       %s://%s/v1 (X-API-Key from %s)\n", scheme, ln.Addr(), keyFile.Path())
+	if f.printKey {
+		fmt.Fprintf(os.Stderr, "ember: API key   %s\n", keyFile.Key())
+	}
+	fmt.Fprintf(os.Stderr, "ember: OpenAPI   %s://%s/openapi.yaml\n", scheme, ln.Addr())
+	fmt.Fprintf(os.Stderr, "ember: test page %s://%s/test\n", scheme, ln.Addr())
+	log.Info("serving", "addr", ln.Addr().String(), "tls", f.tlsCert != "", "vmm", driver.Name(), "vmm_reason", vmmReason)
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if f.tlsCert != "" {
+			errc <- srv.ServeTLS(ln, f.tlsCert, f.tlsKey)
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -273,23 +286,10 @@ func lockDataDir(dir string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-// loadAPIKey reads the API key, creating it (mode 0600) on first start.
-func loadAPIKey(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		if k := strings.TrimSpace(string(b)); k != "" {
-			return k, nil
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("read API key: %w", err)
-	}
-	raw := make([]byte, 24)
-	rand.Read(raw)
-	key := "ember_" + hex.EncodeToString(raw)
-	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write API key: %w", err)
-	}
-	return key, nil
+// loopback reports whether addr is reachable from this host only.
+func loopback(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // reclaimPlan names each resource's reclaimer; package reclaim orders them.

@@ -6,7 +6,6 @@ package api
 
 import (
 	"context"
-	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/apikey"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
@@ -60,8 +60,10 @@ type Templates interface {
 
 // Config configures the API server.
 type Config struct {
-	// APIKey guards everything but /health, /openapi.yaml and /test.
-	APIKey string
+	// APIKey returns the key that guards everything but /health,
+	// /openapi.yaml and /test. It is asked on every request, so a rotated
+	// key is in force at once (apikey.File.Key).
+	APIKey func() string
 	// Domain routes <port>-<sandbox-id>.<Domain> to that port in the
 	// sandbox; empty turns host routing off (the E2b-Sandbox-* headers
 	// still route).
@@ -133,7 +135,7 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header")
 			return
 		}
-		if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
+		if !apikey.Equal(key, s.cfg.APIKey()) {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
 			return
 		}

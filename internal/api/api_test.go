@@ -144,7 +144,7 @@ func newServer(t *testing.T, f *fakeSandboxes) (*httptest.Server, *client.Client
 		f.recs = map[string]store.Sandbox{}
 	}
 	info := func() wire.Info { return wire.Info{VMM: "qemu"} }
-	srv := httptest.NewServer(New(Config{APIKey: key, Domain: "sb.test", Info: info}, f, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv := httptest.NewServer(New(Config{APIKey: func() string { return key }, Domain: "sb.test", Info: info}, f, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	t.Cleanup(srv.Close)
 	return srv, client.New(srv.URL, key)
 }
@@ -369,5 +369,29 @@ func TestTestPageServedWithoutKey(t *testing.T) {
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
 		t.Fatalf("content type %q", ct)
+	}
+}
+
+// A rotated key is in force on the next request: the old one is refused,
+// the new one accepted, with no restart between.
+func TestRotatedKeyInForceAtOnce(t *testing.T) {
+	var mu sync.Mutex
+	current := "first"
+	keyOf := func() string { mu.Lock(); defer mu.Unlock(); return current }
+	srv := httptest.NewServer(New(Config{APIKey: keyOf, Info: func() wire.Info { return wire.Info{} }},
+		&fakeSandboxes{recs: map[string]store.Sandbox{}}, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	t.Cleanup(srv.Close)
+	ctx := context.Background()
+	if _, err := client.New(srv.URL, "first").ListSandboxes(ctx); err != nil {
+		t.Fatalf("first key: %v", err)
+	}
+	mu.Lock()
+	current = "second"
+	mu.Unlock()
+	if _, err := client.New(srv.URL, "first").ListSandboxes(ctx); !client.IsCode(err, "unauthorized") {
+		t.Fatalf("old key after rotation: %v", err)
+	}
+	if _, err := client.New(srv.URL, "second").ListSandboxes(ctx); err != nil {
+		t.Fatalf("new key: %v", err)
 	}
 }
