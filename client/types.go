@@ -20,4 +20,8 @@ type (
 	Info                  = wire.Info
 	AccelInfo             = wire.AccelInfo
 	Error                 = wire.Error
+
+	// Hardening.
+	CapacityInfo = wire.CapacityInfo
+	Confinement  = wire.Confinement
 )

@@ -146,6 +146,40 @@ type Info struct {
 	// Accelerators says which accelerator each template's kernel runs
 	// under, and why.
 	Accelerators []AccelInfo `json:"accelerators"`
+
+	// Hardening: what the daemon may commit to machines and what it has,
+	// and how each VMM is confined.
+	Capacity    *CapacityInfo `json:"capacity,omitempty"`
+	Confinement []Confinement `json:"confinement,omitempty"`
+}
+
+// CapacityInfo is what the daemon may commit to running machines and
+// what it has committed; a create beyond it is answered 429
+// capacity_exhausted. A zero limit is none.
+type CapacityInfo struct {
+	MemoryMiB       int `json:"memory_mib"`
+	MemoryLimitMiB  int `json:"memory_limit_mib"`
+	VCPUs           int `json:"vcpus"`
+	VCPULimit       int `json:"vcpu_limit"`
+	ShmMiB          int `json:"shm_mib"`
+	ShmLimitMiB     int `json:"shm_limit_mib"`
+	OverheadMiB     int `json:"overhead_mib"`
+	Machines        int `json:"machines"`
+	MaxParallel     int `json:"max_parallel"`
+	Running         int `json:"running"`
+	Waiting         int `json:"waiting"`
+	MaxQueue        int `json:"max_queue"`
+	QueueWaitMillis int `json:"queue_wait_ms"`
+}
+
+// Confinement says whether one measure confining the VMM is in force, and
+// why not where it is not.
+type Confinement struct {
+	// Name is "seccomp", "user", "chroot", "cgroup cpu", "cgroup memory",
+	// "cgroup pids" or "cgroup blkio".
+	Name   string `json:"name"`
+	On     bool   `json:"on"`
+	Detail string `json:"detail"`
 }
 
 // AccelInfo is the accelerator one template's kernel gets.

@@ -257,6 +257,18 @@ func infoCmd() *cobra.Command {
 			for _, a := range info.Accelerators {
 				fmt.Printf("accel:      %s: %s\n", a.Template, a.Reason)
 			}
+			if c := info.Capacity; c != nil {
+				fmt.Printf("capacity:   memory %d/%d MiB (%d MiB per vmm), vcpus %d/%d, shm %d/%d MiB, %d machines; creates %d/%d running, %d/%d queued (wait %d ms)\n",
+					c.MemoryMiB, c.MemoryLimitMiB, c.OverheadMiB, c.VCPUs, c.VCPULimit, c.ShmMiB, c.ShmLimitMiB, c.Machines,
+					c.Running, c.MaxParallel, c.Waiting, c.MaxQueue, c.QueueWaitMillis)
+			}
+			for _, c := range info.Confinement {
+				state := "off"
+				if c.On {
+					state = "on"
+				}
+				fmt.Printf("confine:    %s %s: %s\n", c.Name, state, c.Detail)
+			}
 			return nil
 		},
 	}

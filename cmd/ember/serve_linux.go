@@ -56,8 +56,9 @@ type serveFlags struct {
 	bridgeNet string
 	defTpl    string
 
-	// Hardening: TLS for the API.
+	// Hardening: TLS for the API, admission control.
 	tlsCert, tlsKey string
+	capacity        capacityFlags
 }
 
 func serveCmd() *cobra.Command {
@@ -97,6 +98,7 @@ func serveCmd() *cobra.Command {
 	// Hardening.
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve the API over TLS with this certificate (PEM; with --tls-key)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
+	f.capacity.register(fl)
 	return cmd
 }
 
@@ -189,6 +191,13 @@ func serve(ctx context.Context, f serveFlags) error {
 	}}
 	mcfg := sandbox.DefaultConfig(filepath.Join(f.dataDir, "sandboxes"))
 	mcfg.DefaultTemplate = def.Name
+	var memDir string
+	if md, ok := driver.(interface{ MemoryDir() string }); ok {
+		memDir = md.MemoryDir()
+	}
+	if mcfg.Capacity, err = f.capacity.capacity(memDir); err != nil {
+		return err
+	}
 	mgr, err := sandbox.NewManager(mcfg, sandbox.Deps{
 		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log,
 		Agent: func(addr netip.Addr, token string) sandbox.Agent {
@@ -215,6 +224,7 @@ func serve(ctx context.Context, f serveFlags) error {
 			Version: version, VMM: driver.Name(), VMMReason: vmmReason,
 			Rootfs: disks.Name(), RootfsReason: diskReason, Sandboxes: len(mgr.List()),
 			Accelerators: accelerators(ctx, driver, reg),
+			Capacity:     capacityInfo(mgr.Capacity()),
 		}
 	}
 	// Requests run under a context the shutdown cancels, so lifecycle

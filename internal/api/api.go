@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -544,6 +545,9 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 	case errors.Is(err, sandbox.ErrConflict):
 		// A *sandbox.StateConflict names the state the sandbox is in.
 		return http.StatusConflict, "invalid_state", err.Error()
+	case errors.Is(err, sandbox.ErrNoCapacity):
+		// Retry-After rides along (fail sets it).
+		return http.StatusTooManyRequests, "capacity_exhausted", err.Error()
 	case errors.Is(err, sandbox.ErrExecTimeout):
 		return http.StatusGatewayTimeout, "exec_timeout", err.Error()
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(context.Cause(r.Context()), ErrShuttingDown):
@@ -557,6 +561,10 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, code, msg := s.classify(r, err)
+	var ce *sandbox.CapacityError
+	if errors.As(err, &ce) {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((ce.RetryAfter+time.Second-1)/time.Second))))
+	}
 	writeError(w, status, code, msg)
 }
 

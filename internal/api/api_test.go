@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -41,6 +42,9 @@ func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.created = append(f.created, req)
+	if req.Template == "full" {
+		return store.Sandbox{}, &sandbox.CapacityError{Resource: "memory", Need: 320, Free: 100, RetryAfter: 2500 * time.Millisecond}
+	}
 	if req.Template != "base" && req.Template != "" {
 		return store.Sandbox{}, fmt.Errorf("template %q: %w", req.Template, sandbox.ErrTemplateNotFound)
 	}
@@ -393,5 +397,27 @@ func TestRotatedKeyInForceAtOnce(t *testing.T) {
 	}
 	if _, err := client.New(srv.URL, "second").ListSandboxes(ctx); err != nil {
 		t.Fatalf("new key: %v", err)
+	}
+}
+
+// A create the daemon cannot honour is a 429 with the wait, at once.
+func TestCapacityExhaustedIs429WithRetryAfter(t *testing.T) {
+	srv, _ := newServer(t, &fakeSandboxes{})
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/sandboxes", strings.NewReader(`{"template":"full"}`))
+	req.Header.Set("X-API-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e wire.Error
+	json.NewDecoder(resp.Body).Decode(&e)
+	if resp.StatusCode != 429 || e.Code != "capacity_exhausted" || resp.Header.Get("Retry-After") != "3" {
+		t.Fatalf("got %d %+v Retry-After %q", resp.StatusCode, e, resp.Header.Get("Retry-After"))
+	}
+	_, err = client.New(srv.URL, key).CreateSandbox(context.Background(), client.CreateSandboxRequest{Template: "full"})
+	var ae *client.APIError
+	if !errors.As(err, &ae) || ae.Code != "capacity_exhausted" || ae.RetryAfter != 3*time.Second {
+		t.Fatalf("sdk: %v", err)
 	}
 }

@@ -55,6 +55,10 @@ type Config struct {
 	// BootTimeout bounds the wait for a new guest's agent.
 	BootTimeout time.Duration
 	Limits      Limits
+
+	// Capacity bounds what running machines may commit and how many
+	// creates and resumes run at once (admission.go).
+	Capacity Capacity
 }
 
 // DefaultConfig returns the defaults the daemon uses.
@@ -115,6 +119,9 @@ type Manager struct {
 	wg   sync.WaitGroup
 	ops  sync.WaitGroup
 	stop chan struct{}
+
+	// adm commits capacity to machines and hands out create turns.
+	adm *admission
 }
 
 // NewManager returns a manager with no sandboxes; call Recover to take over
@@ -140,6 +147,7 @@ func NewManager(cfg Config, d Deps) (*Manager, error) {
 		snapBusy:  map[string]bool{},
 		snapRefs:  map[string]int{},
 		stop:      make(chan struct{}),
+		adm:       newAdmission(cfg.Capacity),
 	}, nil
 }
 
@@ -207,7 +215,14 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 	// A snapshot's reference keeps it from being deleted until the new
 	// sandbox's record, which names it, is registered or gone.
 	defer release()
-	return m.create(ctx, req, src)
+	// Refused at once when its machine would overcommit the host; queued
+	// for a turn when enough creates run already.
+	reservation, turnDone, err := m.admit(ctx, req.VCPUs, req.MemoryMiB)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	defer turnDone()
+	return m.create(ctx, req, src, reservation)
 }
 
 // resolve validates a create request and finds what the sandbox is made
@@ -272,12 +287,13 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 
 // create acquires a new sandbox's resources in order, each release
 // registered right after its acquire; on error it runs them all.
-func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (rec store.Sandbox, err error) {
+func (m *Manager) create(ctx context.Context, req CreateRequest, src source, reservation func()) (rec store.Sandbox, err error) {
 	start := time.Now()
 	id := newID()
 	sb := &Sandbox{}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
+	m.holdReservation(sb, reservation)
 	r := store.Sandbox{
 		ID: id, Template: src.template, State: StateCreating, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskMiB: req.DiskMiB, Env: req.Env, Metadata: req.Metadata,

@@ -337,6 +337,11 @@ func newManager(t *testing.T, w *world, st *store.Store, dir string) *Manager {
 	t.Helper()
 	cfg := DefaultConfig(dir)
 	cfg.BootTimeout = time.Second
+	return newManagerWith(t, w, st, cfg)
+}
+
+func newManagerWith(t *testing.T, w *world, st *store.Store, cfg Config) *Manager {
+	t.Helper()
 	m, err := NewManager(cfg, Deps{
 		Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: fakeDriver{w},
 		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} },

@@ -160,10 +160,17 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if _, err := os.Stat(dir); err != nil {
 		return store.Sandbox{}, m.lost(sb, fmt.Sprintf("saved machine state %s unreadable: %v", dir, err))
 	}
+	reservation, turnDone, err := m.admit(ctx, r.VCPUs, r.MemoryMiB)
+	if err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, err)
+	}
+	defer turnDone()
+	m.holdReservation(sb, reservation)
 	start := time.Now()
 	paused := r
 	r.State = StateResuming
 	if err := m.put(ctx, sb, r); err != nil {
+		reservation()
 		return store.Sandbox{}, err
 	}
 	lostDisk := false

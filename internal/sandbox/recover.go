@@ -116,6 +116,9 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 		}
 		return fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
 	}
+	// A machine that runs holds what it holds: its capacity is counted
+	// unchecked.
+	m.holdReservation(sb, m.adm.force(r.VCPUs, r.MemoryMiB))
 	m.holdAttachment(sb, r.ID, r.Dir)
 	m.holdSlot(sb, s)
 	m.holdMachine(sb, machine)

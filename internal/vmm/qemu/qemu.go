@@ -163,6 +163,11 @@ func NewProber(binary, cacheDir string, timeout time.Duration, log *slog.Logger)
 	return &accel.Prober{QEMU: binary, Args: probeArgs, CacheDir: cacheDir, Timeout: timeout, Log: log}
 }
 
+// MemoryDir returns the directory that holds running machines' guest RAM
+// files, "" when RAM is anonymous: what the daemon's admission control
+// counts room in.
+func (d *Driver) MemoryDir() string { return d.memDir }
+
 // Prober returns the driver's accelerator prober.
 func (d *Driver) Prober() *accel.Prober { return d.prober }
 
