@@ -31,13 +31,19 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
 
-.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
+.PHONY: all deps apt npm vmm-user build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
 
 all: build
 
 ## deps: install the Debian packages, Go modules and npm packages ember needs
-deps: apt npm
+deps: apt npm vmm-user
 	@go mod download
+
+# The unprivileged user QEMU (and Firecracker's jailer) runs guests as.
+VMM_USER ?= ember-vmm
+vmm-user:
+	@id -u $(VMM_USER) >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+		--home-dir /nonexistent --shell /usr/sbin/nologin $(VMM_USER)
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES) $(NODE_PACKAGES); do \

@@ -24,4 +24,6 @@ type (
 	// Hardening.
 	CapacityInfo = wire.CapacityInfo
 	Confinement  = wire.Confinement
+	Limits       = wire.Limits
+	Usage        = wire.Usage
 )

@@ -23,6 +23,31 @@ type CreateSandboxRequest struct {
 	Network *NetworkPolicy `json:"network,omitempty"`
 	// AutoPause pauses the sandbox at its end time instead of destroying it.
 	AutoPause bool `json:"auto_pause,omitempty"`
+	// Limits lowers the bounds of the sandbox's cgroup below the daemon's
+	// defaults; a field left out keeps the default, a higher one is an
+	// invalid_argument.
+	Limits *Limits `json:"limits,omitempty"`
+}
+
+// Limits bound what a running sandbox's processes (its VMM and helpers)
+// may use, enforced by its cgroup. Zero is no bound.
+type Limits struct {
+	// CPUs is CPU time per wall-clock second, in CPUs.
+	CPUs float64 `json:"cpus,omitempty"`
+	// MemoryMiB bounds memory: guest RAM plus what the VMM takes.
+	MemoryMiB int `json:"memory_mib,omitempty"`
+	// Pids bounds processes and threads.
+	Pids int `json:"pids,omitempty"`
+	// IOWeight is the block I/O weight, 10 to 1000.
+	IOWeight int `json:"io_weight,omitempty"`
+}
+
+// Usage is what a running sandbox's processes use, read from its cgroup.
+type Usage struct {
+	CPUNanos        uint64 `json:"cpu_ns"`
+	MemoryBytes     uint64 `json:"memory_bytes"`
+	MemoryPeakBytes uint64 `json:"memory_peak_bytes"`
+	Pids            uint64 `json:"pids"`
 }
 
 // NetworkPolicy is what a sandbox may reach. A destination in Deny is
@@ -58,6 +83,10 @@ type Sandbox struct {
 	// its saved memory occupy on the host (allocated blocks).
 	DiskBytes   int64 `json:"disk_bytes"`
 	MemoryBytes int64 `json:"memory_bytes"`
+	// Limits are the bounds of its cgroup; Usage, while it runs, what its
+	// processes use.
+	Limits *Limits `json:"limits,omitempty"`
+	Usage  *Usage  `json:"usage,omitempty"`
 }
 
 // Snapshot is a named capture of a sandbox (memory, device state and disk)

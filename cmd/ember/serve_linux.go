@@ -59,6 +59,8 @@ type serveFlags struct {
 	// Hardening: TLS for the API, admission control.
 	tlsCert, tlsKey string
 	capacity        capacityFlags
+	confine         confineFlags
+	cgroups         cgroupFlags
 }
 
 func serveCmd() *cobra.Command {
@@ -99,6 +101,8 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve the API over TLS with this certificate (PEM; with --tls-key)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.capacity.register(fl)
+	f.confine.register(fl)
+	f.cgroups.register(fl)
 	return cmd
 }
 
@@ -150,8 +154,17 @@ func serve(ctx context.Context, f serveFlags) error {
 			return fmt.Errorf("--default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.defTpl, err, f.defTpl)
 		}
 	}
+	qemuConfine, err := f.confine.qemu()
+	if err != nil {
+		return err
+	}
+	jailer, err := f.confine.firecracker()
+	if err != nil {
+		return err
+	}
 	driver, vmmReason, err := vmmauto.Select(ctx, vmmauto.Config{VMM: f.vmm, Accel: f.accel,
-		FirecrackerBinary: f.fcBinary, CacheDir: f.cacheDir, Kernel: def.Kernel}, log)
+		FirecrackerBinary: f.fcBinary, CacheDir: f.cacheDir, Kernel: def.Kernel,
+		QEMUConfine: qemuConfine, Jailer: jailer}, log)
 	if err != nil {
 		return err
 	}
@@ -198,8 +211,23 @@ func serve(ctx context.Context, f serveFlags) error {
 	if mcfg.Capacity, err = f.capacity.capacity(memDir); err != nil {
 		return err
 	}
+	if mcfg.Resources, err = f.cgroups.defaults(); err != nil {
+		return err
+	}
+	cgroups, err := f.cgroups.manager(f.dataDir, log)
+	if err != nil {
+		return err
+	}
+	confined := append(confinement(driver), cgroupMeasures(cgroups)...)
+	for _, c := range confined {
+		log.Info("sandbox confinement", "measure", c.Name, "on", c.On, "detail", c.Detail)
+	}
+	var sbCgroups sandbox.Cgroups
+	if cgroups != nil {
+		sbCgroups = cgroups
+	}
 	mgr, err := sandbox.NewManager(mcfg, sandbox.Deps{
-		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log,
+		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log, Cgroups: sbCgroups,
 		Agent: func(addr netip.Addr, token string) sandbox.Agent {
 			return agent.New(fmt.Sprintf("http://%s", netip.AddrPortFrom(addr, agent.Port)), token, hc)
 		},
@@ -214,7 +242,14 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	if _, err := reclaim.Run(ctx, reclaimPlan(driver, pool, disks), keep, log); err != nil {
+	plan := reclaimPlan(driver, pool, disks)
+	if cgroups != nil {
+		plan.Cgroups = reclaim.Func(func(ctx context.Context, k reclaim.Keep) (reclaim.Result, error) {
+			// A sandbox's group lives while its machine runs.
+			return cgroups.Reclaim(ctx, reclaim.Keep{Sandboxes: k.Running})
+		})
+	}
+	if _, err := reclaim.Run(ctx, plan, keep, log); err != nil {
 		log.Error("start-up reclaim left orphans", "err", err)
 	}
 	mgr.RunReaper(ctx, time.Second)
@@ -225,6 +260,7 @@ func serve(ctx context.Context, f serveFlags) error {
 			Rootfs: disks.Name(), RootfsReason: diskReason, Sandboxes: len(mgr.List()),
 			Accelerators: accelerators(ctx, driver, reg),
 			Capacity:     capacityInfo(mgr.Capacity()),
+			Confinement:  confined,
 		}
 	}
 	// Requests run under a context the shutdown cancels, so lifecycle

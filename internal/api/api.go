@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/apikey"
+	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
@@ -203,6 +204,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		TimeoutS: req.TimeoutS, Env: req.Env, Metadata: req.Metadata,
 		Snapshot: req.Snapshot, AutoPause: req.AutoPause,
+	}
+	if req.Limits != nil {
+		cr.Limits = resource.Limits(*req.Limits)
 	}
 	if req.Network != nil {
 		pol, err := policy(*req.Network)
@@ -488,7 +492,18 @@ func toSandbox(r store.Sandbox) wire.Sandbox {
 		TimingsMS: r.TimingsMS, Error: r.Error,
 		Network:   wire.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
 		AutoPause: r.AutoPause, Snapshot: r.Snapshot, DiskBytes: r.DiskBytes, MemoryBytes: r.MemoryBytes,
+		Limits: limitsOf(r.Limits), Usage: (*wire.Usage)(r.Usage),
 	}
+}
+
+// limitsOf is a record's limits as the API shows them; none when the
+// daemon sets none.
+func limitsOf(l resource.Limits) *wire.Limits {
+	if l == (resource.Limits{}) {
+		return nil
+	}
+	w := wire.Limits(l)
+	return &w
 }
 
 func toSnapshot(sn store.Snapshot) wire.Snapshot {

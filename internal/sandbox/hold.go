@@ -104,6 +104,15 @@ func (m *Manager) holdMachine(sb *Sandbox, machine vmm.Machine) {
 	})
 }
 
+// holdCgroup registers the sandbox's cgroup, which holds its VMM and
+// helpers: released after them (a group with a process in it cannot go).
+func (m *Manager) holdCgroup(sb *Sandbox, id string) {
+	if m.d.Cgroups == nil {
+		return
+	}
+	sb.held.Push(cleanup.Runtime, "cgroup", func(context.Context) error { return m.d.Cgroups.Remove(id) })
+}
+
 // holdLive registers what a running sandbox offers the host (its agent and
 // address): withdrawn first, so no exec or proxied request reaches a
 // machine on its way out.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
@@ -59,6 +60,25 @@ type Config struct {
 	// Capacity bounds what running machines may commit and how many
 	// creates and resumes run at once (admission.go).
 	Capacity Capacity
+	// Resources are the default bounds of a sandbox's cgroup: CPU per
+	// vCPU, processes and I/O weight; its memory bound is its guest RAM
+	// plus Capacity.OverheadMiB. A create may ask for less.
+	Resources ResourceDefaults
+}
+
+// ResourceDefaults are the bounds a sandbox's cgroup gets unless its
+// create asks for less.
+type ResourceDefaults struct {
+	CPUPerVCPU float64
+	Pids       int
+	IOWeight   int
+}
+
+// limitsFor returns the default bounds of a machine of that shape.
+func (m *Manager) limitsFor(vcpus, memMiB int) resource.Limits {
+	d := m.cfg.Resources
+	return resource.Limits{CPUs: d.CPUPerVCPU * float64(vcpus), MemoryMiB: memMiB + m.cfg.Capacity.OverheadMiB,
+		Pids: d.Pids, IOWeight: d.IOWeight}
 }
 
 // DefaultConfig returns the defaults the daemon uses.
@@ -93,6 +113,8 @@ type Deps struct {
 	VMM       vmm.Driver
 	Agent     AgentDialer
 	Log       *slog.Logger
+	// Cgroups, when set, gives every running sandbox a cgroup.
+	Cgroups Cgroups
 }
 
 // Manager holds every sandbox of this daemon.
@@ -181,6 +203,19 @@ func (m *Manager) validate(req *CreateRequest) error {
 	if req.Network == nil {
 		pol := slot.DefaultPolicy
 		req.Network = &pol
+	}
+	def := m.limitsFor(req.VCPUs, req.MemoryMiB)
+	if lim := def.Lower(req.Limits); req.Limits != (resource.Limits{}) {
+		if f, ok := lim.Within(def); !ok {
+			return invalid("limits."+f, "may only lower the daemon's bound (cpus %g, memory_mib %d, pids %d, io_weight %d)",
+				def.CPUs, def.MemoryMiB, def.Pids, def.IOWeight)
+		}
+		if lim.MemoryMiB > 0 && lim.MemoryMiB < req.MemoryMiB {
+			return invalid("limits.memory_mib", "must hold the guest's %d MiB of RAM, got %d", req.MemoryMiB, lim.MemoryMiB)
+		}
+		if lim.IOWeight != 0 && lim.IOWeight < 10 {
+			return invalid("limits.io_weight", "must be between 10 and %d, got %d", max(def.IOWeight, 10), lim.IOWeight)
+		}
 	}
 	if err := req.Network.Validate(); err != nil {
 		return invalid("network", "%v", err)
@@ -301,6 +336,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 		CreatedAt: start.UTC(), ExpiresAt: start.Add(time.Duration(req.TimeoutS) * time.Second).UTC(),
 		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
 		TimeoutS: req.TimeoutS, AutoPause: req.AutoPause, Snapshot: src.snapshot,
+		Limits: m.limitsFor(req.VCPUs, req.MemoryMiB).Lower(req.Limits),
 	}
 	log := m.log.With("sandbox", id, "template", src.template)
 	defer func() {
@@ -352,6 +388,9 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 		return store.Sandbox{}, err
 	}
 
+	if err := m.makeCgroup(sb, r); err != nil {
+		return store.Sandbox{}, err
+	}
 	phase = time.Now()
 	spec := m.spec(r, src.kernel, s)
 	var machine vmm.Machine
@@ -435,7 +474,24 @@ func (m *Manager) spec(r store.Sandbox, kernel string, s *slot.Slot) vmm.Spec {
 	if s != nil {
 		spec.Netns, spec.TAP, spec.MAC, spec.BootArgs = s.NetnsPath, s.TAP, s.GuestMAC, s.BootArgs()
 	}
+	if cg := m.d.Cgroups; cg != nil {
+		id := r.ID
+		spec.Place = func(pid int) error { return cg.Place(id, pid) }
+	}
 	return spec
+}
+
+// makeCgroup makes the cgroup a sandbox's machine is about to run in,
+// with the record's limits, and registers its removal.
+func (m *Manager) makeCgroup(sb *Sandbox, r store.Sandbox) error {
+	if m.d.Cgroups == nil {
+		return nil
+	}
+	if err := m.d.Cgroups.Create(r.ID, r.Limits); err != nil {
+		return fmt.Errorf("make cgroup of sandbox %s: %w", r.ID, err)
+	}
+	m.holdCgroup(sb, r.ID)
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

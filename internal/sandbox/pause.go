@@ -208,6 +208,9 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	}
 	r.SlotIndex = s.Index
 
+	if err := m.makeCgroup(sb, r); err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, err)
+	}
 	machine, err := restorer.Restore(ctx, m.spec(r, m.kernelOf(r.Template), s), dir)
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: restore vmm: %w", r.ID, err)
@@ -307,6 +310,11 @@ func (m *Manager) withUsage(r store.Sandbox) store.Sandbox {
 	}
 	if r.State == StatePaused {
 		r.MemoryBytes = allocated(pauseDir(r))
+	}
+	if r.State == StateRunning && m.d.Cgroups != nil {
+		if u, err := m.d.Cgroups.Usage(r.ID); err == nil {
+			r.Usage = &u
+		}
 	}
 	return r
 }

@@ -25,7 +25,8 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 	if err != nil {
 		return reclaim.Keep{}, err
 	}
-	keep := reclaim.Keep{Dir: m.cfg.Dir, Sandboxes: map[string]bool{}, PIDs: map[int]bool{}, Slots: map[int]bool{}}
+	keep := reclaim.Keep{Dir: m.cfg.Dir, Sandboxes: map[string]bool{}, PIDs: map[int]bool{}, Slots: map[int]bool{},
+		Running: map[string]bool{}}
 	var adopted, failed, finished int
 	for _, r := range recs {
 		sb := &Sandbox{}
@@ -61,7 +62,7 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 		case StateRunning:
 			err := m.adopt(ctx, sb, r)
 			if err == nil {
-				keep.Slots[r.SlotIndex], keep.PIDs[r.VMMPID] = true, true
+				keep.Slots[r.SlotIndex], keep.PIDs[r.VMMPID], keep.Running[r.ID] = true, true, true
 				adopted++
 				break
 			}
@@ -121,6 +122,7 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	m.holdReservation(sb, m.adm.force(r.VCPUs, r.MemoryMiB))
 	m.holdAttachment(sb, r.ID, r.Dir)
 	m.holdSlot(sb, s)
+	m.holdCgroup(sb, r.ID)
 	m.holdMachine(sb, machine)
 	ag := m.d.Agent(s.HostAddr, r.Token)
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
@@ -70,6 +71,15 @@ type Agent interface {
 	WaitReady(ctx context.Context) error
 	Init(ctx context.Context, env map[string]string) error
 	Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
+}
+
+// Cgroups gives each running sandbox a cgroup that holds its VMM and
+// helpers and bounds what they use (package cgroup implements it).
+type Cgroups interface {
+	Create(id string, l resource.Limits) error
+	Place(id string, pid int) error
+	Remove(id string) error
+	Usage(id string) (resource.Usage, error)
 }
 
 // AgentDialer returns the agent client of a guest reachable at addr.
@@ -146,6 +156,9 @@ type CreateRequest struct {
 	Snapshot string
 	// AutoPause pauses the sandbox at its end time instead of destroying it.
 	AutoPause bool
+	// Limits lowers the bounds of the sandbox's cgroup below the
+	// daemon's defaults; zero fields keep them.
+	Limits resource.Limits
 }
 
 // ExecRequest runs one command in a sandbox.

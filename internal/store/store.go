@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/emberhq/ember/internal/resource"
+
 	_ "modernc.org/sqlite" // registers the "sqlite" driver (pure Go, no cgo)
 )
 
@@ -57,11 +59,16 @@ type Sandbox struct {
 	// template); the snapshot cannot be deleted while the sandbox exists.
 	Snapshot string
 
+	// Limits bound the sandbox's cgroup while its machine runs.
+	Limits resource.Limits
+
 	// DiskBytes and MemoryBytes are the bytes the sandbox's disk and saved
-	// memory occupy (allocated blocks). They are measured when read, never
+	// memory occupy (allocated blocks), Usage what its running machine
+	// uses (its cgroup's figures). They are measured when read, never
 	// stored.
 	DiskBytes   int64
 	MemoryBytes int64
+	Usage       *resource.Usage
 }
 
 // Snapshot is a named, persistent capture of a sandbox: its memory and
@@ -147,6 +154,8 @@ var migrations = []string{
 	hidden      INTEGER NOT NULL,
 	created_at  INTEGER NOT NULL
 )`,
+	// Hardening: the bounds of a sandbox's cgroup.
+	`ALTER TABLE sandboxes ADD COLUMN limits TEXT NOT NULL DEFAULT '{}'`,
 }
 
 // Open opens (creating if needed) the database at path.
@@ -219,15 +228,19 @@ func (s *Store) PutSandbox(ctx context.Context, sb Sandbox) error {
 	if err != nil {
 		return fmt.Errorf("encode network policy of sandbox %s: %w", sb.ID, err)
 	}
+	limits, err := json.Marshal(sb.Limits)
+	if err != nil {
+		return fmt.Errorf("encode limits of sandbox %s: %w", sb.ID, err)
+	}
 	_, err = s.db.ExecContext(ctx, `INSERT OR REPLACE INTO sandboxes
 		(id, template, state, vcpus, memory_mib, disk_mib, env, metadata, token, slot_index,
 		 vmm_pid, dir, disk_path, disk_format, created_at, expires_at, error, timings, network,
-		 timeout_s, auto_pause, snapshot)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		 timeout_s, auto_pause, snapshot, limits)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.Template, sb.State, sb.VCPUs, sb.MemoryMiB, sb.DiskMiB, string(env), string(meta),
 		sb.Token, sb.SlotIndex, sb.VMMPID, sb.Dir, sb.DiskPath, sb.DiskFormat,
 		sb.CreatedAt.UnixMilli(), sb.ExpiresAt.UnixMilli(), sb.Error, string(timings), string(network),
-		sb.TimeoutS, sb.AutoPause, sb.Snapshot)
+		sb.TimeoutS, sb.AutoPause, sb.Snapshot, string(limits))
 	if err != nil {
 		return fmt.Errorf("put sandbox %s: %w", sb.ID, err)
 	}
@@ -262,7 +275,7 @@ func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
 func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, template, state, vcpus, memory_mib, disk_mib, env,
 		metadata, token, slot_index, vmm_pid, dir, disk_path, disk_format, created_at, expires_at,
-		error, timings, network, timeout_s, auto_pause, snapshot FROM sandboxes `+where+` ORDER BY created_at, id`, args...)
+		error, timings, network, timeout_s, auto_pause, snapshot, limits FROM sandboxes `+where+` ORDER BY created_at, id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query sandboxes: %w", err)
 	}
@@ -270,11 +283,11 @@ func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox
 	var out []Sandbox
 	for rows.Next() {
 		var sb Sandbox
-		var env, meta, timings, network string
+		var env, meta, timings, network, limits string
 		var created, expires int64
 		if err := rows.Scan(&sb.ID, &sb.Template, &sb.State, &sb.VCPUs, &sb.MemoryMiB, &sb.DiskMiB,
 			&env, &meta, &sb.Token, &sb.SlotIndex, &sb.VMMPID, &sb.Dir, &sb.DiskPath, &sb.DiskFormat,
-			&created, &expires, &sb.Error, &timings, &network, &sb.TimeoutS, &sb.AutoPause, &sb.Snapshot); err != nil {
+			&created, &expires, &sb.Error, &timings, &network, &sb.TimeoutS, &sb.AutoPause, &sb.Snapshot, &limits); err != nil {
 			return nil, fmt.Errorf("scan sandbox: %w", err)
 		}
 		if err := decode(sb.ID, env, &sb.Env, meta, &sb.Metadata, timings, &sb.TimingsMS); err != nil {
@@ -282,6 +295,9 @@ func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox
 		}
 		if err := json.Unmarshal([]byte(network), &sb.Network); err != nil {
 			return nil, fmt.Errorf("decode network policy of sandbox %s: %w", sb.ID, err)
+		}
+		if err := json.Unmarshal([]byte(limits), &sb.Limits); err != nil {
+			return nil, fmt.Errorf("decode limits of sandbox %s: %w", sb.ID, err)
 		}
 		sb.CreatedAt = time.UnixMilli(created).UTC()
 		sb.ExpiresAt = time.UnixMilli(expires).UTC()

@@ -44,6 +44,11 @@ type Spec struct {
 	BootArgs  string
 	VCPUs     int
 	MemoryMiB int
+	// Place, when set, puts each process the driver starts for the
+	// machine (the VMM, a helper such as a page server) into the
+	// sandbox's cgroup, right after it starts; a driver whose Place fails
+	// ends the process and fails.
+	Place func(pid int) error
 }
 
 // ConsoleLog returns the path of the serial console log inside dir.

@@ -60,6 +60,11 @@ type Config struct {
 	HostRoot string
 	// ProbeTimeout bounds a probe boot; 0 means accel.DefaultTimeout.
 	ProbeTimeout time.Duration
+
+	// QEMUConfine confines QEMU (nil: unconfined); Jailer runs
+	// Firecracker through its jailer (nil: directly).
+	QEMUConfine *qemu.Confinement
+	Jailer      *firecracker.JailerConfig
 }
 
 // Select returns the driver cfg and this host call for, and why: a reason
@@ -81,10 +86,10 @@ func choose(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, 
 		prober = qemu.NewProber(qemuBin, cfg.CacheDir, cfg.ProbeTimeout, log)
 		prober.Root = cfg.HostRoot
 	}
-	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober}
+	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober, Jailer: cfg.Jailer}
 	fcOK, fcWhy := firecracker.Available(fcCfg)
 	useQEMU := func(why string) (Driver, string, error) {
-		d, err := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Prober: prober}, log)
+		d, err := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Prober: prober, Confine: cfg.QEMUConfine}, log)
 		if err != nil {
 			return nil, "", err
 		}

@@ -397,6 +397,11 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 			m.kill()
 		}
 	}()
+	if spec.Place != nil {
+		if err := spec.Place(proc.PID()); err != nil {
+			return nil, err
+		}
+	}
 	wctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	if err := m.waitReady(wctx); err != nil {

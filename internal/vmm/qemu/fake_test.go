@@ -42,6 +42,12 @@ func (f *fakeQMP) listen(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.accept(l)
+	return l, nil
+}
+
+// accept serves QMP on l, one client at a time, until l closes.
+func (f *fakeQMP) accept(l net.Listener) {
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -51,7 +57,6 @@ func (f *fakeQMP) listen(path string) (net.Listener, error) {
 			f.serve(c)
 		}
 	}()
-	return l, nil
 }
 
 func (f *fakeQMP) isSilent() bool {
@@ -184,12 +189,13 @@ func fakeQEMUMain(mode string, args []string) int {
 			return 1
 		}
 	}
-	var sock string
+	// Like QEMU, serve QMP on the listening socket the daemon handed over.
+	sock := -1
 	for i, a := range args {
 		if a == "-chardev" && i+1 < len(args) && strings.HasPrefix(args[i+1], "socket,") {
 			for _, kv := range strings.Split(args[i+1], ",") {
-				if p, ok := strings.CutPrefix(kv, "path="); ok {
-					sock = p
+				if p, ok := strings.CutPrefix(kv, "fd="); ok {
+					sock, _ = strconv.Atoi(p)
 				}
 			}
 		}
@@ -199,10 +205,12 @@ func fakeQEMUMain(mode string, args []string) int {
 		f.onQuit = func() { os.Exit(0) }
 	}
 	f.hangAfterStatus = mode == fakeHangs
-	if _, err := f.listen(sock); err != nil {
+	l, err := net.FileListener(os.NewFile(uintptr(sock), "qmp"))
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
 	}
+	f.accept(l)
 	for {
 		time.Sleep(time.Hour)
 	}

@@ -1,0 +1,105 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"os/user"
+	"strconv"
+
+	"github.com/spf13/pflag"
+
+	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/firecracker"
+	"github.com/emberhq/ember/internal/vmm/qemu"
+)
+
+// defaultVMMUser is the unprivileged user VMMs run as; the Makefile's deps
+// target creates it.
+const defaultVMMUser = "ember-vmm"
+
+// confineFlags confine the VMMs: QEMU's user, seccomp filter and chroot,
+// and Firecracker's jailer.
+type confineFlags struct {
+	user    string
+	seccomp bool
+	chroot  bool
+
+	jailer     string
+	chrootBase string
+	cpuMax     string
+	memoryMax  string
+}
+
+func (c *confineFlags) register(fl *pflag.FlagSet) {
+	fl.StringVar(&c.user, "vmm-user", defaultVMMUser, `unprivileged user the VMMs run as ("root" runs QEMU as the daemon's user)`)
+	fl.BoolVar(&c.seccomp, "vmm-seccomp", true, "turn on QEMU's seccomp filter with obsolete calls, privilege changes, spawning and resource control denied")
+	fl.BoolVar(&c.chroot, "vmm-chroot", true, "chroot QEMU into an empty directory of its sandbox before the guest runs")
+	fl.StringVar(&c.jailer, "jailer", "", "run Firecracker through this jailer binary (as --vmm-user, chrooted under --jailer-chroot-base)")
+	fl.StringVar(&c.chrootBase, "jailer-chroot-base", "/srv/jailer", "directory the jailer makes its chroots under")
+	fl.StringVar(&c.cpuMax, "jailer-cpu-max", "", `cgroup v2 cpu.max the jailer sets for each Firecracker ("200000 100000"); empty: none`)
+	fl.StringVar(&c.memoryMax, "jailer-memory-max", "", "cgroup v2 memory.max (bytes) the jailer sets for each Firecracker; empty: none")
+}
+
+// vmmUser resolves --vmm-user: nil for root.
+func (c *confineFlags) vmmUser() (*user.User, uint32, uint32, error) {
+	if c.user == "" || c.user == "root" {
+		return nil, 0, 0, nil
+	}
+	u, err := user.Lookup(c.user)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("--vmm-user %s: %w (create it with `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s`, as `make deps` does, or pass --vmm-user root to run QEMU as root)", c.user, err, c.user)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return nil, 0, 0, fmt.Errorf("--vmm-user %s: uid %q or gid %q is not a number", c.user, u.Uid, u.Gid)
+	}
+	if uid == 0 {
+		return nil, 0, 0, nil
+	}
+	return u, uint32(uid), uint32(gid), nil
+}
+
+// qemu returns QEMU's confinement.
+func (c *confineFlags) qemu() (*qemu.Confinement, error) {
+	u, uid, gid, err := c.vmmUser()
+	if err != nil {
+		return nil, err
+	}
+	qc := &qemu.Confinement{Seccomp: c.seccomp, Chroot: c.chroot}
+	if u != nil {
+		qc.UID, qc.GID, qc.User = uid, gid, u.Username
+	}
+	return qc, nil
+}
+
+// firecracker returns the jailer's configuration, nil without --jailer.
+func (c *confineFlags) firecracker() (*firecracker.JailerConfig, error) {
+	if c.jailer == "" {
+		return nil, nil
+	}
+	u, uid, gid, err := c.vmmUser()
+	if err != nil {
+		return nil, err
+	}
+	if u == nil {
+		return nil, fmt.Errorf("--jailer needs an unprivileged --vmm-user, not %q", c.user)
+	}
+	return &firecracker.JailerConfig{Binary: c.jailer, ChrootBase: c.chrootBase, UID: int(uid), GID: int(gid),
+		CPUMax: c.cpuMax, MemoryMax: c.memoryMax}, nil
+}
+
+// confinement is how the driver's VMMs are confined, for `ember info`.
+func confinement(d vmm.Driver) []client.Confinement {
+	m, ok := d.(interface{ Measures() []qemu.Measure })
+	if !ok {
+		return []client.Confinement{{Name: "vmm", Detail: d.Name() + " reports no confinement: run it through --jailer"}}
+	}
+	var out []client.Confinement
+	for _, x := range m.Measures() {
+		out = append(out, client.Confinement{Name: x.Name, On: x.On, Detail: x.Detail})
+	}
+	return out
+}
