@@ -6,6 +6,8 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/cgroup"
 )
 
 // Daemon is a running `ember serve`.
@@ -34,8 +37,12 @@ type Daemon struct {
 	Log       *os.File
 	Uplink    string
 	Args      []string
+	// HTTP is the client that reaches the API (it trusts TLSCert when
+	// the daemon serves TLS).
+	HTTP *http.Client
 
-	cmd *exec.Cmd
+	tlsCert, tlsKey string
+	cmd             *exec.Cmd
 	// done is closed once the daemon process has exited (and been reaped).
 	done chan struct{}
 }
@@ -57,6 +64,9 @@ type Options struct {
 	Uplink string
 	// Args are more `ember serve` flags.
 	Args []string
+	// TLSCert and TLSKey, when set, have the daemon serve TLS with them;
+	// the harness's client trusts TLSCert.
+	TLSCert, TLSKey string
 }
 
 // Start starts a daemon and waits for its API.
@@ -68,7 +78,20 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 	addr := ln.Addr().String()
 	ln.Close()
 	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst,
-		SlotCount: o.SlotCount, Log: o.Log, Uplink: o.Uplink, Args: o.Args}
+		SlotCount: o.SlotCount, Log: o.Log, Uplink: o.Uplink, Args: o.Args, HTTP: &http.Client{},
+		tlsCert: o.TLSCert, tlsKey: o.TLSKey}
+	if o.TLSCert != "" {
+		pem, err := os.ReadFile(o.TLSCert)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no certificate in %s", o.TLSCert)
+		}
+		d.URL = "https://" + addr
+		d.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
 	return d, d.start(ctx, addr)
 }
 
@@ -76,6 +99,9 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 	egress := []string{"--no-egress"}
 	if d.Uplink != "" {
 		egress = []string{"--uplink", d.Uplink}
+	}
+	if d.tlsCert != "" {
+		egress = append(egress, "--tls-cert", d.tlsCert, "--tls-key", d.tlsKey)
 	}
 	d.cmd = exec.Command(d.Bin, append([]string{"serve", "--listen", addr, "--data-dir", d.DataDir,
 		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--slot-count", strconv.Itoa(d.SlotCount),
@@ -95,7 +121,7 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 			return fmt.Errorf("daemon exited during start: %v (log %s)", d.cmd.ProcessState, d.Log.Name())
 		default:
 		}
-		if resp, err := http.Get(d.URL + "/health"); err == nil {
+		if resp, err := d.HTTP.Get(d.URL + "/health"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				break
@@ -112,7 +138,7 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 		return err
 	}
 	d.APIKey = strings.TrimSpace(string(key))
-	d.Client = client.New(d.URL, d.APIKey)
+	d.Client = client.New(d.URL, d.APIKey).WithHTTPClient(d.HTTP)
 	return nil
 }
 
@@ -151,7 +177,7 @@ func (d *Daemon) Restart(ctx context.Context) error {
 	if err := d.Stop(); err != nil {
 		return err
 	}
-	return d.start(ctx, strings.TrimPrefix(d.URL, "http://"))
+	return d.start(ctx, strings.TrimPrefix(strings.TrimPrefix(d.URL, "http://"), "https://"))
 }
 
 // DestroyAll destroys every sandbox the daemon lists.
@@ -183,6 +209,7 @@ func (d *Daemon) Leaks(span int) []string {
 		}
 	}
 	out = append(out, Processes(d.DataDir)...)
+	out = append(out, Cgroups(d.DataDir)...)
 	if entries, err := os.ReadDir(filepath.Join(d.DataDir, "sandboxes")); err == nil {
 		for _, e := range entries {
 			out = append(out, "dir "+e.Name())
@@ -199,6 +226,20 @@ func (d *Daemon) LeaksWhileRunning() []string {
 	for _, l := range d.Leaks(0) {
 		if !strings.HasPrefix(l, "netns ") && !strings.HasPrefix(l, "link ") {
 			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Cgroups lists the sandbox cgroups left under the parent group of the
+// daemon on dataDir, in any hierarchy.
+func Cgroups(dataDir string) []string {
+	var out []string
+	v1, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", cgroup.ParentFor(dataDir), "*"))
+	v2, _ := filepath.Glob(filepath.Join(cgroup.Root, cgroup.ParentFor(dataDir), "*"))
+	for _, d := range append(v1, v2...) {
+		if st, err := os.Stat(d); err == nil && st.IsDir() {
+			out = append(out, "cgroup "+d)
 		}
 	}
 	return out
