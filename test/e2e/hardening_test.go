@@ -24,6 +24,7 @@ import (
 
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/cgroup"
+	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/test/harness"
 )
 
@@ -41,22 +42,6 @@ func vmmOf(t *testing.T, d *harness.Daemon, id string) int {
 		t.Fatal(err)
 	}
 	return pid
-}
-
-// procStatus reads /proc/PID/status into key → value.
-func procStatus(t *testing.T, pid int) map[string]string {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			out[k] = strings.TrimSpace(v)
-		}
-	}
-	return out
 }
 
 func readInt(t *testing.T, path string) int64 {
@@ -85,7 +70,7 @@ func TestConfinedSandbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := vmmOf(t, d, sb.ID)
-	st := procStatus(t, pid)
+	st := testutil.ProcStatus(t, pid)
 	if uid := strings.Fields(st["Uid"]); len(uid) != 4 || uid[0] == "0" || uid[1] == "0" {
 		t.Errorf("qemu uid %q, want an unprivileged user", st["Uid"])
 	}

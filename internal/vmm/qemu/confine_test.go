@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/emberhq/ember/internal/testutil"
@@ -49,7 +48,7 @@ func TestConfinedProcess(t *testing.T) {
 	t.Cleanup(func() { m.Stop(context.Background()) })
 	vmmtest.WaitTick(t, m, spec, 1)
 
-	status := procStatus(t, m.PID())
+	status := testutil.ProcStatus(t, m.PID())
 	for key, want := range map[string]string{
 		"Uid":     "65534\t65534\t65534\t65534",
 		"Gid":     "65534\t65534\t65534\t65534",
@@ -92,22 +91,6 @@ func TestUnconfinedMeasures(t *testing.T) {
 			t.Errorf("unconfined measure %+v", x)
 		}
 	}
-}
-
-// procStatus reads /proc/PID/status into key → value.
-func procStatus(t *testing.T, pid int) map[string]string {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			out[k] = strings.TrimSpace(v)
-		}
-	}
-	return out
 }
 
 var _ vmm.Driver = (*Driver)(nil)
