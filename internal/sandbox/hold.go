@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/failpoint"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -99,6 +100,9 @@ func (m *Manager) holdMachine(sb *Sandbox, machine vmm.Machine) {
 		if err := machine.Stop(ctx); err != nil {
 			sb.machine = machine
 			return fmt.Errorf("stop vmm pid %d: %w", machine.PID(), err)
+		}
+		if r := sb.rec.Load(); r != nil && r.State == StateStopping {
+			failpoint.Hit(failpoint.DestroyVMM)
 		}
 		return nil
 	})

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/failpoint"
 	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/slot"
@@ -361,6 +362,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 		return store.Sandbox{}, fmt.Errorf("create dir of sandbox %s: %w", id, err)
 	}
 	m.holdDir(sb, r.Dir)
+	failpoint.Hit(failpoint.CreateRecord)
 
 	phase := time.Now()
 	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, src.rootfs, src.sizeBytes)
@@ -372,6 +374,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 	m.holdAttachment(sb, id, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
 	r.TimingsMS["disk"] = ms(time.Since(phase))
+	failpoint.Hit(failpoint.CreateDisk)
 
 	phase = time.Now()
 	s, err := m.d.Slots.Get(ctx)
@@ -387,6 +390,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.CreateSlot)
 
 	if err := m.makeCgroup(sb, r); err != nil {
 		return store.Sandbox{}, err
@@ -412,6 +416,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.CreateVMM)
 
 	phase = time.Now()
 	ag := m.d.Agent(s.HostAddr, r.Token)
@@ -441,6 +446,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.CreateRunning)
 	m.watch(sb, machine)
 	log.Info("sandbox created", "slot", s.Index, "pid", r.VMMPID, "snapshot", src.snapshot, "timings_ms", r.TimingsMS)
 	return r, nil
@@ -630,6 +636,7 @@ func (m *Manager) destroyLocked(ctx context.Context, sb *Sandbox) error {
 	if err := m.put(ctx, sb, r); err != nil {
 		return err
 	}
+	failpoint.Hit(failpoint.DestroyStopping)
 	if err := sb.held.Release(ctx, cleanup.Anchor); err != nil {
 		// What failed and everything under it stay held, and the record
 		// says why: a retry finishes the destroy.

@@ -266,6 +266,14 @@ func (m *fakeMachine) Resume(ctx context.Context) error {
 }
 func (m *fakeMachine) isPaused() bool { m.mu.Lock(); defer m.mu.Unlock(); return m.paused }
 
+// State reports the vCPUs' state, as QEMU and Firecracker do.
+func (m *fakeMachine) State(context.Context) (vmm.State, error) {
+	if m.isPaused() {
+		return vmm.StatePaused, nil
+	}
+	return vmm.StateRunning, nil
+}
+
 // Snapshot writes a state file naming the machine's shape.
 func (m *fakeMachine) Snapshot(ctx context.Context, dir string, _ vmm.SnapshotOptions) error {
 	if m.w.failSnapshot {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/failpoint"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
@@ -86,9 +87,11 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 		sb.live.Store(prev)
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.PausePausing)
 	if err := machine.Pause(ctx); err != nil {
 		return rollback(fmt.Errorf("pause vcpus: %w", err))
 	}
+	failpoint.Hit(failpoint.PauseStopped)
 	dir := pauseDir(r)
 	tmp := dir + ".tmp"
 	if err := freshDir(tmp); err != nil {
@@ -97,9 +100,11 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	if err := snapper.Snapshot(ctx, tmp, vmm.SnapshotOptions{}); err != nil {
 		return rollback(errors.Join(fmt.Errorf("save machine state: %w", err), os.RemoveAll(tmp)))
 	}
+	failpoint.Hit(failpoint.PauseSaved)
 	if err := replaceDir(tmp, dir); err != nil {
 		return rollback(errors.Join(err, os.RemoveAll(tmp)))
 	}
+	failpoint.Hit(failpoint.PausePublished)
 	saved := time.Since(start)
 
 	// From here the saved state is the sandbox: what the running machine
@@ -110,6 +115,7 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 		m.fail(sb, "pause: "+err.Error())
 		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, err)
 	}
+	failpoint.Hit(failpoint.PauseReleased)
 	slotIndex := -1
 	if sb.parked {
 		slotIndex = r.SlotIndex
@@ -173,6 +179,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 		reservation()
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.ResumeResuming)
 	lostDisk := false
 	defer func() {
 		if err == nil || lostDisk {
@@ -197,6 +204,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	}
 	m.holdAttachment(sb, r.ID, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
+	failpoint.Hit(failpoint.ResumeAttached)
 
 	s, err := m.d.Slots.Unpark(ctx, paused.SlotIndex)
 	if err != nil {
@@ -220,6 +228,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.ResumeRestored)
 
 	ag := m.d.Agent(s.HostAddr, r.Token)
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
@@ -241,6 +250,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.ResumeRunning)
 	m.watch(sb, machine)
 	// The saved state is stale once the guest runs on: drop it.
 	if err := os.RemoveAll(dir); err != nil {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/failpoint"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -92,6 +93,7 @@ func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (s
 	if err := replaceDir(tmp, dst); err != nil {
 		return store.Snapshot{}, errors.Join(fmt.Errorf("snapshot sandbox %s: %w", id, err), os.RemoveAll(tmp))
 	}
+	failpoint.Hit(failpoint.SnapshotPublished)
 	sn := store.Snapshot{
 		Name: name, Sandbox: id, Template: r.Template, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, DiskMiB: r.DiskMiB,
 		Dir: dst, Token: r.Token, Env: r.Env, Hidden: hidden, CreatedAt: time.Now().UTC(),
@@ -125,6 +127,7 @@ func (m *Manager) captureLocked(ctx context.Context, sb *Sandbox, r store.Sandbo
 		if err := sb.machine.Pause(ctx); err != nil {
 			return fmt.Errorf("pause vcpus: %w", err)
 		}
+		failpoint.Hit(failpoint.SnapshotStopped)
 		defer func() {
 			if rerr := sb.machine.Resume(context.WithoutCancel(ctx)); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("resume vcpus: %w", rerr))
@@ -134,9 +137,11 @@ func (m *Manager) captureLocked(ctx context.Context, sb *Sandbox, r store.Sandbo
 			return fmt.Errorf("save machine state: %w", err)
 		}
 	}
+	failpoint.Hit(failpoint.SnapshotSaved)
 	if err := m.d.Disks.Flatten(ctx, r.ID, r.Dir, snapRootfs(dir)); err != nil {
 		return fmt.Errorf("flatten disk: %w", err)
 	}
+	failpoint.Hit(failpoint.SnapshotFlattened)
 	return nil
 }
 
@@ -331,6 +336,7 @@ func (m *Manager) Fork(ctx context.Context, id string, count int) ([]store.Sandb
 	if _, err := m.snapshot(ctx, id, name, true); err != nil {
 		return nil, fmt.Errorf("fork sandbox %s: %w", id, err)
 	}
+	failpoint.Hit(failpoint.ForkSnapshot)
 	// The hidden snapshot stays while forks depend on it (their disks may
 	// sit on its image) and goes with the last of them.
 	defer m.dropHidden(context.WithoutCancel(ctx), name)
@@ -348,6 +354,7 @@ func (m *Manager) Fork(ctx context.Context, id string, count int) ([]store.Sandb
 			return nil, errors.Join(append([]error{fmt.Errorf("fork sandbox %s: %w", id, err)}, errs...)...)
 		}
 		out = append(out, r)
+		failpoint.Hit(failpoint.ForkCreated)
 	}
 	return out, nil
 }
