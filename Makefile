@@ -75,6 +75,11 @@ internal/template/agentbin/ember-agent: bin/ember-agent
 bin/ember: internal/template/agentbin/ember-agent $(GO_SOURCES) go.mod go.sum
 	go build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/ember
 
+# The crash matrix's daemon: bin/ember with its failpoints compiled in
+# (internal/failpoint). Never shipped.
+bin/ember-failpoints: internal/template/agentbin/ember-agent $(GO_SOURCES) go.mod go.sum
+	go build -tags failpoints -trimpath -ldflags "-X main.version=$(VERSION)-failpoints" -o $@ ./cmd/ember
+
 ## template: build the default template (kernel cached in CACHE_DIR)
 template: deps build
 	EMBER_CACHE_DIR=$(CACHE_DIR) bin/ember template build --dir $(TEST_TEMPLATES)
@@ -85,13 +90,13 @@ run: deps build
 
 TEST_ENV := EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/ember \
 	EMBER_CACHE_DIR=$(CACHE_DIR) EMBER_E2B_PKG=$(CURDIR)/test/e2b/node_modules/e2b \
-	EMBER_ARTIFACTS=$(CURDIR)/test-artifacts
+	EMBER_ARTIFACTS=$(CURDIR)/test-artifacts EMBER_FAILPOINT_BIN=$(CURDIR)/bin/ember-failpoints
 
 ## test: every test tier (unit, privileged, VM under QEMU, test host)
 # The VM tier and the browser test run after the others and one after the
 # other, not beside them: their daemons reclaim ember slots at and above
 # their first index at start, and must not meet anyone else's.
-test: deps build template check
+test: deps build bin/ember-failpoints template check
 	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/e2e -e /test/browser)
 	$(TEST_ENV) go test -race -count=1 -timeout 20m -v ./test/e2e
 	$(TEST_ENV) go test -race -count=1 -timeout 5m -v ./test/browser

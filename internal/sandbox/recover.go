@@ -139,7 +139,25 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	if r.VMMPID <= 0 || r.SlotIndex < 0 {
 		return fmt.Errorf("no vmm pid or slot recorded: %w", vmm.ErrNotRunning)
 	}
-	machine, err := m.d.VMM.Attach(ctx, m.spec(r, "", nil), r.VMMPID)
+	// The slot first: the machine's spec names its TAP and MAC, which a
+	// later snapshot of it records (as it records the kernel), so that
+	// the snapshot restores.
+	s, err := m.d.Slots.Adopt(r.SlotIndex)
+	if err != nil {
+		if serr := m.stopOrphan(ctx, r); serr != nil {
+			return fmt.Errorf("adopt slot %d: %w; %w", r.SlotIndex, err, serr)
+		}
+		return fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
+	}
+	// A machine that runs holds what it holds: its capacity is counted
+	// unchecked. Registered before the machine is attached, so a machine
+	// that turns out gone gives them back with the rest (fail), and one
+	// that does not answer keeps them (failKeeping).
+	m.holdReservation(sb, m.adm.force(r.VCPUs, r.MemoryMiB))
+	m.holdAttachment(sb, r.ID, r.Dir)
+	m.holdSlot(sb, s)
+	m.holdCgroup(sb, r.ID)
+	machine, err := m.d.VMM.Attach(ctx, m.spec(r, m.kernelOf(r.Template), s), r.VMMPID)
 	if err != nil {
 		return fmt.Errorf("attach vmm pid %d: %w", r.VMMPID, err)
 	}
@@ -154,19 +172,6 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 			}
 		}
 	}
-	s, err := m.d.Slots.Adopt(r.SlotIndex)
-	if err != nil {
-		if serr := machine.Stop(context.WithoutCancel(ctx)); serr != nil {
-			return fmt.Errorf("adopt slot %d: %w; stop vmm: %w", r.SlotIndex, err, serr)
-		}
-		return fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
-	}
-	// A machine that runs holds what it holds: its capacity is counted
-	// unchecked.
-	m.holdReservation(sb, m.adm.force(r.VCPUs, r.MemoryMiB))
-	m.holdAttachment(sb, r.ID, r.Dir)
-	m.holdSlot(sb, s)
-	m.holdCgroup(sb, r.ID)
 	m.holdMachine(sb, machine)
 	ag := m.d.Agent(s.HostAddr, r.Token)
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)

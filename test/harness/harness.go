@@ -40,6 +40,9 @@ type Daemon struct {
 	// HTTP is the client that reaches the API (it trusts TLSCert when
 	// the daemon serves TLS).
 	HTTP *http.Client
+	// ExtraEnv is added to the daemon's environment at each start (a
+	// failpoint to arm, say).
+	ExtraEnv []string
 
 	tlsCert, tlsKey string
 	cmd             *exec.Cmd
@@ -108,6 +111,7 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 		"--log-level", "debug"},
 		append(egress, d.Args...)...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.Log, d.Log
+	d.cmd.Env = append(os.Environ(), d.ExtraEnv...)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", d.Bin, err)
@@ -163,6 +167,17 @@ func (d *Daemon) Stop() error {
 	}
 }
 
+// WaitExit waits up to timeout for the daemon to exit on its own (a
+// failpoint's SIGKILL) and reports whether it did.
+func (d *Daemon) WaitExit(timeout time.Duration) bool {
+	select {
+	case <-d.done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
 // Kill ends the daemon with SIGKILL.
 func (d *Daemon) Kill() {
 	if d.cmd == nil || d.cmd.Process == nil {
@@ -210,6 +225,7 @@ func (d *Daemon) Leaks(span int) []string {
 	}
 	out = append(out, Processes(d.DataDir)...)
 	out = append(out, Cgroups(d.DataDir)...)
+	out = append(out, LoopDevices(d.DataDir)...)
 	if entries, err := os.ReadDir(filepath.Join(d.DataDir, "sandboxes")); err == nil {
 		for _, e := range entries {
 			out = append(out, "dir "+e.Name())
@@ -240,6 +256,18 @@ func Cgroups(dataDir string) []string {
 	for _, d := range append(v1, v2...) {
 		if st, err := os.Stat(d); err == nil && st.IsDir() {
 			out = append(out, "cgroup "+d)
+		}
+	}
+	return out
+}
+
+// LoopDevices lists loop devices whose backing file is under dir.
+func LoopDevices(dir string) []string {
+	var out []string
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(b), dir+"/") {
+			out = append(out, "loop "+filepath.Base(filepath.Dir(filepath.Dir(f)))+" "+strings.TrimSpace(string(b)))
 		}
 	}
 	return out
