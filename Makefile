@@ -31,7 +31,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
 
-.PHONY: all deps apt npm vmm-user build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
+.PHONY: all deps apt npm vmm-user fuzz build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
 
 all: build
 
@@ -132,6 +132,16 @@ bench-snapshot: deps build template
 ## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
 bench-uffd: deps
 	go run ./test/benchuffd
+
+## fuzz: run every fuzz target for FUZZTIME each (make test runs their seeds)
+FUZZTIME ?= 30s
+fuzz:
+	@set -e; for pkg in $$(go list ./...); do \
+		for target in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
+			go test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 ## proto: regenerate the agent's Go code from its .proto files
 proto:
