@@ -31,7 +31,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' 2>/dev/null)
 
-.PHONY: all deps apt npm vmm-user fuzz build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
+.PHONY: all deps apt npm vmm-user fuzz soak build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean
 
 all: build
 
@@ -132,6 +132,12 @@ bench-snapshot: deps build template
 ## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
 bench-uffd: deps
 	go run ./test/benchuffd
+
+## soak: SOAK_CYCLES create → exec → destroy cycles against one daemon, with
+## the growth of its fds, RSS, goroutines, disk and netns (make test runs 50)
+SOAK_CYCLES ?= 1000
+soak: deps build template
+	$(TEST_ENV) EMBER_SOAK_CYCLES=$(SOAK_CYCLES) go test -count=1 -timeout 0 -v -run '^TestSoak$$' ./test/e2e
 
 ## fuzz: run every fuzz target for FUZZTIME each (make test runs their seeds)
 FUZZTIME ?= 30s

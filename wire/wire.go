@@ -180,6 +180,9 @@ type Info struct {
 	// and how each VMM is confined.
 	Capacity    *CapacityInfo `json:"capacity,omitempty"`
 	Confinement []Confinement `json:"confinement,omitempty"`
+	// Goroutines is how many goroutines the daemon runs: a figure that
+	// must not grow with the sandboxes it has made (the soak test reads it).
+	Goroutines int `json:"goroutines,omitempty"`
 }
 
 // CapacityInfo is what the daemon may commit to running machines and

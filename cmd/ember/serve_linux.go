@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -261,6 +262,7 @@ func serve(ctx context.Context, f serveFlags) error {
 			Accelerators: accelerators(ctx, driver, reg),
 			Capacity:     capacityInfo(mgr.Capacity()),
 			Confinement:  confined,
+			Goroutines:   runtime.NumGoroutine(),
 		}
 	}
 	// Requests run under a context the shutdown cancels, so lifecycle

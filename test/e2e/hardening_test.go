@@ -218,7 +218,7 @@ func TestFiftySimultaneousCreates(t *testing.T) {
 // once, the new one accepted, with no restart.
 func TestKeyRotationAndTLS(t *testing.T) {
 	cert, key := selfSigned(t)
-	d := startWith(t, harness.Options{SlotFirst: 5700, TLSCert: cert, TLSKey: key})
+	d := startWith(t, harness.Options{SlotFirst: 5700, SlotCount: 20, TLSCert: cert, TLSKey: key})
 	ctx := context.Background()
 	if !strings.HasPrefix(d.URL, "https://") {
 		t.Fatalf("url %s", d.URL)

@@ -167,6 +167,9 @@ func (d *Daemon) Stop() error {
 	}
 }
 
+// PID returns the daemon's process id.
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+
 // WaitExit waits up to timeout for the daemon to exit on its own (a
 // failpoint's SIGKILL) and reports whether it did.
 func (d *Daemon) WaitExit(timeout time.Duration) bool {
