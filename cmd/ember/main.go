@@ -39,6 +39,7 @@ func main() {
 	}
 	root.AddCommand(serveCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
 		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd(), keyCmd())
+	root.AddCommand(helperCmds()...)
 	if err := root.Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {

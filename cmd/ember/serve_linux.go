@@ -163,9 +163,13 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return err
 	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the ember binary for page servers: %w", err)
+	}
 	driver, vmmReason, err := vmmauto.Select(ctx, vmmauto.Config{VMM: f.vmm, Accel: f.accel,
 		FirecrackerBinary: f.fcBinary, CacheDir: f.cacheDir, Kernel: def.Kernel,
-		QEMUConfine: qemuConfine, Jailer: jailer}, log)
+		QEMUConfine: qemuConfine, Jailer: jailer, PageServer: []string{self}}, log)
 	if err != nil {
 		return err
 	}

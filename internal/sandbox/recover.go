@@ -113,6 +113,11 @@ func (m *Manager) adoptOrFail(ctx context.Context, sb *Sandbox, r store.Sandbox,
 	err := m.adopt(ctx, sb, r)
 	if err == nil {
 		keep.Slots[r.SlotIndex], keep.PIDs[r.VMMPID], keep.Running[r.ID] = true, true, true
+		if h, ok := sb.machine.(vmm.HelperProcs); ok {
+			for _, pid := range h.Helpers() {
+				keep.PIDs[pid] = true
+			}
+		}
 		if r.State != StateRunning {
 			r.State = StateRunning
 			if err := m.put(ctx, sb, r); err != nil {

@@ -48,7 +48,7 @@ type Spec struct {
 	// machine (the VMM, a helper such as a page server) into the
 	// sandbox's cgroup, right after it starts; a driver whose Place fails
 	// ends the process and fails.
-	Place func(pid int) error
+	Place func(pid int) error `json:"-"`
 }
 
 // ConsoleLog returns the path of the serial console log inside dir.
@@ -146,6 +146,13 @@ type ProcessReclaimer interface {
 // of their own, which a VMM killed while no daemon watched leaves behind.
 type MemoryReclaimer interface {
 	ReclaimMemory(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
+}
+
+// HelperProcs is implemented by machines that run helper processes of
+// their own beside the VMM (Firecracker's page server of a restored
+// machine): a restarted daemon keeps them as it keeps the VMM.
+type HelperProcs interface {
+	Helpers() []int
 }
 
 // DiskFormats is implemented by drivers that say which root disk formats

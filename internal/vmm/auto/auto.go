@@ -65,6 +65,9 @@ type Config struct {
 	// Firecracker through its jailer (nil: directly).
 	QEMUConfine *qemu.Confinement
 	Jailer      *firecracker.JailerConfig
+	// PageServer runs Firecracker's page servers as processes of their
+	// own (firecracker.Config.PageServer).
+	PageServer []string
 }
 
 // Select returns the driver cfg and this host call for, and why: a reason
@@ -86,7 +89,7 @@ func choose(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, 
 		prober = qemu.NewProber(qemuBin, cfg.CacheDir, cfg.ProbeTimeout, log)
 		prober.Root = cfg.HostRoot
 	}
-	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober, Jailer: cfg.Jailer}
+	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober, Jailer: cfg.Jailer, PageServer: cfg.PageServer}
 	fcOK, fcWhy := firecracker.Available(fcCfg)
 	useQEMU := func(why string) (Driver, string, error) {
 		d, err := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Prober: prober, Confine: cfg.QEMUConfine}, log)

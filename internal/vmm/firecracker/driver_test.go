@@ -431,22 +431,7 @@ func TestJailerCommand(t *testing.T) {
 func TestRestoreRefusesMismatch(t *testing.T) {
 	d, _ := fakeDriver(t, Config{})
 	ctx := t.Context()
-	spec := testSpec(t, "")
-	m, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Stop(ctx) })
-	if err := m.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	snap := t.TempDir()
-	if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, snap := snapshotOf(t, d)
 	for _, tc := range []struct {
 		name     string
 		edit     func(s *vmm.Spec)
@@ -579,4 +564,28 @@ func TestReclaimProcesses(t *testing.T) {
 		t.Errorf("tail -f of a console log ended (%v); it is no vmm", err)
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+// snapshotOf starts a machine, snapshots it and stops it, and returns its
+// spec and the snapshot's directory.
+func snapshotOf(t *testing.T, d *Driver) (vmm.Spec, string) {
+	t.Helper()
+	ctx := t.Context()
+	spec := testSpec(t, "")
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(context.Background()) })
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap := t.TempDir()
+	if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return spec, snap
 }
