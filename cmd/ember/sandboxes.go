@@ -136,11 +136,21 @@ func lsCmd() *cobra.Command {
 				return printJSON(sbs)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATE\tTEMPLATE\tVCPUS\tMEMORY\tAGE\tEXPIRES IN")
+			fmt.Fprintln(tw, "ID\tSTATE\tTEMPLATE\tVCPUS\tMEMORY\tUSED\tCPU\tAGE\tEXPIRES IN")
 			now := time.Now()
 			for _, sb := range sbs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", sb.ID, sb.State, sb.Template, sb.VCPUs,
-					sb.MemoryMiB, now.Sub(sb.CreatedAt).Round(time.Second), sb.ExpiresAt.Sub(now).Round(time.Second))
+				// USED and CPU are what the sandbox's cgroup says its
+				// processes use now, out of its limit.
+				used, cpu := "-", "-"
+				if u := sb.Usage; u != nil {
+					used = fmt.Sprintf("%d MiB", u.MemoryBytes>>20)
+					if sb.Limits != nil && sb.Limits.MemoryMiB > 0 {
+						used += fmt.Sprintf("/%d", sb.Limits.MemoryMiB)
+					}
+					cpu = (time.Duration(u.CPUNanos) * time.Nanosecond).Round(10 * time.Millisecond).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\t%s\t%s\n", sb.ID, sb.State, sb.Template, sb.VCPUs,
+					sb.MemoryMiB, used, cpu, now.Sub(sb.CreatedAt).Round(time.Second), sb.ExpiresAt.Sub(now).Round(time.Second))
 			}
 			return tw.Flush()
 		},
