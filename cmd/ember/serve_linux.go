@@ -165,11 +165,11 @@ func serve(ctx context.Context, f serveFlags) error {
 	}
 	self, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("find the ember binary for page servers: %w", err)
+		return fmt.Errorf("find the ember binary for page servers and memory copies: %w", err)
 	}
 	driver, vmmReason, err := vmmauto.Select(ctx, vmmauto.Config{VMM: f.vmm, Accel: f.accel,
 		FirecrackerBinary: f.fcBinary, CacheDir: f.cacheDir, Kernel: def.Kernel,
-		QEMUConfine: qemuConfine, Jailer: jailer, PageServer: []string{self}}, log)
+		QEMUConfine: qemuConfine, Jailer: jailer, Helper: []string{self}}, log)
 	if err != nil {
 		return err
 	}

@@ -65,9 +65,10 @@ type Config struct {
 	// Firecracker through its jailer (nil: directly).
 	QEMUConfine *qemu.Confinement
 	Jailer      *firecracker.JailerConfig
-	// PageServer runs Firecracker's page servers as processes of their
-	// own (firecracker.Config.PageServer).
-	PageServer []string
+	// Helper is the ember binary, which runs Firecracker's page servers
+	// (firecracker.Config.PageServer) and QEMU's memory copies
+	// (qemu.Config.Helper) as processes of their own.
+	Helper []string
 }
 
 // Select returns the driver cfg and this host call for, and why: a reason
@@ -89,10 +90,10 @@ func choose(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, 
 		prober = qemu.NewProber(qemuBin, cfg.CacheDir, cfg.ProbeTimeout, log)
 		prober.Root = cfg.HostRoot
 	}
-	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober, Jailer: cfg.Jailer, PageServer: cfg.PageServer}
+	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober, Jailer: cfg.Jailer, PageServer: cfg.Helper}
 	fcOK, fcWhy := firecracker.Available(fcCfg)
 	useQEMU := func(why string) (Driver, string, error) {
-		d, err := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Prober: prober, Confine: cfg.QEMUConfine}, log)
+		d, err := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Prober: prober, Confine: cfg.QEMUConfine, Helper: cfg.Helper}, log)
 		if err != nil {
 			return nil, "", err
 		}

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -162,6 +163,15 @@ const (
 const fakeChildEnv = "EMBER_TEST_FAKE_QEMU_CHILD"
 
 func TestMain(m *testing.M) {
+	// A restore's memory copy, started from the test binary as the
+	// daemon starts one from ember's.
+	if len(os.Args) > 2 && os.Args[1] == CopyCommand {
+		if err := RunCopy(context.Background(), os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
 		os.Exit(fakeQEMUMain(mode, os.Args[1:]))
 	}

@@ -69,6 +69,10 @@ type Config struct {
 	// Confine, when set, confines every QEMU the driver runs for a
 	// machine (confine.go).
 	Confine *Confinement
+	// Helper, when set, is the ember binary (and arguments of its own):
+	// a restore copies guest RAM by running its CopyCommand in the
+	// machine's cgroup, so the pages count against the sandbox.
+	Helper []string
 }
 
 // defaultMemoryDir is where guest RAM files live unless configured: tmpfs,
@@ -96,6 +100,8 @@ type Driver struct {
 	// confine confines the machines' QEMU; nil runs it as the daemon's
 	// user, unfiltered.
 	confine *Confinement
+	// helper runs the memory copy of a restore (Config.Helper).
+	helper []string
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -114,7 +120,7 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find qemu binary %q: %w", bin, err)
 	}
-	d := &Driver{log: log.With("vmm", "qemu"), binary: path, reclaimWait: vmmproc.TermWait, confine: cfg.Confine}
+	d := &Driver{log: log.With("vmm", "qemu"), binary: path, reclaimWait: vmmproc.TermWait, confine: cfg.Confine, helper: cfg.Helper}
 	if !cfg.StreamMemory {
 		d.memDir = cfg.MemoryDir
 		if d.memDir == "" {
