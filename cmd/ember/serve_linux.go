@@ -223,6 +223,9 @@ func serve(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return err
 	}
+	if cgroups != nil {
+		defer cgroups.Close()
+	}
 	confined := append(confinement(driver), cgroupMeasures(cgroups)...)
 	for _, c := range confined {
 		log.Info("sandbox confinement", "measure", c.Name, "on", c.On, "detail", c.Detail)

@@ -390,6 +390,23 @@ func (m *Manager) Reclaim(_ context.Context, keep reclaim.Keep) (reclaim.Result,
 	return res, errors.Join(errs...)
 }
 
+// Close removes the daemon's parent group and its ancestors where they
+// are empty (ember/<hash>, then ember): a daemon that stops with
+// sandboxes running leaves them for the next start. What it cannot remove
+// is in use, and is not an error.
+func (m *Manager) Close() {
+	for _, dir := range m.dirs("") {
+		// dir is <hierarchy>/<parent>/: walk the parent's components up.
+		d := filepath.Clean(dir)
+		for range strings.Split(m.parent, "/") {
+			if os.Remove(d) != nil {
+				break
+			}
+			d = filepath.Dir(d)
+		}
+	}
+}
+
 // Measure is whether one controller bounds sandboxes here, and how or
 // why not.
 type Measure struct {

@@ -197,3 +197,27 @@ func TestParentFor(t *testing.T) {
 		t.Fatalf("parents %q %q", a, b)
 	}
 }
+
+// TestCloseRemovesEmptyParents: a daemon that stops leaves no empty group
+// of its own, and keeps one a sandbox still runs in.
+func TestCloseRemovesEmptyParents(t *testing.T) {
+	m := testManager(t)
+	if err := m.Create("running", resource.Limits{Pids: 10}); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	for _, dir := range m.dirs("running") {
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("group of a sandbox still there went: %v", err)
+		}
+	}
+	if err := m.Remove("running"); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	for _, dir := range m.dirs("") {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("parent %s left: %v", dir, err)
+		}
+	}
+}

@@ -264,6 +264,18 @@ func Cgroups(dataDir string) []string {
 	return out
 }
 
+// CgroupParents lists the parent groups of the daemon on dataDir, which it
+// removes when it stops.
+func CgroupParents(dataDir string) []string {
+	var out []string
+	v1, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", cgroup.ParentFor(dataDir)))
+	v2, _ := filepath.Glob(filepath.Join(cgroup.Root, cgroup.ParentFor(dataDir)))
+	for _, d := range append(v1, v2...) {
+		out = append(out, "cgroup parent "+d)
+	}
+	return out
+}
+
 // LoopDevices lists loop devices whose backing file is under dir.
 func LoopDevices(dir string) []string {
 	var out []string
