@@ -213,17 +213,24 @@ func (d *Daemon) DestroyAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Leaks lists what the daemon's sandboxes left behind: network namespaces
-// and host veths in its slot range (slots up to SlotFirst+span), processes
-// whose command line names its data directory, and sandbox directories.
+// Leaks lists what the daemon's sandboxes left behind: network namespaces,
+// host veths and their nftables set elements in its slot range (slots up
+// to SlotFirst+span), processes whose command line names its data
+// directory (VMMs, page servers), sandbox cgroups, loop devices over its
+// files, and sandbox directories.
 func (d *Daemon) Leaks(span int) []string {
 	var out []string
+	// The host table's set of live slots' veths.
+	set, _ := exec.Command("nft", "list", "set", "inet", "ember", "slots").Output()
 	for i := d.SlotFirst; i < d.SlotFirst+span; i++ {
 		if _, err := os.Stat(fmt.Sprintf("/run/netns/ember-ns-%d", i)); err == nil {
 			out = append(out, fmt.Sprintf("netns ember-ns-%d", i))
 		}
 		if _, err := os.Stat(fmt.Sprintf("/sys/class/net/ember-v%d", i)); err == nil {
 			out = append(out, fmt.Sprintf("link ember-v%d", i))
+		}
+		if strings.Contains(string(set), fmt.Sprintf("%q", fmt.Sprintf("ember-v%d", i))) {
+			out = append(out, fmt.Sprintf("nftables element ember-v%d", i))
 		}
 	}
 	out = append(out, Processes(d.DataDir)...)
@@ -243,7 +250,7 @@ func (d *Daemon) Leaks(span int) []string {
 func (d *Daemon) LeaksWhileRunning() []string {
 	var out []string
 	for _, l := range d.Leaks(0) {
-		if !strings.HasPrefix(l, "netns ") && !strings.HasPrefix(l, "link ") {
+		if !strings.HasPrefix(l, "netns ") && !strings.HasPrefix(l, "link ") && !strings.HasPrefix(l, "nftables ") {
 			out = append(out, l)
 		}
 	}
