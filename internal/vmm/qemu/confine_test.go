@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -165,5 +166,34 @@ func TestRestoreChargesMemoryToTheSandbox(t *testing.T) {
 	}
 	if err := r.Stop(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConfinedRefusesUnreadableKernel: a kernel QEMU's user may not read
+// is refused up front, with the fix, not by QEMU after it started.
+func TestConfinedRefusesUnreadableKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "qemu-system-x86_64")
+	guest := testutil.Guest(t)
+	d, err := New(Config{Confine: nobody}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := vmmtest.CounterSpec(t, guest)
+	b, err := os.ReadFile(spec.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Kernel = filepath.Join(spec.Dir, "vmlinux-private")
+	if err := os.WriteFile(spec.Kernel, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := d.Start(t.Context(), spec)
+	if err == nil {
+		m.Stop(context.Background())
+		t.Fatal("a confined qemu started with a kernel its user cannot read")
+	}
+	if !strings.Contains(err.Error(), "not readable by nobody") {
+		t.Fatalf("error %v, want the kernel's mode named", err)
 	}
 }

@@ -389,6 +389,12 @@ func identity(spec vmm.Spec) vmmproc.Identity {
 // empty directory QEMU chroots into.
 func (d *Driver) hand(files *vmmproc.Handed, spec vmm.Spec) (h handed, err error) {
 	h = noneHanded
+	// QEMU opens the kernel again through /proc/self/fd as its own user,
+	// which the file's mode must let read.
+	if st, err := os.Stat(spec.Kernel); err == nil && d.confine.unprivileged() && st.Mode().Perm()&0o004 == 0 {
+		return h, fmt.Errorf("kernel %s (mode %o) is not readable by %s, whom qemu runs as: make it world-readable (chmod a+r)",
+			spec.Kernel, st.Mode().Perm(), d.confine.User)
+	}
 	for _, o := range []struct {
 		what  string
 		path  string
