@@ -93,9 +93,9 @@ func (c *confineFlags) firecracker() (*firecracker.JailerConfig, error) {
 
 // confinement is how the driver's VMMs are confined, for `ember info`.
 func confinement(d vmm.Driver) []client.Confinement {
-	m, ok := d.(interface{ Measures() []qemu.Measure })
+	m, ok := d.(vmm.Confiner)
 	if !ok {
-		return []client.Confinement{{Name: "vmm", Detail: d.Name() + " reports no confinement: run it through --jailer"}}
+		return []client.Confinement{{Name: "vmm", Detail: d.Name() + " reports no confinement"}}
 	}
 	var out []client.Confinement
 	for _, x := range m.Measures() {

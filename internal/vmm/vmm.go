@@ -148,6 +148,21 @@ type MemoryReclaimer interface {
 	ReclaimMemory(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
 }
 
+// Measure is one measure confining a driver's VMMs (a seccomp filter, an
+// unprivileged user, a chroot, a jail): whether it is in force, and how or
+// why not, for `ember info`.
+type Measure struct {
+	Name   string
+	On     bool
+	Detail string
+}
+
+// Confiner is implemented by drivers that say how their VMMs are
+// confined.
+type Confiner interface {
+	Measures() []Measure
+}
+
 // HelperProcs is implemented by machines that run helper processes of
 // their own beside the VMM (Firecracker's page server of a restored
 // machine): a restarted daemon keeps them as it keeps the VMM.

@@ -589,3 +589,22 @@ func snapshotOf(t *testing.T, d *Driver) (vmm.Spec, string) {
 	}
 	return spec, snap
 }
+
+func TestMeasures(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		jailer *JailerConfig
+		on     bool
+	}{
+		{"unjailed", nil, false},
+		{"jailed", &JailerConfig{ChrootBase: "/srv/jailer", UID: 999, GID: 999, MemoryMax: "1073741824"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Driver{cfg: Config{Jailer: tc.jailer}, jailer: "/usr/bin/jailer"}
+			ms := d.Measures()
+			if len(ms) != 1 || ms[0].Name != "jailer" || ms[0].On != tc.on || ms[0].Detail == "" {
+				t.Fatalf("measures %+v", ms)
+			}
+		})
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"strconv"
+
+	"github.com/emberhq/ember/internal/vmm"
 )
 
 // Confinement confines the QEMU of every machine the driver starts or
@@ -44,13 +46,10 @@ const chrootName = "vmm-root"
 // unprivileged reports whether QEMU runs as a user other than root.
 func (c *Confinement) unprivileged() bool { return c != nil && (c.UID != 0 || c.GID != 0) }
 
-// Measure is one measure confining a VMM: whether it is in force, and how
-// or why not, for `ember info`.
-type Measure struct {
-	Name   string
-	On     bool
-	Detail string
-}
+// Measure is one measure confining QEMU.
+type Measure = vmm.Measure
+
+var _ vmm.Confiner = (*Driver)(nil)
 
 // Measures says which measures confine the driver's QEMU processes.
 func (d *Driver) Measures() []Measure {
