@@ -199,13 +199,17 @@ func fakeQEMUMain(mode string, args []string) int {
 			return 1
 		}
 	}
-	// Like QEMU, serve QMP on the listening socket the daemon handed over.
-	sock := -1
+	// Like QEMU, serve QMP on the listening socket the daemon handed over
+	// (or, started as an older ember did, on a socket of its own).
+	sock, path := -1, ""
 	for i, a := range args {
 		if a == "-chardev" && i+1 < len(args) && strings.HasPrefix(args[i+1], "socket,") {
 			for _, kv := range strings.Split(args[i+1], ",") {
 				if p, ok := strings.CutPrefix(kv, "fd="); ok {
 					sock, _ = strconv.Atoi(p)
+				}
+				if p, ok := strings.CutPrefix(kv, "path="); ok {
+					path = p
 				}
 			}
 		}
@@ -215,12 +219,19 @@ func fakeQEMUMain(mode string, args []string) int {
 		f.onQuit = func() { os.Exit(0) }
 	}
 	f.hangAfterStatus = mode == fakeHangs
-	l, err := net.FileListener(os.NewFile(uintptr(sock), "qmp"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fake qemu:", err)
-		return 1
+	if path != "" {
+		if _, err := f.listen(path); err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+	} else {
+		l, err := net.FileListener(os.NewFile(uintptr(sock), "qmp"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		f.accept(l)
 	}
-	f.accept(l)
 	for {
 		time.Sleep(time.Hour)
 	}

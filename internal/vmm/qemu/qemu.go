@@ -365,6 +365,12 @@ func (m *Machine) waitReady(ctx context.Context) error {
 // line does not name spec's QMP socket), or does not answer QMP.
 func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Machine, err error) {
 	proc, err := vmmproc.Adopt(pid, identity(spec), d.onExit(spec))
+	if errors.Is(err, vmm.ErrNotRunning) {
+		// Started by an ember before QMP sockets were handed over.
+		if p, lerr := vmmproc.Adopt(pid, legacyIdentity(spec), d.onExit(spec)); lerr == nil {
+			proc, err = p, nil
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
@@ -381,6 +387,13 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 // name, which is its QMP socket in its directory.
 func identity(spec vmm.Spec) vmmproc.Identity {
 	return vmmproc.Identity{Flag: "-name", Value: nameArg(spec.Dir)}
+}
+
+// legacyIdentity is the identity of a QEMU an ember before this one
+// started, which opened its QMP socket by path: an upgraded daemon
+// re-adopts (or reclaims) it.
+func legacyIdentity(spec vmm.Spec) vmmproc.Identity {
+	return vmmproc.Identity{Flag: "-chardev", Value: "socket,id=qmp,path=" + optEscape(qmpPath(spec.Dir)) + ",server=on,wait=off"}
 }
 
 // hand opens what QEMU needs for spec and hands it over: the kernel, the
