@@ -399,7 +399,10 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 			m.kill()
 		}
 	}()
-	if spec.Place != nil {
+	// A jailed Firecracker is in the cgroup the jailer makes for it (its
+	// --cgroup limits); placing it too would race the jailer. Its page
+	// server still goes into the sandbox's.
+	if spec.Place != nil && !j.jailed {
 		if err := spec.Place(proc.PID()); err != nil {
 			return nil, err
 		}
