@@ -179,7 +179,10 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	}
 	m.holdMachine(sb, machine)
 	ag := m.d.Agent(s.HostAddr, r.Token)
-	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// A guest whose vCPUs were stopped, on a host busy with software
+	// emulation, takes seconds to answer; given up on, a live guest
+	// would be marked error.
+	hctx, cancel := context.WithTimeout(ctx, adoptReadyTimeout)
 	defer cancel()
 	if err := ag.WaitReady(hctx); err != nil {
 		if rerr := sb.held.Release(ctx, cleanup.Runtime); rerr != nil {
@@ -191,6 +194,9 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	m.watch(sb, machine)
 	return nil
 }
+
+// adoptReadyTimeout bounds the wait for a re-adopted guest's agent.
+const adoptReadyTimeout = 15 * time.Second
 
 // settlePaused finishes an interrupted pause or undoes an interrupted
 // resume: no VMM runs, the disk is detached, the slot parked and the
