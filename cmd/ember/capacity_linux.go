@@ -15,6 +15,7 @@ import (
 
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/config"
+	"github.com/emberhq/ember/internal/metrics"
 	"github.com/emberhq/ember/internal/sandbox"
 )
 
@@ -106,4 +107,24 @@ func capacityInfo(u sandbox.Usage) *client.CapacityInfo {
 		MaxParallel: c.MaxParallel, Running: u.Running, Waiting: u.Waiting, MaxQueue: c.MaxQueue,
 		QueueWaitMillis: int(c.QueueWait / time.Millisecond),
 	}
+}
+
+// capacityMetrics is the manager's capacity as the metrics export it
+// (ember_capacity_<resource>{state="used"|"free"}): what running machines
+// commit against what admission control lets them, and the create queue.
+func capacityMetrics(u sandbox.Usage) []metrics.Capacity {
+	c := u.Capacity
+	free := func(limit, used int) float64 { return float64(max(0, limit-used)) }
+	out := []metrics.Capacity{
+		{Resource: "memory_bytes", Used: float64(u.MemoryMiB) * (1 << 20), Free: free(c.MemoryMiB, u.MemoryMiB) * (1 << 20)},
+		{Resource: "vcpus", Used: float64(u.VCPUs), Free: free(c.VCPUs, u.VCPUs)},
+	}
+	if c.ShmMiB > 0 {
+		out = append(out, metrics.Capacity{Resource: "shm_bytes", Used: float64(u.ShmMiB) * (1 << 20), Free: free(c.ShmMiB, u.ShmMiB) * (1 << 20)})
+	}
+	if c.MaxParallel > 0 {
+		out = append(out, metrics.Capacity{Resource: "create_turns", Used: float64(u.Running), Free: free(c.MaxParallel, u.Running)},
+			metrics.Capacity{Resource: "create_queue", Used: float64(u.Waiting), Free: free(c.MaxQueue, u.Waiting)})
+	}
+	return out
 }

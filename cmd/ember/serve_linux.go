@@ -228,6 +228,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	mtr := metrics.New(metrics.Config{
 		Version: version, VMM: driver.Name(), Disk: disks.Name(), Log: log, Slots: pool.Stats,
 		Sandboxes: func() []store.Sandbox { return mgr.List() }, Templates: func() []string { return templateNames(reg) },
+		Capacity: func() []metrics.Capacity { return capacityMetrics(mgr.Capacity()) },
 	})
 	mtr.Observe(sandbox.Op{Name: sandbox.OpTemplateBuild, Template: template.DefaultName, Duration: built})
 	mgr, err = sandbox.NewManager(mcfg, sandbox.Deps{
