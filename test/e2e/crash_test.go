@@ -51,7 +51,7 @@ func (c *crashRun) create(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := c.d.Client.Exec(c.ctx, sb.ID, client.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c",
+	res, err := c.d.Client.Exec(c.ctx, sb.ID, client.ExecRequest{User: "root", Cmd: "/bin/sh", Args: []string{"-c",
 		"mkdir -p /run/m && mount -t tmpfs none /run/m && echo " + marker + " > /run/m/marker"}})
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("write marker: %+v %v", res, err)
