@@ -25,4 +25,10 @@ type (
 	Info                  = wire.Info
 	AccelInfo             = wire.AccelInfo
 	Error                 = wire.Error
+
+	// Hardening.
+	CapacityInfo = wire.CapacityInfo
+	Confinement  = wire.Confinement
+	Limits       = wire.Limits
+	Usage        = wire.Usage
 )

@@ -409,8 +409,9 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 	var fill func(string) error
 	if man.Memory == memoryInFile {
 		mem := filepath.Join(dir, memoryFile)
+		copyInto := d.fillFrom(ctx, spec, mem)
 		fill = func(path string) error {
-			err := copyMemory(ctx, path, mem)
+			err := copyInto(path)
 			p.done("memory")
 			return err
 		}
