@@ -63,6 +63,14 @@ func argAfter(args []string, flag string, n int) string {
 	return ""
 }
 
+// accelOf returns the accelerator a QEMU command line runs under, without
+// its options ("tcg" of "tcg,tb-size=64"): what a snapshot's manifest
+// records and a restore compares.
+func accelOf(args []string) string {
+	name, _, _ := strings.Cut(argAfter(args, "-accel", 0), ",")
+	return name
+}
+
 // optEscape doubles commas, QEMU's escape for a comma inside an option value.
 func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 

@@ -173,3 +173,20 @@ func TestKernelArgsLPJ(t *testing.T) {
 		t.Errorf("kernel args %q lack lpj=8384000", got)
 	}
 }
+
+// A re-adopted QEMU's accelerator is read from its command line without
+// the options, so its snapshots match the machines a restore starts.
+func TestAccelOf(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"qemu", "-accel", "tcg,tb-size=64", "-cpu", "qemu64"}, "tcg"},
+		{[]string{"qemu", "-accel", "kvm"}, "kvm"},
+		{[]string{"qemu", "-cpu", "host"}, ""},
+	} {
+		if got := accelOf(tc.args); got != tc.want {
+			t.Errorf("accelOf(%q) = %q, want %q", tc.args, got, tc.want)
+		}
+	}
+}

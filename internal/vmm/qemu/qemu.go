@@ -375,7 +375,7 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
 	m := newMachine(d, spec, proc)
-	m.accel = argAfter(proc.Args(), "-accel", 0)
+	m.accel = accelOf(proc.Args())
 	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, proc.Unanswered(err))
 	}
