@@ -14,13 +14,13 @@ func TestBuildArgs(t *testing.T) {
 		DiskFormat: "raw", VCPUs: 2, MemoryMiB: 512,
 	}
 	for _, tc := range []struct {
-		name    string
-		accel   string
-		memPath string
-		spec    func(s *vmm.Spec)
-		checks  map[string]string // flag (with "#n" for its n-th use) → exact value
-		has     []string          // substrings of the joined command line
-		hasNot  []string
+		name   string
+		accel  string
+		ram    guestRAM
+		spec   func(s *vmm.Spec)
+		checks map[string]string // flag (with "#n" for its n-th use) → exact value
+		has    []string          // substrings of the joined command line
+		hasNot []string
 	}{
 		{
 			name:  "tcg",
@@ -43,12 +43,21 @@ func TestBuildArgs(t *testing.T) {
 			hasNot: []string{"-netdev", "-initrd", "-object"},
 		},
 		{
-			name:    "guest ram in a shared file",
-			accel:   AccelTCG,
-			memPath: "/dev/shm/ember,sb1.mem",
+			name:  "guest ram in a shared file",
+			accel: AccelTCG,
+			ram:   guestRAM{Path: "/dev/shm/ember,sb1.mem"},
 			checks: map[string]string{
 				"-machine": "microvm,acpi=off,memory-backend=mem", "-m": "512",
-				"-object": "memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/ember,,sb1.mem,share=on",
+				"-object": "memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/ember,,sb1.mem,share=on,merge=on",
+			},
+		},
+		{
+			name:  "guest ram mapping a saved memory file privately",
+			accel: AccelTCG,
+			ram:   guestRAM{Path: "/run/ember/sb1/guest-ram", Private: true},
+			checks: map[string]string{
+				"-machine": "microvm,acpi=off,memory-backend=mem",
+				"-object":  "memory-backend-file,id=mem,size=512M,mem-path=/run/ember/sb1/guest-ram,share=off,merge=on",
 			},
 		},
 		{
@@ -95,7 +104,7 @@ func TestBuildArgs(t *testing.T) {
 			if tc.spec != nil {
 				tc.spec(&spec)
 			}
-			args := buildArgs(tc.accel, 2096000, tc.memPath, spec)
+			args := buildArgs(tc.accel, 2096000, tc.ram, spec)
 			for flag, want := range tc.checks {
 				name, n := flag, 0
 				if f, idx, ok := strings.Cut(flag, "#"); ok {
@@ -145,5 +154,18 @@ func TestKernelArgsLPJ(t *testing.T) {
 	// The guest runs at HZ=250: lpj is kHz*1000/250.
 	if got := kernelArgs(2096000, ""); !strings.Contains(got, " lpj=8384000 ") {
 		t.Errorf("kernel args %q lack lpj=8384000", got)
+	}
+}
+
+func TestRAMFromArgs(t *testing.T) {
+	spec := vmm.Spec{ID: "sb1", Dir: "/d", Kernel: "/k", RootDisk: "/d/disk", MemoryMiB: 128}
+	for _, ram := range []guestRAM{
+		{},
+		{Path: "/dev/shm/ember-sb1.mem"},
+		{Path: "/d,x/guest-ram", Private: true},
+	} {
+		if got := ramFromArgs(buildArgs(AccelTCG, 1, ram, spec)); got != ram {
+			t.Errorf("ramFromArgs(buildArgs(%+v)) = %+v", ram, got)
+		}
 	}
 }
