@@ -125,6 +125,11 @@ type Manager struct {
 	snapBusy map[string]bool
 	snapRefs map[string]int
 
+	// capMu guards capturing: the template snapshot directories being
+	// captured, each with a channel closed when its capture is over.
+	capMu     sync.Mutex
+	capturing map[string]chan struct{}
+
 	// wg tracks background work (the reaper, reaps of dead machines); ops
 	// the lifecycle operations in flight (begin).
 	wg   sync.WaitGroup
@@ -162,6 +167,7 @@ func NewManager(cfg Config, d Deps) (*Manager, error) {
 		sandboxes: map[string]*Sandbox{},
 		snapBusy:  map[string]bool{},
 		snapRefs:  map[string]int{},
+		capturing: map[string]chan struct{}{},
 		stop:      make(chan struct{}),
 	}, nil
 }
@@ -277,8 +283,8 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken()}
 		if req.DiskMiB > baseMiB {
 			src.sizeBytes = int64(req.DiskMiB) << 20
-		} else {
-			m.useTemplateSnapshot(&src, tpl, *req)
+		} else if err := m.useTemplateSnapshot(ctx, &src, tpl, *req); err != nil {
+			return source{}, nil, err
 		}
 	}
 	if src.state != "" {
@@ -307,6 +313,10 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	// Registered first, so it runs last: the operation ends once a failed
 	// create is undone.
 	defer func() { o.end(err, rec.State) }()
+	if src.captured != nil {
+		// However the create ends, creates waiting for its capture go on.
+		defer src.captured()
+	}
 	sb := &Sandbox{}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
@@ -397,7 +407,9 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	}
 	r.TimingsMS["agent"] = o.phase("agent")
 	if src.capture != "" {
-		if err := m.captureTemplate(ctx, machine, r, src.capture); err != nil {
+		err := m.captureTemplate(ctx, machine, r, src.capture)
+		src.captured()
+		if err != nil {
 			return store.Sandbox{}, err
 		}
 		r.TimingsMS["template_snapshot"] = o.phase("template_snapshot")
@@ -431,8 +443,11 @@ type source struct {
 	snapshot string
 	token    string
 	// capture, on a cold boot, is where to save the template snapshot
-	// once the agent is ready (see useTemplateSnapshot).
-	capture string
+	// once the agent is ready (see useTemplateSnapshot); captured, then
+	// set, tells the creates waiting for it that it is over (it may run
+	// more than once).
+	capture  string
+	captured func()
 	// restorer restores state; nil when state is "".
 	restorer vmm.Restorer
 }

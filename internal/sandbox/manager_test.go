@@ -53,6 +53,10 @@ type world struct {
 	// "detach sb1", "return 3", "stop 101").
 	released map[string]int
 	execFn   func(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
+	// onReady, when set, runs at the start of every agent's WaitReady
+	// (a test holds a create there); starts counts cold boots.
+	onReady func()
+	starts  int
 }
 
 func newWorld() *world {
@@ -212,6 +216,9 @@ func (d fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, erro
 			return nil, err
 		}
 	}
+	w.mu.Lock()
+	w.starts++
+	w.mu.Unlock()
 	return w.newMachine(spec, ""), nil
 }
 
@@ -319,6 +326,9 @@ func (m *fakeMachine) crash() {
 type fakeAgent struct{ w *world }
 
 func (a fakeAgent) WaitReady(ctx context.Context) error {
+	if a.w.onReady != nil {
+		a.w.onReady()
+	}
 	if a.w.failReady {
 		return errors.New("no answer")
 	}
