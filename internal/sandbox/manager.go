@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -130,6 +131,9 @@ type Manager struct {
 	capMu     sync.Mutex
 	capturing map[string]chan struct{}
 
+	// pools are the templates' warm pools (warm.go).
+	pools warmPools
+
 	// wg tracks background work (the reaper, reaps of dead machines); ops
 	// the lifecycle operations in flight (begin).
 	wg   sync.WaitGroup
@@ -168,6 +172,7 @@ func NewManager(cfg Config, d Deps) (*Manager, error) {
 		snapBusy:  map[string]bool{},
 		snapRefs:  map[string]int{},
 		capturing: map[string]chan struct{}{},
+		pools:     newWarmPools(),
 		stop:      make(chan struct{}),
 	}, nil
 }
@@ -229,6 +234,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 		return store.Sandbox{}, err
 	}
 	defer done()
+	if r, ok, err := m.claimWarm(ctx, req); ok {
+		return r, err
+	}
 	src, release, err := m.resolve(ctx, &req)
 	if err != nil {
 		return store.Sandbox{}, err
@@ -280,7 +288,7 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 		case req.DiskMiB < baseMiB || req.DiskMiB > m.cfg.Limits.MaxDiskMiB:
 			return source{}, nil, invalid("disk_mib", "must be between the template's %d and %d, got %d", baseMiB, m.cfg.Limits.MaxDiskMiB, req.DiskMiB)
 		}
-		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken()}
+		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken(), key: tpl.Key}
 		if req.DiskMiB > baseMiB {
 			src.sizeBytes = int64(req.DiskMiB) << 20
 		} else if err := m.useTemplateSnapshot(ctx, &src, tpl, *req); err != nil {
@@ -304,11 +312,14 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (rec store.Sandbox, err error) {
 	start := time.Now()
 	id := newID()
-	op := OpCreate
-	if src.snapshot != "" {
+	op, typ, state := OpCreate, wire.EventCreated, StateCreating
+	switch {
+	case src.snapshot != "":
 		op = OpRestore
+	case src.warm:
+		op, typ, state = OpWarm, "", StateWarming
 	}
-	o := m.track(op, wire.EventCreated, id, src.template)
+	o := m.track(op, typ, id, src.template)
 	o.event.Snapshot = src.snapshot
 	// Registered first, so it runs last: the operation ends once a failed
 	// create is undone.
@@ -321,12 +332,15 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	r := store.Sandbox{
-		ID: id, Template: src.template, State: StateCreating, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
+		ID: id, Template: src.template, State: state, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskMiB: req.DiskMiB, Env: req.Env, Metadata: req.Metadata,
 		Token: src.token, SlotIndex: -1, Dir: filepath.Join(m.cfg.Dir, id),
 		CreatedAt: start.UTC(), ExpiresAt: start.Add(time.Duration(req.TimeoutS) * time.Second).UTC(),
 		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
 		TimeoutS: req.TimeoutS, AutoPause: req.AutoPause, Snapshot: src.snapshot,
+	}
+	if src.warm {
+		r.Metadata = map[string]string{warmKeyMeta: src.key}
 	}
 	defer func() {
 		if err != nil {
@@ -363,6 +377,11 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	r.TimingsMS["disk"] = o.phase("disk")
 
 	s, err := m.d.Slots.Get(ctx)
+	if errors.Is(err, ErrNoCapacity) && !src.warm && m.evictWarm(ctx) {
+		// Warm sandboxes count against capacity, but give way to a
+		// client's create.
+		s, err = m.d.Slots.Get(ctx)
+	}
 	if err != nil {
 		return store.Sandbox{}, opError("create", id, "get a network slot", ErrNetwork, err)
 	}
@@ -414,6 +433,18 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		}
 		r.TimingsMS["template_snapshot"] = o.phase("template_snapshot")
 	}
+	if src.warm {
+		// Left for a claim to initialise (warm.go).
+		r.State = StateWarm
+		r.TimingsMS["total"] = ms(time.Since(start))
+		if err := m.put(ctx, sb, r); err != nil {
+			return store.Sandbox{}, err
+		}
+		m.watch(sb, machine)
+		m.putWarm(sb, ag, src.key)
+		o.with("slot", s.Index, "pid", r.VMMPID)
+		return r, nil
+	}
 	// Init also moves a restored guest's clock to the host's.
 	if err := ag.Init(readyCtx, r.Env); err != nil {
 		return store.Sandbox{}, opError("create", id, "set the guest up", ErrAgent, err)
@@ -450,6 +481,10 @@ type source struct {
 	captured func()
 	// restorer restores state; nil when state is "".
 	restorer vmm.Restorer
+	// key is the template build; warm makes the sandbox for the
+	// template's warm pool.
+	key  string
+	warm bool
 }
 
 // spec describes the machine of r, on slot s when it has one (a spec for
@@ -496,7 +531,7 @@ func (m *Manager) lookup(id string) (*Sandbox, error) {
 	m.mu.RLock()
 	sb, ok := m.sandboxes[id]
 	m.mu.RUnlock()
-	if !ok || sb.rec.Load() == nil {
+	if !ok || sb.rec.Load() == nil || hidden(*sb.rec.Load()) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, ErrNotFound)
 	}
 	return sb, nil
@@ -511,8 +546,15 @@ func (m *Manager) Get(id string) (store.Sandbox, error) {
 	return m.withUsage(sb.Record()), nil
 }
 
-// List returns every sandbox's record, with its usage, oldest first.
+// List returns every sandbox's record, with its usage, oldest first; the
+// warm pools' sandboxes are no client's and not listed.
 func (m *Manager) List() []store.Sandbox {
+	return slices.DeleteFunc(m.ListAll(), hidden)
+}
+
+// ListAll is List with the warm pools' sandboxes, for the host's figures
+// (metrics): they hold memory, a slot and a disk like any other.
+func (m *Manager) ListAll() []store.Sandbox {
 	recs := m.records()
 	for i := range recs {
 		recs[i] = m.withUsage(recs[i])
@@ -669,6 +711,11 @@ func (m *Manager) watch(sb *Sandbox, machine vmm.Machine) {
 		defer sb.mu.Unlock()
 		if sb.machine != machine {
 			return // stopped on purpose
+		}
+		if hidden(sb.Record()) {
+			m.forgetWarm(sb)
+			m.dropWarmLocked(context.Background(), sb, "vmm process exited unexpectedly")
+			return
 		}
 		m.fail(sb, opRunning, "vmm process exited unexpectedly")
 	}()

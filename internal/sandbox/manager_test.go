@@ -57,6 +57,10 @@ type world struct {
 	// (a test holds a create there); starts counts cold boots.
 	onReady func()
 	starts  int
+	// failInits fails that many agent inits; maxSlots, when set, is how
+	// many slots Get hands out.
+	failInits int
+	maxSlots  int
 }
 
 func newWorld() *world {
@@ -153,6 +157,9 @@ func (s fakeSlots) Get(ctx context.Context) (*slot.Slot, error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.maxSlots > 0 && len(w.slots) >= w.maxSlots {
+		return nil, fmt.Errorf("all %d slots taken: %w", w.maxSlots, slot.ErrNoCapacity)
+	}
 	for i := 0; ; i++ {
 		if !w.slots[i] {
 			w.slots[i] = true
@@ -335,6 +342,12 @@ func (a fakeAgent) WaitReady(ctx context.Context) error {
 	return nil
 }
 func (a fakeAgent) Init(ctx context.Context, env map[string]string) error {
+	a.w.mu.Lock()
+	defer a.w.mu.Unlock()
+	if a.w.failInits > 0 {
+		a.w.failInits--
+		return errors.New("init refused")
+	}
 	if a.w.failInit {
 		return errors.New("init refused")
 	}
@@ -378,7 +391,7 @@ func newManagerWith(t *testing.T, w *world, st *store.Store, dir string, tune fu
 	d := Deps{
 		Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: fakeDriver{w},
 		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} },
-		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Log:   slog.New(slog.NewTextHandler(testLogOut(t), nil)),
 	}
 	if tune != nil {
 		tune(&cfg, &d)
@@ -778,4 +791,11 @@ func TestNetworkPolicyAtCreateAndWhileRunning(t *testing.T) {
 		t.Fatalf("create with bad policy: %v", err)
 	}
 	assertEmpty(t, w, st, m, dir)
+}
+
+func testLogOut(t *testing.T) io.Writer {
+	if os.Getenv("DBG") != "" {
+		return os.Stderr
+	}
+	return io.Discard
 }

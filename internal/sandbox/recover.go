@@ -74,6 +74,8 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 				m.failKeeping(sb, "not re-adopted after daemon restart: "+err.Error())
 			}
 			failed++
+		case StateWarm, StateWarming:
+			m.recoverWarm(ctx, sb, r, keep)
 		case StateStopping:
 			// The client asked for it gone: finish the destroy.
 			if err := m.stopOrphan(ctx, r); err != nil {
@@ -104,19 +106,32 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 // machine is gone or stopped; any other leaves it possibly alive (it did
 // not answer). Called with sb.mu held.
 func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error {
+	ag, err := m.adoptMachine(ctx, sb, r)
+	if err != nil {
+		return err
+	}
+	m.holdLive(sb, ag, sb.slot)
+	m.watch(sb, sb.machine)
+	return nil
+}
+
+// adoptMachine is adopt up to the agent's answer: the machine, its slot and
+// disk attachment re-attached and held, the agent returned, not yet
+// offered to clients. Called with sb.mu held.
+func (m *Manager) adoptMachine(ctx context.Context, sb *Sandbox, r store.Sandbox) (Agent, error) {
 	if r.VMMPID <= 0 || r.SlotIndex < 0 {
-		return fmt.Errorf("no vmm pid or slot recorded: %w", vmm.ErrNotRunning)
+		return nil, fmt.Errorf("no vmm pid or slot recorded: %w", vmm.ErrNotRunning)
 	}
 	machine, err := m.d.VMM.Attach(ctx, m.spec(r, "", nil), r.VMMPID)
 	if err != nil {
-		return fmt.Errorf("attach vmm pid %d: %w", r.VMMPID, err)
+		return nil, fmt.Errorf("attach vmm pid %d: %w", r.VMMPID, err)
 	}
 	s, err := m.d.Slots.Adopt(r.SlotIndex)
 	if err != nil {
 		if serr := machine.Stop(context.WithoutCancel(ctx)); serr != nil {
-			return fmt.Errorf("adopt slot %d: %w; stop vmm: %w", r.SlotIndex, err, serr)
+			return nil, fmt.Errorf("adopt slot %d: %w; stop vmm: %w", r.SlotIndex, err, serr)
 		}
-		return fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
+		return nil, fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
 	}
 	m.holdAttachment(sb, r.ID, r.Dir)
 	m.holdSlot(sb, s)
@@ -126,13 +141,11 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	defer cancel()
 	if err := ag.WaitReady(hctx); err != nil {
 		if rerr := sb.held.Release(ctx, cleanup.Runtime); rerr != nil {
-			return fmt.Errorf("agent: %w; %w", err, rerr)
+			return nil, fmt.Errorf("agent: %w; %w", err, rerr)
 		}
-		return fmt.Errorf("agent: %w: %w", err, vmm.ErrNotRunning)
+		return nil, fmt.Errorf("agent: %w: %w", err, vmm.ErrNotRunning)
 	}
-	m.holdLive(sb, ag, s)
-	m.watch(sb, machine)
-	return nil
+	return ag, nil
 }
 
 // settlePaused finishes an interrupted pause or undoes an interrupted
