@@ -20,4 +20,7 @@ type (
 	Info                  = wire.Info
 	AccelInfo             = wire.AccelInfo
 	Error                 = wire.Error
+	WarmPool              = wire.WarmPool
+	WarmRequest           = wire.WarmRequest
+	KSM                   = wire.KSM
 )

@@ -276,6 +276,7 @@ func infoCmd() *cobra.Command {
 			for _, a := range info.Accelerators {
 				fmt.Printf("accel:      %s: %s\n", a.Template, a.Reason)
 			}
+			printKSMAndWarm(info)
 			return nil
 		},
 	}

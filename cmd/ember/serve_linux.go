@@ -195,7 +195,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	// the time anything is served.
 	mtr := metrics.New(metrics.Config{
 		Version: version, VMM: driver.Name(), Disk: disks.Name(), Log: log, Slots: pool.Stats,
-		Sandboxes: func() []store.Sandbox { return mgr.List() }, Templates: func() []string { return templateNames(reg) },
+		Sandboxes: func() []store.Sandbox { return mgr.ListAll() }, Templates: func() []string { return templateNames(reg) },
 	})
 	mtr.Observe(sandbox.Op{Name: sandbox.OpTemplateBuild, Template: template.DefaultName, Duration: built})
 	mgr, err = sandbox.NewManager(mcfg, sandbox.Deps{
@@ -220,12 +220,17 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	}
 	mgr.RunReaper(ctx, time.Second)
 	mgr.RunSampler(ctx, f.MetricsEvery())
+	if err := startWarmPools(ctx, f, mgr); err != nil {
+		return err
+	}
 
 	info := func() client.Info {
 		return client.Info{
 			Version: version, VMM: driver.Name(), VMMReason: vmmReason,
 			Rootfs: disks.Name(), RootfsReason: diskReason, Sandboxes: len(mgr.List()),
 			Accelerators: accelerators(ctx, driver, reg),
+			Warm:         api.WarmPools(mgr.WarmPools()),
+			KSM:          client.KSM(usage.ReadKSM(os.ReadFile)),
 		}
 	}
 	// Requests run under a context the shutdown cancels, so lifecycle
@@ -234,7 +239,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events},
+		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events, Warm: mgr},
 			mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
@@ -405,4 +410,20 @@ func accelerators(ctx context.Context, d vmm.Accelerator, reg template.Registry)
 		out = append(out, ai)
 	}
 	return out
+}
+
+// startWarmPools keeps the warm pools the warm setting names filled; a
+// template it names that does not exist stops the start.
+func startWarmPools(ctx context.Context, f config.Serve, mgr *sandbox.Manager) error {
+	pools, err := f.WarmPools()
+	if err != nil {
+		return err
+	}
+	mgr.RunWarm(ctx)
+	for _, p := range pools {
+		if _, err := mgr.SetWarm(ctx, p.Template, p.Count); err != nil {
+			return fmt.Errorf("warm %s=%d: %w", p.Template, p.Count, err)
+		}
+	}
+	return nil
 }

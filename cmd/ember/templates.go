@@ -10,8 +10,8 @@ import (
 
 func templateCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "template", Short: "Manage templates",
-		Example: "  ember template ls\n  ember template build"}
-	cmd.AddCommand(templateLsCmd(), templateBuildCmd())
+		Example: "  ember template ls\n  ember template build\n  ember template warm base 4"}
+	cmd.AddCommand(templateLsCmd(), templateBuildCmd(), templateWarmCmd())
 	return cmd
 }
 

@@ -77,6 +77,9 @@ type Config struct {
 	Metrics RequestMetrics
 	// Events, when set, is the hub GET /v1/events streams from.
 	Events *event.Hub
+	// Warm, when set, serves the warm pools (GET /v1/warm, PUT
+	// /v1/templates/{name}/warm).
+	Warm Warm
 }
 
 // Server is the HTTP API.
@@ -118,6 +121,7 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("GET /v1/snapshots/{name}", s.auth(s.getSnapshot))
 	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
 	s.routeObservability()
+	s.routeWarm()
 	s.mux.HandleFunc("GET /test", s.testPage)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/test", http.StatusFound)

@@ -341,6 +341,7 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		{"/v1/sandboxes/{id}/fork", "post"}, {"/v1/snapshots", "get"}, {"/v1/snapshots", "post"},
 		{"/v1/snapshots/{name}", "get"}, {"/v1/snapshots/{name}", "delete"},
 		{"/metrics", "get"}, {"/v1/events", "get"}, {"/v1/sandboxes/{id}/metrics", "get"},
+		{"/v1/warm", "get"}, {"/v1/templates/{name}/warm", "put"},
 	}
 	paths := openapiPaths(string(doc))
 	for _, r := range routes {
