@@ -434,6 +434,9 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		r.TimingsMS["template_snapshot"] = o.phase("template_snapshot")
 	}
 	if src.warm {
+		if err := prewarm(readyCtx, ag); err != nil {
+			return store.Sandbox{}, opError("create", id, "warm the guest up", ErrAgent, err)
+		}
 		// Left for a claim to initialise (warm.go).
 		r.State = StateWarm
 		r.TimingsMS["total"] = ms(time.Since(start))

@@ -357,6 +357,9 @@ func (a fakeAgent) Exec(ctx context.Context, req agent.ExecRequest, stdout, stde
 	if a.w.execFn != nil {
 		return a.w.execFn(ctx, req, stdout, stderr)
 	}
+	if req.Cmd == "true" {
+		return agent.ExitStatus{}, nil
+	}
 	fmt.Fprint(stdout, req.Cmd)
 	return agent.ExitStatus{Code: 7}, nil
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/cleanup"
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/store"
@@ -503,6 +505,26 @@ func (m *Manager) claim(ctx context.Context, e *warmEntry, req CreateRequest) (r
 	o.with("slot", r.SlotIndex, "pid", r.VMMPID, "warm", true)
 	o.end(nil, r.State)
 	return r, nil
+}
+
+// prewarm has a warm sandbox's agent run an init (its token, the clock)
+// and a first command before any claim: under software emulation a fresh
+// guest's every code path is translated the first time it runs (a
+// restored QEMU starts with an empty translation cache), which made a
+// claim's init and its client's first exec take hundreds of
+// milliseconds. Nothing of either stays in the guest: the command is true.
+func prewarm(ctx context.Context, ag Agent) error {
+	if err := ag.Init(ctx, nil); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: "true"}, io.Discard, io.Discard)
+	if err != nil {
+		return fmt.Errorf("first command: %w", err)
+	}
+	if st.Code != 0 {
+		return fmt.Errorf("first command: %s", st.Status)
+	}
+	return nil
 }
 
 // samePolicy reports whether two stored policies are the same.
