@@ -55,7 +55,9 @@ type Sandbox struct {
 	// Snapshot names the snapshot the sandbox was created from.
 	Snapshot string `json:"snapshot,omitempty"`
 	// DiskBytes and MemoryBytes are the bytes its disk and, while paused,
-	// its saved memory occupy on the host (allocated blocks).
+	// its saved memory occupy on the host (allocated blocks; a file shared
+	// by hard links, as the template memory a paused sandbox's state
+	// links, counts its share).
 	DiskBytes   int64 `json:"disk_bytes"`
 	MemoryBytes int64 `json:"memory_bytes"`
 }
