@@ -34,6 +34,7 @@ endif
 GO_SOURCES := $(shell find cmd internal client wire web -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' 2>/dev/null)
 
 .PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean install uninstall
+.PHONY: bench-density
 
 all: build
 
@@ -123,6 +124,15 @@ bench-snapshot: deps build template
 ## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
 bench-uffd: deps
 	go run ./test/benchuffd
+
+## bench-density: 100 idle sandboxes of 128 MiB from one template: host
+## memory per sandbox against guest RAM, the daemon's memory, every one's
+## exec within a second, then the disk each takes paused (minutes under TCG;
+## make test runs a five-sandbox version, TestIdleDensityShort)
+DENSITY_N     ?= 100
+DENSITY_SLOTS ?= 6400
+bench-density: deps build template
+	go run ./test/benchdensity -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES) -n $(DENSITY_N) -slot-first $(DENSITY_SLOTS)
 
 # Where `make install` puts ember. DESTDIR stages a package; the test of
 # install sets the directories themselves, so the unit's paths are real.
