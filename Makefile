@@ -17,7 +17,7 @@ TEST_TEMPLATES := $(CACHE_DIR)/test-templates
 
 # Debian packages the daemon, the template build and the tests need
 # (prometheus brings promtool, which lints the metrics).
-APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static \
+APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static bash-static \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
 	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
 	dmsetup xfsprogs btrfs-progs chromium prometheus systemd
@@ -31,9 +31,9 @@ ifeq ($(CI),true)
 export EMBER_REQUIRE_ALL := 1
 endif
 
-GO_SOURCES := $(shell find cmd internal client wire web -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' 2>/dev/null)
+GO_SOURCES := $(shell find cmd internal client wire web -path web/node_modules -prune -o \( -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' \) -print 2>/dev/null)
 
-.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd proto clean install uninstall
+.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd bench-files bench-e2b proto clean install uninstall
 .PHONY: bench-density
 
 all: build
@@ -53,15 +53,29 @@ apt:
 	@command -v go >/dev/null || { echo "Go is not installed (want /usr/local/go/bin/go, 1.26 or newer)"; exit 1; }
 
 # The protocol test reads the e2b SDK; the browser test drives Debian's
-# Chromium with playwright-core. Both are pinned by their lock files.
-npm: test/e2b/node_modules/.package-lock.json test/browser/node_modules/.package-lock.json
+# Chromium with playwright-core; the /test page's terminal is xterm.js. All
+# are pinned by their lock files. The E2B tier's compatibility matrix pins
+# two older e2b SDKs beside the protocol test's, each in a directory and
+# lock file of its own.
+E2B_SDKS := test/e2b test/e2b/v2early test/e2b/v1
+npm: $(addsuffix /node_modules/.package-lock.json,$(E2B_SDKS)) test/browser/node_modules/.package-lock.json web/node_modules/.package-lock.json
 
 %/node_modules/.package-lock.json: %/package.json %/package-lock.json
 	npm ci --prefix $* --no-audit --no-fund --loglevel=error
 	@touch $@
 
-## build: bin/ember, which carries the guest agent
+## build: bin/ember, which carries the guest agent and the /test page's assets
 build: bin/ember
+
+# xterm.js for the /test page, copied from the pinned npm packages into the
+# directory the daemon embeds (no CDN at run time).
+WEB_ASSETS := web/assets/xterm.js web/assets/xterm.css web/assets/addon-fit.js
+web/assets/xterm.js: web/node_modules/.package-lock.json
+	cp web/node_modules/@xterm/xterm/lib/xterm.js $@
+web/assets/xterm.css: web/node_modules/.package-lock.json
+	cp web/node_modules/@xterm/xterm/css/xterm.css $@
+web/assets/addon-fit.js: web/node_modules/.package-lock.json
+	cp web/node_modules/@xterm/addon-fit/lib/addon-fit.js $@
 
 bin/ember-agent: $(GO_SOURCES) go.mod go.sum
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $@ ./cmd/ember-agent
@@ -69,7 +83,7 @@ bin/ember-agent: $(GO_SOURCES) go.mod go.sum
 internal/template/agentbin/ember-agent: bin/ember-agent
 	cp $< $@
 
-bin/ember: internal/template/agentbin/ember-agent $(GO_SOURCES) go.mod go.sum
+bin/ember: internal/template/agentbin/ember-agent $(WEB_ASSETS) web/test.html $(GO_SOURCES) go.mod go.sum
 	go build -trimpath -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $@ ./cmd/ember
 
 ## template: build the default template (kernel cached in CACHE_DIR)
@@ -89,8 +103,9 @@ TEST_ENV := EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/e
 # other, not beside them: their daemons reclaim ember slots at and above
 # their first index at start, and must not meet anyone else's.
 test: deps build template check
-	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/e2e -e /test/browser)
+	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/e2e -e /test/browser -e /test/e2b$$)
 	$(TEST_ENV) go test -race -count=1 -timeout 20m -v ./test/e2e
+	$(TEST_ENV) go test -race -count=1 -timeout 15m -v ./test/e2b
 	$(TEST_ENV) go test -race -count=1 -timeout 5m -v ./test/browser
 	$(MAKE) --no-print-directory test-host
 
@@ -109,6 +124,11 @@ test-host: deps
 bench: deps build template
 	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/bench -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
 
+## bench-files: file upload and download throughput against exec's stdin and
+## stdout, the daemon's memory during a big download, PTY echo latency
+bench-files: deps build template
+	go run ./test/benchfiles -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
+
 ## bench-network: slot setup vs the ip/iptables way, pool Get, growth
 bench-network: deps
 	go run ./test/benchnet
@@ -120,6 +140,11 @@ bench-rootfs: deps
 ## bench-snapshot: pause, resume and create-from-snapshot against a cold boot
 bench-snapshot: deps build template
 	go run ./test/benchsnapshot -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
+
+## bench-e2b: E2B SDK create → first commands.run against the same flow
+## through the Go SDK, alternating, over 10 sandboxes each
+bench-e2b: deps build
+	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/benche2b -ember $(CURDIR)/bin/ember -e2b $(CURDIR)/test/e2b
 
 ## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
 bench-uffd: deps
@@ -181,4 +206,4 @@ proto:
 	internal/agent/proto/generate.sh
 
 clean:
-	rm -rf bin internal/template/agentbin/ember-agent
+	rm -rf bin internal/template/agentbin/ember-agent $(WEB_ASSETS)

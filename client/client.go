@@ -3,6 +3,11 @@
 //	c := client.New("http://127.0.0.1:7070", apiKey)
 //	sb, err := c.CreateSandbox(ctx, client.CreateSandboxRequest{Template: "base"})
 //	res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "uname", Args: []string{"-a"}})
+//	_, err = c.AsUser("user").WriteFile(ctx, sb.ID, "notes.txt", strings.NewReader("hi"))
+//	term, err := c.OpenTerminal(ctx, sb.ID, client.TerminalOptions{Cols: 80, Rows: 24})
+//
+// Output and stdin are bytes, exactly; files stream both ways without
+// being held in memory; a Terminal is an io.ReadWriter with Resize.
 package client
 
 import (
@@ -40,6 +45,18 @@ type Client struct {
 	base   string
 	apiKey string
 	hc     *http.Client
+	// user is who commands, terminals and file operations run as when a
+	// request names no one; "" leaves it to the daemon (root).
+	user string
+}
+
+// AsUser returns a copy of c whose commands, terminals and file
+// operations run as the given guest user (E2B sandboxes have "user" and
+// "root") unless a request names another.
+func (c *Client) AsUser(user string) *Client {
+	cp := *c
+	cp.user = user
+	return &cp
 }
 
 // New returns a client for the daemon at baseURL authenticating with apiKey.
@@ -142,8 +159,13 @@ func (c *Client) DeleteSnapshot(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(name), nil, nil)
 }
 
-// Exec runs a command to completion and returns its whole output.
+// Exec runs a command to completion and returns its output: at most the
+// daemon's limit of each stream (16 MiB by default), Truncated saying
+// whether some was dropped.
 func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
+	if req.User == "" {
+		req.User = c.user
+	}
 	var res ExecResult
 	err := c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", req, &res)
 	return res, err
@@ -152,26 +174,50 @@ func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResu
 // ExecStream runs a command, writing its output to stdout and stderr as the
 // daemon streams it, and returns the exit code and duration once it ends.
 func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, stdout, stderr io.Writer) (ExecResult, error) {
+	return c.ExecPipe(ctx, id, req, nil, stdout, stderr)
+}
+
+// ExecPipe is ExecStream with the command's stdin streamed from stdin as it
+// is read (a terminal's lines as they are typed); its end closes the
+// command's stdin. A nil stdin gives the command req.Stdin only.
+func (c *Client) ExecPipe(ctx context.Context, id string, req ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+	if req.User == "" {
+		req.User = c.user
+	}
+	if stdin != nil {
+		req.StdinOpen = true
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	resp, err := c.send(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(id)+"/exec/stream", req)
 	if err != nil {
 		return ExecResult{}, err
 	}
 	defer resp.Body.Close()
+	stdinErr := make(chan error, 1)
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	// A data event carries at most one 32 KiB chunk, base64 in JSON.
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
 		var ev ExecEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return ExecResult{}, fmt.Errorf("decode exec event: %w", err)
 		}
 		switch ev.Type {
-		case "stdout":
-			if _, err := io.WriteString(stdout, ev.Data); err != nil {
-				return ExecResult{}, err
+		case "start":
+			if stdin != nil {
+				go func() { stdinErr <- c.SendStdin(ctx, id, ev.Pid, stdin, true) }()
 			}
-		case "stderr":
-			if _, err := io.WriteString(stderr, ev.Data); err != nil {
-				return ExecResult{}, err
+		case "stdout", "stderr":
+			w := stdout
+			if ev.Type == "stderr" {
+				w = stderr
+			}
+			if w == nil {
+				continue
+			}
+			if _, err := w.Write(ev.Data); err != nil {
+				return ExecResult{}, fmt.Errorf("write %s: %w", ev.Type, err)
 			}
 		case "exit":
 			return ExecResult{ExitCode: ev.ExitCode, DurationMS: ev.DurationMS}, nil
@@ -182,7 +228,35 @@ func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, std
 	if err := sc.Err(); err != nil {
 		return ExecResult{}, fmt.Errorf("read exec stream: %w", err)
 	}
+	select {
+	case err := <-stdinErr:
+		if err != nil {
+			return ExecResult{}, err
+		}
+	default:
+	}
 	return ExecResult{}, errors.New("exec stream ended without an exit event")
+}
+
+// SendStdin streams r into the stdin of a command ExecPipe (or an
+// ExecStream with StdinOpen) started, chunk by chunk as it is read; close
+// closes the command's stdin once r ends.
+func (c *Client) SendStdin(ctx context.Context, id string, pid uint32, r io.Reader, close bool) error {
+	path := fmt.Sprintf("/v1/sandboxes/%s/processes/%d/stdin", url.PathEscape(id), pid)
+	if close {
+		path += "?close=true"
+	}
+	resp, err := c.sendRaw(ctx, http.MethodPost, path, "application/octet-stream", r)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// CloseStdin closes the stdin of a command started with StdinOpen.
+func (c *Client) CloseStdin(ctx context.Context, id string, pid uint32) error {
+	return c.do(ctx, http.MethodPost, fmt.Sprintf("/v1/sandboxes/%s/processes/%d/close-stdin", url.PathEscape(id), pid), nil, nil)
 }
 
 // ListTemplates lists the templates sandboxes can be created from.
@@ -230,22 +304,28 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	return nil
 }
 
-// send performs a request and turns a non-2xx answer into an *APIError.
+// send performs a request with a JSON body (nil: none) and turns a non-2xx
+// answer into an *APIError.
 func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, fmt.Errorf("encode request: %w", err)
-		}
-		rd = bytes.NewReader(b)
+	if body == nil {
+		return c.sendRaw(ctx, method, path, "", nil)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	return c.sendRaw(ctx, method, path, "application/json", bytes.NewReader(b))
+}
+
+// sendRaw performs a request whose body (streamed, when it is not a
+// bytes.Reader) has the given content type.
+func (c *Client) sendRaw(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("X-API-Key", c.apiKey)
 	resp, err := c.hc.Do(req)
@@ -255,11 +335,16 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
 	}
+	return nil, apiError(resp)
+}
+
+// apiError reads a non-2xx answer's error body and closes it.
+func apiError(resp *http.Response) error {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	var e Error
 	if json.Unmarshal(b, &e) != nil || e.Code == "" {
-		return nil, &APIError{Status: resp.StatusCode, Code: "http_error", Message: strings.TrimSpace(string(b))}
+		return &APIError{Status: resp.StatusCode, Code: "http_error", Message: strings.TrimSpace(string(b))}
 	}
-	return nil, &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
+	return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
 }

@@ -16,6 +16,9 @@ type (
 	ExecRequest           = wire.ExecRequest
 	ExecResult            = wire.ExecResult
 	ExecEvent             = wire.ExecEvent
+	FileEntry             = wire.FileEntry
+	MoveRequest           = wire.MoveRequest
+	TerminalMessage       = wire.TerminalMessage
 	Template              = wire.Template
 	Info                  = wire.Info
 	AccelInfo             = wire.AccelInfo

@@ -1,23 +1,39 @@
 package web
 
 import (
+	"io/fs"
 	"regexp"
 	"strings"
 	"testing"
 )
 
-// TestPageIsSelfContained holds the page to being one file: nothing it
-// loads may come from another origin, since the daemon serves it offline
-// under a same-origin Content-Security-Policy.
+// TestPageIsSelfContained holds the page to loading nothing from another
+// origin, since the daemon serves it offline under a same-origin
+// Content-Security-Policy: its scripts and styles are the embedded assets,
+// every one of which is there.
 func TestPageIsSelfContained(t *testing.T) {
 	page := string(TestPage)
 	external := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//`)
 	if m := external.FindString(page); m != "" {
 		t.Errorf("the page loads from another origin: %s", m)
 	}
-	for _, bad := range []string{"<script src", "@import", "<iframe"} {
+	for _, bad := range []string{"@import", "<iframe"} {
 		if strings.Contains(page, bad) {
 			t.Errorf("the page contains %q", bad)
+		}
+	}
+	loads := regexp.MustCompile(`(?:src|href)="([^"#]+)"`).FindAllStringSubmatch(page, -1)
+	if len(loads) == 0 {
+		t.Fatal("the page loads no assets; it should load xterm.js")
+	}
+	for _, m := range loads {
+		name, ok := strings.CutPrefix(m[1], "/test/assets/")
+		if !ok {
+			t.Errorf("the page loads %s, not an embedded asset under /test/assets/", m[1])
+			continue
+		}
+		if _, err := fs.Stat(Assets, name); err != nil {
+			t.Errorf("asset %s is not embedded (make build copies it from web/node_modules): %v", name, err)
 		}
 	}
 }
@@ -33,6 +49,8 @@ func TestPageUsesTheAPI(t *testing.T) {
 		{"fork", `"/fork"`},
 		{"snapshots", `"/v1/snapshots"`},
 		{"templates", `"/v1/templates"`},
+		{"files", `"/files"`},
+		{"the terminal", `"/pty?"`},
 		{"the key header", `"X-API-Key"`},
 		{"follow the event stream", `"/v1/events"`},
 		{"usage samples for the charts", `"/metrics?start="`},

@@ -23,6 +23,12 @@ type CreateSandboxRequest struct {
 	Network *NetworkPolicy `json:"network,omitempty"`
 	// AutoPause pauses the sandbox at its end time instead of destroying it.
 	AutoPause bool `json:"auto_pause,omitempty"`
+	// AutoResume resumes the sandbox, once paused, when a request for one
+	// of its ports reaches the port proxy; it needs AutoPause.
+	AutoResume bool `json:"auto_resume,omitempty"`
+	// PrivateTraffic gives the sandbox a traffic token the port proxy
+	// requires of requests to its ports (Sandbox.TrafficToken).
+	PrivateTraffic bool `json:"private_traffic,omitempty"`
 }
 
 // NetworkPolicy is what a sandbox may reach. A destination in Deny is
@@ -52,6 +58,11 @@ type Sandbox struct {
 	Error string `json:"error,omitempty"`
 	// AutoPause: the sandbox is paused, not destroyed, at its end time.
 	AutoPause bool `json:"auto_pause"`
+	// AutoResume: traffic for the paused sandbox resumes it.
+	AutoResume bool `json:"auto_resume"`
+	// TrafficToken, when set, is what requests to the sandbox's ports must
+	// carry in E2b-Traffic-Access-Token.
+	TrafficToken string `json:"traffic_token,omitempty"`
 	// Snapshot names the snapshot the sandbox was created from.
 	Snapshot string `json:"snapshot,omitempty"`
 	// DiskBytes and MemoryBytes are the bytes its disk and, while paused,
@@ -96,34 +107,81 @@ type TimeoutRequest struct {
 }
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and its streaming
-// twin.
+// twin. Stdin is bytes (base64 in JSON).
 type ExecRequest struct {
-	Cmd      string            `json:"cmd"`
-	Args     []string          `json:"args,omitempty"`
-	Env      map[string]string `json:"env,omitempty"`
-	Cwd      string            `json:"cwd,omitempty"`
-	Stdin    string            `json:"stdin,omitempty"`
-	TimeoutS int               `json:"timeout_s,omitempty"`
+	Cmd  string            `json:"cmd"`
+	Args []string          `json:"args,omitempty"`
+	Env  map[string]string `json:"env,omitempty"`
+	Cwd  string            `json:"cwd,omitempty"`
+	// User is the guest user the command runs as; "" is root.
+	User  string `json:"user,omitempty"`
+	Stdin []byte `json:"stdin,omitempty"`
+	// StdinOpen (streaming only) keeps stdin open after Stdin: the start
+	// event's pid takes more at /v1/sandboxes/{id}/processes/{pid}/stdin.
+	StdinOpen bool `json:"stdin_open,omitempty"`
+	TimeoutS  int  `json:"timeout_s,omitempty"`
 }
 
-// ExecResult is how a command ended, with its whole output.
+// ExecResult is how a command ended, with its output (bytes, base64 in
+// JSON): at most the daemon's per-stream limit of each, the rest dropped
+// and Truncated (and the stream's own flag) set.
 type ExecResult struct {
-	Stdout     string  `json:"stdout"`
-	Stderr     string  `json:"stderr"`
-	ExitCode   int     `json:"exit_code"`
-	DurationMS float64 `json:"duration_ms"`
+	Stdout          []byte  `json:"stdout,omitempty"`
+	Stderr          []byte  `json:"stderr,omitempty"`
+	ExitCode        int     `json:"exit_code"`
+	DurationMS      float64 `json:"duration_ms"`
+	Truncated       bool    `json:"truncated"`
+	StdoutTruncated bool    `json:"stdout_truncated,omitempty"`
+	StderrTruncated bool    `json:"stderr_truncated,omitempty"`
 }
 
 // ExecEvent is one line of the NDJSON stream of
-// POST /v1/sandboxes/{id}/exec/stream. Type is "stdout" or "stderr" (Data set),
-// "exit" (ExitCode and DurationMS set) or "error" (Code and Message set).
+// POST /v1/sandboxes/{id}/exec/stream. Type is "start" (Pid set), "stdout"
+// or "stderr" (Data set: bytes, base64 in JSON), "exit" (ExitCode and
+// DurationMS set) or "error" (Code and Message set).
 type ExecEvent struct {
 	Type       string  `json:"type"`
-	Data       string  `json:"data,omitempty"`
+	Pid        uint32  `json:"pid,omitempty"`
+	Data       []byte  `json:"data,omitempty"`
 	ExitCode   int     `json:"exit_code"`
 	DurationMS float64 `json:"duration_ms,omitempty"`
 	Code       string  `json:"code,omitempty"`
 	Message    string  `json:"message,omitempty"`
+}
+
+// FileEntry describes a file, directory or link in a sandbox.
+type FileEntry struct {
+	Name string `json:"name"`
+	// Type is "file", "dir" or "symlink" ("" for anything else).
+	Type        string    `json:"type"`
+	Path        string    `json:"path"`
+	Size        int64     `json:"size"`
+	Mode        uint32    `json:"mode"`
+	Permissions string    `json:"permissions,omitempty"`
+	Owner       string    `json:"owner,omitempty"`
+	Group       string    `json:"group,omitempty"`
+	ModifiedAt  time.Time `json:"modified_at,omitzero"`
+	// SymlinkTarget is set for symbolic links.
+	SymlinkTarget string `json:"symlink_target,omitempty"`
+}
+
+// MoveRequest is the body of POST /v1/sandboxes/{id}/files/move.
+type MoveRequest struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// User is the guest user the move runs as; "" is root.
+	User string `json:"user,omitempty"`
+}
+
+// TerminalMessage is a text message on the terminal WebSocket
+// (/v1/sandboxes/{id}/pty); binary messages carry the terminal's bytes.
+// Type "resize" (client to daemon: Cols, Rows) or "exit" (daemon to
+// client, the last message: ExitCode).
+type TerminalMessage struct {
+	Type     string `json:"type"`
+	Cols     uint32 `json:"cols,omitempty"`
+	Rows     uint32 `json:"rows,omitempty"`
+	ExitCode int    `json:"exit_code"`
 }
 
 // Template describes a template a sandbox can be created from.

@@ -1,6 +1,7 @@
 // Command ember-agent runs inside every ember sandbox, started by init, and
-// serves E2B's envd protocol (health, /init, the process service) so the
-// daemon and the E2B SDKs can run commands in the guest. It is built as a
+// serves E2B's envd protocol (health, /init, /files, the process and
+// filesystem services) so the daemon and the E2B SDKs can run commands,
+// terminals and file operations in the guest. It is built as a
 // static binary (CGO_ENABLED=0).
 package main
 
@@ -16,13 +17,14 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/agent/proto"
 	"github.com/emberhq/ember/internal/agent/server"
 	"github.com/emberhq/ember/internal/rootfs/growfs"
 )
 
 func main() {
 	listen := flag.String("listen", fmt.Sprintf("0.0.0.0:%d", agent.Port), "TCP address to serve on")
-	dir := flag.String("dir", "", "working directory of processes that name none (default $HOME, else /)")
+	dir := flag.String("dir", "", "working directory of processes that name none (default: the requesting user's home)")
 	debug := flag.Bool("debug", false, "log every process start and end")
 	// Started by init (parent pid 1), as in every guest, it owns the
 	// machine's root filesystem; started any other way, it must not touch
@@ -54,15 +56,12 @@ func main() {
 
 // run serves until SIGTERM or SIGINT, then shuts down.
 func run(log *slog.Logger, listen, dir string) error {
-	if dir == "" {
-		dir = os.Getenv("HOME")
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
-	log.Info("listening", "addr", ln.Addr().String())
+	log.Info("listening", "addr", ln.Addr().String(), "envd_version", proto.EnvdVersion)
 	return server.New(server.Config{Logger: log, Dir: dir}).Serve(ctx, ln)
 }

@@ -30,8 +30,10 @@ func buildAgent(t *testing.T) string {
 	return bin
 }
 
-// TestE2BSDK runs test/e2b's suite: the pinned e2b SDK, unchanged, runs
-// commands through the agent (start, stream, stdin, list, kill).
+// TestE2BSDK runs test/e2b's suite: the pinned e2b SDK, unchanged, drives
+// the agent: commands (start, stream, stdin, list, kill, re-attach), files
+// (text, every byte value, several at once, 5 MiB streamed), watches and
+// terminals (input, resize, exit).
 func TestE2BSDK(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs the SDK under node")

@@ -61,7 +61,8 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), doctorCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
-		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd(), versionCmd(), statsCmd(), eventsCmd())
+		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd(), versionCmd(), statsCmd(), eventsCmd(),
+		cpCmd(), filesCmd(), shellCmd())
 	completionExamples(root)
 	return root
 }

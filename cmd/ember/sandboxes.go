@@ -181,7 +181,7 @@ func getCmd() *cobra.Command {
 
 func execCmd() *cobra.Command {
 	var env []string
-	var cwd string
+	var cwd, user string
 	var timeout int
 	var stdin bool
 	cmd := &cobra.Command{
@@ -197,19 +197,18 @@ func execCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := client.ExecRequest{Cmd: args[1], Args: args[2:], Env: e, Cwd: cwd, TimeoutS: timeout}
-			if stdin {
-				b, err := io.ReadAll(os.Stdin)
-				if err != nil {
-					return fmt.Errorf("read stdin: %w", err)
-				}
-				req.Stdin = string(b)
-			}
+			req := client.ExecRequest{Cmd: args[1], Args: args[2:], Env: e, Cwd: cwd, User: user, TimeoutS: timeout}
 			c, err := apiClient()
 			if err != nil {
 				return err
 			}
-			res, err := c.ExecStream(cmd.Context(), args[0], req, os.Stdout, os.Stderr)
+			var in io.Reader
+			if stdin {
+				// Streamed as it is read: each line typed reaches the
+				// command at once; the end of input closes its stdin.
+				in = os.Stdin
+			}
+			res, err := c.ExecPipe(cmd.Context(), args[0], req, in, os.Stdout, os.Stderr)
 			if err != nil {
 				return err
 			}
@@ -222,8 +221,9 @@ func execCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringArrayVarP(&env, "env", "e", nil, "KEY=VALUE environment variable (repeatable)")
 	f.StringVarP(&cwd, "cwd", "w", "", "working directory")
+	f.StringVarP(&user, "user", "u", "", "guest user to run as (default user, the unprivileged account)")
 	f.IntVar(&timeout, "timeout", 0, "seconds before the command is killed (default: the daemon's, 60)")
-	f.BoolVarP(&stdin, "stdin", "i", false, "send this command's standard input to the command")
+	f.BoolVarP(&stdin, "stdin", "i", false, "stream this command's standard input to the command")
 	return cmd
 }
 

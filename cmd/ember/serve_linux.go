@@ -26,6 +26,7 @@ import (
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api"
+	"github.com/emberhq/ember/internal/api/e2b"
 	"github.com/emberhq/ember/internal/config"
 	"github.com/emberhq/ember/internal/doctor"
 	"github.com/emberhq/ember/internal/event"
@@ -239,7 +240,8 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events, Warm: mgr},
+		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events,
+			ExecOutputLimit: f.ExecOutputLimit, E2B: e2b.Config{Templates: f.E2BTemplateMap()}, Warm: mgr},
 			mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
@@ -256,8 +258,18 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	fmt.Fprintf(os.Stderr, "ember: test page http://%s/test\n", ln.Addr())
 	log.Info("serving", "addr", ln.Addr().String(), "vmm", driver.Name(), "vmm_reason", vmmReason)
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ln) }()
+	// The same server over TLS, for clients that speak only https (the
+	// 1.x and early 2.x E2B SDKs).
+	if f.TLSListen != "" {
+		tln, err := net.Listen("tcp", f.TLSListen)
+		if err != nil {
+			return fmt.Errorf("tls-listen on %s: %w", f.TLSListen, err)
+		}
+		go func() { errc <- srv.ServeTLS(tln, f.TLSCert, f.TLSKey) }()
+		fmt.Fprintf(os.Stderr, "ember: TLS       https://%s (certificate %s)\n", tln.Addr(), f.TLSCert)
+	}
 	if f.MetricsListen != "" {
 		msrv, err := serveMetrics(f.MetricsListen, mtr.Handler(), errc)
 		if err != nil {

@@ -1,7 +1,7 @@
 // Package agent is the host side of ember-agent, the envd-compatible agent
-// that runs inside every sandbox: a client for its health check, /init and
-// process service. The wire contract lives in agent/proto and the agent
-// itself in agent/server.
+// that runs inside every sandbox: a client for its health check, /init,
+// /files and its process and filesystem services. The wire contract lives
+// in agent/proto and the agent itself in agent/server.
 package agent
 
 import (
@@ -20,6 +20,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/emberhq/ember/internal/agent/proto"
+	"github.com/emberhq/ember/internal/agent/proto/filesystem/filesystemconnect"
 	pb "github.com/emberhq/ember/internal/agent/proto/process"
 	"github.com/emberhq/ember/internal/agent/proto/process/processconnect"
 )
@@ -44,7 +45,7 @@ const (
 	// killTimeout bounds the SIGKILL Exec sends after its context ended.
 	killTimeout = 5 * time.Second
 	// stdinChunk is the most stdin one SendInput carries.
-	stdinChunk = 64 << 10
+	stdinChunk = 256 << 10
 )
 
 // Client talks to one agent. It is safe for concurrent use.
@@ -52,26 +53,51 @@ type Client struct {
 	base  string
 	token string
 	hc    connect.HTTPClient // adds token to every request
+	files connect.HTTPClient // the same, for /files transfers
 	proc  processconnect.ProcessClient
+	fs    filesystemconnect.FilesystemClient
 }
+
+// Flow-control windows of the cleartext HTTP/2 connection to an agent:
+// what the host buffers of one stream's output (and of all of them) that
+// its reader has not taken yet, so a slow reader costs at most this much.
+const (
+	streamWindow = 256 << 10
+	connWindow   = 4 << 20
+)
 
 // New returns a client for the agent at baseURL (like
 // http://10.11.0.2:49983) that sends token with every request. A nil hc
-// gets a client speaking cleartext HTTP/2, so concurrent streams share one
-// connection.
+// gets a client speaking cleartext HTTP/2 for RPCs, so concurrent streams
+// share one connection, and HTTP/1.1 for file transfers, which then have a
+// TCP connection each and no framing in the way; hc, when given, serves
+// both.
 func New(baseURL, token string, hc *http.Client) *Client {
+	files := hc
 	if hc == nil {
 		var protocols http.Protocols
 		protocols.SetUnencryptedHTTP2(true)
-		hc = &http.Client{Transport: &http.Transport{Protocols: &protocols}}
+		hc = &http.Client{Transport: &http.Transport{Protocols: &protocols, HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerStream: streamWindow, MaxReceiveBufferPerConnection: connWindow,
+		}}}
+		files = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second,
+			// Large writes: one segment per few KiB costs the guest's
+			// emulated network dearly.
+			WriteBufferSize: 256 << 10, ReadBufferSize: 64 << 10}}
 	}
 	base := strings.TrimRight(baseURL, "/")
 	doer := &tokenDoer{hc: hc, token: token}
+	// No gzip: compressing every chunk of output in a guest without
+	// hardware acceleration costs far more than the host's own virtual
+	// network saves (it held exec output to a few MiB/s).
+	plain := connect.WithAcceptCompression("gzip", nil, nil)
 	return &Client{
 		base:  base,
 		token: token,
 		hc:    doer,
-		proc:  processconnect.NewProcessClient(doer, base),
+		files: &tokenDoer{hc: files, token: token},
+		proc:  processconnect.NewProcessClient(doer, base, plain),
+		fs:    filesystemconnect.NewFilesystemClient(doer, base, plain),
 	}
 }
 
@@ -98,11 +124,19 @@ func (c *Client) Health(ctx context.Context) error {
 // moves the guest's clock forward to the host's when it is behind (as after
 // a restore from a snapshot).
 func (c *Client) Init(ctx context.Context, env map[string]string) error {
+	return c.Rekey(ctx, env, c.token)
+}
+
+// Rekey is Init handing the agent token instead of the client's own, which
+// the agent requires from then on: a guest restored from a snapshot wakes
+// knowing the token of the sandbox it was taken from, and is given one of
+// its own. The request itself still carries the client's token.
+func (c *Client) Rekey(ctx context.Context, env map[string]string, token string) error {
 	body, err := json.Marshal(struct {
 		EnvVars     map[string]string `json:"envVars,omitempty"`
 		AccessToken string            `json:"accessToken,omitempty"`
 		Timestamp   time.Time         `json:"timestamp"`
-	}{env, c.token, time.Now().UTC()})
+	}{env, token, time.Now().UTC()})
 	if err != nil {
 		return fmt.Errorf("encode init request: %w", err)
 	}
@@ -181,8 +215,16 @@ type ExecRequest struct {
 	Env map[string]string
 	// Cwd is the working directory; "" means the agent's default.
 	Cwd string
-	// Stdin is fed to the process, then closed; nil gives no stdin at all.
+	// User runs the command as that guest user; "" is the agent's default.
+	User string
+	// Stdin is fed to the process, then closed; nil gives no stdin at all
+	// (unless KeepStdin).
 	Stdin []byte
+	// KeepStdin leaves stdin open after Stdin, for SendStdin and
+	// CloseStdin with the pid Started is given.
+	KeepStdin bool
+	// Started, when set, learns the process's pid as soon as it runs.
+	Started func(pid uint32)
 }
 
 // ExitStatus is how a process ended.
@@ -207,7 +249,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	withStdin := req.Stdin != nil
+	withStdin := req.Stdin != nil || req.KeepStdin
 	start := &pb.StartRequest{
 		Process: &pb.ProcessConfig{Cmd: req.Cmd, Args: req.Args, Envs: req.Env},
 		Tag:     &tag,
@@ -229,12 +271,12 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 		return ExitStatus{}, err
 	}
 
-	stream, err := c.proc.Start(sctx, connect.NewRequest(start))
+	stream, err := c.proc.Start(sctx, asUser(connect.NewRequest(start), req.User))
 	if err != nil {
 		if ctx.Err() != nil {
 			return fail(ctx.Err())
 		}
-		return ExitStatus{}, c.rpcError(op, err)
+		return ExitStatus{}, c.reasonError(op, err)
 	}
 	defer stream.Close()
 
@@ -248,10 +290,13 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 			}
 			started = true
 			sel = &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: ev.Start.GetPid()}}
+			if req.Started != nil {
+				req.Started(ev.Start.GetPid())
+			}
 			if withStdin {
 				// Fed concurrently: a process that writes before it has
 				// read all its input would otherwise deadlock with us.
-				go func(sel *pb.ProcessSelector) { stdinErr <- c.feed(sctx, sel, req.Stdin) }(sel)
+				go func(sel *pb.ProcessSelector) { stdinErr <- c.feed(sctx, sel, req.Stdin, !req.KeepStdin) }(sel)
 			}
 		case *pb.ProcessEvent_Data:
 			w, data := stdout, ev.Data.GetStdout()
@@ -286,17 +331,17 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 		err = errors.New("stream ended without an end event")
 	}
 	if !started {
-		// The agent refused the request (bad input, token, shutdown): no
-		// process to kill.
-		return ExitStatus{}, c.rpcError(op, err)
+		// The agent refused the request (bad input, an unknown user,
+		// token, shutdown): no process to kill.
+		return ExitStatus{}, c.reasonError(op, err)
 	}
 	return fail(c.rpcError(op, err))
 }
 
-// feed writes data to a process's stdin, then closes it. A process that
-// ended or closed its stdin before reading everything is not an error, as
-// with a shell pipe.
-func (c *Client) feed(ctx context.Context, sel *pb.ProcessSelector, data []byte) error {
+// feed writes data to a process's stdin, then closes it when asked. A
+// process that ended or closed its stdin before reading everything is not
+// an error, as with a shell pipe.
+func (c *Client) feed(ctx context.Context, sel *pb.ProcessSelector, data []byte, close bool) error {
 	ignore := func(err error) bool {
 		code := connect.CodeOf(err)
 		return code == connect.CodeNotFound || code == connect.CodeFailedPrecondition || ctx.Err() != nil
@@ -312,10 +357,49 @@ func (c *Client) feed(ctx context.Context, sel *pb.ProcessSelector, data []byte)
 		}
 		data = data[n:]
 	}
+	if !close {
+		return nil
+	}
 	if _, err := c.proc.CloseStdin(ctx, connect.NewRequest(&pb.CloseStdinRequest{Process: sel})); err != nil && !ignore(err) {
 		return c.rpcError("close stdin", err)
 	}
 	return nil
+}
+
+// ErrNoProcess: no running process has that pid, or its stdin is closed.
+var ErrNoProcess = errors.New("no such process, or its stdin is closed")
+
+// SendStdin writes data to the stdin of a running process started with
+// KeepStdin (or to its terminal).
+func (c *Client) SendStdin(ctx context.Context, pid uint32, data []byte) error {
+	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
+	for len(data) > 0 {
+		n := min(len(data), stdinChunk)
+		in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: data[:n]}}}
+		if _, err := c.proc.SendInput(ctx, connect.NewRequest(in)); err != nil {
+			return c.processError(fmt.Sprintf("send stdin to pid %d", pid), err)
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+// CloseStdin closes a running process's stdin, so it reads EOF.
+func (c *Client) CloseStdin(ctx context.Context, pid uint32) error {
+	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
+	if _, err := c.proc.CloseStdin(ctx, connect.NewRequest(&pb.CloseStdinRequest{Process: sel})); err != nil {
+		return c.processError(fmt.Sprintf("close stdin of pid %d", pid), err)
+	}
+	return nil
+}
+
+// processError maps not found and a closed stdin to ErrNoProcess.
+func (c *Client) processError(op string, err error) error {
+	switch connect.CodeOf(err) {
+	case connect.CodeNotFound, connect.CodeFailedPrecondition:
+		return fmt.Errorf("%s: %w: %w", op, ErrNoProcess, err)
+	}
+	return c.rpcError(op, err)
 }
 
 // rpcError wraps a Connect error, turning Unauthenticated into

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -277,6 +278,27 @@ func TestToken(t *testing.T) {
 				t.Errorf("init = %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestRekey: a client holding the agent's token hands it a new one; from
+// then on the old token is refused and the new one accepted.
+func TestRekey(t *testing.T) {
+	t.Parallel()
+	url := startAgent(t, server.Config{})
+	old := newClient(t, url, "snapshot-token")
+	if err := old.Init(t.Context(), nil); err != nil {
+		t.Fatalf("init: %v", err)
+	}
+	if err := old.Rekey(t.Context(), nil, "own-token"); err != nil {
+		t.Fatalf("rekey: %v", err)
+	}
+	echo := agent.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", "echo ok"}}
+	if _, err := old.Exec(t.Context(), echo, io.Discard, nil); !errors.Is(err, agent.ErrUnauthorized) {
+		t.Fatalf("exec with the old token = %v, want ErrUnauthorized", err)
+	}
+	if _, err := newClient(t, url, "own-token").Exec(t.Context(), echo, io.Discard, nil); err != nil {
+		t.Fatalf("exec with the new token: %v", err)
 	}
 }
 

@@ -5,9 +5,12 @@
 package api
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/subtle"
 	_ "embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +21,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/api/e2b"
 	"github.com/emberhq/ember/internal/event"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
@@ -35,26 +40,28 @@ var openapiDoc []byte
 // shutting_down.
 var ErrShuttingDown = errors.New("the daemon is shutting down")
 
-// Sandboxes is the sandbox manager as the API uses it.
+// Sandboxes is the sandbox manager as the API uses it: what E2B's control
+// plane needs of it, and exec and the address of a running sandbox.
 type Sandboxes interface {
-	Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error)
-	Get(id string) (store.Sandbox, error)
-	List() []store.Sandbox
-	Destroy(ctx context.Context, id string) error
-	SetNetwork(ctx context.Context, id string, pol slot.Policy) (store.Sandbox, error)
+	e2b.Sandboxes
 	Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (sandbox.ExecResult, error)
-	Pause(ctx context.Context, id string) (store.Sandbox, error)
-	Resume(ctx context.Context, id string) (store.Sandbox, error)
-	SetTimeout(ctx context.Context, id string, seconds int) (store.Sandbox, error)
-	Fork(ctx context.Context, id string, count int) ([]store.Sandbox, error)
-	CreateSnapshot(ctx context.Context, id, name string) (store.Snapshot, error)
-	GetSnapshot(ctx context.Context, name string) (store.Snapshot, error)
-	ListSnapshots(ctx context.Context) ([]store.Snapshot, error)
-	DeleteSnapshot(ctx context.Context, name string) error
-	// Metrics returns a sandbox's usage samples from start to end (zero
-	// times: open).
-	Metrics(id string, start, end time.Time) ([]sandbox.Sample, error)
 	Addresser
+	Guest
+}
+
+// Guest is what the API does inside a running sandbox beyond exec: files,
+// terminals and the stdin of a running command.
+type Guest interface {
+	ReadFile(ctx context.Context, id, user, path string) (io.ReadCloser, int64, error)
+	WriteFile(ctx context.Context, id, user, path string, src io.Reader, size int64) (agent.Entry, error)
+	StatFile(ctx context.Context, id, user, path string) (agent.Entry, error)
+	ListFiles(ctx context.Context, id, user, path string, depth int) ([]agent.Entry, error)
+	MakeDir(ctx context.Context, id, user, path string) (agent.Entry, error)
+	MoveFile(ctx context.Context, id, user, from, to string) (agent.Entry, error)
+	RemoveFile(ctx context.Context, id, user, path string) error
+	StartTerminal(ctx context.Context, id string, req agent.TerminalRequest) (sandbox.Terminal, error)
+	SendStdin(ctx context.Context, id string, pid uint32, data []byte) error
+	CloseStdin(ctx context.Context, id string, pid uint32) error
 }
 
 // Templates lists templates.
@@ -80,7 +87,18 @@ type Config struct {
 	// Warm, when set, serves the warm pools (GET /v1/warm, PUT
 	// /v1/templates/{name}/warm).
 	Warm Warm
+	// ExecOutputLimit is the most of each output stream the buffered exec
+	// keeps (the rest is dropped and the result says truncated); 0 means
+	// DefaultExecOutputLimit.
+	ExecOutputLimit int
+	// E2B configures the E2B control plane served beside /v1 (package
+	// e2b); its Authorize, Classify and Log are the server's.
+	E2B e2b.Config
 }
+
+// DefaultExecOutputLimit is the most of stdout, and of stderr, the
+// buffered exec keeps by default.
+const DefaultExecOutputLimit = 16 << 20
 
 // Server is the HTTP API.
 type Server struct {
@@ -100,7 +118,7 @@ const (
 
 // New returns the API server.
 func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, sandboxes: sb, templates: tpl, log: log, mux: http.NewServeMux(), proxy: newProxy(cfg.Domain, sb)}
+	s := &Server{cfg: cfg, sandboxes: sb, templates: tpl, log: log, mux: http.NewServeMux(), proxy: newProxy(cfg.Domain, sb, log)}
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
 	s.mux.HandleFunc("GET /v1/info", s.auth(s.getInfo))
@@ -112,6 +130,16 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("PUT /v1/sandboxes/{id}/network", s.auth(s.setNetwork))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.auth(s.exec))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec/stream", s.auth(s.execStream))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/processes/{pid}/stdin", s.auth(s.sendStdin))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/processes/{pid}/close-stdin", s.auth(s.closeStdin))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files", s.auth(s.readFile))
+	s.mux.HandleFunc("PUT /v1/sandboxes/{id}/files", s.auth(s.fileOp(http.StatusOK, s.writeFile)))
+	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}/files", s.auth(s.removeFile))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files/list", s.auth(s.listFiles))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files/stat", s.auth(s.fileOp(http.StatusOK, s.statFile)))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/files/mkdir", s.auth(s.fileOp(http.StatusCreated, s.makeDir)))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/files/move", s.auth(s.moveFile))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/pty", s.authQuery(s.terminal))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.auth(s.pauseSandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.auth(s.resumeSandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/timeout", s.auth(s.setTimeout))
@@ -122,7 +150,9 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
 	s.routeObservability()
 	s.routeWarm()
+	s.routeE2B()
 	s.mux.HandleFunc("GET /test", s.testPage)
+	s.mux.Handle("GET /test/assets/", http.StripPrefix("/test/assets/", http.FileServerFS(web.Assets)))
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/test", http.StatusFound)
 	})
@@ -133,8 +163,8 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 // ServeHTTP implements http.Handler: requests routed to a sandbox port go
 // to the proxy, the rest to the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if id, port, ok := s.proxy.route(r); ok {
-		s.observe(w, r, true, func(w http.ResponseWriter, r *http.Request) { s.proxy.serve(w, r, s, id, port) })
+	if rt, ok := s.proxy.route(r); ok {
+		s.observe(w, r, true, func(w http.ResponseWriter, r *http.Request) { s.proxy.serve(w, r, s, rt) })
 		return
 	}
 	s.observe(w, r, false, s.mux.ServeHTTP)
@@ -145,20 +175,55 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // credentials).
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		key := r.Header.Get("X-API-Key")
-		if key == "" {
-			key, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		}
-		if key == "" {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing X-API-Key header (or Authorization: Bearer)")
-			return
-		}
-		if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
-			return
-		}
-		h(w, r)
+		s.checkKey(w, r, requestKey(r), h)
 	}
+}
+
+// authQuery is auth that also takes the key from the api_key query
+// parameter: a browser cannot set headers on a WebSocket.
+func (s *Server) authQuery(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		key := requestKey(r)
+		if key == "" {
+			key = r.URL.Query().Get("api_key")
+		}
+		s.checkKey(w, r, key, h)
+	}
+}
+
+// requestKey is the API key a request carries in its headers.
+func requestKey(r *http.Request) string {
+	if key := r.Header.Get("X-API-Key"); key != "" {
+		return key
+	}
+	key, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return key
+}
+
+// authorized says whether r carries the API key in its headers, and if
+// not why not (E2B's control plane answers with its own error shape).
+func (s *Server) authorized(r *http.Request) (bool, string) {
+	return s.validKey(requestKey(r))
+}
+
+// validKey says whether key is the API key, and if not why not.
+func (s *Server) validKey(key string) (bool, string) {
+	if key == "" {
+		return false, "missing X-API-Key header (or Authorization: Bearer)"
+	}
+	if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
+		return false, "invalid API key"
+	}
+	return true, ""
+}
+
+// checkKey runs h when key is the API key, and answers 401 otherwise.
+func (s *Server) checkKey(w http.ResponseWriter, r *http.Request, key string, h http.HandlerFunc) {
+	if ok, reason := s.validKey(key); !ok {
+		writeError(w, http.StatusUnauthorized, "unauthorized", reason)
+		return
+	}
+	h(w, r)
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
@@ -174,7 +239,7 @@ func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 // page is public and every call it makes is authenticated.
 func (s *Server) testPage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'")
 	w.Write(web.TestPage)
 }
 
@@ -220,6 +285,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		TimeoutS: req.TimeoutS, Env: req.Env, Metadata: req.Metadata,
 		Snapshot: req.Snapshot, AutoPause: req.AutoPause,
+		AutoResume: req.AutoResume, PrivateTraffic: req.PrivateTraffic,
 	}
 	if req.Network != nil {
 		pol, err := policy(*req.Network)
@@ -382,12 +448,8 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 func execRequest(req wire.ExecRequest) sandbox.ExecRequest {
-	var stdin []byte
-	if req.Stdin != "" {
-		stdin = []byte(req.Stdin)
-	}
 	return sandbox.ExecRequest{
-		Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, Stdin: stdin,
+		Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, User: req.User, Stdin: req.Stdin,
 		Timeout: time.Duration(req.TimeoutS) * time.Second,
 	}
 }
@@ -410,26 +472,90 @@ func decodeExec(w http.ResponseWriter, r *http.Request) (wire.ExecRequest, bool)
 	return req, true
 }
 
+// exec runs a command to its end and answers with its output, keeping at
+// most ExecOutputLimit bytes of each stream: a command that prints without
+// end costs the daemon that much, not more.
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	req, ok := decodeExec(w, r)
 	if !ok {
 		return
 	}
-	var stdout, stderr strings.Builder
-	res, err := s.sandboxes.Exec(r.Context(), r.PathValue("id"), execRequest(req), &stdout, &stderr)
+	if req.StdinOpen {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "stdin_open: only the streaming exec (/exec/stream) keeps stdin open")
+		return
+	}
+	limit := s.cfg.ExecOutputLimit
+	if limit <= 0 {
+		limit = DefaultExecOutputLimit
+	}
+	stdout, stderr := &capped{max: limit}, &capped{max: limit}
+	res, err := s.sandboxes.Exec(r.Context(), r.PathValue("id"), execRequest(req), stdout, stderr)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wire.ExecResult{
-		Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: res.ExitCode,
-		DurationMS: float64(res.Duration.Microseconds()) / 1000,
+	writeExecResult(w, stdout.buf.Bytes(), stderr.buf.Bytes(), wire.ExecResult{
+		ExitCode:        res.ExitCode,
+		DurationMS:      float64(res.Duration.Microseconds()) / 1000,
+		Truncated:       stdout.dropped || stderr.dropped,
+		StdoutTruncated: stdout.dropped, StderrTruncated: stderr.dropped,
 	})
 }
 
-// execStream answers with NDJSON: one event per chunk of output as the
-// command produces it, then an exit (or error) event. Errors found before
-// the command starts are plain JSON errors with their status.
+// writeExecResult writes rest with stdout and stderr as wire.ExecResult's
+// base64 fields, encoding them straight onto the connection: the output
+// kept is the only copy the daemon holds, not one more for its JSON.
+func writeExecResult(w http.ResponseWriter, stdout, stderr []byte, rest wire.ExecResult) {
+	tail, err := json.Marshal(rest) // Stdout and Stderr empty: omitted
+	if err != nil || len(tail) < 2 {
+		writeError(w, http.StatusInternalServerError, "internal", "encode exec result")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	b64 := func(b []byte) {
+		enc := base64.NewEncoder(base64.StdEncoding, bw)
+		enc.Write(b)
+		enc.Close()
+	}
+	bw.WriteString(`{"stdout":"`)
+	b64(stdout)
+	bw.WriteString(`","stderr":"`)
+	b64(stderr)
+	bw.WriteString(`"`)
+	if string(tail) != "{}" {
+		bw.WriteString(",")
+	}
+	bw.Write(tail[1:])
+	bw.WriteString("\n")
+	bw.Flush()
+}
+
+// capped keeps the first max bytes written to it and drops the rest,
+// remembering that it did; writes never fail, so the command runs on.
+type capped struct {
+	max     int
+	buf     bytes.Buffer
+	dropped bool
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if room := c.max - c.buf.Len(); room < len(p) {
+		c.dropped = true
+		c.buf.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	c.buf.Write(p)
+	return len(p), nil
+}
+
+// execStream answers with NDJSON: a start event with the pid, one event
+// per chunk of output as the command produces it, then an exit (or error)
+// event. Each event is written and flushed before the next chunk is read
+// from the guest, so a slow reader slows the command instead of growing a
+// buffer here. Errors found before the command starts are plain JSON
+// errors with their status.
 func (s *Server) execStream(w http.ResponseWriter, r *http.Request) {
 	req, ok := decodeExec(w, r)
 	if !ok {
@@ -448,7 +574,10 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
 	ew.flush()
-	res, err := s.sandboxes.Exec(r.Context(), id, execRequest(req), ew.stream("stdout"), ew.stream("stderr"))
+	er := execRequest(req)
+	er.KeepStdin = req.StdinOpen
+	er.Started = func(pid uint32) { ew.send(wire.ExecEvent{Type: "start", Pid: pid}) }
+	res, err := s.sandboxes.Exec(r.Context(), id, er, ew.stream("stdout"), ew.stream("stderr"))
 	if err != nil {
 		_, code, msg := s.classify(r, err)
 		ew.send(wire.ExecEvent{Type: "error", Code: code, Message: msg})
@@ -486,7 +615,7 @@ func (e *eventWriter) flush() {
 
 func (e *eventWriter) stream(kind string) io.Writer {
 	return writerFunc(func(p []byte) (int, error) {
-		if err := e.send(wire.ExecEvent{Type: kind, Data: string(p)}); err != nil {
+		if err := e.send(wire.ExecEvent{Type: kind, Data: p}); err != nil {
 			return 0, err
 		}
 		return len(p), nil
@@ -505,6 +634,7 @@ func toSandbox(r store.Sandbox) wire.Sandbox {
 		TimingsMS: r.TimingsMS, Error: r.Error,
 		Network:   wire.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
 		AutoPause: r.AutoPause, Snapshot: r.Snapshot, DiskBytes: r.DiskBytes, MemoryBytes: r.MemoryBytes,
+		AutoResume: r.AutoResume, TrafficToken: r.TrafficToken,
 	}
 }
 
@@ -562,6 +692,24 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 	case errors.Is(err, sandbox.ErrConflict):
 		// A *sandbox.StateConflict names the state the sandbox is in.
 		return http.StatusConflict, "invalid_state", err.Error()
+	case errors.Is(err, sandbox.ErrFileNotFound):
+		return http.StatusNotFound, "file_not_found", err.Error()
+	case errors.Is(err, sandbox.ErrIsDirectory):
+		return http.StatusBadRequest, "is_directory", err.Error()
+	case errors.Is(err, sandbox.ErrNotDirectory):
+		return http.StatusBadRequest, "not_directory", err.Error()
+	case errors.Is(err, sandbox.ErrPermission):
+		return http.StatusForbidden, "permission_denied", err.Error()
+	case errors.Is(err, sandbox.ErrNoSpace):
+		return http.StatusInsufficientStorage, "no_space", err.Error()
+	case errors.Is(err, sandbox.ErrFileExists):
+		return http.StatusConflict, "file_exists", err.Error()
+	case errors.Is(err, sandbox.ErrUnknownUser):
+		return http.StatusBadRequest, "unknown_user", err.Error()
+	case errors.Is(err, sandbox.ErrInvalidGuest):
+		return http.StatusBadRequest, "invalid_argument", err.Error()
+	case errors.Is(err, sandbox.ErrNoProcess):
+		return http.StatusNotFound, "process_not_found", err.Error()
 	case errors.Is(err, sandbox.ErrExecTimeout):
 		return http.StatusGatewayTimeout, "exec_timeout", err.Error()
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(context.Cause(r.Context()), ErrShuttingDown):

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
+
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
@@ -37,6 +39,17 @@ type fakeSandboxes struct {
 	inUse map[string]bool
 	// createErr, when set, is what Create returns.
 	createErr error
+	// files is the fake guest's file system: path to contents, nil for a
+	// directory.
+	files map[string][]byte
+	// stdin collects what SendStdin delivered, by pid.
+	stdin map[uint32][]byte
+	// outLimit, when set, is the server's ExecOutputLimit.
+	outLimit int
+	// execFn, when set, is the whole of Exec.
+	execFn func(ctx context.Context, stdout io.Writer) (sandbox.ExecResult, error)
+	// addressed lists the sandboxes Address was asked for, in order.
+	addressed []string
 }
 
 func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (store.Sandbox, error) {
@@ -105,6 +118,9 @@ func (f *fakeSandboxes) SetNetwork(ctx context.Context, id string, pol slot.Poli
 }
 
 func (f *fakeSandboxes) Address(id string) (netip.Addr, error) {
+	f.mu.Lock()
+	f.addressed = append(f.addressed, id)
+	f.mu.Unlock()
 	r, err := f.Get(id)
 	if err != nil {
 		return netip.Addr{}, err
@@ -125,11 +141,17 @@ func (f *fakeSandboxes) Exec(ctx context.Context, id string, req sandbox.ExecReq
 	if f.execErr != nil {
 		return sandbox.ExecResult{}, f.execErr
 	}
+	if f.execFn != nil {
+		return f.execFn(ctx, stdout)
+	}
+	if req.Started != nil {
+		req.Started(42)
+	}
 	for i, chunk := range f.execOut {
 		if i > 0 {
 			time.Sleep(200 * time.Millisecond)
 		}
-		fmt.Fprint(stdout, chunk)
+		io.WriteString(stdout, chunk)
 	}
 	fmt.Fprint(stderr, "warn")
 	return sandbox.ExecResult{ExitCode: 3, Duration: time.Millisecond}, nil
@@ -155,7 +177,7 @@ func newServerWith(t *testing.T, f *fakeSandboxes, tune func(*Config)) (*httptes
 		f.recs = map[string]store.Sandbox{}
 	}
 	info := func() wire.Info { return wire.Info{VMM: "qemu"} }
-	cfg := Config{APIKey: key, Domain: "sb.test", Info: info}
+	cfg := Config{APIKey: key, Domain: "sb.test", Info: info, ExecOutputLimit: f.outLimit}
 	if tune != nil {
 		tune(&cfg)
 	}
@@ -224,7 +246,7 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 	_, c := newServer(t, f)
 	ctx := context.Background()
 	sb, err := c.CreateSandbox(ctx, wire.CreateSandboxRequest{Template: "base", VCPUs: 2, MemoryMiB: 512, TimeoutS: 30,
-		Env: map[string]string{"A": "b"}, Metadata: map[string]string{"k": "v"}})
+		Env: map[string]string{"A": "b"}, Metadata: map[string]string{"k": "v"}, AutoPause: true, AutoResume: true, PrivateTraffic: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +254,8 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 		t.Fatalf("created %+v", sb)
 	}
 	got := f.created[0]
-	if got.VCPUs != 2 || got.MemoryMiB != 512 || got.TimeoutS != 30 || got.Env["A"] != "b" || got.Metadata["k"] != "v" {
+	if got.VCPUs != 2 || got.MemoryMiB != 512 || got.TimeoutS != 30 || got.Env["A"] != "b" || got.Metadata["k"] != "v" ||
+		!got.AutoResume || !got.PrivateTraffic {
 		t.Fatalf("manager got %+v", got)
 	}
 	list, err := c.ListSandboxes(ctx)
@@ -243,7 +266,7 @@ func TestSandboxLifecycleThroughClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Stdout != "hello\n" || res.Stderr != "warn" || res.ExitCode != 3 {
+	if string(res.Stdout) != "hello\n" || string(res.Stderr) != "warn" || res.ExitCode != 3 || res.Truncated {
 		t.Fatalf("exec: %+v", res)
 	}
 	off := false
@@ -342,6 +365,11 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		{"/v1/snapshots/{name}", "get"}, {"/v1/snapshots/{name}", "delete"},
 		{"/metrics", "get"}, {"/v1/events", "get"}, {"/v1/sandboxes/{id}/metrics", "get"},
 		{"/v1/warm", "get"}, {"/v1/templates/{name}/warm", "put"},
+		{"/v1/sandboxes/{id}/processes/{pid}/stdin", "post"}, {"/v1/sandboxes/{id}/processes/{pid}/close-stdin", "post"},
+		{"/v1/sandboxes/{id}/files", "get"}, {"/v1/sandboxes/{id}/files", "put"}, {"/v1/sandboxes/{id}/files", "delete"},
+		{"/v1/sandboxes/{id}/files/list", "get"}, {"/v1/sandboxes/{id}/files/stat", "get"},
+		{"/v1/sandboxes/{id}/files/mkdir", "post"}, {"/v1/sandboxes/{id}/files/move", "post"},
+		{"/v1/sandboxes/{id}/pty", "get"},
 	}
 	paths := openapiPaths(string(doc))
 	for _, r := range routes {
@@ -386,5 +414,17 @@ func TestTestPageServedWithoutKey(t *testing.T) {
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
 		t.Fatalf("content type %q", ct)
+	}
+}
+
+// TestOpenAPIIsValid holds the document to OpenAPI 3: it loads and
+// validates, references included.
+func TestOpenAPIIsValid(t *testing.T) {
+	doc, err := openapi3.NewLoader().LoadFromData(openapiDoc)
+	if err != nil {
+		t.Fatalf("load openapi.yaml: %v", err)
+	}
+	if err := doc.Validate(t.Context()); err != nil {
+		t.Fatalf("openapi.yaml is not valid OpenAPI 3: %v", err)
 	}
 }

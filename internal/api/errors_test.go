@@ -8,33 +8,15 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
+	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/wire"
 )
-
-// syncBuffer is a log destination handlers may share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A create that fails in the VMM, the disk or the network tells the client
 // which, with the cause's first useful line; the log keeps the whole cause
@@ -73,7 +55,7 @@ func TestCreateFailuresSayWhatHappened(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs testutil.SyncBuffer
 			f := &fakeSandboxes{createErr: tc.err}
 			f.recs = nil
 			srv := httptest.NewServer(New(Config{APIKey: key, Info: func() wire.Info { return wire.Info{} }}, f, fakeTemplates{},

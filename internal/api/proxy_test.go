@@ -44,28 +44,42 @@ func upstream(t *testing.T) (port string) {
 	return port
 }
 
+// send makes a request with the given Host (unless empty), headers and
+// body, and returns the status, the headers and the body of the answer.
+func send(t *testing.T, method, url, host string, hdr map[string]string, body string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
 func TestProxyRoutesByHostAndHeaders(t *testing.T) {
 	port := upstream(t)
 	srv, _ := newServer(t, &fakeSandboxes{recs: map[string]store.Sandbox{
 		"sb1":    {ID: "sb1", State: sandbox.StateRunning},
 		"paused": {ID: "paused", State: "paused"},
 	}})
-	get := func(host string, hdr map[string]string) (int, string, wire.Error) {
+	get := func(host string, hdr map[string]string) (int, string, string) {
 		t.Helper()
-		req, _ := http.NewRequest("GET", srv.URL+"/some/path?q=1", nil)
-		req.Host = host
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		var e wire.Error
+		status, _, b := send(t, "GET", srv.URL+"/some/path?q=1", host, hdr, "")
+		// /v1 errors carry a string code, envd's (E2B's) a number.
+		var e struct{ Code any }
 		json.Unmarshal(b, &e)
-		return resp.StatusCode, string(b), e
+		return status, string(b), fmt.Sprint(e.Code)
 	}
 	cases := []struct {
 		name   string
@@ -81,21 +95,24 @@ func TestProxyRoutesByHostAndHeaders(t *testing.T) {
 		{"not running", port + "-paused.sb.test", nil, 409, "invalid_state"},
 		{"bad port", "99999-sb1.sb.test", nil, 400, "invalid_port"},
 		{"port not a number", "x-sb1.sb.test", nil, 400, "invalid_port"},
-		{"missing port header", "127.0.0.1", map[string]string{headerSandboxID: "sb1"}, 400, "invalid_port"},
+		{"missing port header", "127.0.0.1", map[string]string{headerSandboxID: "sb1"}, 400, "400"},
+		{"headers, unknown sandbox", "127.0.0.1", map[string]string{headerSandboxID: "nope", headerSandboxPort: port}, 502, "502"},
+		{"headers, paused sandbox", "127.0.0.1", map[string]string{headerSandboxID: "paused", headerSandboxPort: port}, 502, "502"},
+		{"envd port of a paused sandbox", envdPort + "-paused.sb.test", nil, 502, "502"},
 		{"other domain is the API", port + "-sb1.example.com", nil, 404, "not_found"},
 		{"nested subdomain is the API", "a." + port + "-sb1.sb.test", nil, 404, "not_found"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			status, body, e := get(tc.host, tc.hdr)
+			status, body, code := get(tc.host, tc.hdr)
 			if status != tc.status {
 				t.Fatalf("status %d, want %d (body %s)", status, tc.status, body)
 			}
 			if status == 200 && !strings.HasPrefix(body, tc.body) {
 				t.Fatalf("body %q, want prefix %q", body, tc.body)
 			}
-			if status != 200 && e.Code != tc.body {
-				t.Fatalf("code %q, want %q", e.Code, tc.body)
+			if status != 200 && code != tc.body {
+				t.Fatalf("code %q, want %q", code, tc.body)
 			}
 		})
 	}

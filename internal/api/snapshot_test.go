@@ -42,6 +42,13 @@ func (f *fakeSandboxes) Pause(ctx context.Context, id string) (store.Sandbox, er
 }
 
 func (f *fakeSandboxes) Resume(ctx context.Context, id string) (store.Sandbox, error) {
+	// As the manager's, a resume waits out a pause in progress.
+	f.mu.Lock()
+	if r, ok := f.recs[id]; ok && r.State == sandbox.StatePausing {
+		r.State = sandbox.StatePaused
+		f.recs[id] = r
+	}
+	f.mu.Unlock()
 	return f.setState(id, sandbox.StatePaused, sandbox.StateRunning)
 }
 

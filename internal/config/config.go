@@ -50,6 +50,7 @@ const (
 	modeBridge        = "bridge"        // network.ModeBridge
 	defaultBridge     = "ember-br0"     // network.DefaultBridge
 	defaultBridgeCIDR = "172.30.0.0/24" // network.DefaultBridgeCIDR
+	defaultExecOutput = 16 << 20        // api.DefaultExecOutputLimit
 )
 
 // Serve is every setting of `ember serve`. The toml tag is the key in the
@@ -74,6 +75,7 @@ type Serve struct {
 	Uplink          string `toml:"uplink"`
 	NoEgress        bool   `toml:"no-egress"`
 	Domain          string `toml:"domain"`
+	ExecOutputLimit int    `toml:"exec-output-limit"`
 	LogLevel        string `toml:"log-level"`
 	LogFormat       string `toml:"log-format"`
 	MetricsListen   string `toml:"metrics-listen"`
@@ -82,6 +84,11 @@ type Serve struct {
 	// Warm is the warm pools: TEMPLATE=COUNT, comma-separated (see
 	// WarmPools).
 	Warm string `toml:"warm"`
+	// E2B facade and TLS (see the settings table).
+	E2BTemplates string `toml:"e2b-templates"`
+	TLSListen    string `toml:"tls-listen"`
+	TLSCert      string `toml:"tls-cert"`
+	TLSKey       string `toml:"tls-key"`
 }
 
 // Default returns the configuration of a daemon given no file and no flags.
@@ -96,6 +103,7 @@ func Default() Serve {
 		Bridge:          defaultBridge,
 		BridgeCIDR:      defaultBridgeCIDR,
 		Domain:          "localhost",
+		ExecOutputLimit: defaultExecOutput,
 		LogLevel:        "info",
 		LogFormat:       "text",
 		MetricsInterval: "5s",
@@ -162,6 +170,8 @@ var settings = []setting{
 	{key: "uplink", usage: "interface sandbox egress leaves by (default: the default route's)", field: func(s *Serve) any { return &s.Uplink }},
 	{key: "no-egress", usage: "give sandboxes no route out (leaves host forwarding and NAT alone)", field: func(s *Serve) any { return &s.NoEgress }},
 	{key: "domain", usage: "requests for <port>-<sandbox-id>.DOMAIN are proxied to that port in the sandbox", field: func(s *Serve) any { return &s.Domain }},
+	{key: "exec-output-limit", usage: "bytes of stdout, and of stderr, POST /exec keeps (the rest is dropped and the result says truncated)",
+		nonNegative: true, field: func(s *Serve) any { return &s.ExecOutputLimit }},
 	{key: "log-level", usage: "debug, info, warn or error", field: func(s *Serve) any { return &s.LogLevel }},
 	{key: "log-format", usage: `"text" (key=value lines) or "json" (one object a line, for log shippers)`,
 		oneOf: []string{"text", "json"}, field: func(s *Serve) any { return &s.LogFormat }},
@@ -172,6 +182,12 @@ var settings = []setting{
 	{key: "print-api-key", usage: "print the API key at start (make run does)", field: func(s *Serve) any { return &s.PrintAPIKey }},
 	{key: "warm", usage: "sandboxes kept restored ahead of demand, per template: TEMPLATE=COUNT, comma-separated (base=4)",
 		field: func(s *Serve) any { return &s.Warm }},
+	{key: "e2b-templates", usage: `E2B template names and the ember templates they stand for, "NAME=TEMPLATE,…" (E2B's default "base" is the default template unless named here)`,
+		field: func(s *Serve) any { return &s.E2BTemplates }},
+	{key: "tls-listen", usage: "also serve the API and the port proxy over TLS on this address (the 1.x and early 2.x E2B SDKs reach a daemon only over https)",
+		field: func(s *Serve) any { return &s.TLSListen }},
+	{key: "tls-cert", usage: "TLS certificate (PEM) for tls-listen, covering api.DOMAIN and *.DOMAIN", field: func(s *Serve) any { return &s.TLSCert }},
+	{key: "tls-key", usage: "TLS private key (PEM) for tls-listen", field: func(s *Serve) any { return &s.TLSKey }},
 }
 
 // Keys returns every setting's key, in order.
@@ -563,6 +579,7 @@ func (c *Config) validate() error {
 	if d, err := time.ParseDuration(c.MetricsInterval); err != nil || d <= 0 {
 		bad("metrics-interval", "%q: want a positive duration such as 5s", c.MetricsInterval)
 	}
+	c.validateE2B(bad)
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			bad("metrics-listen", "%q: want HOST:PORT (%v)", c.MetricsListen, err)
@@ -685,4 +702,56 @@ func quote(s string) string {
 	}
 	b.WriteByte('"')
 	return b.String()
+}
+
+// e2bDomains are the domains E2B's SDKs treat as E2B's own cloud: given one
+// as a sandbox's domain, they send its envd traffic, access token included,
+// to sandbox.<domain>.
+var e2bDomains = []string{"e2b.app", "e2b.dev", "e2b.pro", "e2b-staging.dev"}
+
+// E2BTemplateMap parses e2b-templates ("NAME=TEMPLATE,…"), validated by Load.
+func (s Serve) E2BTemplateMap() map[string]string {
+	m, _ := parseTemplateMap(s.E2BTemplates)
+	return m
+}
+
+func parseTemplateMap(v string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, pair := range strings.Split(v, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		name, tpl, ok := strings.Cut(pair, "=")
+		name, tpl = strings.TrimSpace(name), strings.TrimSpace(tpl)
+		if !ok || name == "" || tpl == "" {
+			return nil, fmt.Errorf("%q: want NAME=TEMPLATE", pair)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("%q named twice", name)
+		}
+		out[name] = tpl
+	}
+	return out, nil
+}
+
+// validateE2B checks the settings the E2B facade and TLS read.
+func (c *Config) validateE2B(bad func(key, format string, args ...any)) {
+	if _, err := parseTemplateMap(c.E2BTemplates); err != nil {
+		bad("e2b-templates", "%v", err)
+	}
+	d := strings.ToLower(strings.TrimSuffix(c.Domain, "."))
+	for _, e := range e2bDomains {
+		if d == e || strings.HasSuffix(d, "."+e) {
+			bad("domain", "%q: E2B's SDKs send the traffic of sandboxes on %s to E2B's cloud, with their access tokens; use a domain of your own", c.Domain, e)
+		}
+	}
+	if c.TLSListen == "" {
+		return
+	}
+	if _, _, err := net.SplitHostPort(c.TLSListen); err != nil {
+		bad("tls-listen", "%q: want HOST:PORT (%v)", c.TLSListen, err)
+	}
+	if c.TLSCert == "" || c.TLSKey == "" {
+		bad("tls-listen", "needs tls-cert and tls-key")
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/emberhq/ember/internal/api"
 	"github.com/emberhq/ember/internal/network"
 	"github.com/emberhq/ember/internal/template"
 )
@@ -77,6 +78,15 @@ func TestParse(t *testing.T) {
 		{name: "warm without a count", doc: "warm = \"base\"\n", errKey: "warm", errLine: 1, errText: `entry "base": want TEMPLATE=COUNT`},
 		{name: "warm negative", doc: "warm = \"base=-1\"\n", errKey: "warm", errLine: 1, errText: "want a count of 0 or more"},
 		{name: "warm twice", doc: "warm = \"base=1,base=2\"\n", errKey: "warm", errLine: 1, errText: `template "base" given twice`},
+		{name: "e2b templates", doc: "e2b-templates = \"base = big, code-interpreter-v1=py\"\n", check: func(t *testing.T, c *Config) {
+			if m := c.E2BTemplateMap(); len(m) != 2 || m["base"] != "big" || m["code-interpreter-v1"] != "py" {
+				t.Errorf("map %v", m)
+			}
+		}},
+		{name: "e2b template without its template", doc: "e2b-templates = \"base=big,py\"\n", errKey: "e2b-templates", errLine: 1, errText: `"py": want NAME=TEMPLATE`},
+		{name: "e2b template twice", doc: "e2b-templates = \"a=b,a=c\"\n", errKey: "e2b-templates", errLine: 1, errText: `"a" named twice`},
+		{name: "an e2b domain", doc: "domain = \"sbx.e2b.app\"\n", errKey: "domain", errLine: 1, errText: "to E2B's cloud"},
+		{name: "tls without a key", doc: "tls-listen = \"127.0.0.1:7443\"\ntls-cert = \"c.pem\"\n", errKey: "tls-listen", errLine: 1, errText: "needs tls-cert and tls-key"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -273,6 +283,7 @@ func TestDefaultsMatchThePackages(t *testing.T) {
 		{"bridge mode", modeBridge, network.ModeBridge},
 		{"bridge", defaultBridge, network.DefaultBridge},
 		{"bridge cidr", defaultBridgeCIDR, network.DefaultBridgeCIDR.String()},
+		{"exec output limit", strconv.Itoa(defaultExecOutput), strconv.Itoa(api.DefaultExecOutputLimit)},
 	}
 	for _, tc := range cases {
 		if tc.here != tc.there {

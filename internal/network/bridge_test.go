@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/emberhq/ember/internal/testutil"
 )
 
 func TestAllocator(t *testing.T) {
@@ -106,7 +108,7 @@ func TestBridgeConfigValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkValidation(t, tt.cfg.Validate(), tt.want, ErrInvalidConfig)
+			testutil.CheckValidation(t, tt.cfg.Validate(), tt.want, ErrInvalidConfig)
 		})
 	}
 }

@@ -1,11 +1,11 @@
 package network
 
 import (
-	"errors"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
+
+	"github.com/emberhq/ember/internal/testutil"
 )
 
 func TestSlotDerivation(t *testing.T) {
@@ -124,7 +124,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkValidation(t, tt.cfg.Validate(), tt.want, ErrInvalidConfig)
+			testutil.CheckValidation(t, tt.cfg.Validate(), tt.want, ErrInvalidConfig)
 		})
 	}
 }
@@ -140,18 +140,3 @@ func TestBootArgs(t *testing.T) {
 
 // checkValidation checks a Validate result: nil when want is "", else an
 // error containing want and wrapping sentinel.
-func checkValidation(t *testing.T, err error, want string, sentinel error) {
-	t.Helper()
-	if want == "" {
-		if err != nil {
-			t.Fatalf("Validate() = %v, want nil", err)
-		}
-		return
-	}
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("Validate() = %v, want error containing %q", err, want)
-	}
-	if !errors.Is(err, sentinel) {
-		t.Errorf("Validate() = %v, not %v", err, sentinel)
-	}
-}

@@ -5,9 +5,34 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
+)
+
+// Sentinels of file operations, terminals and stdin inside a sandbox, as
+// the guest agent reports them.
+var (
+	// ErrFileNotFound: nothing at that path in the sandbox.
+	ErrFileNotFound = agent.ErrFileNotFound
+	// ErrIsDirectory: a directory where a file is expected.
+	ErrIsDirectory = agent.ErrIsDirectory
+	// ErrNotDirectory: a file where a directory is expected.
+	ErrNotDirectory = agent.ErrNotDirectory
+	// ErrPermission: the guest user may not do that.
+	ErrPermission = agent.ErrPermission
+	// ErrNoSpace: the sandbox's disk is full; nothing was written.
+	ErrNoSpace = agent.ErrNoSpace
+	// ErrFileExists: something is at that path already.
+	ErrFileExists = agent.ErrExists
+	// ErrUnknownUser: the sandbox has no such user.
+	ErrUnknownUser = agent.ErrUnknownUser
+	// ErrInvalidGuest: the guest refused the request as malformed (the
+	// message says what).
+	ErrInvalidGuest = agent.ErrInvalid
+	// ErrNoProcess: no running process with that pid takes stdin.
+	ErrNoProcess = agent.ErrNoProcess
 )
 
 // Sentinels callers branch on; internal/api maps each to a status and a code.

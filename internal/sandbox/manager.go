@@ -198,6 +198,8 @@ func (m *Manager) validate(req *CreateRequest) error {
 		return invalid("memory_mib", "must be between %d and %d, got %d", l.MinMemoryMiB, l.MaxMemoryMiB, req.MemoryMiB)
 	case req.TimeoutS < 1 || time.Duration(req.TimeoutS)*time.Second > l.MaxTimeout:
 		return invalid("timeout_s", "must be between 1 and %d seconds, got %d", int(l.MaxTimeout/time.Second), req.TimeoutS)
+	case req.AutoResume && !req.AutoPause:
+		return invalid("auto_resume", "needs auto_pause: a sandbox destroyed at its end time has nothing to resume")
 	}
 	for k := range req.Env {
 		if k == "" || containsAny(k, "=\x00") {
@@ -338,6 +340,10 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		CreatedAt: start.UTC(), ExpiresAt: start.Add(time.Duration(req.TimeoutS) * time.Second).UTC(),
 		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
 		TimeoutS: req.TimeoutS, AutoPause: req.AutoPause, Snapshot: src.snapshot,
+		AutoResume: req.AutoResume,
+	}
+	if req.PrivateTraffic {
+		r.TrafficToken = newToken()
 	}
 	if src.warm {
 		r.Metadata = map[string]string{warmKeyMeta: src.key}
@@ -448,8 +454,17 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		o.with("slot", s.Index, "pid", r.VMMPID)
 		return r, nil
 	}
-	// Init also moves a restored guest's clock to the host's.
-	if err := ag.Init(readyCtx, r.Env); err != nil {
+	// Init also moves a restored guest's clock to the host's. A guest
+	// restored from a named snapshot knows that snapshot's token: it is
+	// handed one of its own, so no two sandboxes share a token.
+	if rk, ok := ag.(Rekeyer); ok && src.snapshot != "" {
+		token := newToken()
+		if err := rk.Rekey(readyCtx, r.Env, token); err != nil {
+			return store.Sandbox{}, opError("create", id, "set the guest up", ErrAgent, err)
+		}
+		r.Token = token
+		ag = m.d.Agent(s.HostAddr, r.Token)
+	} else if err := ag.Init(readyCtx, r.Env); err != nil {
 		return store.Sandbox{}, opError("create", id, "set the guest up", ErrAgent, err)
 	}
 	r.TimingsMS["init"] = o.phase("init")
@@ -678,18 +693,15 @@ func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest, stdout, 
 	if req.Timeout == 0 {
 		req.Timeout = m.cfg.DefaultExecTimeout
 	}
-	sb, err := m.lookup(id)
+	ag, err := m.guest(id)
 	if err != nil {
 		return ExecResult{}, err
-	}
-	ag := sb.getAgent()
-	if r := sb.Record(); r.State != StateRunning || ag == nil {
-		return ExecResult{}, stateError(r, "running")
 	}
 	ctx, cancel := context.WithTimeout(ctx, req.Timeout)
 	defer cancel()
 	start := time.Now()
-	st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, Stdin: req.Stdin}, stdout, stderr)
+	st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, User: userOr(req.User),
+		Stdin: req.Stdin, KeepStdin: req.KeepStdin, Started: req.Started}, stdout, stderr)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return ExecResult{}, fmt.Errorf("exec %q in sandbox %s after %s: %w", req.Cmd, id, req.Timeout, ErrExecTimeout)

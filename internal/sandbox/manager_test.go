@@ -330,7 +330,42 @@ func (m *fakeMachine) crash() {
 	})
 }
 
-type fakeAgent struct{ w *world }
+// fakeAgent runs commands in a world; its file and terminal calls are
+// not part of it (the VM tier and the agent's own tests cover them).
+type fakeAgent struct {
+	w *world
+	guestOnly
+}
+
+// guestOnly answers the calls only a real guest can.
+type guestOnly struct{}
+
+var errGuestOnly = errors.New("not in the fake world")
+
+func (guestOnly) SendStdin(context.Context, uint32, []byte) error { return errGuestOnly }
+func (guestOnly) CloseStdin(context.Context, uint32) error        { return errGuestOnly }
+func (guestOnly) ReadFile(context.Context, string, string) (io.ReadCloser, int64, error) {
+	return nil, 0, errGuestOnly
+}
+func (guestOnly) WriteFile(context.Context, string, string, io.Reader, int64) (agent.Entry, error) {
+	return agent.Entry{}, errGuestOnly
+}
+func (guestOnly) Stat(context.Context, string, string) (agent.Entry, error) {
+	return agent.Entry{}, errGuestOnly
+}
+func (guestOnly) List(context.Context, string, string, int) ([]agent.Entry, error) {
+	return nil, errGuestOnly
+}
+func (guestOnly) MakeDir(context.Context, string, string) (agent.Entry, error) {
+	return agent.Entry{}, errGuestOnly
+}
+func (guestOnly) Move(context.Context, string, string, string) (agent.Entry, error) {
+	return agent.Entry{}, errGuestOnly
+}
+func (guestOnly) Remove(context.Context, string, string) error { return errGuestOnly }
+func (guestOnly) StartTerminal(context.Context, agent.TerminalRequest) (*agent.Terminal, error) {
+	return nil, errGuestOnly
+}
 
 func (a fakeAgent) WaitReady(ctx context.Context) error {
 	if a.w.onReady != nil {
@@ -352,6 +387,12 @@ func (a fakeAgent) Init(ctx context.Context, env map[string]string) error {
 		return errors.New("init refused")
 	}
 	return nil
+}
+func (a fakeAgent) Rekey(ctx context.Context, env map[string]string, token string) error {
+	if token == "" {
+		return errors.New("rekey with an empty token")
+	}
+	return a.Init(ctx, env)
 }
 func (a fakeAgent) Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error) {
 	if a.w.execFn != nil {
@@ -393,7 +434,7 @@ func newManagerWith(t *testing.T, w *world, st *store.Store, dir string, tune fu
 	cfg.BootTimeout = time.Second
 	d := Deps{
 		Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: fakeDriver{w},
-		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} },
+		Agent: func(netip.Addr, string) Agent { return fakeAgent{w: w} },
 		Log:   slog.New(slog.NewTextHandler(testLogOut(t), nil)),
 	}
 	if tune != nil {
@@ -512,6 +553,7 @@ func TestCreateRejectsBadInputLeavingNothing(t *testing.T) {
 		{"bad env name", CreateRequest{Env: map[string]string{"A=B": "x"}}, "env", ErrInvalid},
 		{"disk below the template's", CreateRequest{DiskMiB: 512}, "disk_mib", ErrInvalid},
 		{"absurd disk", CreateRequest{DiskMiB: 1 << 30}, "disk_mib", ErrInvalid},
+		{"auto-resume without auto-pause", CreateRequest{AutoResume: true}, "auto_resume", ErrInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/event"
+	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/wire"
 )
 
@@ -250,7 +250,7 @@ func TestTimeoutIsAnEvent(t *testing.T) {
 // TestLifecycleLogLinesCarryTheSameKeys reads the JSON log of a sandbox's
 // life: every line about an operation has the five keys.
 func TestLifecycleLogLinesCarryTheSameKeys(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	w, _, _, m := setupWith(t, func(_ *Config, d *Deps) { d.Log = slog.New(slog.NewJSONHandler(&buf, nil)) })
 	ctx := context.Background()
 	r, err := m.Create(ctx, CreateRequest{})
@@ -291,22 +291,4 @@ func TestLifecycleLogLinesCarryTheSameKeys(t *testing.T) {
 	if !slices.Equal(ops, want) {
 		t.Fatalf("lifecycle lines %v, want %v\n%s", ops, want, buf.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the manager's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -300,7 +300,7 @@ func TestUnsupportedDriver(t *testing.T) {
 	cfg := DefaultConfig(dir)
 	type plain struct{ vmm.Driver }
 	m, err := NewManager(cfg, Deps{Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: plain{fakeDriver{w}},
-		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Agent: func(netip.Addr, string) Agent { return fakeAgent{w: w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,7 +429,7 @@ func TestSlotAddressedRefusesRestores(t *testing.T) {
 	cfg := DefaultConfig(dir)
 	slots := &parkingSlots{fakeSlots: fakeSlots{w}, reserved: map[int]bool{}}
 	m, err := NewManager(cfg, Deps{Store: st, Templates: w, Disks: w, Slots: slots, VMM: fakeDriver{w},
-		Agent: func(netip.Addr, string) Agent { return fakeAgent{w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Agent: func(netip.Addr, string) Agent { return fakeAgent{w: w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,7 +516,7 @@ func TestSlotAddressedPauseKeepsTheSlot(t *testing.T) {
 	slots := &parkingSlots{fakeSlots: fakeSlots{w}, reserved: map[int]bool{}}
 	newM := func() *Manager {
 		m, err := NewManager(cfg, Deps{Store: st, Templates: w, Disks: w, Slots: slots, VMM: fakeDriver{w},
-			Agent: func(netip.Addr, string) Agent { return fakeAgent{w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			Agent: func(netip.Addr, string) Agent { return fakeAgent{w: w} }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -65,11 +65,38 @@ type Slots interface {
 	Movable() error
 }
 
-// Agent is the host side of one sandbox's guest agent.
+// Agent is the host side of one sandbox's guest agent (agent.Client).
 type Agent interface {
 	WaitReady(ctx context.Context) error
 	Init(ctx context.Context, env map[string]string) error
 	Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
+	SendStdin(ctx context.Context, pid uint32, data []byte) error
+	CloseStdin(ctx context.Context, pid uint32) error
+	ReadFile(ctx context.Context, user, path string) (io.ReadCloser, int64, error)
+	WriteFile(ctx context.Context, user, path string, src io.Reader, size int64) (agent.Entry, error)
+	Stat(ctx context.Context, user, path string) (agent.Entry, error)
+	List(ctx context.Context, user, path string, depth int) ([]agent.Entry, error)
+	MakeDir(ctx context.Context, user, path string) (agent.Entry, error)
+	Move(ctx context.Context, user, from, to string) (agent.Entry, error)
+	Remove(ctx context.Context, user, path string) error
+	StartTerminal(ctx context.Context, req agent.TerminalRequest) (*agent.Terminal, error)
+}
+
+// Terminal is a program on a terminal in a sandbox (agent.Terminal).
+type Terminal interface {
+	Pid() uint32
+	Recv() (data []byte, st *agent.ExitStatus, err error)
+	Write(ctx context.Context, p []byte) error
+	Resize(ctx context.Context, cols, rows uint32) error
+	Close() error
+}
+
+// Rekeyer is an Agent that can hand its guest a new access token (the
+// agent's /init), which the guest requires from then on. A sandbox
+// restored from a snapshot gets a token of its own this way instead of
+// sharing the snapshot's with every other sandbox made from it.
+type Rekeyer interface {
+	Rekey(ctx context.Context, env map[string]string, token string) error
 }
 
 // AgentDialer returns the agent client of a guest reachable at addr.
@@ -149,15 +176,27 @@ type CreateRequest struct {
 	Snapshot string
 	// AutoPause pauses the sandbox at its end time instead of destroying it.
 	AutoPause bool
+	// AutoResume resumes the sandbox, once paused, when traffic for it
+	// reaches the port proxy.
+	AutoResume bool
+	// PrivateTraffic gives the sandbox a traffic token that the port
+	// proxy requires of every request to its ports (the agent's excepted).
+	PrivateTraffic bool
 }
 
 // ExecRequest runs one command in a sandbox.
 type ExecRequest struct {
-	Cmd   string
-	Args  []string
-	Env   map[string]string
-	Cwd   string
+	Cmd  string
+	Args []string
+	Env  map[string]string
+	Cwd  string
+	// User is the guest user to run as; "" is DefaultUser.
+	User  string
 	Stdin []byte
+	// KeepStdin leaves stdin open after Stdin for SendStdin and
+	// CloseStdin; Started learns the pid they take.
+	KeepStdin bool
+	Started   func(pid uint32)
 	// Timeout bounds the command; 0 takes the default.
 	Timeout time.Duration
 }

@@ -360,7 +360,7 @@ func (m *Manager) Fork(ctx context.Context, id string, count int) (_ []store.San
 	for range count {
 		r, err := m.Create(ctx, CreateRequest{
 			Snapshot: name, TimeoutS: int(m.lifetime(src) / time.Second), AutoPause: src.AutoPause,
-			Metadata: src.Metadata, Network: &pol,
+			Metadata: src.Metadata, Network: &pol, AutoResume: src.AutoResume, PrivateTraffic: src.TrafficToken != "",
 		})
 		if err != nil {
 			var errs []error

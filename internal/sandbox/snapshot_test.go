@@ -72,11 +72,17 @@ func TestSnapshotCreateFromAndDelete(t *testing.T) {
 				k := mustCreate(t, m, CreateRequest{Snapshot: "snap-1", Env: map[string]string{"KID": "1"}})
 				kids = append(kids, k)
 			}
+			tokens := map[string]bool{src.Token: true}
 			for _, k := range kids {
 				if k.State != StateRunning || k.Snapshot != "snap-1" || k.VCPUs != 2 || k.MemoryMiB != 512 ||
-					k.Token != src.Token || k.Env["FROM"] != "src" || k.Env["KID"] != "1" {
+					k.Env["FROM"] != "src" || k.Env["KID"] != "1" {
 					t.Fatalf("sandbox from snapshot %+v", k)
 				}
+				// Each restored guest is handed a token of its own.
+				if k.Token == "" || tokens[k.Token] {
+					t.Fatalf("sandbox %s from snapshot shares token %q", k.ID, k.Token)
+				}
+				tokens[k.Token] = true
 				if _, ok := k.TimingsMS["restore"]; !ok {
 					t.Fatalf("timings %v", k.TimingsMS)
 				}
@@ -243,7 +249,13 @@ func TestCreateFromSnapshotFailureUnwinds(t *testing.T) {
 func TestFork(t *testing.T) {
 	w, st, dir, m := setup(t)
 	ctx := context.Background()
-	src := mustCreate(t, m, CreateRequest{AutoPause: true, Metadata: map[string]string{"k": "v"}})
+	src := mustCreate(t, m, CreateRequest{AutoPause: true, AutoResume: true, PrivateTraffic: true, Metadata: map[string]string{"k": "v"}})
+	if !src.AutoResume || src.TrafficToken == "" {
+		t.Fatalf("created %+v", src)
+	}
+	if back, err := st.GetSandbox(ctx, src.ID); err != nil || !back.AutoResume || back.TrafficToken != src.TrafficToken {
+		t.Fatalf("stored %+v, %v", back, err)
+	}
 	forks, err := m.Fork(ctx, src.ID, 3)
 	if err != nil {
 		t.Fatal(err)
@@ -251,12 +263,17 @@ func TestFork(t *testing.T) {
 	if len(forks) != 3 {
 		t.Fatalf("%d forks", len(forks))
 	}
-	seen := map[string]bool{src.ID: true}
+	seen := map[string]bool{src.ID: true, src.Token: true, src.TrafficToken: true}
 	for _, f := range forks {
 		if seen[f.ID] || f.State != StateRunning || !f.AutoPause || f.Metadata["k"] != "v" || !strings.HasPrefix(f.Snapshot, forkPrefix) {
 			t.Fatalf("fork %+v", f)
 		}
-		seen[f.ID] = true
+		// A fork is private and auto-resumed as its source, with tokens
+		// of its own.
+		if !f.AutoResume || f.TrafficToken == "" || seen[f.TrafficToken] || f.Token == src.Token || seen[f.Token] {
+			t.Fatalf("fork %+v of %+v", f, src)
+		}
+		seen[f.ID], seen[f.Token], seen[f.TrafficToken] = true, true, true
 	}
 	if got, _ := m.Get(src.ID); got.State != StateRunning || got.VMMPID != src.VMMPID {
 		t.Fatalf("source after fork: %+v", got)

@@ -495,7 +495,10 @@ func (m *Manager) claim(ctx context.Context, e *warmEntry, req CreateRequest) (r
 	}
 	initMS := o.phase("init")
 	r.State, r.Env, r.Metadata, r.Network = StateRunning, req.Env, req.Metadata, pol
-	r.TimeoutS, r.AutoPause = req.TimeoutS, req.AutoPause
+	r.TimeoutS, r.AutoPause, r.AutoResume = req.TimeoutS, req.AutoPause, req.AutoResume
+	if req.PrivateTraffic {
+		r.TrafficToken = newToken()
+	}
 	r.CreatedAt, r.ExpiresAt = start.UTC(), start.Add(time.Duration(req.TimeoutS)*time.Second).UTC()
 	r.TimingsMS = map[string]float64{"claim": claimMS, "init": initMS, "total": ms(time.Since(start))}
 	m.holdLive(sb, e.agent, sb.slot)

@@ -1,10 +1,11 @@
 package slot
 
 import (
-	"errors"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/emberhq/ember/internal/testutil"
 )
 
 func TestPolicyValidate(t *testing.T) {
@@ -30,24 +31,8 @@ func TestPolicyValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkValidation(t, tt.pol.Validate(), tt.want, ErrInvalidPolicy)
+			testutil.CheckValidation(t, tt.pol.Validate(), tt.want, ErrInvalidPolicy)
 		})
-	}
-}
-
-func checkValidation(t *testing.T, err error, want string, sentinel error) {
-	t.Helper()
-	if want == "" {
-		if err != nil {
-			t.Fatalf("Validate() = %v, want nil", err)
-		}
-		return
-	}
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("Validate() = %v, want error containing %q", err, want)
-	}
-	if !errors.Is(err, sentinel) {
-		t.Errorf("Validate() = %v, not %v", err, sentinel)
 	}
 }
 

@@ -83,8 +83,12 @@ func TestMigratesEveryEarlierSchema(t *testing.T) {
 			}
 			// Everything the current schema has works on it.
 			got.TimeoutS, got.AutoPause, got.Snapshot = 60, true, "kept"
+			got.AutoResume, got.TrafficToken = true, "traffic"
 			if err := s.PutSandbox(ctx, got); err != nil {
 				t.Fatal(err)
+			}
+			if back, err := s.GetSandbox(ctx, "old"); err != nil || !back.AutoResume || back.TrafficToken != "traffic" {
+				t.Fatalf("read back %+v, %v", back, err)
 			}
 			if err := s.PutSnapshot(ctx, Snapshot{Name: "kept", Sandbox: "old", Template: "base", CreatedAt: time.Now()}); err != nil {
 				t.Fatal(err)
@@ -204,7 +208,7 @@ func writeFixture(t *testing.T) {
 		{ID: "paused1", Template: "base", State: "paused", VCPUs: 2, MemoryMiB: 512, DiskMiB: 2048, Token: "tok-p",
 			SlotIndex: -1, Dir: "/var/lib/ember/sandboxes/paused1", DiskPath: "/var/lib/ember/sandboxes/paused1/disk.raw", DiskFormat: "raw",
 			CreatedAt: at, ExpiresAt: at.Add(time.Hour), Env: map[string]string{"A": "1"}, Network: NetworkPolicy{Internet: true},
-			TimeoutS: 3600, AutoPause: true, Snapshot: "snap1"},
+			TimeoutS: 3600, AutoPause: true, Snapshot: "snap1", AutoResume: true, TrafficToken: "traffic-p"},
 	} {
 		if err := s.PutSandbox(ctx, sb); err != nil {
 			t.Fatal(err)

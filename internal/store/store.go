@@ -56,6 +56,13 @@ type Sandbox struct {
 	// Snapshot names the snapshot the sandbox was created from ("" for a
 	// template); the snapshot cannot be deleted while the sandbox exists.
 	Snapshot string
+	// AutoResume resumes the paused sandbox when traffic for it reaches the
+	// port proxy.
+	AutoResume bool
+	// TrafficToken, when set, is what the port proxy requires of requests
+	// to the sandbox's ports (the agent's own port excepted, which checks
+	// Token itself).
+	TrafficToken string
 
 	// DiskBytes and MemoryBytes are the bytes the sandbox's disk and saved
 	// memory occupy (allocated blocks). They are measured when read, never
@@ -147,6 +154,8 @@ var migrations = []string{
 	hidden      INTEGER NOT NULL,
 	created_at  INTEGER NOT NULL
 )`,
+	`ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT NOT NULL DEFAULT ''`,
 }
 
 // Open opens (creating if needed) the database at path.
@@ -222,12 +231,12 @@ func (s *Store) PutSandbox(ctx context.Context, sb Sandbox) error {
 	_, err = s.db.ExecContext(ctx, `INSERT OR REPLACE INTO sandboxes
 		(id, template, state, vcpus, memory_mib, disk_mib, env, metadata, token, slot_index,
 		 vmm_pid, dir, disk_path, disk_format, created_at, expires_at, error, timings, network,
-		 timeout_s, auto_pause, snapshot)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		 timeout_s, auto_pause, snapshot, auto_resume, traffic_token)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.Template, sb.State, sb.VCPUs, sb.MemoryMiB, sb.DiskMiB, string(env), string(meta),
 		sb.Token, sb.SlotIndex, sb.VMMPID, sb.Dir, sb.DiskPath, sb.DiskFormat,
 		sb.CreatedAt.UnixMilli(), sb.ExpiresAt.UnixMilli(), sb.Error, string(timings), string(network),
-		sb.TimeoutS, sb.AutoPause, sb.Snapshot)
+		sb.TimeoutS, sb.AutoPause, sb.Snapshot, sb.AutoResume, sb.TrafficToken)
 	if err != nil {
 		return fmt.Errorf("put sandbox %s: %w", sb.ID, err)
 	}
@@ -262,7 +271,7 @@ func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
 func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, template, state, vcpus, memory_mib, disk_mib, env,
 		metadata, token, slot_index, vmm_pid, dir, disk_path, disk_format, created_at, expires_at,
-		error, timings, network, timeout_s, auto_pause, snapshot FROM sandboxes `+where+` ORDER BY created_at, id`, args...)
+		error, timings, network, timeout_s, auto_pause, snapshot, auto_resume, traffic_token FROM sandboxes `+where+` ORDER BY created_at, id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query sandboxes: %w", err)
 	}
@@ -274,7 +283,8 @@ func (s *Store) query(ctx context.Context, where string, args ...any) ([]Sandbox
 		var created, expires int64
 		if err := rows.Scan(&sb.ID, &sb.Template, &sb.State, &sb.VCPUs, &sb.MemoryMiB, &sb.DiskMiB,
 			&env, &meta, &sb.Token, &sb.SlotIndex, &sb.VMMPID, &sb.Dir, &sb.DiskPath, &sb.DiskFormat,
-			&created, &expires, &sb.Error, &timings, &network, &sb.TimeoutS, &sb.AutoPause, &sb.Snapshot); err != nil {
+			&created, &expires, &sb.Error, &timings, &network, &sb.TimeoutS, &sb.AutoPause, &sb.Snapshot,
+			&sb.AutoResume, &sb.TrafficToken); err != nil {
 			return nil, fmt.Errorf("scan sandbox: %w", err)
 		}
 		if err := decode(sb.ID, env, &sb.Env, meta, &sb.Metadata, timings, &sb.TimingsMS); err != nil {

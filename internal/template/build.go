@@ -51,6 +51,10 @@ func (b *Builder) ensure(ctx context.Context, reg Registry, name string, agent [
 	if err != nil {
 		return Template{}, fmt.Errorf("read busybox (apt-get install busybox-static): %w", err)
 	}
+	bash, err := os.ReadFile(hostBash)
+	if err != nil {
+		return Template{}, fmt.Errorf("read bash (apt-get install bash-static): %w", err)
+	}
 	size := b.rootfsSize()
 	kernelSource := linuxSourcePackage + " " + k.source
 	if b.KernelPath != "" {
@@ -61,9 +65,10 @@ func (b *Builder) ensure(ctx context.Context, reg Registry, name string, agent [
 		"linux_source":   kernelSource,
 		"agent_sha256":   sha256Hex(agent),
 		"busybox_sha256": sha256Hex(busybox),
+		"bash_sha256":    sha256Hex(bash),
 		"rootfs_recipe":  rootfsRecipeVersion,
 	}
-	key := rootfsKey(k.key, inputs["agent_sha256"], inputs["busybox_sha256"], size)
+	key := rootfsKey(k.key, inputs["agent_sha256"], inputs["busybox_sha256"], inputs["bash_sha256"], size)
 	if t, err := reg.Get(name); err == nil && t.Key == key {
 		return t, nil
 	}
@@ -96,7 +101,7 @@ func (b *Builder) ensure(ctx context.Context, reg Registry, name string, agent [
 	defer os.RemoveAll(work)
 
 	t0 := time.Now()
-	b.step("rootfs: staging busybox, init and the agent")
+	b.step("rootfs: staging busybox, bash, init and the agent")
 	applets, err := busyboxApplets(ctx, hostBusybox)
 	if err != nil {
 		return Template{}, err
@@ -107,7 +112,7 @@ func (b *Builder) ensure(ctx context.Context, reg Registry, name string, agent [
 			return Template{}, fmt.Errorf("create %q: %w", d, err)
 		}
 	}
-	if err := stage(staging, recipe(agent, busybox, applets)); err != nil {
+	if err := stage(staging, recipe(agent, busybox, bash, applets)); err != nil {
 		return Template{}, err
 	}
 	b.step(fmt.Sprintf("rootfs: mkfs.ext4 (%d MiB, sparse)", size>>20))

@@ -16,7 +16,7 @@ import (
 const (
 	// rootfsRecipeVersion changes whenever the staged contents or the mkfs
 	// options change, so images built by an older recipe are rebuilt.
-	rootfsRecipeVersion = "3"
+	rootfsRecipeVersion = "4"
 	// DefaultRootfsSize is the guest's disk size: room to write, while the
 	// sparse image allocates only what the files use.
 	DefaultRootfsSize int64 = 1 << 30
@@ -29,6 +29,10 @@ const (
 	rootfsLabel = "ember-root"
 	// hostBusybox is the static busybox from Debian's busybox-static.
 	hostBusybox = "/bin/busybox"
+	// hostBash is the static bash from Debian's bash-static: E2B's SDKs
+	// run every command as /bin/bash -l -c and every terminal as
+	// /bin/bash -i -l, and busybox has no bash applet.
+	hostBash = "/bin/bash-static"
 	// guestHostname is every guest's hostname.
 	guestHostname = "ember"
 )
@@ -86,8 +90,9 @@ type entry struct {
 
 // recipe lists what goes into the root filesystem, in creation order
 // (parents first). applets are busybox's install paths (`busybox
-// --list-full`), each becoming a symlink to /bin/busybox.
-func recipe(agent, busybox []byte, applets []string) []entry {
+// --list-full`), each becoming a symlink to /bin/busybox; bash becomes
+// /bin/bash.
+func recipe(agent, busybox, bash []byte, applets []string) []entry {
 	dir := func(p string, mode fs.FileMode) entry { return entry{path: p, mode: fs.ModeDir | mode} }
 	file := func(p string, perm fs.FileMode, data string) entry {
 		return entry{path: p, mode: perm, data: []byte(data)}
@@ -100,6 +105,7 @@ func recipe(agent, busybox []byte, applets []string) []entry {
 		{path: "home/user", mode: fs.ModeDir | 0o755, uid: userUID, gid: userUID},
 		dir("mnt", 0o755), dir("var", 0o755), dir("var/tmp", fs.ModeSticky|0o777), dir("var/log", 0o755),
 		{path: "bin/busybox", mode: 0o755, data: busybox},
+		{path: "bin/bash", mode: 0o755, data: bash},
 		{path: strings.TrimPrefix(AgentPath, "/"), mode: 0o755, data: agent},
 		file("etc/inittab", 0o644, inittab),
 		file("etc/init.d/rcS", 0o755, rcS),
@@ -111,7 +117,7 @@ func recipe(agent, busybox []byte, applets []string) []entry {
 		file("etc/resolv.conf", 0o644, "nameserver 8.8.8.8\nnameserver 1.1.1.1\n"),
 		file("etc/nsswitch.conf", 0o644, "passwd: files\ngroup: files\nhosts: files dns\n"),
 		file("etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n"+
-			fmt.Sprintf("user:x:%d:%d:user:/home/user:/bin/sh\n", userUID, userUID)+
+			fmt.Sprintf("user:x:%d:%d:user:/home/user:/bin/bash\n", userUID, userUID)+
 			"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
 		file("etc/group", 0o644, "root:x:0:\ntty:x:5:\n"+
 			fmt.Sprintf("user:x:%d:\n", userUID)+"nogroup:x:65534:\n"),
@@ -217,10 +223,10 @@ func makeExt4(ctx context.Context, staging, image string, size int64) error {
 // rootfsKey names a root filesystem build by everything that goes into it.
 // The kernel key is part of it so a template's kernel and image are always
 // rebuilt together.
-func rootfsKey(kernelKey, agentSHA, busyboxSHA string, size int64) string {
+func rootfsKey(kernelKey, agentSHA, busyboxSHA, bashSHA string, size int64) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "ember rootfs\nrecipe %s\nkernel %s\nagent %s\nbusybox %s\nsize %d\n",
-		rootfsRecipeVersion, kernelKey, agentSHA, busyboxSHA, size)
+	fmt.Fprintf(h, "ember rootfs\nrecipe %s\nkernel %s\nagent %s\nbusybox %s\nbash %s\nsize %d\n",
+		rootfsRecipeVersion, kernelKey, agentSHA, busyboxSHA, bashSHA, size)
 	return hex.EncodeToString(h.Sum(nil))
 }
 

@@ -13,22 +13,23 @@ import (
 )
 
 func TestRootfsKey(t *testing.T) {
-	base := rootfsKey("k", "a", "b", 1<<30)
+	base := rootfsKey("k", "a", "b", "s", 1<<30)
 	tests := []struct {
-		name                   string
-		kernel, agent, busybox string
-		size                   int64
-		same                   bool
+		name                         string
+		kernel, agent, busybox, bash string
+		size                         int64
+		same                         bool
 	}{
-		{"same inputs", "k", "a", "b", 1 << 30, true},
-		{"kernel rebuilt", "k2", "a", "b", 1 << 30, false},
-		{"agent changed", "k", "a2", "b", 1 << 30, false},
-		{"busybox upgraded", "k", "a", "b2", 1 << 30, false},
-		{"size changed", "k", "a", "b", 2 << 30, false},
+		{"same inputs", "k", "a", "b", "s", 1 << 30, true},
+		{"kernel rebuilt", "k2", "a", "b", "s", 1 << 30, false},
+		{"agent changed", "k", "a2", "b", "s", 1 << 30, false},
+		{"busybox upgraded", "k", "a", "b2", "s", 1 << 30, false},
+		{"bash upgraded", "k", "a", "b", "s2", 1 << 30, false},
+		{"size changed", "k", "a", "b", "s", 2 << 30, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := rootfsKey(tc.kernel, tc.agent, tc.busybox, tc.size)
+			got := rootfsKey(tc.kernel, tc.agent, tc.busybox, tc.bash, tc.size)
 			if (got == base) != tc.same {
 				t.Fatalf("key equal to base = %v, want %v", got == base, tc.same)
 			}
@@ -40,7 +41,7 @@ func TestRootfsKey(t *testing.T) {
 func stagedTree(t *testing.T, applets []string) string {
 	t.Helper()
 	root := t.TempDir()
-	if err := stage(root, recipe([]byte("agent-binary"), []byte("busybox-binary"), applets)); err != nil {
+	if err := stage(root, recipe([]byte("agent-binary"), []byte("busybox-binary"), []byte("bash-binary"), applets)); err != nil {
 		t.Fatal(err)
 	}
 	return root
@@ -55,10 +56,12 @@ func TestStage(t *testing.T) {
 		holds  string // substring of file contents
 	}{
 		{path: "bin/busybox", mode: 0o755, holds: "busybox-binary"},
+		{path: "bin/bash", mode: 0o755, holds: "bash-binary"},
 		{path: "usr/bin/ember-agent", mode: 0o755, holds: "agent-binary"},
 		{path: "etc/inittab", mode: 0o644, holds: "::respawn:/usr/bin/ember-agent\n"},
 		{path: "etc/init.d/rcS", mode: 0o755, holds: `echo "ember-guest: ready"`},
 		{path: "etc/passwd", mode: 0o644, holds: "root:x:0:0:root:/root:/bin/sh\n"},
+		{path: "etc/passwd", mode: 0o644, holds: "user:x:1000:1000:user:/home/user:/bin/bash\n"},
 		{path: "etc/group", mode: 0o644, holds: "nogroup:x:65534:"},
 		{path: "etc/hosts", mode: 0o644, holds: "localhost"},
 		{path: "etc/resolv.conf", mode: 0o644, holds: "nameserver "},

@@ -1,13 +1,14 @@
 // Drives the daemon's /test page in headless Chromium through a sandbox's
 // whole life: key, create, exec, the usage and latency charts drawing from
-// the event stream and the samples, pause, resume, exec, snapshot, create
-// from the snapshot, streamed output, fork, destroy, delete the snapshot.
-// Any console error fails it.
+// the event stream and the samples, files (upload, list, download, delete),
+// a terminal, pause, resume, exec, snapshot, create from the snapshot,
+// streamed output, fork, destroy, delete the snapshot. Any console error
+// fails it.
 //
 // Environment: EMBER_URL and EMBER_API_KEY name the daemon; EMBER_ARTIFACTS
 // is where screenshots go; EMBER_CHROMIUM overrides /usr/bin/chromium.
 import { chromium } from "playwright-core";
-import { mkdtemp, rm, mkdir } from "node:fs/promises";
+import { mkdtemp, rm, mkdir, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -157,6 +158,32 @@ async function run(page) {
   const latencyText = await page.locator("#latency-val").textContent();
   if (!/^1 · median \d+ ms/.test(latencyText)) throw new Error("create latency reads " + JSON.stringify(latencyText));
   await shoot(page, "1-charts");
+
+  step("files: upload, list, download, delete");
+  await page.getByLabel("Directory", { exact: true }).fill("/tmp");
+  await page.getByRole("button", { name: "List", exact: true }).click();
+  const upload = { name: "hello-ü.txt", mimeType: "text/plain", buffer: Buffer.from("uploaded from the browser ✓\n") };
+  await page.getByLabel("Upload into the directory").setInputFiles(upload);
+  await page.getByRole("button", { name: "Upload", exact: true }).click();
+  await page.locator('#frows tr[data-name="hello-ü.txt"]').waitFor();
+  await exec(page, "cat '/tmp/hello-ü.txt'", "uploaded from the browser ✓\n");
+  const [dl] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download hello-ü.txt" }).click()]);
+  const got = await readFile(await dl.path(), "utf8");
+  if (got !== "uploaded from the browser ✓\n") throw new Error("downloaded " + JSON.stringify(got));
+  await page.getByRole("button", { name: "Delete hello-ü.txt" }).click();
+  await page.locator('#frows tr[data-name="hello-ü.txt"]').waitFor({ state: "detached" });
+
+  step("terminal: a command and its output");
+  await page.getByRole("button", { name: "Open terminal" }).click();
+  await page.locator("#term-status", { hasText: "connected" }).waitFor();
+  // bash's prompt (the default user's: bash-5.2$), drawn by xterm.js.
+  await page.waitForFunction(() => /bash-[0-9.]+\$/.test(document.querySelector("#term .xterm-rows")?.textContent || ""));
+  await page.keyboard.type("echo term-$((6*7)); exit 4");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.querySelector("#term .xterm-rows").textContent.includes("term-42"));
+  await page.locator("#term-status", { hasText: "exited with code 4" }).waitFor();
+  await shoot(page, "1-files-terminal");
+  await page.getByRole("button", { name: "Close", exact: true }).click();
 
   step("pause");
   await page.getByRole("button", { name: "Pause " + first }).click();

@@ -30,7 +30,7 @@ func TestBridgeModePauseKeepsTheAddress(t *testing.T) {
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("ip addr in %s: %+v %v", id, res, err)
 		}
-		f := strings.Fields(res.Stdout)
+		f := strings.Fields(string(res.Stdout))
 		if len(f) < 4 {
 			t.Fatalf("ip addr output %q", res.Stdout)
 		}
@@ -44,7 +44,7 @@ func TestBridgeModePauseKeepsTheAddress(t *testing.T) {
 	if !strings.HasPrefix(aAddr, "172.31.77.") {
 		t.Fatalf("guest address %s, want one on %s", aAddr, subnet)
 	}
-	if _, err := d.Client.Exec(ctx, a.ID, client.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", "echo kept > /root/mark"}}); err != nil {
+	if _, err := d.Client.Exec(ctx, a.ID, client.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", "echo kept > /home/user/mark"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.Client.PauseSandbox(ctx, a.ID); err != nil {
@@ -63,8 +63,8 @@ func TestBridgeModePauseKeepsTheAddress(t *testing.T) {
 	if got := addr(a.ID); got != aAddr {
 		t.Fatalf("resumed with address %s, want %s", got, aAddr)
 	}
-	res, err := d.Client.Exec(ctx, a.ID, client.ExecRequest{Cmd: "cat", Args: []string{"/root/mark"}})
-	if err != nil || res.Stdout != "kept\n" {
+	res, err := d.Client.Exec(ctx, a.ID, client.ExecRequest{Cmd: "cat", Args: []string{"/home/user/mark"}})
+	if err != nil || string(res.Stdout) != "kept\n" {
 		t.Fatalf("file after resume: %+v %v", res, err)
 	}
 	// Snapshots and forks would restore a guest at an address that is not

@@ -23,7 +23,7 @@ func TestLargerDiskIsSeenByTheGuest(t *testing.T) {
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("df: %+v %v", res, err)
 	}
-	lines := strings.Split(strings.TrimSpace(res.Stdout), "\n")
+	lines := strings.Split(strings.TrimSpace(string(res.Stdout)), "\n")
 	fields := strings.Fields(lines[len(lines)-1])
 	if len(fields) < 2 {
 		t.Fatalf("df output %q", res.Stdout)

@@ -56,7 +56,7 @@ func TestSandboxThroughSDK(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.ExitCode != 0 || !strings.HasPrefix(res.Stdout, "Linux ") {
+		if res.ExitCode != 0 || !strings.HasPrefix(string(res.Stdout), "Linux ") {
 			t.Fatalf("uname -a: %+v", res)
 		}
 	})
@@ -66,25 +66,25 @@ func TestSandboxThroughSDK(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Stdout != "hello-from-create and-from-exec\n" {
+		if string(res.Stdout) != "hello-from-create and-from-exec\n" {
 			t.Fatalf("env: %+v", res)
 		}
 	})
 	t.Run("cwd", func(t *testing.T) {
 		res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "pwd", Cwd: "/tmp"})
-		if err != nil || res.Stdout != "/tmp\n" {
+		if err != nil || string(res.Stdout) != "/tmp\n" {
 			t.Fatalf("pwd: %+v %v", res, err)
 		}
 	})
 	t.Run("stdin", func(t *testing.T) {
-		res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "cat", Stdin: "line one\nline two\n"})
-		if err != nil || res.Stdout != "line one\nline two\n" || res.ExitCode != 0 {
+		res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "cat", Stdin: []byte("line one\nline two\n")})
+		if err != nil || string(res.Stdout) != "line one\nline two\n" || res.ExitCode != 0 {
 			t.Fatalf("cat: %+v %v", res, err)
 		}
 	})
 	t.Run("stdout and stderr apart", func(t *testing.T) {
 		res, err := c.Exec(ctx, sb.ID, client.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", "echo out; echo err >&2; echo out2"}})
-		if err != nil || res.Stdout != "out\nout2\n" || res.Stderr != "err\n" {
+		if err != nil || string(res.Stdout) != "out\nout2\n" || string(res.Stderr) != "err\n" {
 			t.Fatalf("streams: %+v %v", res, err)
 		}
 	})
@@ -270,7 +270,7 @@ func TestStateSurvivesDaemonRestart(t *testing.T) {
 		t.Fatalf("survivor after restart: %+v %v", got, err)
 	}
 	res, err := d.Client.Exec(ctx, keep.ID, client.ExecRequest{Cmd: "echo", Args: []string{"still here"}})
-	if err != nil || res.Stdout != "still here\n" {
+	if err != nil || string(res.Stdout) != "still here\n" {
 		t.Fatalf("exec after restart: %+v %v", res, err)
 	}
 	got, err = d.Client.GetSandbox(ctx, lose.ID)

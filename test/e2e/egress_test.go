@@ -96,7 +96,7 @@ func TestEgressPolicyInGuest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return res.Stdout, res.ExitCode == 0
+		return string(res.Stdout), res.ExitCode == 0
 	}
 	on, off := true, false
 	steps := []struct {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -73,17 +72,6 @@ func sandboxes(state string) series {
 	return series{"ember_sandboxes", map[string]string{"state": state, "template": "base"}}
 }
 
-// freeAddr returns a loopback address nothing listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // TestObservabilityAroundALifecycle takes one sandbox through create,
 // pause, resume, snapshot and destroy, and checks what an operator sees:
 // the metrics move by exactly those operations, promtool finds nothing in
@@ -91,7 +79,7 @@ func freeAddr(t *testing.T) string {
 // the sandbox's life in order, and every lifecycle log line is JSON with
 // the same keys.
 func TestObservabilityAroundALifecycle(t *testing.T) {
-	metricsAddr := freeAddr(t)
+	metricsAddr := harness.FreeAddr(t)
 	d := startWith(t, harness.Options{SlotFirst: 5800, Args: []string{"--log-format", "json", "--metrics-listen", metricsAddr}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -36,7 +36,7 @@ func TestUpgradeKeepsEverySandbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	guestSh(t, d, paused.ID, "echo before-upgrade > /root/file")
+	guestSh(t, d, paused.ID, "echo before-upgrade > /home/user/file")
 	if _, err := d.Client.PauseSandbox(ctx, paused.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestUpgradeKeepsEverySandbox(t *testing.T) {
 	if _, err := d.Client.ResumeSandbox(ctx, paused.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := guestSh(t, d, paused.ID, "cat /root/file"); got != "before-upgrade" {
+	if got := guestSh(t, d, paused.ID, "cat /home/user/file"); got != "before-upgrade" {
 		t.Fatalf("file in the resumed sandbox: %q", got)
 	}
 }

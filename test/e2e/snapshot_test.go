@@ -13,7 +13,7 @@ import (
 
 // counterScript counts in a shell variable (memory) and appends each value
 // to a file (disk), forever, detached from the exec; it prints its pid.
-const counterScript = `sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo $i >> /root/log; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!`
+const counterScript = `sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo $i >> /home/user/log; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!`
 
 // guestSh runs a shell command in a sandbox and returns its trimmed stdout,
 // failing the test on an error or a non-zero exit.
@@ -26,7 +26,7 @@ func guestSh(t *testing.T, d *harness.Daemon, id, script string) string {
 	if res.ExitCode != 0 {
 		t.Fatalf("exec %q in %s: exit %d: %s", script, id, res.ExitCode, res.Stderr)
 	}
-	return strings.TrimSpace(res.Stdout)
+	return strings.TrimSpace(string(res.Stdout))
 }
 
 func shInt(t *testing.T, d *harness.Daemon, id, script string) int {
@@ -76,7 +76,7 @@ func assertCounterContinues(t *testing.T, d *harness.Daemon, id string, pid, fro
 	}
 	waitCount(t, d, id, now+1)
 	// The log is 1, 2, 3, ... with nothing lost or repeated.
-	if bad := guestSh(t, d, id, `awk 'NR != $1 { print NR": "$0; exit }' /root/log`); bad != "" {
+	if bad := guestSh(t, d, id, `awk 'NR != $1 { print NR": "$0; exit }' /home/user/log`); bad != "" {
 		t.Fatalf("log in %s broken at line %s", id, bad)
 	}
 }
@@ -90,7 +90,7 @@ func TestPauseResumeKeepsGuestState(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := startCounter(t, d, sb.ID)
-	guestSh(t, d, sb.ID, "echo kept > /root/file")
+	guestSh(t, d, sb.ID, "echo kept > /home/user/file")
 
 	count := shInt(t, d, sb.ID, "cat /tmp/count")
 	p, err := d.Client.PauseSandbox(ctx, sb.ID)
@@ -121,7 +121,7 @@ func TestPauseResumeKeepsGuestState(t *testing.T) {
 		t.Fatalf("resume twice: %v", err)
 	}
 	assertCounterContinues(t, d, sb.ID, pid, count)
-	if got := guestSh(t, d, sb.ID, "cat /root/file"); got != "kept" {
+	if got := guestSh(t, d, sb.ID, "cat /home/user/file"); got != "kept" {
 		t.Fatalf("file after resume: %q", got)
 	}
 	// The guest reaches the (test's) internet from its new slot.
@@ -150,7 +150,7 @@ func TestSnapshotCreateFromAndFork(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := startCounter(t, d, src.ID)
-	guestSh(t, d, src.ID, "echo from-snapshot > /root/marker")
+	guestSh(t, d, src.ID, "echo from-snapshot > /home/user/marker")
 	sn, err := d.Client.CreateSnapshot(ctx, src.ID, "e2e-snap")
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +163,7 @@ func TestSnapshotCreateFromAndFork(t *testing.T) {
 	}
 	// The source keeps running.
 	assertCounterContinues(t, d, src.ID, pid, 1)
-	guestSh(t, d, src.ID, "echo changed-after > /root/marker")
+	guestSh(t, d, src.ID, "echo changed-after > /home/user/marker")
 
 	var kids []string
 	for i := range 3 {
@@ -175,15 +175,15 @@ func TestSnapshotCreateFromAndFork(t *testing.T) {
 		kids = append(kids, k.ID)
 	}
 	for i, id := range kids {
-		if got := guestSh(t, d, id, "cat /root/marker"); got != "from-snapshot" {
+		if got := guestSh(t, d, id, "cat /home/user/marker"); got != "from-snapshot" {
 			t.Fatalf("marker in %s: %q", id, got)
 		}
 		assertCounterContinues(t, d, id, pid, 1)
-		guestSh(t, d, id, "echo "+strconv.Itoa(i)+" > /root/mine")
+		guestSh(t, d, id, "echo "+strconv.Itoa(i)+" > /home/user/mine")
 	}
 	// Each diverged on its own.
 	for i, id := range kids {
-		if got := guestSh(t, d, id, "cat /root/mine"); got != strconv.Itoa(i) {
+		if got := guestSh(t, d, id, "cat /home/user/mine"); got != strconv.Itoa(i) {
 			t.Fatalf("%s sees %q, want its own %d", id, got, i)
 		}
 	}
@@ -199,7 +199,7 @@ func TestSnapshotCreateFromAndFork(t *testing.T) {
 		t.Fatalf("%d forks", len(forks))
 	}
 	for _, f := range forks {
-		if got := guestSh(t, d, f.ID, "cat /root/marker"); got != "changed-after" {
+		if got := guestSh(t, d, f.ID, "cat /home/user/marker"); got != "changed-after" {
 			t.Fatalf("marker in fork %s: %q", f.ID, got)
 		}
 		assertCounterContinues(t, d, f.ID, pid, 1)
@@ -235,7 +235,7 @@ func TestTimeoutDestroysOrPauses(t *testing.T) {
 	if _, err := d.Client.SetTimeout(ctx, extended.ID, 600); err != nil {
 		t.Fatal(err)
 	}
-	guestSh(t, d, paused.ID, "echo before > /root/file")
+	guestSh(t, d, paused.ID, "echo before > /home/user/file")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, errGone := d.Client.GetSandbox(ctx, gone.ID)
@@ -254,7 +254,7 @@ func TestTimeoutDestroysOrPauses(t *testing.T) {
 	if _, err := d.Client.ResumeSandbox(ctx, paused.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := guestSh(t, d, paused.ID, "cat /root/file"); got != "before" {
+	if got := guestSh(t, d, paused.ID, "cat /home/user/file"); got != "before" {
 		t.Fatalf("file after auto-pause: %q", got)
 	}
 }

@@ -116,6 +116,30 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 	return nil
 }
 
+// Pid is the daemon process's pid (for its memory use, say), 0 when it
+// does not run.
+func (d *Daemon) Pid() int {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return 0
+	}
+	return d.cmd.Process.Pid
+}
+
+// RSS is the daemon's resident memory in bytes, from /proc.
+func (d *Daemon) RSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.Pid()))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", d.Pid())
+}
+
 // Stop ends the daemon with SIGTERM (its sandboxes keep running). Stopping
 // a stopped daemon does nothing.
 func (d *Daemon) Stop() error {

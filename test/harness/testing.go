@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +15,8 @@ import (
 
 // ForTest starts a daemon for one test from bin/ember ($EMBER_BIN) and the
 // built default template ($EMBER_TEST_TEMPLATE), skipping (or failing under
-// EMBER_REQUIRE_ALL) where they, root or QEMU are missing. Bin, Templates,
-// DataDir and Log of o are filled in. At cleanup it destroys every sandbox,
+// EMBER_REQUIRE_ALL) where they, root or QEMU are missing. Bin, DataDir
+// and Log of o are filled in, and Templates unless set. At cleanup it destroys every sandbox,
 // stops the daemon, fails the test on anything left in the span slots from
 // o.SlotFirst, and puts the daemon's log into a failed test's log.
 func ForTest(t testing.TB, o Options, span int) *Daemon {
@@ -25,7 +26,10 @@ func ForTest(t testing.TB, o Options, span int) *Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Bin, o.Templates, o.DataDir, o.Log = h.Bin, h.Templates, t.TempDir(), logf
+	o.Bin, o.DataDir, o.Log = h.Bin, t.TempDir(), logf
+	if o.Templates == "" {
+		o.Templates = h.Templates
+	}
 	if o.SlotCount == 0 {
 		o.SlotCount = span
 	}
@@ -139,4 +143,16 @@ func ForBench(ctx context.Context, name string, o Options) (_ *Daemon, stop func
 		return nil, nil, err
 	}
 	return d, stop, nil
+}
+
+// FreeAddr returns a loopback address with a port nothing listens on, for
+// a daemon's second listener.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/creack/pty"
+
 	pb "github.com/emberhq/ember/internal/agent/proto/process"
 )
 
@@ -28,6 +30,10 @@ var errClosed = errors.New("agent is shutting down")
 // errNoStdin says a process's stdin was never opened or is closed.
 var errNoStdin = errors.New("stdin is not open")
 
+// errNoPTY says input or a resize was meant for a terminal the process does
+// not have (or the reverse).
+var errNoPTY = errors.New("process has no pty")
+
 // spec is a validated request to start a process.
 type spec struct {
 	config *pb.ProcessConfig // as the client sent it, for List
@@ -38,6 +44,10 @@ type spec struct {
 	env    []string
 	dir    string
 	stdin  bool
+	// pty, when set, runs the process on a new pseudo-terminal of this
+	// size (its session's controlling terminal) instead of pipes.
+	pty  *pty.Winsize
+	cred *syscall.Credential
 }
 
 // table is the set of processes the agent started that have not ended.
@@ -57,7 +67,7 @@ func newTable(log *slog.Logger) *table {
 // output is missed. The process runs until it ends or is signalled; it does
 // not depend on any request staying open.
 func (t *table) start(sp spec, sub *subscriber) (_ *proc, err error) {
-	// Pipe ends are released in reverse on failure; the child's ends are
+	// Descriptors are released in reverse on failure; the child's ends are
 	// always closed in the parent once the child holds them.
 	var undo []io.Closer
 	defer func() {
@@ -79,25 +89,44 @@ func (t *table) start(sp spec, sub *subscriber) (_ *proc, err error) {
 	cmd.Args = append([]string{sp.name}, sp.args...)
 	cmd.Env = sp.env
 	cmd.Dir = sp.dir
-	cmd.SysProcAttr = groupAttr()
-	outR, outW, err := pipe()
-	if err != nil {
-		return nil, err
-	}
-	errR, errW, err := pipe()
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = outW, errW
-	childEnds := []*os.File{outW, errW}
-	var inW *os.File
-	if sp.stdin {
-		var inR *os.File
-		if inR, inW, err = pipe(); err != nil {
+	var childEnds []*os.File
+	var outputs []output
+	var inW, ptmx *os.File
+	if sp.pty != nil {
+		// A session of its own with the terminal as its controlling
+		// one: job control works, and the session leader's pid names
+		// its process group for signals.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Credential: sp.cred}
+		tty, err := openPTY(sp.pty, &undo)
+		if err != nil {
 			return nil, err
 		}
-		cmd.Stdin = inR
-		childEnds = append(childEnds, inR)
+		ptmx = tty.ptmx
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = tty.tty, tty.tty, tty.tty
+		childEnds = append(childEnds, tty.tty)
+		outputs = append(outputs, output{f: ptmx, kind: outPTY})
+	} else {
+		cmd.SysProcAttr = groupAttr()
+		cmd.SysProcAttr.Credential = sp.cred
+		outR, outW, err := pipe()
+		if err != nil {
+			return nil, err
+		}
+		errR, errW, err := pipe()
+		if err != nil {
+			return nil, err
+		}
+		cmd.Stdout, cmd.Stderr = outW, errW
+		childEnds = append(childEnds, outW, errW)
+		outputs = append(outputs, output{f: outR, kind: outStdout}, output{f: errR, kind: outStderr})
+		if sp.stdin {
+			var inR *os.File
+			if inR, inW, err = pipe(); err != nil {
+				return nil, err
+			}
+			cmd.Stdin = inR
+			childEnds = append(childEnds, inR)
+		}
 	}
 
 	t.mu.Lock()
@@ -120,7 +149,9 @@ func (t *table) start(sp spec, sub *subscriber) (_ *proc, err error) {
 		config: sp.config,
 		tag:    sp.tag,
 		stdin:  inW,
+		ptmx:   ptmx,
 		subs:   map[*subscriber]struct{}{sub: {}},
+		done:   make(chan struct{}),
 	}
 	t.procs[p.pid] = p
 	t.mu.Unlock()
@@ -130,13 +161,31 @@ func (t *table) start(sp spec, sub *subscriber) (_ *proc, err error) {
 		if sp.tag != nil {
 			tag = *sp.tag
 		}
-		t.log.Debug("process started", "pid", p.pid, "cmd", sp.name, "dir", sp.dir, "tag", tag)
+		t.log.Debug("process started", "pid", p.pid, "cmd", sp.name, "dir", sp.dir, "tag", tag, "pty", sp.pty != nil)
 	}
-	p.readers.Add(2)
-	go p.read(outR, false)
-	go p.read(errR, true)
+	p.readers.Add(len(outputs))
+	for _, o := range outputs {
+		go p.read(o)
+	}
 	go t.wait(p, cmd)
 	return p, nil
+}
+
+// ptyPair is a new pseudo-terminal: the agent's end and the child's.
+type ptyPair struct{ ptmx, tty *os.File }
+
+// openPTY opens a pseudo-terminal of the given size, registering both ends
+// with undo.
+func openPTY(size *pty.Winsize, undo *[]io.Closer) (ptyPair, error) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		return ptyPair{}, fmt.Errorf("open pty: %w", err)
+	}
+	*undo = append(*undo, ptmx, tty)
+	if err := pty.Setsize(ptmx, size); err != nil {
+		return ptyPair{}, fmt.Errorf("set pty size %dx%d: %w", size.Cols, size.Rows, err)
+	}
+	return ptyPair{ptmx: ptmx, tty: tty}, nil
 }
 
 // wait reaps the process, lets its output drain and publishes the end.
@@ -156,7 +205,13 @@ func (t *table) wait(p *proc, cmd *exec.Cmd) {
 		delete(t.procs, p.pid)
 	}
 	t.mu.Unlock()
-	p.closeStdin()
+	p.stdinMu.Lock()
+	if p.stdin != nil {
+		p.stdin.Close()
+		p.stdin = nil
+	}
+	p.stdinMu.Unlock()
+	p.closePTY()
 
 	end := &pb.ProcessEvent_EndEvent{}
 	if st := cmd.ProcessState; st != nil {
@@ -198,6 +253,22 @@ func (t *table) list() []*proc {
 	return slices.SortedFunc(maps.Values(t.procs), func(a, b *proc) int { return int(a.pid) - int(b.pid) })
 }
 
+// killAt SIGKILLs p's process group at deadline unless it ended first.
+func (t *table) killAt(p *proc, deadline time.Time) {
+	timer := time.NewTimer(time.Until(deadline))
+	go func() {
+		defer timer.Stop()
+		select {
+		case <-p.done:
+		case <-timer.C:
+			t.log.Debug("process outlived its deadline", "pid", p.pid)
+			if err := p.signal(syscall.SIGKILL); err != nil {
+				t.log.Warn("kill process at its deadline", "pid", p.pid, "err", err)
+			}
+		}
+	}()
+}
+
 // killAll stops accepting new processes and SIGKILLs every running one.
 func (t *table) killAll() {
 	t.mu.Lock()
@@ -218,14 +289,18 @@ type proc struct {
 	tag     *string
 	readers sync.WaitGroup
 
-	// stdinMu serializes writes and guards stdin; nil when never opened or
-	// closed.
+	// stdinMu serializes writes and guards stdin and ptmx; stdin is nil
+	// when never opened or closed, ptmx (the terminal's agent end, closed
+	// once output has drained) nil when the process has no pty.
 	stdinMu sync.Mutex
 	stdin   *os.File
+	ptmx    *os.File
 
 	// mu guards subs; nil once the process has ended.
 	mu   sync.Mutex
 	subs map[*subscriber]struct{}
+	// done is closed once the process has ended and its output drained.
+	done chan struct{}
 }
 
 // subscriber receives a process's events in order. ch is closed after the
@@ -244,19 +319,40 @@ func newSubscriber() *subscriber {
 // leave stops delivery to the subscriber; safe to call more than once.
 func (s *subscriber) leave() { s.quitOnce.Do(func() { close(s.quit) }) }
 
-// read forwards one output pipe as data events until every writer is gone.
-// A slow subscriber slows the read, and so the process, instead of growing
-// a buffer.
-func (p *proc) read(f *os.File, stderr bool) {
+// output is one descriptor a process's output is read from.
+type output struct {
+	f    *os.File
+	kind int
+}
+
+// Kinds of output, as DataEvent tells them apart.
+const (
+	outStdout = iota
+	outStderr
+	outPTY
+)
+
+// read forwards one output descriptor as data events until every writer is
+// gone (a terminal reports that as EIO). A slow subscriber slows the read,
+// and so the process, instead of growing a buffer.
+func (p *proc) read(o output) {
 	defer p.readers.Done()
-	defer f.Close()
+	if o.kind != outPTY {
+		defer o.f.Close() // the terminal is closed by wait, after input stops
+	}
 	buf := make([]byte, readChunk)
 	for {
-		n, err := f.Read(buf)
+		n, err := o.f.Read(buf)
 		if n > 0 {
-			data := &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stdout{Stdout: bytes.Clone(buf[:n])}}
-			if stderr {
-				data.Output = &pb.ProcessEvent_DataEvent_Stderr{Stderr: bytes.Clone(buf[:n])}
+			data := &pb.ProcessEvent_DataEvent{}
+			chunk := bytes.Clone(buf[:n])
+			switch o.kind {
+			case outStdout:
+				data.Output = &pb.ProcessEvent_DataEvent_Stdout{Stdout: chunk}
+			case outStderr:
+				data.Output = &pb.ProcessEvent_DataEvent_Stderr{Stderr: chunk}
+			default:
+				data.Output = &pb.ProcessEvent_DataEvent_Pty{Pty: chunk}
 			}
 			p.publish(&pb.ProcessEvent{Event: &pb.ProcessEvent_Data{Data: data}})
 		}
@@ -287,6 +383,7 @@ func (p *proc) finish() {
 	}
 	p.subs = nil
 	p.mu.Unlock()
+	close(p.done)
 }
 
 // unsubscribe removes s; its channel is then never closed by finish, so the
@@ -302,32 +399,79 @@ func (p *proc) signal(sig syscall.Signal) error {
 	return signalGroup(int(p.pid), sig)
 }
 
-// writeStdin writes all of data to the process's stdin, giving up at ctx's
-// deadline.
-func (p *proc) writeStdin(ctx context.Context, data []byte) error {
+// writeInput writes all of data to the process's stdin, or to its terminal
+// when toPTY, giving up at ctx's deadline.
+func (p *proc) writeInput(ctx context.Context, data []byte, toPTY bool) error {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
-	if p.stdin == nil {
+	f := p.stdin
+	switch {
+	case toPTY && p.ptmx == nil:
+		return fmt.Errorf("pid %d: %w", p.pid, errNoPTY)
+	case toPTY:
+		f = p.ptmx
+	case p.ptmx != nil:
+		// A terminal's process reads its input from the terminal.
+		f = p.ptmx
+	case f == nil:
 		return errNoStdin
 	}
 	deadline, _ := ctx.Deadline() // zero: no deadline
-	if err := p.stdin.SetWriteDeadline(deadline); err != nil {
-		return fmt.Errorf("set stdin deadline of pid %d: %w", p.pid, err)
+	if err := f.SetWriteDeadline(deadline); err != nil {
+		return fmt.Errorf("set input deadline of pid %d: %w", p.pid, err)
 	}
-	if _, err := p.stdin.Write(data); err != nil {
-		return fmt.Errorf("write stdin of pid %d: %w", p.pid, err)
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write input of pid %d: %w", p.pid, err)
 	}
 	return nil
 }
 
+// resize sets the size of the process's terminal.
+func (p *proc) resize(size *pty.Winsize) error {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	if p.ptmx == nil {
+		return fmt.Errorf("pid %d: %w", p.pid, errNoPTY)
+	}
+	if err := pty.Setsize(p.ptmx, size); err != nil {
+		return fmt.Errorf("resize pty of pid %d to %dx%d: %w", p.pid, size.Cols, size.Rows, err)
+	}
+	return nil
+}
+
+// subscribe adds a subscriber to a running process; false once it ended.
+func (p *proc) subscribe(s *subscriber) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.subs == nil {
+		return false
+	}
+	p.subs[s] = struct{}{}
+	return true
+}
+
 // closeStdin closes the process's stdin so it reads EOF; closing twice is
-// not an error.
+// not an error. A terminal's process gets the terminal's end-of-file
+// character instead (the terminal stays, for its output).
 func (p *proc) closeStdin() {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
 	if p.stdin != nil {
 		p.stdin.Close()
 		p.stdin = nil
+	}
+	if p.ptmx != nil {
+		_, _ = p.ptmx.Write([]byte{4}) // ^D, VEOF in the default line discipline
+	}
+}
+
+// closePTY closes the terminal's agent end once output has drained.
+func (p *proc) closePTY() {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	if p.ptmx != nil {
+		p.ptmx.Close()
+		p.ptmx = nil
 	}
 }
 

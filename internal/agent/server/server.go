@@ -1,7 +1,8 @@
 // Package server is ember-agent's envd-compatible API: the HTTP endpoints
-// (/health, /init) and the Connect RPC services the E2B SDKs call inside a
-// sandbox. It serves HTTP/1.1 and cleartext HTTP/2 on one listener, because
-// Connect clients use both.
+// (/health, /init, /files) and the Connect RPC services (process and
+// filesystem) the E2B SDKs call inside a sandbox, each run as the user the
+// request names. It serves HTTP/1.1 and cleartext HTTP/2 on one listener,
+// because Connect clients use both.
 package server
 
 import (
@@ -42,7 +43,8 @@ const shutdownGrace = 5 * time.Second
 type Config struct {
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
-	// Dir is the working directory of processes that name none; "" means /.
+	// Dir is the working directory of processes that name none, and what
+	// relative ones are taken against; "" means the user's home directory.
 	Dir string
 	// Env is the environment every process starts from, before /init's
 	// variables and the request's own ("KEY=value" form); nil means the
@@ -66,6 +68,13 @@ type Server struct {
 	token string
 	// env is the default environment /init set, layered over baseEnv.
 	env map[string]string
+	// defaultUser is the user /init named for requests that name none;
+	// "" means DefaultUser.
+	defaultUser string
+
+	// watchMu guards watchers, the polling watchers by id.
+	watchMu  sync.Mutex
+	watchers map[string]*watcher
 }
 
 // New returns a server ready to serve.
@@ -75,9 +84,6 @@ func New(cfg Config) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	dir := cfg.Dir
-	if dir == "" {
-		dir = "/"
-	}
 	env := cfg.Env
 	if env == nil {
 		env = os.Environ()
@@ -91,7 +97,8 @@ func New(cfg Config) *Server {
 	if _, ok := base["PATH"]; !ok {
 		base["PATH"] = defaultPath
 	}
-	return &Server{log: log, dir: dir, baseEnv: base, procs: newTable(log), meter: newMeter(cfg.Usage), env: map[string]string{}}
+	return &Server{log: log, dir: dir, baseEnv: base, procs: newTable(log), meter: newMeter(cfg.Usage), env: map[string]string{},
+		watchers: map[string]*watcher{}}
 }
 
 // Handler returns the agent's routes behind the access-token check.
@@ -100,11 +107,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /health", s.health)
 	mux.HandleFunc("POST /init", s.initialize)
 	mux.HandleFunc("GET /metrics", s.metrics)
+	mux.HandleFunc("GET /files", s.download)
+	mux.HandleFunc("POST /files", s.upload)
 	procPath, procHandler := processconnect.NewProcessHandler(&processService{s: s})
 	mux.Handle(procPath, procHandler)
-	// The filesystem service comes later; until then its methods answer
-	// Unimplemented rather than 404 so SDKs report a clear error.
-	fsPath, fsHandler := filesystemconnect.NewFilesystemHandler(filesystemconnect.UnimplementedFilesystemHandler{})
+	fsPath, fsHandler := filesystemconnect.NewFilesystemHandler(&fsService{s: s})
 	mux.Handle(fsPath, fsHandler)
 	return s.authorize(mux, procPath, fsPath)
 }
@@ -143,9 +150,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // Close kills every process the server started (SIGKILL to its process
-// group). It is safe to call more than once.
+// group) and ends its polling watchers. It is safe to call more than once.
 func (s *Server) Close() {
 	s.procs.killAll()
+	s.watchMu.Lock()
+	ws := s.watchers
+	s.watchers = map[string]*watcher{}
+	s.watchMu.Unlock()
+	for _, w := range ws {
+		w.close()
+	}
 }
 
 // defaults returns the token and the default environment /init set.
@@ -155,11 +169,13 @@ func (s *Server) defaults() (string, map[string]string) {
 	return s.token, s.env
 }
 
-// environ merges the base environment, /init's variables and the request's
-// own, later ones winning, into exec's "KEY=value" form.
-func (s *Server) environ(req map[string]string) []string {
+// environ merges the base environment, the user's (HOME, USER), /init's
+// variables and the request's own, later ones winning, into exec's
+// "KEY=value" form.
+func (s *Server) environ(user, req map[string]string) []string {
 	_, def := s.defaults()
 	m := maps.Clone(s.baseEnv)
+	maps.Copy(m, user)
 	maps.Copy(m, def)
 	maps.Copy(m, req)
 	out := make([]string, 0, len(m))
@@ -174,11 +190,13 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// initRequest is envd's /init body. Fields we do not act on yet
-// (hyperloopIP, defaultUser, defaultWorkdir) are ignored.
+// initRequest is envd's /init body. Fields we do not act on
+// (hyperloopIP, defaultWorkdir) are ignored.
 type initRequest struct {
 	EnvVars     map[string]string `json:"envVars"`
 	AccessToken *string           `json:"accessToken"`
+	// DefaultUser is who requests that name no user run as.
+	DefaultUser *string `json:"defaultUser"`
 	// Timestamp is the host's time: a guest restored from a snapshot wakes
 	// with the clock it was saved with, and moves it forward to this.
 	Timestamp *time.Time `json:"timestamp"`
@@ -202,6 +220,9 @@ func (s *Server) initialize(w http.ResponseWriter, r *http.Request) {
 	if req.AccessToken != nil && *req.AccessToken != "" {
 		s.token = *req.AccessToken
 	}
+	if req.DefaultUser != nil {
+		s.defaultUser = *req.DefaultUser
+	}
 	s.mu.Unlock()
 	if req.Timestamp != nil && time.Now().Before(*req.Timestamp) {
 		if err := setClock(*req.Timestamp); err != nil {
@@ -217,13 +238,16 @@ func (s *Server) initialize(w http.ResponseWriter, r *http.Request) {
 var errUnauthenticated = errors.New("missing or wrong " + TokenHeader)
 
 // authorize lets a request through when no token is set yet, when it is
-// GET /health, or when it carries the token. Others get 401: a Connect
-// error for requests under rpcPaths, envd's JSON error for the rest.
+// GET /health, when it carries the token, or when it is for /files, whose
+// handlers accept the token or a signed URL instead (checkSigned). Others
+// get 401: a Connect error for requests under rpcPaths, envd's JSON error
+// for the rest. The daemon's port proxy forwards requests without looking
+// at them, so this is the only gate in front of the guest.
 func (s *Server) authorize(next http.Handler, rpcPaths ...string) http.Handler {
 	rpc := connect.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, _ := s.defaults()
-		if token == "" || (r.Method == http.MethodGet && r.URL.Path == "/health") ||
+		if token == "" || (r.Method == http.MethodGet && r.URL.Path == "/health") || r.URL.Path == "/files" ||
 			subtle.ConstantTimeCompare([]byte(r.Header.Get(TokenHeader)), []byte(token)) == 1 {
 			next.ServeHTTP(w, r)
 			return

@@ -10,12 +10,13 @@
 package filesystemconnect
 
 import (
-	connect "connectrpc.com/connect"
 	context "context"
 	errors "errors"
-	filesystem "github.com/emberhq/ember/internal/agent/proto/filesystem"
 	http "net/http"
 	strings "strings"
+
+	connect "connectrpc.com/connect"
+	filesystem "github.com/emberhq/ember/internal/agent/proto/filesystem"
 )
 
 // This is a compile-time assertion to ensure that this generated file and the connect package are

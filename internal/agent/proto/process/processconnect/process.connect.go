@@ -10,12 +10,13 @@
 package processconnect
 
 import (
-	connect "connectrpc.com/connect"
 	context "context"
 	errors "errors"
-	process "github.com/emberhq/ember/internal/agent/proto/process"
 	http "net/http"
 	strings "strings"
+
+	connect "connectrpc.com/connect"
+	process "github.com/emberhq/ember/internal/agent/proto/process"
 )
 
 // This is a compile-time assertion to ensure that this generated file and the connect package are

@@ -1,0 +1,6 @@
+// The E2B tier against the last 1.x SDK (1.13.2, this directory's e2b): it
+// reaches the daemon over https at E2B_DOMAIN.
+import * as sdk from 'e2b'
+import { e2bFlows } from '../flows.mjs'
+
+e2bFlows(sdk)
