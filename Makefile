@@ -120,9 +120,13 @@ check:
 test-host: deps
 	go run ./test/testhost -cache $(CACHE_DIR)/testhost
 
-## bench: create→first-exec latency, destroy latency and the phase breakdown
+## bench: create→first-exec latency, destroy latency and the phase breakdown;
+## a create from the template's snapshot against a cold boot, eight creates
+## in flight against eight in a row, a warm claim against one exec round
+## trip (BENCH_SLOTS: the daemon's first network slot)
+BENCH_SLOTS ?= 4000
 bench: deps build template
-	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/bench -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
+	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/bench -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES) -slot-first $(BENCH_SLOTS)
 
 ## bench-files: file upload and download throughput against exec's stdin and
 ## stdout, the daemon's memory during a big download, PTY echo latency
