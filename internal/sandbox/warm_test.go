@@ -79,14 +79,16 @@ func TestWarmPoolFillsAndClaims(t *testing.T) {
 	}
 
 	pol := slot.Policy{Internet: false}
-	r, err := m.Create(ctx, CreateRequest{Env: map[string]string{"A": "1"}, Metadata: map[string]string{"k": "v"}, TimeoutS: 60, Network: &pol})
+	r, err := m.Create(ctx, CreateRequest{Env: map[string]string{"A": "1"}, Metadata: map[string]string{"k": "v"}, TimeoutS: 60, Network: &pol,
+		AutoPause: true, AutoResume: true, PrivateTraffic: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := r.TimingsMS["claim"]; !ok || r.State != StateRunning {
 		t.Fatalf("create did not claim a warm sandbox: %+v", r)
 	}
-	if r.Env["A"] != "1" || r.Metadata["k"] != "v" || len(r.Metadata) != 1 || r.TimeoutS != 60 || r.Network.Internet {
+	if r.Env["A"] != "1" || r.Metadata["k"] != "v" || len(r.Metadata) != 1 || r.TimeoutS != 60 || r.Network.Internet ||
+		!r.AutoPause || !r.AutoResume || r.TrafficToken == "" || r.Token == "" {
 		t.Fatalf("claimed record lacks the create's settings: %+v", r)
 	}
 	if got := r.ExpiresAt.Sub(r.CreatedAt); got != time.Minute || time.Since(r.CreatedAt) > time.Second {
@@ -104,7 +106,18 @@ func TestWarmPoolFillsAndClaims(t *testing.T) {
 	if _, err := m.Exec(ctx, r.ID, ExecRequest{Cmd: "x"}, &stringsBuilder{}, &stringsBuilder{}); err != nil {
 		t.Fatalf("exec in the claimed sandbox: %v", err)
 	}
-	// The pool refills; a create of another shape restores as before.
+	// The pool refills, the next claim is a sandbox of its own; a create
+	// of another shape restores as before.
+	waitPool(t, m, 2)
+	next, err := m.Create(ctx, CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := next.TimingsMS["claim"]; !ok || next.ID == r.ID || next.Token == r.Token || next.TrafficToken != "" ||
+		next.AutoResume || len(next.Metadata) != 0 || len(next.Env) != 0 {
+		t.Fatalf("second claim: %+v", next)
+	}
+	destroyAll(t, m, next.ID)
 	waitPool(t, m, 2)
 	other, err := m.Create(ctx, CreateRequest{MemoryMiB: 512})
 	if err != nil {
