@@ -33,14 +33,20 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client wire web -path web/node_modules -prune -o \( -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' \) -print 2>/dev/null)
 
-.PHONY: all deps apt npm build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd bench-files bench-e2b proto clean install uninstall
+.PHONY: all deps apt npm vmm-user fuzz soak build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd bench-files bench-e2b proto clean install uninstall
 .PHONY: bench-density
 
 all: build
 
 ## deps: install the Debian packages, Go modules and npm packages ember needs
-deps: apt npm
+deps: apt npm vmm-user
 	@go mod download
+
+# The unprivileged user QEMU (and Firecracker's jailer) runs guests as.
+VMM_USER ?= ember-vmm
+vmm-user:
+	@id -u $(VMM_USER) >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+		--home-dir /nonexistent --shell /usr/sbin/nologin $(VMM_USER)
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES) $(NODE_PACKAGES); do \
@@ -86,6 +92,11 @@ internal/template/agentbin/ember-agent: bin/ember-agent
 bin/ember: internal/template/agentbin/ember-agent $(WEB_ASSETS) web/test.html $(GO_SOURCES) go.mod go.sum
 	go build -trimpath -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $@ ./cmd/ember
 
+# The crash matrix's daemon: bin/ember with its failpoints compiled in
+# (internal/failpoint). Never shipped.
+bin/ember-failpoints: internal/template/agentbin/ember-agent $(GO_SOURCES) go.mod go.sum
+	go build -tags failpoints -trimpath -ldflags "-X main.version=$(VERSION)-failpoints" -o $@ ./cmd/ember
+
 ## template: build the default template (kernel cached in CACHE_DIR)
 template: deps build
 	EMBER_CACHE_DIR=$(CACHE_DIR) bin/ember template build --dir $(TEST_TEMPLATES)
@@ -96,13 +107,13 @@ run: deps build
 
 TEST_ENV := EMBER_TEST_TEMPLATE=$(TEST_TEMPLATES)/base EMBER_BIN=$(CURDIR)/bin/ember \
 	EMBER_CACHE_DIR=$(CACHE_DIR) EMBER_E2B_PKG=$(CURDIR)/test/e2b/node_modules/e2b \
-	EMBER_ARTIFACTS=$(CURDIR)/test-artifacts
+	EMBER_ARTIFACTS=$(CURDIR)/test-artifacts EMBER_FAILPOINT_BIN=$(CURDIR)/bin/ember-failpoints
 
 ## test: every test tier (unit, privileged, VM under QEMU, test host)
 # The VM tier and the browser test run after the others and one after the
 # other, not beside them: their daemons reclaim ember slots at and above
 # their first index at start, and must not meet anyone else's.
-test: deps build template check
+test: deps build bin/ember-failpoints template check
 	$(TEST_ENV) go test -race -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/e2e -e /test/browser -e /test/e2b$$)
 	$(TEST_ENV) go test -race -count=1 -timeout 20m -v ./test/e2e
 	$(TEST_ENV) go test -race -count=1 -timeout 15m -v ./test/e2b
@@ -204,6 +215,22 @@ uninstall:
 		rmdir $(DESTDIR)$(SYSCONFDIR)/ember 2>/dev/null || true; \
 		echo "kept $(DESTDIR)$(DATA_DIR) and any changed config (PURGE=1 removes them)"; \
 	fi
+
+## soak: SOAK_CYCLES create → exec → destroy cycles against one daemon, with
+## the growth of its fds, RSS, goroutines, disk and netns (make test runs 50)
+SOAK_CYCLES ?= 1000
+soak: deps build template
+	$(TEST_ENV) EMBER_SOAK_CYCLES=$(SOAK_CYCLES) go test -count=1 -timeout 0 -v -run '^TestSoak$$' ./test/e2e
+
+## fuzz: run every fuzz target for FUZZTIME each (make test runs their seeds)
+FUZZTIME ?= 30s
+fuzz:
+	@set -e; for pkg in $$(go list ./...); do \
+		for target in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
+			go test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 ## proto: regenerate the agent's Go code from its .proto files
 proto:

@@ -20,7 +20,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // APIError is an error response from the daemon.
@@ -28,6 +30,9 @@ type APIError struct {
 	Status  int
 	Code    string
 	Message string
+	// RetryAfter is the wait the daemon asked for (its Retry-After
+	// header), on a 429 capacity_exhausted; zero otherwise.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {
@@ -346,5 +351,9 @@ func apiError(resp *http.Response) error {
 	if json.Unmarshal(b, &e) != nil || e.Code == "" {
 		return &APIError{Status: resp.StatusCode, Code: "http_error", Message: strings.TrimSpace(string(b))}
 	}
-	return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
+	ae := &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
+	if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+		ae.RetryAfter = time.Duration(secs) * time.Second
+	}
+	return ae
 }

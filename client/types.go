@@ -26,4 +26,10 @@ type (
 	WarmPool              = wire.WarmPool
 	WarmRequest           = wire.WarmRequest
 	KSM                   = wire.KSM
+
+	// Hardening.
+	CapacityInfo = wire.CapacityInfo
+	Confinement  = wire.Confinement
+	Limits       = wire.Limits
+	Usage        = wire.Usage
 )

@@ -29,6 +29,31 @@ type CreateSandboxRequest struct {
 	// PrivateTraffic gives the sandbox a traffic token the port proxy
 	// requires of requests to its ports (Sandbox.TrafficToken).
 	PrivateTraffic bool `json:"private_traffic,omitempty"`
+	// Limits lowers the bounds of the sandbox's cgroup below the daemon's
+	// defaults; a field left out keeps the default, a higher one is an
+	// invalid_argument.
+	Limits *Limits `json:"limits,omitempty"`
+}
+
+// Limits bound what a running sandbox's processes (its VMM and helpers)
+// may use, enforced by its cgroup. Zero is no bound.
+type Limits struct {
+	// CPUs is CPU time per wall-clock second, in CPUs.
+	CPUs float64 `json:"cpus,omitempty"`
+	// MemoryMiB bounds memory: guest RAM plus what the VMM takes.
+	MemoryMiB int `json:"memory_mib,omitempty"`
+	// Pids bounds processes and threads.
+	Pids int `json:"pids,omitempty"`
+	// IOWeight is the block I/O weight, 10 to 1000.
+	IOWeight int `json:"io_weight,omitempty"`
+}
+
+// Usage is what a running sandbox's processes use, read from its cgroup.
+type Usage struct {
+	CPUNanos        uint64 `json:"cpu_ns"`
+	MemoryBytes     uint64 `json:"memory_bytes"`
+	MemoryPeakBytes uint64 `json:"memory_peak_bytes"`
+	Pids            uint64 `json:"pids"`
 }
 
 // NetworkPolicy is what a sandbox may reach. A destination in Deny is
@@ -71,6 +96,10 @@ type Sandbox struct {
 	// links, counts its share).
 	DiskBytes   int64 `json:"disk_bytes"`
 	MemoryBytes int64 `json:"memory_bytes"`
+	// Limits are the bounds of its cgroup; Usage, while it runs, what its
+	// processes use.
+	Limits *Limits `json:"limits,omitempty"`
+	Usage  *Usage  `json:"usage,omitempty"`
 }
 
 // Snapshot is a named capture of a sandbox (memory, device state and disk)
@@ -210,6 +239,43 @@ type Info struct {
 	// identical pages.
 	Warm []WarmPool `json:"warm,omitempty"`
 	KSM  KSM        `json:"ksm"`
+
+	// Hardening: what the daemon may commit to machines and what it has,
+	// and how each VMM is confined.
+	Capacity    *CapacityInfo `json:"capacity,omitempty"`
+	Confinement []Confinement `json:"confinement,omitempty"`
+	// Goroutines is how many goroutines the daemon runs: a figure that
+	// must not grow with the sandboxes it has made (the soak test reads it).
+	Goroutines int `json:"goroutines,omitempty"`
+}
+
+// CapacityInfo is what the daemon may commit to running machines and
+// what it has committed; a create beyond it is answered 429
+// capacity_exhausted. A zero limit is none.
+type CapacityInfo struct {
+	MemoryMiB       int `json:"memory_mib"`
+	MemoryLimitMiB  int `json:"memory_limit_mib"`
+	VCPUs           int `json:"vcpus"`
+	VCPULimit       int `json:"vcpu_limit"`
+	ShmMiB          int `json:"shm_mib"`
+	ShmLimitMiB     int `json:"shm_limit_mib"`
+	OverheadMiB     int `json:"overhead_mib"`
+	Machines        int `json:"machines"`
+	MaxParallel     int `json:"max_parallel"`
+	Running         int `json:"running"`
+	Waiting         int `json:"waiting"`
+	MaxQueue        int `json:"max_queue"`
+	QueueWaitMillis int `json:"queue_wait_ms"`
+}
+
+// Confinement says whether one measure confining the VMM is in force, and
+// why not where it is not.
+type Confinement struct {
+	// Name is "seccomp", "user", "chroot", "cgroup cpu", "cgroup memory",
+	// "cgroup pids" or "cgroup blkio".
+	Name   string `json:"name"`
+	On     bool   `json:"on"`
+	Detail string `json:"detail"`
 }
 
 // AccelInfo is the accelerator one template's kernel gets.

@@ -62,7 +62,8 @@ func newRoot() *cobra.Command {
 	}
 	root.AddCommand(serveCmd(), doctorCmd(), createCmd(), lsCmd(), getCmd(), execCmd(), rmCmd(), networkCmd(), templateCmd(), infoCmd(),
 		pauseCmd(), resumeCmd(), timeoutCmd(), forkCmd(), snapshotCmd(), versionCmd(), statsCmd(), eventsCmd(),
-		cpCmd(), filesCmd(), shellCmd())
+		cpCmd(), filesCmd(), shellCmd(), keyCmd())
+	root.AddCommand(helperCmds()...)
 	completionExamples(root)
 	return root
 }
@@ -87,4 +88,12 @@ func apiClient() (*client.Client, error) {
 		key = strings.TrimSpace(string(b))
 	}
 	return client.New(url, key), nil
+}
+
+// envOr returns the environment variable name, or def when it is unset.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

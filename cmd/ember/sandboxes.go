@@ -145,11 +145,21 @@ func lsCmd() *cobra.Command {
 				return printJSON(sbs)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATE\tTEMPLATE\tVCPUS\tMEMORY\tAGE\tEXPIRES IN")
+			fmt.Fprintln(tw, "ID\tSTATE\tTEMPLATE\tVCPUS\tMEMORY\tUSED\tCPU\tAGE\tEXPIRES IN")
 			now := time.Now()
 			for _, sb := range sbs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", sb.ID, sb.State, sb.Template, sb.VCPUs,
-					sb.MemoryMiB, now.Sub(sb.CreatedAt).Round(time.Second), sb.ExpiresAt.Sub(now).Round(time.Second))
+				// USED and CPU are what the sandbox's cgroup says its
+				// processes use now, out of its limit.
+				used, cpu := "-", "-"
+				if u := sb.Usage; u != nil {
+					used = fmt.Sprintf("%d MiB", u.MemoryBytes>>20)
+					if sb.Limits != nil && sb.Limits.MemoryMiB > 0 {
+						used += fmt.Sprintf("/%d", sb.Limits.MemoryMiB)
+					}
+					cpu = (time.Duration(u.CPUNanos) * time.Nanosecond).Round(10 * time.Millisecond).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\t%s\t%s\n", sb.ID, sb.State, sb.Template, sb.VCPUs,
+					sb.MemoryMiB, used, cpu, now.Sub(sb.CreatedAt).Round(time.Second), sb.ExpiresAt.Sub(now).Round(time.Second))
 			}
 			return tw.Flush()
 		},
@@ -277,6 +287,18 @@ func infoCmd() *cobra.Command {
 				fmt.Printf("accel:      %s: %s\n", a.Template, a.Reason)
 			}
 			printKSMAndWarm(info)
+			if c := info.Capacity; c != nil {
+				fmt.Printf("capacity:   memory %d/%d MiB (%d MiB per vmm), vcpus %d/%d, shm %d/%d MiB, %d machines; creates %d/%d running, %d/%d queued (wait %d ms)\n",
+					c.MemoryMiB, c.MemoryLimitMiB, c.OverheadMiB, c.VCPUs, c.VCPULimit, c.ShmMiB, c.ShmLimitMiB, c.Machines,
+					c.Running, c.MaxParallel, c.Waiting, c.MaxQueue, c.QueueWaitMillis)
+			}
+			for _, c := range info.Confinement {
+				state := "off"
+				if c.On {
+					state = "on"
+				}
+				fmt.Printf("confine:    %s %s: %s\n", c.Name, state, c.Detail)
+			}
 			return nil
 		},
 	}

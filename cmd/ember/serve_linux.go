@@ -4,11 +4,8 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,6 +14,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +25,7 @@ import (
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api"
 	"github.com/emberhq/ember/internal/api/e2b"
+	"github.com/emberhq/ember/internal/apikey"
 	"github.com/emberhq/ember/internal/config"
 	"github.com/emberhq/ember/internal/doctor"
 	"github.com/emberhq/ember/internal/event"
@@ -87,13 +86,6 @@ func configFlags(cmd *cobra.Command) func() (*config.Config, error) {
 	return func() (*config.Config, error) { return config.Load(path, cmd.Flags(), flagged, os.Getenv) }
 }
 
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 // serve wires the daemon: config → lock → reclaim → construct → serve →
 // shut down in reverse.
 func serve(ctx context.Context, cfg *config.Config) error {
@@ -123,7 +115,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if err := refuseUnfitHost(ctx, cfg, prober, log); err != nil {
 		return err
 	}
-	apiKey, err := loadAPIKey(filepath.Join(f.DataDir, "api-key"))
+	keyFile, err := apikey.Open(filepath.Join(f.DataDir, apikey.FileName))
 	if err != nil {
 		return err
 	}
@@ -149,8 +141,22 @@ func serve(ctx context.Context, cfg *config.Config) error {
 			return fmt.Errorf("default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.DefaultTemplate, err, f.DefaultTemplate)
 		}
 	}
+	confine := confineOf(f)
+	qemuConfine, err := confine.qemu()
+	if err != nil {
+		return err
+	}
+	jailer, err := confine.firecracker()
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the ember binary for page servers and memory copies: %w", err)
+	}
 	driver, vmmReason, err := vmmauto.Select(ctx, vmmauto.Config{VMM: f.VMM, Accel: f.Accel,
-		FirecrackerBinary: f.Firecracker, CacheDir: f.CacheDir, Kernel: def.Kernel, Prober: prober}, log)
+		FirecrackerBinary: f.Firecracker, CacheDir: f.CacheDir, Kernel: def.Kernel, Prober: prober,
+		QEMUConfine: qemuConfine, Jailer: jailer, Helper: []string{self}}, log)
 	if err != nil {
 		return err
 	}
@@ -190,6 +196,31 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	}}
 	mcfg := sandbox.DefaultConfig(filepath.Join(f.DataDir, "sandboxes"))
 	mcfg.DefaultTemplate = def.Name
+	var memDir string
+	if md, ok := driver.(interface{ MemoryDir() string }); ok {
+		memDir = md.MemoryDir()
+	}
+	capacity := capacityOf(f)
+	if mcfg.Capacity, err = capacity.capacity(memDir); err != nil {
+		return err
+	}
+	cg := cgroupsOf(f)
+	mcfg.Resources = cg.defaults()
+	cgroups, err := cg.manager(f.DataDir, log)
+	if err != nil {
+		return err
+	}
+	if cgroups != nil {
+		defer cgroups.Close()
+	}
+	confined := append(confinement(driver), cgroupMeasures(cgroups)...)
+	for _, c := range confined {
+		log.Info("sandbox confinement", "measure", c.Name, "on", c.On, "detail", c.Detail)
+	}
+	var sbCgroups sandbox.Cgroups
+	if cgroups != nil {
+		sbCgroups = cgroups
+	}
 	var mgr *sandbox.Manager
 	events := event.NewHub(event.DefaultHistory)
 	// The scrape-time figures are read from the manager, which exists by
@@ -197,10 +228,11 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	mtr := metrics.New(metrics.Config{
 		Version: version, VMM: driver.Name(), Disk: disks.Name(), Log: log, Slots: pool.Stats,
 		Sandboxes: func() []store.Sandbox { return mgr.ListAll() }, Templates: func() []string { return templateNames(reg) },
+		Capacity: func() []metrics.Capacity { return capacityMetrics(mgr.Capacity()) },
 	})
 	mtr.Observe(sandbox.Op{Name: sandbox.OpTemplateBuild, Template: template.DefaultName, Duration: built})
 	mgr, err = sandbox.NewManager(mcfg, sandbox.Deps{
-		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log,
+		Store: st, Templates: reg, Disks: disks, Slots: pool, VMM: driver, Log: log, Cgroups: sbCgroups,
 		Agent: func(addr netip.Addr, token string) sandbox.Agent {
 			return agent.New(fmt.Sprintf("http://%s", netip.AddrPortFrom(addr, agent.Port)), token, hc)
 		},
@@ -216,7 +248,14 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	if _, err := reclaim.Run(ctx, reclaimPlan(driver, pool, disks), keep, log); err != nil {
+	plan := reclaimPlan(driver, pool, disks)
+	if cgroups != nil {
+		plan.Cgroups = reclaim.Func(func(ctx context.Context, k reclaim.Keep) (reclaim.Result, error) {
+			// A sandbox's group lives while its machine runs.
+			return cgroups.Reclaim(ctx, reclaim.Keep{Sandboxes: k.Running})
+		})
+	}
+	if _, err := reclaim.Run(ctx, plan, keep, log); err != nil {
 		log.Error("start-up reclaim left orphans", "err", err)
 	}
 	mgr.RunReaper(ctx, time.Second)
@@ -232,6 +271,9 @@ func serve(ctx context.Context, cfg *config.Config) error {
 			Accelerators: accelerators(ctx, driver, reg),
 			Warm:         api.WarmPools(mgr.WarmPools()),
 			KSM:          client.KSM(usage.ReadKSM(os.ReadFile)),
+			Capacity:     capacityInfo(mgr.Capacity()),
+			Confinement:  confined,
+			Goroutines:   runtime.NumGoroutine(),
 		}
 	}
 	// Requests run under a context the shutdown cancels, so lifecycle
@@ -240,7 +282,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	reqCtx, cancelRequests := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
-		Handler: api.New(api.Config{APIKey: apiKey, Domain: f.Domain, Info: info, Metrics: mtr, Events: events,
+		Handler: api.New(api.Config{APIKey: keyFile.Key, Domain: f.Domain, Info: info, Metrics: mtr, Events: events,
 			ExecOutputLimit: f.ExecOutputLimit, E2B: e2b.Config{Templates: f.E2BTemplateMap()}, Warm: mgr},
 			mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -250,16 +292,32 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.Listen, err)
 	}
-	fmt.Fprintf(os.Stderr, "ember: API       http://%s/v1 (X-API-Key from %s)\n", ln.Addr(), filepath.Join(f.DataDir, "api-key"))
-	if f.PrintAPIKey {
-		fmt.Fprintf(os.Stderr, "ember: API key   %s\n", apiKey)
+	// TLS on the API's own listener when a certificate is given and no
+	// separate tls-listen address takes it.
+	mainTLS := f.TLSCert != "" && f.TLSListen == ""
+	scheme := "http"
+	if mainTLS {
+		scheme = "https"
+	} else if !loopback(ln.Addr()) {
+		log.Warn("the API listens beyond loopback without TLS: the API key and every request cross the network in the clear; give tls-cert and tls-key", "addr", ln.Addr().String())
+		fmt.Fprintf(os.Stderr, "ember: WARNING   %s is reachable from other hosts and not encrypted: use --tls-cert and --tls-key\n", ln.Addr())
 	}
-	fmt.Fprintf(os.Stderr, "ember: OpenAPI   http://%s/openapi.yaml\n", ln.Addr())
-	fmt.Fprintf(os.Stderr, "ember: test page http://%s/test\n", ln.Addr())
-	log.Info("serving", "addr", ln.Addr().String(), "vmm", driver.Name(), "vmm_reason", vmmReason)
+	fmt.Fprintf(os.Stderr, "ember: API       %s://%s/v1 (X-API-Key from %s)\n", scheme, ln.Addr(), keyFile.Path())
+	if f.PrintAPIKey {
+		fmt.Fprintf(os.Stderr, "ember: API key   %s\n", keyFile.Key())
+	}
+	fmt.Fprintf(os.Stderr, "ember: OpenAPI   %s://%s/openapi.yaml\n", scheme, ln.Addr())
+	fmt.Fprintf(os.Stderr, "ember: test page %s://%s/test\n", scheme, ln.Addr())
+	log.Info("serving", "addr", ln.Addr().String(), "tls", mainTLS, "vmm", driver.Name(), "vmm_reason", vmmReason)
 
 	errc := make(chan error, 3)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if mainTLS {
+			errc <- srv.ServeTLS(ln, f.TLSCert, f.TLSKey)
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	// The same server over TLS, for clients that speak only https (the
 	// 1.x and early 2.x E2B SDKs).
 	if f.TLSListen != "" {
@@ -315,23 +373,10 @@ func refuseUnfitHost(ctx context.Context, cfg *config.Config, prober *accel.Prob
 	return nil
 }
 
-// loadAPIKey reads the API key, creating it (mode 0600) on first start.
-func loadAPIKey(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		if k := strings.TrimSpace(string(b)); k != "" {
-			return k, nil
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("read API key: %w", err)
-	}
-	raw := make([]byte, 24)
-	rand.Read(raw)
-	key := "ember_" + hex.EncodeToString(raw)
-	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write API key: %w", err)
-	}
-	return key, nil
+// loopback reports whether addr is reachable from this host only.
+func loopback(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // reclaimPlan names each resource's reclaimer; package reclaim orders them.

@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/subtle"
 	_ "embed"
 	"encoding/base64"
 	"encoding/json"
@@ -17,13 +16,16 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api/e2b"
+	"github.com/emberhq/ember/internal/apikey"
 	"github.com/emberhq/ember/internal/event"
+	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/sandbox"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
@@ -71,8 +73,10 @@ type Templates interface {
 
 // Config configures the API server.
 type Config struct {
-	// APIKey guards everything but /health, /openapi.yaml and /test.
-	APIKey string
+	// APIKey returns the key that guards everything but /health,
+	// /openapi.yaml and /test. It is asked on every request, so a rotated
+	// key is in force at once (apikey.File.Key).
+	APIKey func() string
 	// Domain routes <port>-<sandbox-id>.<Domain> to that port in the
 	// sandbox; empty turns host routing off (the E2b-Sandbox-* headers
 	// still route).
@@ -211,7 +215,7 @@ func (s *Server) validKey(key string) (bool, string) {
 	if key == "" {
 		return false, "missing X-API-Key header (or Authorization: Bearer)"
 	}
-	if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
+	if !apikey.Equal(key, s.cfg.APIKey()) {
 		return false, "invalid API key"
 	}
 	return true, ""
@@ -286,6 +290,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		TimeoutS: req.TimeoutS, Env: req.Env, Metadata: req.Metadata,
 		Snapshot: req.Snapshot, AutoPause: req.AutoPause,
 		AutoResume: req.AutoResume, PrivateTraffic: req.PrivateTraffic,
+	}
+	if req.Limits != nil {
+		cr.Limits = resource.Limits(*req.Limits)
 	}
 	if req.Network != nil {
 		pol, err := policy(*req.Network)
@@ -635,7 +642,18 @@ func toSandbox(r store.Sandbox) wire.Sandbox {
 		Network:   wire.NetworkPolicy{Internet: &internet, Allow: r.Network.Allow, Deny: r.Network.Deny},
 		AutoPause: r.AutoPause, Snapshot: r.Snapshot, DiskBytes: r.DiskBytes, MemoryBytes: r.MemoryBytes,
 		AutoResume: r.AutoResume, TrafficToken: r.TrafficToken,
+		Limits: limitsOf(r.Limits), Usage: (*wire.Usage)(r.Usage),
 	}
+}
+
+// limitsOf is a record's limits as the API shows them; none when the
+// daemon sets none.
+func limitsOf(l resource.Limits) *wire.Limits {
+	if l == (resource.Limits{}) {
+		return nil
+	}
+	w := wire.Limits(l)
+	return &w
 }
 
 func toSnapshot(sn store.Snapshot) wire.Snapshot {
@@ -710,6 +728,9 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 		return http.StatusBadRequest, "invalid_argument", err.Error()
 	case errors.Is(err, sandbox.ErrNoProcess):
 		return http.StatusNotFound, "process_not_found", err.Error()
+	case errors.Is(err, sandbox.ErrNoCapacity):
+		// Retry-After rides along (fail sets it).
+		return http.StatusTooManyRequests, "capacity_exhausted", err.Error()
 	case errors.Is(err, sandbox.ErrExecTimeout):
 		return http.StatusGatewayTimeout, "exec_timeout", err.Error()
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(context.Cause(r.Context()), ErrShuttingDown):
@@ -734,7 +755,7 @@ func (s *Server) classify(r *http.Request, err error) (int, string, string) {
 // unavailable until a sandbox ends (503).
 func opStatus(err error) (int, string) {
 	switch {
-	case errors.Is(err, sandbox.ErrNoCapacity):
+	case errors.Is(err, sandbox.ErrNoSlots):
 		return http.StatusServiceUnavailable, "no_capacity"
 	case errors.Is(err, sandbox.ErrDisk):
 		return http.StatusInternalServerError, "disk_failed"
@@ -756,6 +777,10 @@ func opStatus(err error) (int, string) {
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, code, msg := s.classify(r, err)
+	var ce *sandbox.CapacityError
+	if errors.As(err, &ce) {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((ce.RetryAfter+time.Second-1)/time.Second))))
+	}
 	writeError(w, status, code, msg)
 }
 

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,8 +14,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/internal/sandbox"
@@ -58,6 +57,9 @@ func (f *fakeSandboxes) Create(ctx context.Context, req sandbox.CreateRequest) (
 	f.created = append(f.created, req)
 	if f.createErr != nil {
 		return store.Sandbox{}, f.createErr
+	}
+	if req.Template == "full" {
+		return store.Sandbox{}, &sandbox.CapacityError{Resource: "memory", Need: 320, Free: 100, RetryAfter: 2500 * time.Millisecond}
 	}
 	if req.Template != "base" && req.Template != "" {
 		return store.Sandbox{}, fmt.Errorf("template %q: %w", req.Template, sandbox.ErrTemplateNotFound)
@@ -177,7 +179,7 @@ func newServerWith(t *testing.T, f *fakeSandboxes, tune func(*Config)) (*httptes
 		f.recs = map[string]store.Sandbox{}
 	}
 	info := func() wire.Info { return wire.Info{VMM: "qemu"} }
-	cfg := Config{APIKey: key, Domain: "sb.test", Info: info, ExecOutputLimit: f.outLimit}
+	cfg := Config{APIKey: func() string { return key }, Domain: "sb.test", Info: info, ExecOutputLimit: f.outLimit}
 	if tune != nil {
 		tune(&cfg)
 	}
@@ -417,14 +419,48 @@ func TestTestPageServedWithoutKey(t *testing.T) {
 	}
 }
 
-// TestOpenAPIIsValid holds the document to OpenAPI 3: it loads and
-// validates, references included.
-func TestOpenAPIIsValid(t *testing.T) {
-	doc, err := openapi3.NewLoader().LoadFromData(openapiDoc)
-	if err != nil {
-		t.Fatalf("load openapi.yaml: %v", err)
+// A rotated key is in force on the next request: the old one is refused,
+// the new one accepted, with no restart between.
+func TestRotatedKeyInForceAtOnce(t *testing.T) {
+	var mu sync.Mutex
+	current := "first"
+	keyOf := func() string { mu.Lock(); defer mu.Unlock(); return current }
+	srv := httptest.NewServer(New(Config{APIKey: keyOf, Info: func() wire.Info { return wire.Info{} }},
+		&fakeSandboxes{recs: map[string]store.Sandbox{}}, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	t.Cleanup(srv.Close)
+	ctx := context.Background()
+	if _, err := client.New(srv.URL, "first").ListSandboxes(ctx); err != nil {
+		t.Fatalf("first key: %v", err)
 	}
-	if err := doc.Validate(t.Context()); err != nil {
-		t.Fatalf("openapi.yaml is not valid OpenAPI 3: %v", err)
+	mu.Lock()
+	current = "second"
+	mu.Unlock()
+	if _, err := client.New(srv.URL, "first").ListSandboxes(ctx); !client.IsCode(err, "unauthorized") {
+		t.Fatalf("old key after rotation: %v", err)
+	}
+	if _, err := client.New(srv.URL, "second").ListSandboxes(ctx); err != nil {
+		t.Fatalf("new key: %v", err)
+	}
+}
+
+// A create the daemon cannot honour is a 429 with the wait, at once.
+func TestCapacityExhaustedIs429WithRetryAfter(t *testing.T) {
+	srv, _ := newServer(t, &fakeSandboxes{})
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/sandboxes", strings.NewReader(`{"template":"full"}`))
+	req.Header.Set("X-API-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e wire.Error
+	json.NewDecoder(resp.Body).Decode(&e)
+	if resp.StatusCode != 429 || e.Code != "capacity_exhausted" || resp.Header.Get("Retry-After") != "3" {
+		t.Fatalf("got %d %+v Retry-After %q", resp.StatusCode, e, resp.Header.Get("Retry-After"))
+	}
+	_, err = client.New(srv.URL, key).CreateSandbox(context.Background(), client.CreateSandboxRequest{Template: "full"})
+	var ae *client.APIError
+	if !errors.As(err, &ae) || ae.Code != "capacity_exhausted" || ae.RetryAfter != 3*time.Second {
+		t.Fatalf("sdk: %v", err)
 	}
 }

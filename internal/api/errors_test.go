@@ -58,7 +58,7 @@ func TestCreateFailuresSayWhatHappened(t *testing.T) {
 			var logs testutil.SyncBuffer
 			f := &fakeSandboxes{createErr: tc.err}
 			f.recs = nil
-			srv := httptest.NewServer(New(Config{APIKey: key, Info: func() wire.Info { return wire.Info{} }}, f, fakeTemplates{},
+			srv := httptest.NewServer(New(Config{APIKey: func() string { return key }, Info: func() wire.Info { return wire.Info{} }}, f, fakeTemplates{},
 				slog.New(slog.NewTextHandler(&logs, nil))))
 			defer srv.Close()
 			_, err := client.New(srv.URL, key).CreateSandbox(t.Context(), wire.CreateSandboxRequest{})

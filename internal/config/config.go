@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,12 @@ const (
 	defaultBridge     = "ember-br0"     // network.DefaultBridge
 	defaultBridgeCIDR = "172.30.0.0/24" // network.DefaultBridgeCIDR
 	defaultExecOutput = 16 << 20        // api.DefaultExecOutputLimit
+
+	defaultOverheadMiB    = 192         // sandbox.DefaultOverheadMiB
+	defaultVCPUOvercommit = 4.0         // sandbox.DefaultVCPUOvercommit
+	defaultCreateQueue    = 64          // sandbox.DefaultMaxQueue
+	defaultQueueWait      = "20s"       // sandbox.DefaultQueueWait
+	defaultVMMUser        = "ember-vmm" // the user `make deps` creates
 )
 
 // Serve is every setting of `ember serve`. The toml tag is the key in the
@@ -89,6 +96,28 @@ type Serve struct {
 	TLSListen    string `toml:"tls-listen"`
 	TLSCert      string `toml:"tls-cert"`
 	TLSKey       string `toml:"tls-key"`
+
+	// Hardening: admission control, the sandboxes' cgroups, the VMMs'
+	// confinement (see the settings table).
+	CapacityMemoryMiB  int     `toml:"capacity-memory-mib"`
+	VMMOverheadMiB     int     `toml:"vmm-overhead-mib"`
+	VCPUOvercommit     float64 `toml:"vcpu-overcommit"`
+	CapacityShmMiB     int     `toml:"capacity-shm-mib"`
+	MaxParallelCreates int     `toml:"max-parallel-creates"`
+	CreateQueue        int     `toml:"create-queue"`
+	CreateQueueWait    string  `toml:"create-queue-wait"`
+	Cgroups            bool    `toml:"cgroups"`
+	CgroupParent       string  `toml:"cgroup-parent"`
+	CPUPerVCPU         float64 `toml:"cpu-per-vcpu"`
+	PidsLimit          int     `toml:"pids-limit"`
+	IOWeight           int     `toml:"io-weight"`
+	VMMUser            string  `toml:"vmm-user"`
+	VMMSeccomp         bool    `toml:"vmm-seccomp"`
+	VMMChroot          bool    `toml:"vmm-chroot"`
+	Jailer             string  `toml:"jailer"`
+	JailerChrootBase   string  `toml:"jailer-chroot-base"`
+	JailerCPUMax       string  `toml:"jailer-cpu-max"`
+	JailerMemoryMax    string  `toml:"jailer-memory-max"`
 }
 
 // Default returns the configuration of a daemon given no file and no flags.
@@ -107,7 +136,27 @@ func Default() Serve {
 		LogLevel:        "info",
 		LogFormat:       "text",
 		MetricsInterval: "5s",
+
+		VMMOverheadMiB:     defaultOverheadMiB,
+		VCPUOvercommit:     defaultVCPUOvercommit,
+		MaxParallelCreates: runtime.NumCPU(),
+		CreateQueue:        defaultCreateQueue,
+		CreateQueueWait:    defaultQueueWait,
+		Cgroups:            true,
+		CPUPerVCPU:         1,
+		PidsLimit:          512,
+		IOWeight:           100,
+		VMMUser:            defaultVMMUser,
+		VMMSeccomp:         true,
+		VMMChroot:          true,
+		JailerChrootBase:   "/srv/jailer",
 	}
+}
+
+// QueueWait is CreateQueueWait as a duration (validated by Load).
+func (s Serve) QueueWait() time.Duration {
+	d, _ := time.ParseDuration(s.CreateQueueWait)
+	return d
 }
 
 // MetricsEvery is MetricsInterval as a duration (validated by Load).
@@ -184,10 +233,44 @@ var settings = []setting{
 		field: func(s *Serve) any { return &s.Warm }},
 	{key: "e2b-templates", usage: `E2B template names and the ember templates they stand for, "NAME=TEMPLATE,…" (E2B's default "base" is the default template unless named here)`,
 		field: func(s *Serve) any { return &s.E2BTemplates }},
-	{key: "tls-listen", usage: "also serve the API and the port proxy over TLS on this address (the 1.x and early 2.x E2B SDKs reach a daemon only over https)",
+	{key: "tls-listen", usage: "serve the API and the port proxy over TLS on this address as well as in the clear on listen (the 1.x and early 2.x E2B SDKs reach a daemon only over https)",
 		field: func(s *Serve) any { return &s.TLSListen }},
-	{key: "tls-cert", usage: "TLS certificate (PEM) for tls-listen, covering api.DOMAIN and *.DOMAIN", field: func(s *Serve) any { return &s.TLSCert }},
-	{key: "tls-key", usage: "TLS private key (PEM) for tls-listen", field: func(s *Serve) any { return &s.TLSKey }},
+	{key: "tls-cert", usage: "TLS certificate (PEM), covering api.DOMAIN and *.DOMAIN for the E2B SDKs: the API on listen is served over TLS with it, unless tls-listen names an address of its own",
+		field: func(s *Serve) any { return &s.TLSCert }},
+	{key: "tls-key", usage: "private key (PEM) of tls-cert", field: func(s *Serve) any { return &s.TLSKey }},
+
+	// Hardening: admission control.
+	{key: "capacity-memory-mib", usage: "memory running machines may commit, guest RAM plus vmm-overhead-mib each (0: 90% of the host's)",
+		nonNegative: true, field: func(s *Serve) any { return &s.CapacityMemoryMiB }},
+	{key: "vmm-overhead-mib", usage: "memory one VMM takes beyond its guest's RAM, counted against the capacity and its cgroup limit",
+		nonNegative: true, field: func(s *Serve) any { return &s.VMMOverheadMiB }},
+	{key: "vcpu-overcommit", usage: "vCPUs that may run per host CPU", field: func(s *Serve) any { return &s.VCPUOvercommit }},
+	{key: "capacity-shm-mib", usage: "room for guest RAM files in the VMM's memory directory (0: 90% of its file system)",
+		nonNegative: true, field: func(s *Serve) any { return &s.CapacityShmMiB }},
+	{key: "max-parallel-creates", usage: "creates and resumes that run at once; more wait in a queue (default: the host's CPUs)",
+		field: func(s *Serve) any { return &s.MaxParallelCreates }},
+	{key: "create-queue", usage: "creates and resumes that may wait for a turn; more are refused with 429", nonNegative: true,
+		field: func(s *Serve) any { return &s.CreateQueue }},
+	{key: "create-queue-wait", usage: "longest a create waits for a turn before it is refused with 429 (a duration: 20s)",
+		field: func(s *Serve) any { return &s.CreateQueueWait }},
+	// Hardening: every running sandbox's cgroup.
+	{key: "cgroups", usage: "give every running sandbox a cgroup bounding its VMM and helpers", field: func(s *Serve) any { return &s.Cgroups }},
+	{key: "cgroup-parent", usage: "parent of the sandboxes' cgroups (default ember/<hash of data-dir>)", field: func(s *Serve) any { return &s.CgroupParent }},
+	{key: "cpu-per-vcpu", usage: "CPU time a sandbox may use per vCPU, in CPUs (its cgroup's quota)", field: func(s *Serve) any { return &s.CPUPerVCPU }},
+	{key: "pids-limit", usage: "processes and threads a sandbox's VMM and helpers may have", field: func(s *Serve) any { return &s.PidsLimit }},
+	{key: "io-weight", usage: "block I/O weight of a sandbox, 10 to 1000, where the host's I/O scheduler has weights",
+		field: func(s *Serve) any { return &s.IOWeight }},
+	// Hardening: the VMMs' confinement.
+	{key: "vmm-user", usage: `unprivileged user the VMMs run as ("root" runs QEMU as the daemon's user)`, field: func(s *Serve) any { return &s.VMMUser }},
+	{key: "vmm-seccomp", usage: "turn on QEMU's seccomp filter with obsolete calls, privilege changes, spawning and resource control denied",
+		field: func(s *Serve) any { return &s.VMMSeccomp }},
+	{key: "vmm-chroot", usage: "chroot QEMU into an empty directory of its sandbox before the guest runs", field: func(s *Serve) any { return &s.VMMChroot }},
+	{key: "jailer", usage: "run Firecracker through this jailer binary (as vmm-user, chrooted under jailer-chroot-base)", field: func(s *Serve) any { return &s.Jailer }},
+	{key: "jailer-chroot-base", usage: "directory the jailer makes its chroots under", field: func(s *Serve) any { return &s.JailerChrootBase }},
+	{key: "jailer-cpu-max", usage: `cgroup v2 cpu.max the jailer sets for each Firecracker ("200000 100000"); empty: none`,
+		field: func(s *Serve) any { return &s.JailerCPUMax }},
+	{key: "jailer-memory-max", usage: "cgroup v2 memory.max (bytes) the jailer sets for each Firecracker; empty: none",
+		field: func(s *Serve) any { return &s.JailerMemoryMax }},
 }
 
 // Keys returns every setting's key, in order.
@@ -327,6 +410,8 @@ func Flags(fs *pflag.FlagSet) *Serve {
 			fs.IntVar(p, st.key, *p, st.usage)
 		case *bool:
 			fs.BoolVar(p, st.key, *p, st.usage)
+		case *float64:
+			fs.Float64Var(p, st.key, *p, st.usage)
 		default:
 			panic(fmt.Sprintf("config: setting %s has unsupported type %T", st.key, p))
 		}
@@ -444,6 +529,8 @@ func typeWord(v any) string {
 		return "an integer"
 	case *bool:
 		return "true or false"
+	case *float64:
+		return "a number"
 	}
 	return "a string"
 }
@@ -520,6 +607,12 @@ func set(p any, s string) error {
 			return errors.New("want true or false")
 		}
 		*p = b
+	case *float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return errors.New("want a number")
+		}
+		*p = f
 	}
 	return nil
 }
@@ -533,6 +626,8 @@ func copyValue(dst, src any) {
 		*d = *src.(*int)
 	case *bool:
 		*d = *src.(*bool)
+	case *float64:
+		*d = *src.(*float64)
 	}
 }
 
@@ -580,6 +675,7 @@ func (c *Config) validate() error {
 		bad("metrics-interval", "%q: want a positive duration such as 5s", c.MetricsInterval)
 	}
 	c.validateE2B(bad)
+	c.validateHardening(bad)
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			bad("metrics-listen", "%q: want HOST:PORT (%v)", c.MetricsListen, err)
@@ -677,6 +773,8 @@ func value(p any) string {
 		return strconv.Itoa(*p)
 	case *bool:
 		return strconv.FormatBool(*p)
+	case *float64:
+		return strconv.FormatFloat(*p, 'g', -1, 64)
 	}
 	return ""
 }
@@ -745,13 +843,36 @@ func (c *Config) validateE2B(bad func(key, format string, args ...any)) {
 			bad("domain", "%q: E2B's SDKs send the traffic of sandboxes on %s to E2B's cloud, with their access tokens; use a domain of your own", c.Domain, e)
 		}
 	}
-	if c.TLSListen == "" {
-		return
+	if c.TLSListen != "" {
+		if _, _, err := net.SplitHostPort(c.TLSListen); err != nil {
+			bad("tls-listen", "%q: want HOST:PORT (%v)", c.TLSListen, err)
+		}
+		if c.TLSCert == "" || c.TLSKey == "" {
+			bad("tls-listen", "needs tls-cert and tls-key")
+		}
+	} else if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("tls-cert", "tls-cert and tls-key go together: give both or neither")
 	}
-	if _, _, err := net.SplitHostPort(c.TLSListen); err != nil {
-		bad("tls-listen", "%q: want HOST:PORT (%v)", c.TLSListen, err)
+}
+
+// validateHardening checks the admission, cgroup and confinement settings.
+func (c *Config) validateHardening(bad func(key, format string, args ...any)) {
+	if c.VCPUOvercommit <= 0 {
+		bad("vcpu-overcommit", "%g: must be above 0", c.VCPUOvercommit)
 	}
-	if c.TLSCert == "" || c.TLSKey == "" {
-		bad("tls-listen", "needs tls-cert and tls-key")
+	if c.MaxParallelCreates < 1 {
+		bad("max-parallel-creates", "%d: must be at least 1", c.MaxParallelCreates)
+	}
+	if d, err := time.ParseDuration(c.CreateQueueWait); err != nil || d <= 0 {
+		bad("create-queue-wait", "%q: want a positive duration such as 20s", c.CreateQueueWait)
+	}
+	if c.CPUPerVCPU <= 0 {
+		bad("cpu-per-vcpu", "%g: must be above 0", c.CPUPerVCPU)
+	}
+	if c.PidsLimit < 16 {
+		bad("pids-limit", "%d: a VMM needs at least 16", c.PidsLimit)
+	}
+	if c.IOWeight < 10 || c.IOWeight > 1000 {
+		bad("io-weight", "%d: must be between 10 and 1000", c.IOWeight)
 	}
 }

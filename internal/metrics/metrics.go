@@ -37,8 +37,8 @@ type Config struct {
 	Templates func() []string
 	// Slots says how the network slots stand; nil exports none.
 	Slots func() slot.Stats
-	// Capacity is the hook for the host's capacity once admission control
-	// measures it; nil (as now) exports no capacity metric.
+	// Capacity reads what admission control has committed of the host and
+	// what is left; nil exports no capacity metric.
 	Capacity func() []Capacity
 	// Log receives the errors of a scrape.
 	Log *slog.Logger

@@ -32,6 +32,9 @@ type Keep struct {
 	PIDs map[int]bool
 	// Slots are the network slot indexes re-adopted sandboxes hold.
 	Slots map[int]bool
+	// Running are the ids of the re-adopted sandboxes, whose runtime
+	// resources (their cgroups) stay; every other sandbox's go.
+	Running map[string]bool
 }
 
 // Result is what one step found and removed.
@@ -59,6 +62,9 @@ type Plan struct {
 	// Processes: VMM and helper processes (page servers) of sandboxes
 	// that are gone. First: they hold everything below.
 	Processes Reclaimer
+	// Cgroups: the groups of sandboxes that do not run; empty once the
+	// processes above are gone.
+	Cgroups Reclaimer
 	// Memory: guest RAM files of machines that are gone.
 	Memory Reclaimer
 	// Slots: network namespaces, links, rules and addresses.
@@ -80,6 +86,7 @@ type Step struct {
 func (p Plan) Steps() []Step {
 	all := []Step{
 		{"processes", p.Processes},
+		{"cgroups", p.Cgroups},
 		{"memory", p.Memory},
 		{"slots", p.Slots},
 		{"devices", p.Devices},

@@ -113,9 +113,9 @@ var (
 	// ErrNetwork: the sandbox's network slot or its policy could not be set
 	// up.
 	ErrNetwork = errors.New("network failed")
-	// ErrNoCapacity: every network slot of this daemon is taken. An
+	// ErrNoSlots: every network slot of this daemon is taken. An
 	// *OpError of kind ErrNetwork wraps it.
-	ErrNoCapacity = slot.ErrNoCapacity
+	ErrNoSlots = slot.ErrNoCapacity
 	// ErrVMMStart: the VMM did not start the machine, or did not restore
 	// it from its saved state.
 	ErrVMMStart = errors.New("vmm did not start the machine")

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/failpoint"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/vmm"
 )
@@ -100,8 +101,20 @@ func (m *Manager) holdMachine(sb *Sandbox, machine vmm.Machine) {
 			sb.machine = machine
 			return fmt.Errorf("stop vmm pid %d: %w", machine.PID(), err)
 		}
+		if r := sb.rec.Load(); r != nil && r.State == StateStopping {
+			failpoint.Hit(failpoint.DestroyVMM)
+		}
 		return nil
 	})
+}
+
+// holdCgroup registers the sandbox's cgroup, which holds its VMM and
+// helpers: released after them (a group with a process in it cannot go).
+func (m *Manager) holdCgroup(sb *Sandbox, id string) {
+	if m.d.Cgroups == nil {
+		return
+	}
+	sb.held.Push(cleanup.Runtime, "cgroup", func(context.Context) error { return m.d.Cgroups.Remove(id) })
 }
 
 // holdLive registers what a running sandbox offers the host (its agent and

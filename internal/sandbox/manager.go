@@ -17,6 +17,8 @@ import (
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/cleanup"
 	"github.com/emberhq/ember/internal/event"
+	"github.com/emberhq/ember/internal/failpoint"
+	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
@@ -61,6 +63,29 @@ type Config struct {
 	// SampleHistory bounds the usage samples kept per sandbox (see
 	// RunSampler); 0 takes DefaultSampleHistory.
 	SampleHistory int
+
+	// Capacity bounds what running machines may commit and how many
+	// creates and resumes run at once (admission.go).
+	Capacity Capacity
+	// Resources are the default bounds of a sandbox's cgroup: CPU per
+	// vCPU, processes and I/O weight; its memory bound is its guest RAM
+	// plus Capacity.OverheadMiB. A create may ask for less.
+	Resources ResourceDefaults
+}
+
+// ResourceDefaults are the bounds a sandbox's cgroup gets unless its
+// create asks for less.
+type ResourceDefaults struct {
+	CPUPerVCPU float64
+	Pids       int
+	IOWeight   int
+}
+
+// limitsFor returns the default bounds of a machine of that shape.
+func (m *Manager) limitsFor(vcpus, memMiB int) resource.Limits {
+	d := m.cfg.Resources
+	return resource.Limits{CPUs: d.CPUPerVCPU * float64(vcpus), MemoryMiB: memMiB + m.cfg.Capacity.OverheadMiB,
+		Pids: d.Pids, IOWeight: d.IOWeight}
 }
 
 // DefaultConfig returns the defaults the daemon uses.
@@ -104,6 +129,8 @@ type Deps struct {
 	// Meter reads a running sandbox's VMM process on the host for its
 	// usage samples; nil samples the guest alone.
 	Meter HostMeter
+	// Cgroups, when set, gives every running sandbox a cgroup.
+	Cgroups Cgroups
 }
 
 // Manager holds every sandbox of this daemon.
@@ -139,6 +166,9 @@ type Manager struct {
 	wg   sync.WaitGroup
 	ops  sync.WaitGroup
 	stop chan struct{}
+
+	// adm commits capacity to machines and hands out create turns.
+	adm *admission
 }
 
 // NewManager returns a manager with no sandboxes; call Recover to take over
@@ -174,6 +204,7 @@ func NewManager(cfg Config, d Deps) (*Manager, error) {
 		capturing: map[string]chan struct{}{},
 		pools:     newWarmPools(),
 		stop:      make(chan struct{}),
+		adm:       newAdmission(cfg.Capacity),
 	}, nil
 }
 
@@ -209,6 +240,19 @@ func (m *Manager) validate(req *CreateRequest) error {
 	if req.Network == nil {
 		pol := slot.DefaultPolicy
 		req.Network = &pol
+	}
+	def := m.limitsFor(req.VCPUs, req.MemoryMiB)
+	if lim := def.Lower(req.Limits); req.Limits != (resource.Limits{}) {
+		if f, ok := lim.Within(def); !ok {
+			return invalid("limits."+f, "may only lower the daemon's bound (cpus %g, memory_mib %d, pids %d, io_weight %d)",
+				def.CPUs, def.MemoryMiB, def.Pids, def.IOWeight)
+		}
+		if lim.MemoryMiB > 0 && lim.MemoryMiB < req.MemoryMiB {
+			return invalid("limits.memory_mib", "must hold the guest's %d MiB of RAM, got %d", req.MemoryMiB, lim.MemoryMiB)
+		}
+		if lim.IOWeight != 0 && lim.IOWeight < 10 {
+			return invalid("limits.io_weight", "must be between 10 and %d, got %d", max(def.IOWeight, 10), lim.IOWeight)
+		}
 	}
 	if err := req.Network.Validate(); err != nil {
 		return invalid("network", "%v", err)
@@ -246,7 +290,19 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 	// A snapshot's reference keeps it from being deleted until the new
 	// sandbox's record, which names it, is registered or gone.
 	defer release()
-	return m.create(ctx, req, src)
+	// Refused at once when its machine would overcommit the host; queued
+	// for a turn when enough creates run already.
+	reservation, turnDone, err := m.admit(ctx, req.VCPUs, req.MemoryMiB)
+	for errors.Is(err, ErrNoCapacity) && !isQueueFull(err) && m.evictWarm(ctx) {
+		// Warm sandboxes commit capacity as any machine does, but give
+		// way to a client's create.
+		reservation, turnDone, err = m.admit(ctx, req.VCPUs, req.MemoryMiB)
+	}
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	defer turnDone()
+	return m.create(ctx, req, src, reservation)
 }
 
 // resolve validates a create request and finds what the sandbox is made
@@ -311,7 +367,7 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 
 // create acquires a new sandbox's resources in order, each release
 // registered right after its acquire; on error it runs them all.
-func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (rec store.Sandbox, err error) {
+func (m *Manager) create(ctx context.Context, req CreateRequest, src source, reservation func()) (rec store.Sandbox, err error) {
 	start := time.Now()
 	id := newID()
 	op, typ, state := OpCreate, wire.EventCreated, StateCreating
@@ -333,6 +389,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	sb := &Sandbox{}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
+	m.holdReservation(sb, reservation)
 	r := store.Sandbox{
 		ID: id, Template: src.template, State: state, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskMiB: req.DiskMiB, Env: req.Env, Metadata: req.Metadata,
@@ -341,6 +398,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		TimingsMS: map[string]float64{}, Network: storedPolicy(*req.Network),
 		TimeoutS: req.TimeoutS, AutoPause: req.AutoPause, Snapshot: src.snapshot,
 		AutoResume: req.AutoResume,
+		Limits:     m.limitsFor(req.VCPUs, req.MemoryMiB).Lower(req.Limits),
 	}
 	if req.PrivateTraffic {
 		r.TrafficToken = newToken()
@@ -370,6 +428,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		return store.Sandbox{}, opError("create", id, "create its directory", ErrDisk, err)
 	}
 	m.holdDir(sb, r.Dir)
+	failpoint.Hit(failpoint.CreateRecord)
 
 	o.phase("setup")
 	disk, err := m.d.Disks.Prepare(ctx, id, r.Dir, src.rootfs, src.sizeBytes)
@@ -381,9 +440,10 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	m.holdAttachment(sb, id, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
 	r.TimingsMS["disk"] = o.phase("disk")
+	failpoint.Hit(failpoint.CreateDisk)
 
 	s, err := m.d.Slots.Get(ctx)
-	if errors.Is(err, ErrNoCapacity) && !src.warm && m.evictWarm(ctx) {
+	if errors.Is(err, ErrNoSlots) && !src.warm && m.evictWarm(ctx) {
 		// Warm sandboxes count against capacity, but give way to a
 		// client's create.
 		s, err = m.d.Slots.Get(ctx)
@@ -400,7 +460,12 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
-	o.skip() // the record's writes are no phase's
+	failpoint.Hit(failpoint.CreateSlot)
+
+	if err := m.makeCgroup(sb, r); err != nil {
+		return store.Sandbox{}, err
+	}
+	o.skip() // the record's writes and the cgroup are no phase's
 
 	spec := m.spec(r, src.kernel, s)
 	var machine vmm.Machine
@@ -423,6 +488,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 		return store.Sandbox{}, err
 	}
 	o.skip()
+	failpoint.Hit(failpoint.CreateVMM)
 
 	ag := m.d.Agent(s.HostAddr, r.Token)
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
@@ -475,6 +541,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source) (re
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.CreateRunning)
 	m.watch(sb, machine)
 	o.with("slot", s.Index, "pid", r.VMMPID, "snapshot", src.snapshot)
 	return r, nil
@@ -515,7 +582,24 @@ func (m *Manager) spec(r store.Sandbox, kernel string, s *slot.Slot) vmm.Spec {
 	if s != nil {
 		spec.Netns, spec.TAP, spec.MAC, spec.BootArgs = s.NetnsPath, s.TAP, s.GuestMAC, s.BootArgs()
 	}
+	if cg := m.d.Cgroups; cg != nil {
+		id := r.ID
+		spec.Place = func(pid int) error { return cg.Place(id, pid) }
+	}
 	return spec
+}
+
+// makeCgroup makes the cgroup a sandbox's machine is about to run in,
+// with the record's limits, and registers its removal.
+func (m *Manager) makeCgroup(sb *Sandbox, r store.Sandbox) error {
+	if m.d.Cgroups == nil {
+		return nil
+	}
+	if err := m.d.Cgroups.Create(r.ID, r.Limits); err != nil {
+		return fmt.Errorf("make cgroup of sandbox %s: %w", r.ID, err)
+	}
+	m.holdCgroup(sb, r.ID)
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -663,6 +747,7 @@ func (m *Manager) destroyLocked(ctx context.Context, sb *Sandbox) (err error) {
 	if err := m.put(ctx, sb, r); err != nil {
 		return err
 	}
+	failpoint.Hit(failpoint.DestroyStopping)
 	if err := sb.held.Release(ctx, cleanup.Anchor); err != nil {
 		// What failed and everything under it stay held, and the record
 		// says why: a retry finishes the destroy.

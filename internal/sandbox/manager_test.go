@@ -297,6 +297,14 @@ func (m *fakeMachine) Resume(ctx context.Context) error {
 }
 func (m *fakeMachine) isPaused() bool { m.mu.Lock(); defer m.mu.Unlock(); return m.paused }
 
+// State reports the vCPUs' state, as QEMU and Firecracker do.
+func (m *fakeMachine) State(context.Context) (vmm.State, error) {
+	if m.isPaused() {
+		return vmm.StatePaused, nil
+	}
+	return vmm.StateRunning, nil
+}
+
 // Snapshot writes a state file naming the machine's shape.
 func (m *fakeMachine) Snapshot(ctx context.Context, dir string, _ vmm.SnapshotOptions) error {
 	if m.w.failSnapshot {
@@ -583,7 +591,7 @@ func TestCreateFailureUnwindsEverything(t *testing.T) {
 	}{
 		{"disk", func(w *world) { w.failDisk = true }, ErrDisk, "disk full"},
 		{"slot", func(w *world) { w.failSlot = true }, ErrNetwork, "no slot"},
-		{"no capacity", func(w *world) { w.slotErr = fmt.Errorf("indexes 0..9 taken: %w", slot.ErrNoCapacity) }, ErrNoCapacity, "indexes 0..9 taken: no free network slot"},
+		{"no capacity", func(w *world) { w.slotErr = fmt.Errorf("indexes 0..9 taken: %w", slot.ErrNoCapacity) }, ErrNoSlots, "indexes 0..9 taken: no free network slot"},
 		{"vmm", func(w *world) { w.failStart = true }, ErrVMMStart, "qemu exploded"},
 		{"vmm exits", func(w *world) { w.startErr = fmt.Errorf("start sb: %w", qemuExit) }, ErrVMMStart,
 			"qemu-system-x86_64: -netdev tap,id=net0,ifname=tap0: could not open /dev/net/tun: No such device"},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/failpoint"
 	"github.com/emberhq/ember/internal/rootfs"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
@@ -89,9 +90,11 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 		sb.live.Store(prev)
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.PausePausing)
 	if err := machine.Pause(ctx); err != nil {
 		return rollback(fmt.Errorf("pause vcpus: %w", err))
 	}
+	failpoint.Hit(failpoint.PauseStopped)
 	dir := pauseDir(r)
 	tmp := dir + ".tmp"
 	if err := freshDir(tmp); err != nil {
@@ -100,10 +103,12 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 	if err := snapper.Snapshot(ctx, tmp, vmm.SnapshotOptions{}); err != nil {
 		return rollback(errors.Join(fmt.Errorf("save machine state: %w", err), os.RemoveAll(tmp)))
 	}
+	failpoint.Hit(failpoint.PauseSaved)
 	if err := replaceDir(tmp, dir); err != nil {
 		return rollback(errors.Join(err, os.RemoveAll(tmp)))
 	}
 	o.phase("save")
+	failpoint.Hit(failpoint.PausePublished)
 
 	// From here the saved state is the sandbox: what the running machine
 	// held goes (the VMM first, it holds the disk open), what the paused
@@ -114,6 +119,7 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox, r store.Sandbox)
 		return store.Sandbox{}, fmt.Errorf("pause sandbox %s: %w", r.ID, err)
 	}
 	o.phase("release")
+	failpoint.Hit(failpoint.PauseReleased)
 	slotIndex := -1
 	if sb.parked {
 		slotIndex = r.SlotIndex
@@ -166,12 +172,20 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if _, err := os.Stat(dir); err != nil {
 		return store.Sandbox{}, m.lost(o, sb, fmt.Sprintf("saved machine state %s unreadable: %v", dir, err))
 	}
+	reservation, turnDone, err := m.admit(ctx, r.VCPUs, r.MemoryMiB)
+	if err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, err)
+	}
+	defer turnDone()
+	m.holdReservation(sb, reservation)
 	start := time.Now()
 	paused := r
 	r.State = StateResuming
 	if err := m.put(ctx, sb, r); err != nil {
+		reservation()
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.ResumeResuming)
 	lostDisk := false
 	defer func() {
 		if err == nil || lostDisk {
@@ -197,6 +211,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	m.holdAttachment(sb, r.ID, r.Dir)
 	r.DiskPath, r.DiskFormat = disk.Path, disk.Format
 	o.phase("disk")
+	failpoint.Hit(failpoint.ResumeAttached)
 
 	s, err := m.d.Slots.Unpark(ctx, paused.SlotIndex)
 	if err != nil {
@@ -209,6 +224,9 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	r.SlotIndex = s.Index
 	o.phase("network")
 
+	if err := m.makeCgroup(sb, r); err != nil {
+		return store.Sandbox{}, fmt.Errorf("resume sandbox %s: %w", r.ID, err)
+	}
 	machine, err := restorer.Restore(ctx, m.spec(r, m.kernelOf(r.Template), s), dir)
 	if err != nil {
 		return store.Sandbox{}, opError("resume", r.ID, "restore the machine ("+m.d.VMM.Name()+")", ErrVMMStart, err)
@@ -219,6 +237,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 		return store.Sandbox{}, err
 	}
 	o.phase("restore")
+	failpoint.Hit(failpoint.ResumeRestored)
 
 	ag := m.d.Agent(s.HostAddr, r.Token)
 	readyCtx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
@@ -241,6 +260,7 @@ func (m *Manager) resumeLocked(ctx context.Context, sb *Sandbox, r store.Sandbox
 	if err := m.put(ctx, sb, r); err != nil {
 		return store.Sandbox{}, err
 	}
+	failpoint.Hit(failpoint.ResumeRunning)
 	m.watch(sb, machine)
 	// The saved state is stale once the guest runs on: drop it.
 	if err := os.RemoveAll(dir); err != nil {
@@ -310,6 +330,11 @@ func (m *Manager) withUsage(r store.Sandbox) store.Sandbox {
 	}
 	if r.State == StatePaused {
 		r.MemoryBytes = allocated(pauseDir(r))
+	}
+	if r.State == StateRunning && m.d.Cgroups != nil {
+		if u, err := m.d.Cgroups.Usage(r.ID); err == nil {
+			r.Usage = &u
+		}
 	}
 	return r
 }

@@ -388,6 +388,10 @@ func TestRecoverKeepsPausedAndSettlesInterrupted(t *testing.T) {
 	}
 	machineOf(t, w, saved.VMMPID).Pause(ctx)
 	os.WriteFile(filepath.Join(pauseDir(saved), "mem"), []byte("vcpus=1 mem=256"), 0o600)
+	// The unsaved one died with its vCPUs stopped and half a state.
+	unsavedVMM := machineOf(t, w, unsaved.VMMPID)
+	unsavedVMM.Pause(ctx)
+	os.MkdirAll(pauseDir(unsaved)+".tmp", 0o700)
 	w.mu.Lock()
 	w.slots = map[int]bool{} // the network reclaim's job, as in TestRecoverAdoptsSurvivorsAndMarksTheLost
 	w.mu.Unlock()
@@ -396,8 +400,19 @@ func TestRecoverKeepsPausedAndSettlesInterrupted(t *testing.T) {
 	if _, err := m2.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := m2.Get(unsaved.ID); got.State != StateError {
-		t.Fatalf("pause interrupted before saving: %s", got.State)
+	// A pause interrupted before the state was saved ends running: the
+	// guest is re-adopted with its vCPUs going again.
+	if got, _ := m2.Get(unsaved.ID); got.State != StateRunning {
+		t.Fatalf("pause interrupted before saving: %s (%s)", got.State, got.Error)
+	}
+	if unsavedVMM.isPaused() {
+		t.Fatal("re-adopted guest left with its vcpus stopped")
+	}
+	if _, err := os.Stat(pauseDir(unsaved) + ".tmp"); !os.IsNotExist(err) {
+		t.Fatalf("half-saved state left: %v", err)
+	}
+	if res, err := m2.Exec(ctx, unsaved.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); err != nil || res.ExitCode != 7 {
+		t.Fatalf("exec in the re-adopted guest: %+v %v", res, err)
 	}
 	assertPausedRecord := func(id string) {
 		got, _ := m2.Get(id)

@@ -27,7 +27,8 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 	if err != nil {
 		return reclaim.Keep{}, err
 	}
-	keep := reclaim.Keep{Dir: m.cfg.Dir, Sandboxes: map[string]bool{}, PIDs: map[int]bool{}, Slots: map[int]bool{}}
+	keep := reclaim.Keep{Dir: m.cfg.Dir, Sandboxes: map[string]bool{}, PIDs: map[int]bool{}, Slots: map[int]bool{},
+		Running: map[string]bool{}}
 	var adopted, failed, finished int
 	for _, r := range recs {
 		sb := &Sandbox{}
@@ -51,29 +52,36 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 		case StatePausing, StateResuming:
 			// Interrupted with the saved state either complete (the
 			// directory appears by rename) or not there at all.
-			if err := m.stopOrphan(ctx, r); err != nil {
-				m.failKeeping(sb, "daemon stopped while the sandbox was "+r.State+": "+err.Error())
+			_, serr := os.Stat(pauseDir(r))
+			switch {
+			case serr != nil && r.State == StatePausing:
+				// Nothing saved: the guest is still in its VMM, its
+				// vCPUs perhaps stopped. It runs on, re-adopted.
+				if err := os.RemoveAll(pauseDir(r) + ".tmp"); err != nil {
+					m.log.Warn("remove half-saved state", "sandbox", r.ID, "err", err)
+				}
+				if m.adoptOrFail(ctx, sb, r, keep) {
+					adopted++
+				} else {
+					failed++
+				}
+			case serr != nil:
+				m.fail(sb, opRecover, "daemon stopped while the sandbox was "+r.State+", and its saved state is gone")
 				failed++
-			} else if _, err := os.Stat(pauseDir(r)); err == nil {
-				m.settlePaused(ctx, sb, r)
-			} else {
-				m.fail(sb, opRecover, "daemon stopped while the sandbox was "+r.State+", before its state was saved")
-				failed++
+			default:
+				if err := m.stopOrphan(ctx, r); err != nil {
+					m.failKeeping(sb, "daemon stopped while the sandbox was "+r.State+": "+err.Error())
+					failed++
+				} else {
+					m.settlePaused(ctx, sb, r)
+				}
 			}
 		case StateRunning:
-			err := m.adopt(ctx, sb, r)
-			if err == nil {
-				keep.Slots[r.SlotIndex], keep.PIDs[r.VMMPID] = true, true
+			if m.adoptOrFail(ctx, sb, r, keep) {
 				adopted++
-				break
-			}
-			m.log.Warn("sandbox not re-adopted", "sandbox", r.ID, "err", err)
-			if errors.Is(err, vmm.ErrNotRunning) {
-				m.fail(sb, opRecover, "vmm process gone after daemon restart")
 			} else {
-				m.failKeeping(sb, "not re-adopted after daemon restart: "+err.Error())
+				failed++
 			}
-			failed++
 		case StateWarm, StateWarming:
 			m.recoverWarm(ctx, sb, r, keep)
 		case StateStopping:
@@ -101,6 +109,37 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 	return keep, nil
 }
 
+// adoptOrFail re-adopts a sandbox whose machine should run (running, or
+// interrupted in a pause before its state was saved) and records it
+// running; one whose machine is gone or does not answer goes to the error
+// state. Called with sb.mu held.
+func (m *Manager) adoptOrFail(ctx context.Context, sb *Sandbox, r store.Sandbox, keep reclaim.Keep) bool {
+	err := m.adopt(ctx, sb, r)
+	if err == nil {
+		keep.Slots[r.SlotIndex], keep.PIDs[r.VMMPID], keep.Running[r.ID] = true, true, true
+		if h, ok := sb.machine.(vmm.HelperProcs); ok {
+			for _, pid := range h.Helpers() {
+				keep.PIDs[pid] = true
+			}
+		}
+		if r.State != StateRunning {
+			r.State = StateRunning
+			if err := m.put(ctx, sb, r); err != nil {
+				m.log.Error("record re-adopted sandbox", "sandbox", r.ID, "err", err)
+			}
+			m.log.Info("interrupted pause undone: the guest runs on", "sandbox", r.ID)
+		}
+		return true
+	}
+	m.log.Warn("sandbox not re-adopted", "sandbox", r.ID, "err", err)
+	if errors.Is(err, vmm.ErrNotRunning) {
+		m.fail(sb, opRecover, "vmm process gone after daemon restart")
+	} else {
+		m.failKeeping(sb, "not re-adopted after daemon restart: "+err.Error())
+	}
+	return false
+}
+
 // adopt re-attaches a surviving machine, its slot and its agent, and
 // registers what it holds. An error wrapping vmm.ErrNotRunning means the
 // machine is gone or stopped; any other leaves it possibly alive (it did
@@ -115,29 +154,52 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	return nil
 }
 
-// adoptMachine is adopt up to the agent's answer: the machine, its slot and
-// disk attachment re-attached and held, the agent returned, not yet
-// offered to clients. Called with sb.mu held.
+// adoptMachine is adopt up to the agent's answer: the machine, its slot,
+// disk attachment, capacity and cgroup re-attached and held, the agent
+// returned, not yet offered to clients. Called with sb.mu held.
 func (m *Manager) adoptMachine(ctx context.Context, sb *Sandbox, r store.Sandbox) (Agent, error) {
 	if r.VMMPID <= 0 || r.SlotIndex < 0 {
 		return nil, fmt.Errorf("no vmm pid or slot recorded: %w", vmm.ErrNotRunning)
 	}
-	machine, err := m.d.VMM.Attach(ctx, m.spec(r, "", nil), r.VMMPID)
-	if err != nil {
-		return nil, fmt.Errorf("attach vmm pid %d: %w", r.VMMPID, err)
-	}
+	// The slot first: the machine's spec names its TAP and MAC, which a
+	// later snapshot of it records (as it records the kernel), so that
+	// the snapshot restores.
 	s, err := m.d.Slots.Adopt(r.SlotIndex)
 	if err != nil {
-		if serr := machine.Stop(context.WithoutCancel(ctx)); serr != nil {
-			return nil, fmt.Errorf("adopt slot %d: %w; stop vmm: %w", r.SlotIndex, err, serr)
+		if serr := m.stopOrphan(ctx, r); serr != nil {
+			return nil, fmt.Errorf("adopt slot %d: %w; %w", r.SlotIndex, err, serr)
 		}
 		return nil, fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
 	}
+	// A machine that runs holds what it holds: its capacity is counted
+	// unchecked. Registered before the machine is attached, so a machine
+	// that turns out gone gives them back with the rest (fail), and one
+	// that does not answer keeps them (failKeeping).
+	m.holdReservation(sb, m.adm.force(r.VCPUs, r.MemoryMiB))
 	m.holdAttachment(sb, r.ID, r.Dir)
 	m.holdSlot(sb, s)
+	m.holdCgroup(sb, r.ID)
+	machine, err := m.d.VMM.Attach(ctx, m.spec(r, m.kernelOf(r.Template), s), r.VMMPID)
+	if err != nil {
+		return nil, fmt.Errorf("attach vmm pid %d: %w", r.VMMPID, err)
+	}
+	// A daemon that died with the vCPUs stopped (in a pause, a snapshot
+	// or a fork) leaves the guest frozen: it runs again.
+	if st, ok := machine.(vmm.Stater); ok {
+		if s, err := st.State(ctx); err == nil && s == vmm.StatePaused {
+			if err := machine.Resume(ctx); err != nil {
+				m.log.Warn("resume vcpus of re-adopted sandbox", "sandbox", r.ID, "err", err)
+			} else {
+				m.log.Info("re-adopted sandbox had its vcpus stopped: resumed", "sandbox", r.ID)
+			}
+		}
+	}
 	m.holdMachine(sb, machine)
 	ag := m.d.Agent(s.HostAddr, r.Token)
-	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// A guest whose vCPUs were stopped, on a host busy with software
+	// emulation, takes seconds to answer; given up on, a live guest
+	// would be marked error.
+	hctx, cancel := context.WithTimeout(ctx, adoptReadyTimeout)
 	defer cancel()
 	if err := ag.WaitReady(hctx); err != nil {
 		if rerr := sb.held.Release(ctx, cleanup.Runtime); rerr != nil {
@@ -147,6 +209,9 @@ func (m *Manager) adoptMachine(ctx context.Context, sb *Sandbox, r store.Sandbox
 	}
 	return ag, nil
 }
+
+// adoptReadyTimeout bounds the wait for a re-adopted guest's agent.
+const adoptReadyTimeout = 15 * time.Second
 
 // settlePaused finishes an interrupted pause or undoes an interrupted
 // resume: no VMM runs, the disk is detached, the slot parked and the

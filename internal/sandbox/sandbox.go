@@ -18,6 +18,7 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/cleanup"
+	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/slot"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/template"
@@ -97,6 +98,15 @@ type Terminal interface {
 // sharing the snapshot's with every other sandbox made from it.
 type Rekeyer interface {
 	Rekey(ctx context.Context, env map[string]string, token string) error
+}
+
+// Cgroups gives each running sandbox a cgroup that holds its VMM and
+// helpers and bounds what they use (package cgroup implements it).
+type Cgroups interface {
+	Create(id string, l resource.Limits) error
+	Place(id string, pid int) error
+	Remove(id string) error
+	Usage(id string) (resource.Usage, error)
 }
 
 // AgentDialer returns the agent client of a guest reachable at addr.
@@ -182,6 +192,9 @@ type CreateRequest struct {
 	// PrivateTraffic gives the sandbox a traffic token that the port
 	// proxy requires of every request to its ports (the agent's excepted).
 	PrivateTraffic bool
+	// Limits lowers the bounds of the sandbox's cgroup below the
+	// daemon's defaults; zero fields keep them.
+	Limits resource.Limits
 }
 
 // ExecRequest runs one command in a sandbox.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/failpoint"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/wire"
@@ -101,6 +102,7 @@ func (m *Manager) snapshot(ctx context.Context, id, name string, hidden bool) (_
 	if err := replaceDir(tmp, dst); err != nil {
 		return store.Snapshot{}, errors.Join(fmt.Errorf("snapshot sandbox %s: %w", id, err), os.RemoveAll(tmp))
 	}
+	failpoint.Hit(failpoint.SnapshotPublished)
 	sn := store.Snapshot{
 		Name: name, Sandbox: id, Template: r.Template, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, DiskMiB: r.DiskMiB,
 		Dir: dst, Token: r.Token, Env: r.Env, Hidden: hidden, CreatedAt: time.Now().UTC(),
@@ -136,6 +138,7 @@ func (m *Manager) captureLocked(ctx context.Context, o *tracker, sb *Sandbox, r 
 		if err := sb.machine.Pause(ctx); err != nil {
 			return opError("snapshot", r.ID, "pause the vcpus", ErrVMMSave, err)
 		}
+		failpoint.Hit(failpoint.SnapshotStopped)
 		defer func() {
 			if rerr := sb.machine.Resume(context.WithoutCancel(ctx)); rerr != nil {
 				err = errors.Join(err, opError("snapshot", r.ID, "resume the vcpus", ErrVMMSave, rerr))
@@ -146,10 +149,12 @@ func (m *Manager) captureLocked(ctx context.Context, o *tracker, sb *Sandbox, r 
 		}
 	}
 	o.phase("state")
+	failpoint.Hit(failpoint.SnapshotSaved)
 	if err := m.d.Disks.Flatten(ctx, r.ID, r.Dir, snapRootfs(dir)); err != nil {
 		return opError("snapshot", r.ID, "flatten its disk", ErrDisk, err)
 	}
 	o.phase("disk")
+	failpoint.Hit(failpoint.SnapshotFlattened)
 	return nil
 }
 
@@ -353,6 +358,7 @@ func (m *Manager) Fork(ctx context.Context, id string, count int) (_ []store.San
 		return nil, fmt.Errorf("fork sandbox %s: %w", id, err)
 	}
 	o.phase("snapshot")
+	failpoint.Hit(failpoint.ForkSnapshot)
 	// The hidden snapshot stays while forks depend on it (their disks may
 	// sit on its image) and goes with the last of them.
 	defer m.dropHidden(context.WithoutCancel(ctx), name)
@@ -370,6 +376,7 @@ func (m *Manager) Fork(ctx context.Context, id string, count int) (_ []store.San
 			return nil, errors.Join(append([]error{fmt.Errorf("fork sandbox %s: %w", id, err)}, errs...)...)
 		}
 		out = append(out, r)
+		failpoint.Hit(failpoint.ForkCreated)
 	}
 	o.phase("copies")
 	ids := make([]string, len(out))

@@ -280,7 +280,14 @@ func (m *Manager) createWarm(ctx context.Context, name string) error {
 	}
 	defer release()
 	src.warm = true
-	_, err = m.create(ctx, req, src)
+	// A warm sandbox commits what any machine does; the filler backs off
+	// when the daemon has no capacity for it.
+	reservation, turnDone, err := m.admit(ctx, req.VCPUs, req.MemoryMiB)
+	if err != nil {
+		return err
+	}
+	defer turnDone()
+	_, err = m.create(ctx, req, src, reservation)
 	return err
 }
 

@@ -305,3 +305,33 @@ func TestSetWarmRefusesBadInput(t *testing.T) {
 		t.Errorf("refused settings made pools: %+v", pools)
 	}
 }
+
+// Warm sandboxes commit capacity as any machine does, and give way to a
+// client's create that would not fit otherwise.
+func TestWarmSandboxesCountAgainstCapacity(t *testing.T) {
+	w, st, dir, m := setupWith(t, func(cfg *Config, _ *Deps) {
+		cfg.Capacity = Capacity{MemoryMiB: 900, OverheadMiB: 44}
+	})
+	ctx := context.Background()
+	m.RunWarm(ctx)
+	if _, err := m.SetWarm(ctx, "base", 2); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(t, m, 2)
+	if u := m.Capacity(); u.MemoryMiB != 600 || u.Machines != 2 {
+		t.Fatalf("two warm sandboxes commit %+v, want 600 MiB in 2 machines", u)
+	}
+	r, err := m.Create(ctx, CreateRequest{MemoryMiB: 512})
+	if err != nil {
+		t.Fatalf("create that fits only once a warm sandbox gives way: %v", err)
+	}
+	if all := m.ListAll(); len(all) != 2 {
+		t.Fatalf("records: %+v, want the client's and one warm", all)
+	}
+	if u := m.Capacity(); u.MemoryMiB != 856 {
+		t.Fatalf("committed %d MiB, want 556 for the client's and 300 for the warm one", u.MemoryMiB)
+	}
+	destroyAll(t, m, r.ID)
+	emptyPool(t, m)
+	assertEmpty(t, w, st, m, dir)
+}

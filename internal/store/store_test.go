@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -217,5 +218,36 @@ func TestMigratesUnversionedDatabase(t *testing.T) {
 	defer s.Close()
 	if got, err := s.GetSandbox(ctx, "old"); err != nil || got.Template != "base" {
 		t.Fatalf("row of the unversioned database: %+v %v", got, err)
+	}
+}
+
+// A path with a URI's query or fragment characters in it names its own
+// file: two such databases share nothing.
+func TestOpenPathWithURICharacters(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	for _, name := range []string{"a#1", "a#2", "b?x=1", "c%20d"} {
+		path := filepath.Join(dir, name, "ember.db")
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		st, err := Open(ctx, path)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := st.PutSandbox(ctx, Sandbox{ID: name, State: "running", SlotIndex: -1}); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		list, err := st.ListSandboxes(ctx)
+		st.Close()
+		if err != nil || len(list) != 1 || list[0].ID != name {
+			t.Fatalf("%s: %+v %v", name, list, err)
+		}
+		if _, err := os.Stat(path); err != nil {
+			t.Fatalf("%s: database not at its path: %v", name, err)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 4 {
+		t.Fatalf("files beside the databases: %v", ents)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/emberhq/ember/internal/failpoint"
 	"github.com/emberhq/ember/internal/fsutil"
 )
 
@@ -115,6 +116,7 @@ func (b *Builder) ensure(ctx context.Context, reg Registry, name string, agent [
 	if err := stage(staging, recipe(agent, busybox, bash, applets)); err != nil {
 		return Template{}, err
 	}
+	failpoint.Hit(failpoint.TemplateStaged)
 	b.step(fmt.Sprintf("rootfs: mkfs.ext4 (%d MiB, sparse)", size>>20))
 	image := filepath.Join(out, rootfsFile)
 	if err := makeExt4(ctx, staging, image, size); err != nil {
@@ -123,6 +125,7 @@ func (b *Builder) ensure(ctx context.Context, reg Registry, name string, agent [
 	if err := syncFile(image); err != nil {
 		return Template{}, err
 	}
+	failpoint.Hit(failpoint.TemplateImage)
 	b.done("rootfs image made", t0)
 
 	b.step("publishing template " + name)

@@ -44,6 +44,11 @@ type Spec struct {
 	BootArgs  string
 	VCPUs     int
 	MemoryMiB int
+	// Place, when set, puts each process the driver starts for the
+	// machine (the VMM, a helper such as a page server) into the
+	// sandbox's cgroup, right after it starts; a driver whose Place fails
+	// ends the process and fails.
+	Place func(pid int) error `json:"-"`
 }
 
 // ConsoleLog returns the path of the serial console log inside dir.
@@ -141,6 +146,28 @@ type ProcessReclaimer interface {
 // of their own, which a VMM killed while no daemon watched leaves behind.
 type MemoryReclaimer interface {
 	ReclaimMemory(ctx context.Context, keep reclaim.Keep) (reclaim.Result, error)
+}
+
+// Measure is one measure confining a driver's VMMs (a seccomp filter, an
+// unprivileged user, a chroot, a jail): whether it is in force, and how or
+// why not, for `ember info`.
+type Measure struct {
+	Name   string
+	On     bool
+	Detail string
+}
+
+// Confiner is implemented by drivers that say how their VMMs are
+// confined.
+type Confiner interface {
+	Measures() []Measure
+}
+
+// HelperProcs is implemented by machines that run helper processes of
+// their own beside the VMM (Firecracker's page server of a restored
+// machine): a restarted daemon keeps them as it keeps the VMM.
+type HelperProcs interface {
+	Helpers() []int
 }
 
 // DiskFormats is implemented by drivers that say which root disk formats

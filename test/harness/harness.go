@@ -6,6 +6,8 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/client"
+	"github.com/emberhq/ember/internal/cgroup"
 )
 
 // Daemon is a running `ember serve`.
@@ -34,8 +37,15 @@ type Daemon struct {
 	Log       *os.File
 	Uplink    string
 	Args      []string
+	// HTTP is the client that reaches the API (it trusts TLSCert when
+	// the daemon serves TLS).
+	HTTP *http.Client
+	// ExtraEnv is added to the daemon's environment at each start (a
+	// failpoint to arm, say).
+	ExtraEnv []string
 
-	cmd *exec.Cmd
+	tlsCert, tlsKey string
+	cmd             *exec.Cmd
 	// done is closed once the daemon process has exited (and been reaped).
 	done chan struct{}
 }
@@ -57,6 +67,9 @@ type Options struct {
 	Uplink string
 	// Args are more `ember serve` flags.
 	Args []string
+	// TLSCert and TLSKey, when set, have the daemon serve TLS with them;
+	// the harness's client trusts TLSCert.
+	TLSCert, TLSKey string
 }
 
 // Start starts a daemon and waits for its API.
@@ -68,7 +81,20 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 	addr := ln.Addr().String()
 	ln.Close()
 	d := &Daemon{Bin: o.Bin, DataDir: o.DataDir, Templates: o.Templates, URL: "http://" + addr, SlotFirst: o.SlotFirst,
-		SlotCount: o.SlotCount, Log: o.Log, Uplink: o.Uplink, Args: o.Args}
+		SlotCount: o.SlotCount, Log: o.Log, Uplink: o.Uplink, Args: o.Args, HTTP: &http.Client{},
+		tlsCert: o.TLSCert, tlsKey: o.TLSKey}
+	if o.TLSCert != "" {
+		pem, err := os.ReadFile(o.TLSCert)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no certificate in %s", o.TLSCert)
+		}
+		d.URL = "https://" + addr
+		d.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
 	return d, d.start(ctx, addr)
 }
 
@@ -77,11 +103,15 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 	if d.Uplink != "" {
 		egress = []string{"--uplink", d.Uplink}
 	}
+	if d.tlsCert != "" {
+		egress = append(egress, "--tls-cert", d.tlsCert, "--tls-key", d.tlsKey)
+	}
 	d.cmd = exec.Command(d.Bin, append([]string{"serve", "--listen", addr, "--data-dir", d.DataDir,
 		"--template-dir", d.Templates, "--slot-first", strconv.Itoa(d.SlotFirst), "--slot-count", strconv.Itoa(d.SlotCount),
 		"--log-level", "debug"},
 		append(egress, d.Args...)...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.Log, d.Log
+	d.cmd.Env = append(os.Environ(), d.ExtraEnv...)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", d.Bin, err)
@@ -95,7 +125,7 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 			return fmt.Errorf("daemon exited during start: %v (log %s)", d.cmd.ProcessState, d.Log.Name())
 		default:
 		}
-		if resp, err := http.Get(d.URL + "/health"); err == nil {
+		if resp, err := d.HTTP.Get(d.URL + "/health"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				break
@@ -112,7 +142,7 @@ func (d *Daemon) start(ctx context.Context, addr string) error {
 		return err
 	}
 	d.APIKey = strings.TrimSpace(string(key))
-	d.Client = client.New(d.URL, d.APIKey)
+	d.Client = client.New(d.URL, d.APIKey).WithHTTPClient(d.HTTP)
 	return nil
 }
 
@@ -161,6 +191,20 @@ func (d *Daemon) Stop() error {
 	}
 }
 
+// PID returns the daemon's process id.
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+
+// WaitExit waits up to timeout for the daemon to exit on its own (a
+// failpoint's SIGKILL) and reports whether it did.
+func (d *Daemon) WaitExit(timeout time.Duration) bool {
+	select {
+	case <-d.done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
 // Kill ends the daemon with SIGKILL.
 func (d *Daemon) Kill() {
 	if d.cmd == nil || d.cmd.Process == nil {
@@ -175,7 +219,7 @@ func (d *Daemon) Restart(ctx context.Context) error {
 	if err := d.Stop(); err != nil {
 		return err
 	}
-	return d.start(ctx, strings.TrimPrefix(d.URL, "http://"))
+	return d.start(ctx, strings.TrimPrefix(strings.TrimPrefix(d.URL, "http://"), "https://"))
 }
 
 // DestroyAll empties the daemon's warm pools and destroys every sandbox
@@ -203,11 +247,15 @@ func (d *Daemon) DestroyAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Leaks lists what the daemon's sandboxes left behind: network namespaces
-// and host veths in its slot range (slots up to SlotFirst+span), processes
-// whose command line names its data directory, and sandbox directories.
+// Leaks lists what the daemon's sandboxes left behind: network namespaces,
+// host veths and their nftables set elements in its slot range (slots up
+// to SlotFirst+span), processes whose command line names its data
+// directory (VMMs, page servers), sandbox cgroups, loop devices over its
+// files, and sandbox directories.
 func (d *Daemon) Leaks(span int) []string {
 	var out []string
+	// The host table's set of live slots' veths.
+	set, _ := exec.Command("nft", "list", "set", "inet", "ember", "slots").Output()
 	for i := d.SlotFirst; i < d.SlotFirst+span; i++ {
 		if _, err := os.Stat(fmt.Sprintf("/run/netns/ember-ns-%d", i)); err == nil {
 			out = append(out, fmt.Sprintf("netns ember-ns-%d", i))
@@ -215,8 +263,13 @@ func (d *Daemon) Leaks(span int) []string {
 		if _, err := os.Stat(fmt.Sprintf("/sys/class/net/ember-v%d", i)); err == nil {
 			out = append(out, fmt.Sprintf("link ember-v%d", i))
 		}
+		if strings.Contains(string(set), fmt.Sprintf("%q", fmt.Sprintf("ember-v%d", i))) {
+			out = append(out, fmt.Sprintf("nftables element ember-v%d", i))
+		}
 	}
 	out = append(out, Processes(d.DataDir)...)
+	out = append(out, Cgroups(d.DataDir)...)
+	out = append(out, LoopDevices(d.DataDir)...)
 	if entries, err := os.ReadDir(filepath.Join(d.DataDir, "sandboxes")); err == nil {
 		for _, e := range entries {
 			out = append(out, "dir "+e.Name())
@@ -231,8 +284,46 @@ func (d *Daemon) Leaks(span int) []string {
 func (d *Daemon) LeaksWhileRunning() []string {
 	var out []string
 	for _, l := range d.Leaks(0) {
-		if !strings.HasPrefix(l, "netns ") && !strings.HasPrefix(l, "link ") {
+		if !strings.HasPrefix(l, "netns ") && !strings.HasPrefix(l, "link ") && !strings.HasPrefix(l, "nftables ") {
 			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Cgroups lists the sandbox cgroups left under the parent group of the
+// daemon on dataDir, in any hierarchy.
+func Cgroups(dataDir string) []string {
+	var out []string
+	v1, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", cgroup.ParentFor(dataDir), "*"))
+	v2, _ := filepath.Glob(filepath.Join(cgroup.Root, cgroup.ParentFor(dataDir), "*"))
+	for _, d := range append(v1, v2...) {
+		if st, err := os.Stat(d); err == nil && st.IsDir() {
+			out = append(out, "cgroup "+d)
+		}
+	}
+	return out
+}
+
+// CgroupParents lists the parent groups of the daemon on dataDir, which it
+// removes when it stops.
+func CgroupParents(dataDir string) []string {
+	var out []string
+	v1, _ := filepath.Glob(filepath.Join(cgroup.Root, "*", cgroup.ParentFor(dataDir)))
+	v2, _ := filepath.Glob(filepath.Join(cgroup.Root, cgroup.ParentFor(dataDir)))
+	for _, d := range append(v1, v2...) {
+		out = append(out, "cgroup parent "+d)
+	}
+	return out
+}
+
+// LoopDevices lists loop devices whose backing file is under dir.
+func LoopDevices(dir string) []string {
+	var out []string
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(b), dir+"/") {
+			out = append(out, "loop "+filepath.Base(filepath.Dir(filepath.Dir(f)))+" "+strings.TrimSpace(string(b)))
 		}
 	}
 	return out

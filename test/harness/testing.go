@@ -44,7 +44,7 @@ func ForTest(t testing.TB, o Options, span int) *Daemon {
 		if err := d.Stop(); err != nil {
 			t.Error(err)
 		}
-		if leaks := d.Leaks(span); len(leaks) > 0 {
+		if leaks := append(d.Leaks(span), CgroupParents(d.DataDir)...); len(leaks) > 0 {
 			t.Errorf("leaked: %v", leaks)
 		}
 		if t.Failed() {

@@ -36,9 +36,20 @@ func (r Region) pageSize() uint64 {
 	return r.PageSizeKiB * 1024
 }
 
+// maxRegion bounds the regions, one and all: the server keeps two bits
+// per page, and a VMM that claims more memory than any guest has must not
+// make it allocate them.
+const maxRegion = 1 << 40
+
 func (r Region) check() error {
 	ps := r.pageSize()
 	switch {
+	case r.PageSizeKiB > 1<<20 || ps > 1<<30:
+		return fmt.Errorf("region at %#x: page size %d over 1 GiB", r.BaseHostVirtAddr, ps)
+	case r.Size > maxRegion:
+		return fmt.Errorf("region at %#x: %d bytes, over the %d a guest may have", r.BaseHostVirtAddr, r.Size, uint64(maxRegion))
+	case r.BaseHostVirtAddr+r.Size < r.BaseHostVirtAddr || r.Offset+r.Size < r.Offset:
+		return fmt.Errorf("region at %#x size %#x offset %#x: wraps around", r.BaseHostVirtAddr, r.Size, r.Offset)
 	case ps < 4096 || ps&(ps-1) != 0:
 		return fmt.Errorf("region at %#x: page size %d is not a power of two of at least 4096", r.BaseHostVirtAddr, ps)
 	case r.BaseHostVirtAddr%ps != 0 || r.Size%ps != 0 || r.Offset%4096 != 0:
@@ -112,18 +123,30 @@ func receiveHandshake(conn *net.UnixConn) (regions []Region, fd int, err error) 
 	if fd < 0 {
 		return nil, fd, errors.New("read handshake: no userfaultfd in the message")
 	}
+	regions, err = parseRegions(data)
+	return regions, fd, err
+}
+
+// parseRegions decodes and checks the handshake's region list: what the
+// VMM (which a guest may have taken over) says its guest memory is.
+func parseRegions(data []byte) ([]Region, error) {
+	var regions []Region
 	if err := json.Unmarshal(data, &regions); err != nil {
-		return nil, fd, fmt.Errorf("decode handshake %q: %w", data, err)
+		return nil, fmt.Errorf("decode handshake %q: %w", data, err)
 	}
 	if len(regions) == 0 {
-		return nil, fd, errors.New("handshake has no regions")
+		return nil, errors.New("handshake has no regions")
 	}
+	var total uint64
 	for _, r := range regions {
 		if err := r.check(); err != nil {
-			return nil, fd, fmt.Errorf("handshake: %w", err)
+			return nil, fmt.Errorf("handshake: %w", err)
+		}
+		if total += r.Size; total > maxRegion {
+			return nil, fmt.Errorf("handshake: regions of over %d bytes in all", uint64(maxRegion))
 		}
 	}
-	return regions, fd, nil
+	return regions, nil
 }
 
 func parseRights(oob []byte) ([]int, error) {

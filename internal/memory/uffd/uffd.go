@@ -52,6 +52,10 @@ type Config struct {
 	// Workers is how many faults are served at once; zero means one per
 	// CPU.
 	Workers int
+	// Listener, when set, is the socket to accept the VMM on, already
+	// listening at Socket (a page server process handed it by the daemon,
+	// so the socket is there before the VMM is told of it).
+	Listener *net.UnixListener
 }
 
 // Stats counts what a server did.
@@ -108,12 +112,14 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 			f.close()
 		}
 	}()
-	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale page server socket %s: %w", cfg.Socket, err)
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.Socket, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("listen on page server socket: %w", err)
+	l := cfg.Listener
+	if l == nil {
+		if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale page server socket %s: %w", cfg.Socket, err)
+		}
+		if l, err = net.ListenUnix("unix", &net.UnixAddr{Name: cfg.Socket, Net: "unix"}); err != nil {
+			return nil, fmt.Errorf("listen on page server socket: %w", err)
+		}
 	}
 	defer func() {
 		if err != nil {

@@ -64,6 +64,15 @@ type Config struct {
 	// a kernel is probed once for them, the choice and the driver; the
 	// fields above that configure one are then unused.
 	Prober *accel.Prober
+
+	// QEMUConfine confines QEMU (nil: unconfined); Jailer runs
+	// Firecracker through its jailer (nil: directly).
+	QEMUConfine *qemu.Confinement
+	Jailer      *firecracker.JailerConfig
+	// Helper is the ember binary, which runs Firecracker's page servers
+	// (firecracker.Config.PageServer) and QEMU's memory copies
+	// (qemu.Config.Helper) as processes of their own.
+	Helper []string
 }
 
 // Select returns the driver cfg and this host call for, and why: a reason
@@ -85,10 +94,10 @@ func choose(ctx context.Context, cfg Config, log *slog.Logger) (Driver, string, 
 		prober = qemu.NewProber(qemuBin, cfg.CacheDir, cfg.ProbeTimeout, log)
 		prober.Root = cfg.HostRoot
 	}
-	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober}
+	fcCfg := firecracker.Config{Binary: cfg.FirecrackerBinary, Prober: prober, Jailer: cfg.Jailer, PageServer: cfg.Helper}
 	fcOK, fcWhy := firecracker.Available(fcCfg)
 	useQEMU := func(why string) (Driver, string, error) {
-		d, err := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Prober: prober}, log)
+		d, err := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Prober: prober, Confine: cfg.QEMUConfine, Helper: cfg.Helper}, log)
 		if err != nil {
 			return nil, "", err
 		}

@@ -431,22 +431,7 @@ func TestJailerCommand(t *testing.T) {
 func TestRestoreRefusesMismatch(t *testing.T) {
 	d, _ := fakeDriver(t, Config{})
 	ctx := t.Context()
-	spec := testSpec(t, "")
-	m, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Stop(ctx) })
-	if err := m.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	snap := t.TempDir()
-	if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, snap := snapshotOf(t, d)
 	for _, tc := range []struct {
 		name     string
 		edit     func(s *vmm.Spec)
@@ -578,5 +563,48 @@ func TestReclaimProcesses(t *testing.T) {
 	case err := <-tailEnded:
 		t.Errorf("tail -f of a console log ended (%v); it is no vmm", err)
 	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// snapshotOf starts a machine, snapshots it and stops it, and returns its
+// spec and the snapshot's directory.
+func snapshotOf(t *testing.T, d *Driver) (vmm.Spec, string) {
+	t.Helper()
+	ctx := t.Context()
+	spec := testSpec(t, "")
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(context.Background()) })
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap := t.TempDir()
+	if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return spec, snap
+}
+
+func TestMeasures(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		jailer *JailerConfig
+		on     bool
+	}{
+		{"unjailed", nil, false},
+		{"jailed", &JailerConfig{ChrootBase: "/srv/jailer", UID: 999, GID: 999, MemoryMax: "1073741824"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Driver{cfg: Config{Jailer: tc.jailer}, jailer: "/usr/bin/jailer"}
+			ms := d.Measures()
+			if len(ms) != 1 || ms[0].Name != "jailer" || ms[0].On != tc.on || ms[0].Detail == "" {
+				t.Fatalf("measures %+v", ms)
+			}
+		})
 	}
 }

@@ -10,13 +10,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi2"
 	"github.com/getkin/kin-openapi/openapi2conv"
@@ -271,10 +275,10 @@ func (f *fake) handle(method, path string, body []byte) (int, string, any) {
 		if str("snapshot_type") == "Diff" && !f.trackDirty {
 			return 400, "Diff snapshots are not allowed on uVMs with dirty page tracking disabled.", nil
 		}
-		// A small memory image: one distinctive page per MiB of guest.
-		mem := make([]byte, 4<<20)
-		for i := 0; i < len(mem); i += 1 << 20 {
-			copy(mem[i:], fmt.Sprintf("page at %#x of %d MiB", i, f.memMiB))
+		// A small memory image: every page distinctive.
+		mem := make([]byte, fakeMemSize)
+		for i := 0; i < len(mem); i += fakePage {
+			copy(mem[i:], pageMark(i, f.memMiB))
 		}
 		if err := os.WriteFile(str("mem_file_path"), mem, 0o644); err != nil {
 			return 400, err.Error(), nil
@@ -337,7 +341,7 @@ func (f *fake) handle(method, path string, body []byte) (int, string, any) {
 // memory, registers it, sends the handshake; then it reads the first page
 // back through the page server and checks it against the memory file.
 func (f *fake) connectUFFD(socket string) error {
-	const size = 4 << 20
+	const size = fakeMemSize
 	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		return err
@@ -355,10 +359,43 @@ func (f *fake) connectUFFD(socket string) error {
 	if err := uffd.SendHandshake(conn, []uffd.Region{{BaseHostVirtAddr: uffd.Addr(mem), Size: size, PageSize: 4096}}, fd); err != nil {
 		return err
 	}
-	if want := fmt.Sprintf("page at %#x of %d MiB", 1<<20, f.memMiB); !bytes.HasPrefix(mem[1<<20:], []byte(want)) {
+	if want := pageMark(1<<20, f.memMiB); !bytes.HasPrefix(mem[1<<20:], []byte(want)) {
 		return fmt.Errorf("guest memory at 1 MiB reads %q, want %q", mem[1<<20:1<<20+len(want)], want)
 	}
+	if status := os.Getenv(touchEnv); status != "" {
+		go touchAll(mem, f.memMiB, status)
+	}
 	return nil
+}
+
+// The fake's guest memory: fakeMemSize bytes of fakePage pages, each
+// starting with its pageMark.
+const (
+	fakeMemSize = 4 << 20
+	fakePage    = 4096
+)
+
+func pageMark(off, memMiB int) string { return fmt.Sprintf("page at %#x of %d MiB", off, memMiB) }
+
+// touchEnv names the file a restored fake reports to as it reads its
+// guest memory page by page, slowly (the guest running on), each read a
+// fault the page server serves: "progress N" as it goes, then "ok N" or
+// "bad ..." at the first page that reads wrong.
+const touchEnv = "EMBER_TEST_FAKE_TOUCH"
+
+func touchAll(mem []byte, memMiB int, status string) {
+	report := func(s string) { os.WriteFile(status+".tmp", []byte(s), 0o644); os.Rename(status+".tmp", status) }
+	for off := 0; off < len(mem); off += fakePage {
+		if want := pageMark(off, memMiB); !bytes.HasPrefix(mem[off:], []byte(want)) {
+			report(fmt.Sprintf("bad page %#x: %q, want %q", off, mem[off:off+len(want)], want))
+			return
+		}
+		if n := off/fakePage + 1; n%32 == 0 {
+			report(fmt.Sprintf("progress %d", n))
+		}
+		time.Sleep(3 * time.Millisecond)
+	}
+	report(fmt.Sprintf("ok %d", len(mem)/fakePage))
 }
 
 // runFake is the fake firecracker's main: it serves until SendCtrlAltDel
@@ -456,6 +493,21 @@ func runFakeJailer(args []string) int {
 }
 
 func TestMain(m *testing.M) {
+	// A page server process, started from the test binary as the daemon
+	// starts one from ember's.
+	if len(os.Args) > 1 && os.Args[1] == uffd.HelperCommand {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		err := uffd.RunHelper(ctx, os.Args[2:], slog.New(slog.NewTextHandler(os.Stderr, nil)))
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "page server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if v := os.Getenv(daemonEnv); v != "" {
+		os.Exit(runDaemon(v))
+	}
 	switch os.Getenv(fakeEnv) {
 	case "1":
 		os.Exit(runFake(os.Args[1:]))

@@ -24,7 +24,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emberhq/ember/internal/memory/uffd"
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/accel"
@@ -82,6 +81,15 @@ type Config struct {
 	// UFFDReadahead is the page server's readahead for restored machines
 	// (zero: its default).
 	UFFDReadahead int
+	// PageServer, when set, is the command that runs a restored
+	// machine's page server as a process of its own: the ember binary
+	// (and any arguments of its own), to which the driver appends
+	// uffd.HelperArgs, the subcommand and its flags. The process lives outside the daemon, in
+	// the machine's cgroup, so a daemon that stops or dies loses no
+	// guest, and a restarted daemon re-adopts it (Attach). Unset, the
+	// page server is a goroutine of the daemon, which takes the guest's
+	// memory with it.
+	PageServer []string
 	// Prober, when set, checks that KVM boots a machine's kernel before
 	// Firecracker is started for it (AccelFor).
 	Prober *accel.Prober
@@ -306,17 +314,11 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string)
 			m.kill()
 		}
 	}()
-	srv, err := uffd.New(uffd.Config{
-		Socket: m.jail.ownHost(uffdSocketName), MemFile: filepath.Join(snapshotDir, memoryFile), Readahead: d.cfg.UFFDReadahead,
-	}, m.log)
-	if err != nil {
+	if err := d.startPages(m, spec, filepath.Join(snapshotDir, memoryFile)); err != nil {
 		return nil, fail(err)
 	}
-	// Served from here on, the server goes with the machine, also when
-	// the restore fails.
-	m.servePages(srv)
 	// Firecracker connects to the socket as the jail's user.
-	if err := m.jail.give(srv.Socket()); err != nil {
+	if err := m.jail.give(m.jail.ownHost(uffdSocketName)); err != nil {
 		return nil, fail(err)
 	}
 	state, err := m.jail.inside(filepath.Join(snapshotDir, stateFile), false)
@@ -397,6 +399,14 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 			m.kill()
 		}
 	}()
+	// A jailed Firecracker is in the cgroup the jailer makes for it (its
+	// --cgroup limits); placing it too would race the jailer. Its page
+	// server still goes into the sandbox's.
+	if spec.Place != nil && !j.jailed {
+		if err := spec.Place(proc.PID()); err != nil {
+			return nil, err
+		}
+	}
 	wctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	if err := m.waitReady(wctx); err != nil {
@@ -453,7 +463,11 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 	if err := m.api.do(ctx, "GET", "/", nil, &info); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, proc.Unanswered(err))
 	}
-	m.log.Info("vmm attached", "state", info.State)
+	if err := d.adoptPages(m, spec); err != nil {
+		proc.Release()
+		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
+	}
+	m.log.Info("vmm attached", "state", info.State, "page_server", m.helperPID())
 	return m, nil
 }
 
@@ -478,7 +492,11 @@ func (d *Driver) identity(spec vmm.Spec) vmmproc.Identity {
 // The jail of a reclaimed machine is left as it is: the machine's next
 // start replaces it.
 func (d *Driver) ReclaimProcesses(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
-	return vmmproc.Reclaim(keep, d.identity, d.reclaimWait, d.log)
+	res, err := vmmproc.Reclaim(keep, d.identity, d.reclaimWait, d.log)
+	// A page server serves a VMM that is gone now: it goes too.
+	pres, perr := vmmproc.Reclaim(keep, d.pagesIdentity, d.reclaimWait, d.log)
+	res.Found, res.Removed = res.Found+pres.Found, res.Removed+pres.Removed
+	return res, errors.Join(err, perr)
 }
 
 // jailID is the machine's id for Firecracker and the jailer: the jailer

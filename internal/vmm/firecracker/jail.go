@@ -196,3 +196,20 @@ func (j *jail) remove() error {
 	}
 	return nil
 }
+
+var _ vmm.Confiner = (*Driver)(nil)
+
+// Measures says how the driver's Firecracker processes are confined: by
+// the jailer (chroot, unprivileged user, cgroup limits, seccomp filter of
+// Firecracker's own), or only by Firecracker's built-in seccomp filter.
+func (d *Driver) Measures() []vmm.Measure {
+	c := d.cfg.Jailer
+	if c == nil {
+		return []vmm.Measure{{Name: "jailer", Detail: "firecracker runs as the daemon's user, unjailed, with its built-in seccomp filter: give --jailer"}}
+	}
+	detail := fmt.Sprintf("%s: chroot under %s, uid %d gid %d", d.jailer, c.ChrootBase, c.UID, c.GID)
+	if c.CPUMax != "" || c.MemoryMax != "" {
+		detail += fmt.Sprintf(", jailer cgroup cpu.max %q memory.max %q", c.CPUMax, c.MemoryMax)
+	}
+	return []vmm.Measure{{Name: "jailer", On: true, Detail: detail}}
+}

@@ -35,9 +35,12 @@ type Machine struct {
 	// mu serialises API requests that change state, and Stop.
 	mu      sync.Mutex
 	stopped bool
-	// pages is the page server of a restored machine; it goes with it.
+	// pages is the page server of a restored machine served in the
+	// daemon; helper is its process when it has one of its own. Either
+	// goes with the machine.
 	pages     *uffd.Server
 	pagesDone chan error
+	helper    *vmmproc.Process
 }
 
 var (
@@ -253,5 +256,6 @@ func (m *Machine) releaseLocked() error {
 			errs = append(errs, fmt.Errorf("close page server: %w", err))
 		}
 	}
+	errs = append(errs, m.stopHelper())
 	return errors.Join(append(errs, m.jail.remove())...)
 }

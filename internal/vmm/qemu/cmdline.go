@@ -43,11 +43,11 @@ func qmpPath(dir string) string { return filepath.Join(dir, "qmp.sock") }
 func pidPath(dir string) string { return filepath.Join(dir, "vmm.pid") }
 func logPath(dir string) string { return filepath.Join(dir, "vmm.log") }
 
-// qmpArg is the -chardev value of the QMP socket. Attach looks for it in a
-// process's command line to tell our QEMU from any other process.
-func qmpArg(dir string) string {
-	return "socket,id=qmp,path=" + optEscape(qmpPath(dir)) + ",server=on,wait=off"
-}
+// nameArg is the -name value: the guest is named after its QMP socket,
+// which the daemon creates and hands to QEMU as a descriptor. Attach looks
+// for it in a process's command line to tell our QEMU from any other
+// process.
+func nameArg(dir string) string { return "guest=" + optEscape(qmpPath(dir)) }
 
 // argAfter returns the value following the n-th occurrence (from 0) of flag
 // in a command line, or "".
@@ -158,8 +158,13 @@ func ramObject(ram guestRAM, memMiB int) string {
 }
 
 // buildArgs returns QEMU's arguments for spec. tscKHz is the host's TSC
-// frequency, used only under TCG. ram says where guest RAM lives.
-func buildArgs(accel string, tscKHz int64, ram guestRAM, spec vmm.Spec) []string {
+// frequency, used only under TCG. ram says where guest RAM lives: a file
+// of the machine's own mapped shared, so that a snapshot can leave RAM out
+// of the migration stream and copy the file instead, or a saved memory
+// file mapped privately, handed over as h.ram. h names the descriptors the
+// daemon hands QEMU (kernel, disk, TAP, console, QMP socket, chroot, saved
+// memory); c, when set, confines it.
+func buildArgs(accel string, tscKHz int64, ram guestRAM, spec vmm.Spec, h handed, c *Confinement) []string {
 	spec = withDefaults(spec)
 	vcpus, mem, format := spec.VCPUs, spec.MemoryMiB, spec.DiskFormat
 	cpu := cpuModel(accel)
@@ -169,6 +174,9 @@ func buildArgs(accel string, tscKHz int64, ram guestRAM, spec vmm.Spec) []string
 	machine := machineOpts
 	var objects []string
 	if ram.Path != "" {
+		if ram.Private && h.ram >= 0 {
+			ram.Path = fdPath(h.ram)
+		}
 		machine += ",memory-backend=" + memoryBackend
 		objects = []string{"-object", ramObject(ram, mem)}
 	}
@@ -181,7 +189,8 @@ func buildArgs(accel string, tscKHz int64, ram guestRAM, spec vmm.Spec) []string
 	args = append(args,
 		"-smp", strconv.Itoa(vcpus),
 		"-nodefaults", "-no-user-config", "-no-reboot", "-nographic",
-		"-kernel", spec.Kernel,
+		"-name", nameArg(spec.Dir),
+		"-kernel", fdPath(h.kernel),
 	)
 	if spec.Initrd != "" {
 		args = append(args, "-initrd", spec.Initrd)
@@ -195,7 +204,23 @@ func buildArgs(accel string, tscKHz int64, ram guestRAM, spec vmm.Spec) []string
 		// cache=unsafe would drop those flushes and a SIGKILL could then
 		// lose qcow2 metadata; it booted no faster. discard=unmap lets a guest fstrim give
 		// blocks back, which shows in the disk's usage.
-		"-drive", "id=root,if=none,file="+optEscape(spec.RootDisk)+",format="+format+",cache=writeback,discard=unmap",
+	)
+	args = append(args, addFD(h.disk, fdsetDisk)...)
+	args = append(args, addFD(h.diskRO, fdsetDisk)...)
+	// file.locking=off: QEMU's image locks are per open file, and with
+	// the disk handed over as two descriptors (read-write and read-only)
+	// a re-activation after a snapshot found the other one's locks in its
+	// way ("Failed to get write lock"). One QEMU per disk is the daemon's
+	// rule, which the locks enforced between QEMUs.
+	drive := "id=root,if=none,file=" + fdsetPath(fdsetDisk) + ",file.locking=off,format=" + format
+	if h.backing >= 0 {
+		// The overlay's header names its base by a path a confined QEMU
+		// cannot open; the daemon hands the base over too.
+		args = append(args, addFD(h.backing, fdsetBacking)...)
+		drive += ",backing.driver=raw,backing.file.filename=" + fdsetPath(fdsetBacking)
+	}
+	args = append(args,
+		"-drive", drive+",cache=writeback,discard=unmap",
 		"-device", "virtio-blk-device,drive=root",
 	)
 	if spec.TAP != "" {
@@ -204,18 +229,24 @@ func buildArgs(accel string, tscKHz int64, ram guestRAM, spec vmm.Spec) []string
 			dev += ",mac=" + optEscape(spec.MAC)
 		}
 		args = append(args,
-			"-netdev", "tap,id=net0,ifname="+optEscape(spec.TAP)+",script=no,downscript=no,vhost=off",
+			"-netdev", "tap,id=net0,fd="+strconv.Itoa(h.tap)+",vhost=off",
 			"-device", dev,
 		)
 	}
+	args = append(args, "-device", "virtio-rng-device")
+	args = append(args, addFD(h.console, fdsetConsole)...)
 	args = append(args,
-		"-device", "virtio-rng-device",
-		"-chardev", "file,id=console,path="+optEscape(vmm.ConsoleLog(spec.Dir)),
+		"-chardev", "file,id=console,path="+fdsetPath(fdsetConsole),
 		"-serial", "chardev:console",
-		"-chardev", qmpArg(spec.Dir),
+		"-chardev", "socket,id=qmp,fd="+strconv.Itoa(h.qmp)+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
-		"-pidfile", pidPath(spec.Dir),
 	)
+	if c != nil && c.Seccomp {
+		args = append(args, "-sandbox", sandboxArg)
+	}
+	if c != nil && c.Chroot && h.root >= 0 {
+		args = append(args, "-chroot", fdPath(h.root))
+	}
 	return args
 }
 

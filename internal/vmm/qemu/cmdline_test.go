@@ -14,33 +14,47 @@ func TestBuildArgs(t *testing.T) {
 		DiskFormat: "raw", VCPUs: 2, MemoryMiB: 512,
 	}
 	for _, tc := range []struct {
-		name   string
-		accel  string
-		ram    guestRAM
-		spec   func(s *vmm.Spec)
-		checks map[string]string // flag (with "#n" for its n-th use) → exact value
-		has    []string          // substrings of the joined command line
-		hasNot []string
+		name    string
+		accel   string
+		ram     guestRAM
+		spec    func(s *vmm.Spec)
+		checks  map[string]string // flag (with "#n" for its n-th use) → exact value
+		has     []string          // substrings of the joined command line
+		hasNot  []string
+		confine bool
 	}{
 		{
 			name:  "tcg",
 			accel: AccelTCG,
 			checks: map[string]string{
 				"-machine": "microvm,acpi=off", "-accel": "tcg", "-cpu": "qemu64", "-m": "512", "-smp": "2",
-				"-kernel": "/t/vmlinux",
+				"-kernel": "/proc/self/fd/3",
 				"-append": "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/sbin/init quiet " +
 					"tsc_early_khz=2096000 lpj=8384000 no_timer_check noapictimer",
-				"-drive":     "id=root,if=none,file=/run/ember/sb1/rootfs.raw,format=raw,cache=writeback,discard=unmap",
+				"-name":      "guest=/run/ember/sb1/qmp.sock",
+				"-add-fd#0":  "fd=4,set=1",
+				"-add-fd#1":  "fd=5,set=1",
+				"-add-fd#2":  "fd=6,set=3",
+				"-drive":     "id=root,if=none,file=/dev/fdset/1,file.locking=off,format=raw,cache=writeback,discard=unmap",
 				"-device#0":  "virtio-blk-device,drive=root",
 				"-device#1":  "virtio-rng-device",
-				"-chardev":   "file,id=console,path=/run/ember/sb1/console.log",
+				"-chardev":   "file,id=console,path=/dev/fdset/3",
 				"-serial":    "chardev:console",
-				"-chardev#1": "socket,id=qmp,path=/run/ember/sb1/qmp.sock,server=on,wait=off",
+				"-chardev#1": "socket,id=qmp,fd=7,server=on,wait=off",
 				"-mon":       "chardev=qmp,mode=control",
-				"-pidfile":   "/run/ember/sb1/vmm.pid",
 			},
 			has:    []string{"-nodefaults", "-no-user-config", "-no-reboot", "-nographic"},
-			hasNot: []string{"-netdev", "-initrd", "-object"},
+			hasNot: []string{"-netdev", "-initrd", "-object", "-pidfile", "-sandbox", "-chroot"},
+		},
+		{
+			name:    "confined",
+			accel:   AccelTCG,
+			confine: true,
+			checks: map[string]string{
+				"-sandbox": "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+				"-chroot":  "/proc/self/fd/10",
+			},
+			hasNot: []string{"-runas"},
 		},
 		{
 			name:  "guest ram in a shared file",
@@ -52,12 +66,12 @@ func TestBuildArgs(t *testing.T) {
 			},
 		},
 		{
-			name:  "guest ram mapping a saved memory file privately",
+			name:  "guest ram mapping a saved memory file privately, handed over",
 			accel: AccelTCG,
 			ram:   guestRAM{Path: "/run/ember/sb1/guest-ram", Private: true},
 			checks: map[string]string{
 				"-machine": "microvm,acpi=off,memory-backend=mem",
-				"-object":  "memory-backend-file,id=mem,size=512M,mem-path=/run/ember/sb1/guest-ram,share=off,merge=on",
+				"-object":  "memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/11,share=off,merge=on",
 			},
 		},
 		{
@@ -77,10 +91,12 @@ func TestBuildArgs(t *testing.T) {
 				s.BootArgs = "  ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off "
 			},
 			checks: map[string]string{
-				"-netdev":   "tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off",
+				"-netdev":   "tap,id=net0,fd=8,vhost=off",
 				"-device#1": "virtio-net-device,netdev=net0,mac=06:00:ac:10:00:02",
 				"-initrd":   "/t/initrd",
-				"-drive":    "id=root,if=none,file=/run/ember/sb1/rootfs.qcow2,format=qcow2,cache=writeback,discard=unmap",
+				"-add-fd#2": "fd=9,set=2",
+				"-drive": "id=root,if=none,file=/dev/fdset/1,file.locking=off,format=qcow2," +
+					"backing.driver=raw,backing.file.filename=/dev/fdset/2,cache=writeback,discard=unmap",
 			},
 			has: []string{"noapictimer ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off"},
 		},
@@ -93,9 +109,8 @@ func TestBuildArgs(t *testing.T) {
 			},
 			checks: map[string]string{
 				"-m": "256", "-smp": "1",
-				"-drive":     "id=root,if=none,file=/run/a,,b/disk,format=raw,cache=writeback,discard=unmap",
-				"-chardev#1": "socket,id=qmp,path=/run/a,,b/qmp.sock,server=on,wait=off",
-				"-pidfile":   "/run/a,b/vmm.pid",
+				"-drive": "id=root,if=none,file=/dev/fdset/1,file.locking=off,format=raw,cache=writeback,discard=unmap",
+				"-name":  "guest=/run/a,,b/qmp.sock",
 			},
 		},
 	} {
@@ -104,7 +119,21 @@ func TestBuildArgs(t *testing.T) {
 			if tc.spec != nil {
 				tc.spec(&spec)
 			}
-			args := buildArgs(tc.accel, 2096000, tc.ram, spec)
+			h := handed{kernel: 3, disk: 4, diskRO: 5, backing: -1, console: 6, qmp: 7, tap: -1, root: -1}
+			if spec.TAP != "" {
+				h.tap = 8
+			}
+			if spec.DiskFormat == "qcow2" {
+				h.backing = 9
+			}
+			if tc.ram.Private {
+				h.ram = 11
+			}
+			var c *Confinement
+			if tc.confine {
+				c, h.root = &Confinement{UID: 999, GID: 999, Seccomp: true, Chroot: true}, 10
+			}
+			args := buildArgs(tc.accel, 2096000, tc.ram, spec, h, c)
 			for flag, want := range tc.checks {
 				name, n := flag, 0
 				if f, idx, ok := strings.Cut(flag, "#"); ok {
@@ -164,7 +193,7 @@ func TestRAMFromArgs(t *testing.T) {
 		{Path: "/dev/shm/ember-sb1.mem"},
 		{Path: "/d,x/guest-ram", Private: true},
 	} {
-		if got := ramFromArgs(buildArgs(AccelTCG, 1, ram, spec)); got != ram {
+		if got := ramFromArgs(buildArgs(AccelTCG, 1, ram, spec, noneHanded, nil)); got != ram {
 			t.Errorf("ramFromArgs(buildArgs(%+v)) = %+v", ram, got)
 		}
 	}

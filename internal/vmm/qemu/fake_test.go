@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -42,6 +43,12 @@ func (f *fakeQMP) listen(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.accept(l)
+	return l, nil
+}
+
+// accept serves QMP on l, one client at a time, until l closes.
+func (f *fakeQMP) accept(l net.Listener) {
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -51,7 +58,6 @@ func (f *fakeQMP) listen(path string) (net.Listener, error) {
 			f.serve(c)
 		}
 	}()
-	return l, nil
 }
 
 func (f *fakeQMP) isSilent() bool {
@@ -157,6 +163,15 @@ const (
 const fakeChildEnv = "EMBER_TEST_FAKE_QEMU_CHILD"
 
 func TestMain(m *testing.M) {
+	// A restore's memory copy, started from the test binary as the
+	// daemon starts one from ember's.
+	if len(os.Args) > 2 && os.Args[1] == CopyCommand {
+		if err := RunCopy(context.Background(), os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
 		os.Exit(fakeQEMUMain(mode, os.Args[1:]))
 	}
@@ -184,12 +199,17 @@ func fakeQEMUMain(mode string, args []string) int {
 			return 1
 		}
 	}
-	var sock string
+	// Like QEMU, serve QMP on the listening socket the daemon handed over
+	// (or, started as an older ember did, on a socket of its own).
+	sock, path := -1, ""
 	for i, a := range args {
 		if a == "-chardev" && i+1 < len(args) && strings.HasPrefix(args[i+1], "socket,") {
 			for _, kv := range strings.Split(args[i+1], ",") {
+				if p, ok := strings.CutPrefix(kv, "fd="); ok {
+					sock, _ = strconv.Atoi(p)
+				}
 				if p, ok := strings.CutPrefix(kv, "path="); ok {
-					sock = p
+					path = p
 				}
 			}
 		}
@@ -199,9 +219,18 @@ func fakeQEMUMain(mode string, args []string) int {
 		f.onQuit = func() { os.Exit(0) }
 	}
 	f.hangAfterStatus = mode == fakeHangs
-	if _, err := f.listen(sock); err != nil {
-		fmt.Fprintln(os.Stderr, "fake qemu:", err)
-		return 1
+	if path != "" {
+		if _, err := f.listen(path); err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+	} else {
+		l, err := net.FileListener(os.NewFile(uintptr(sock), "qmp"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		f.accept(l)
 	}
 	for {
 		time.Sleep(time.Hour)

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -232,5 +234,37 @@ func TestAttachUnresponsive(t *testing.T) {
 	}
 	if !alive(m.PID()) {
 		t.Fatal("attach killed the hung qemu")
+	}
+}
+
+// TestAttachLegacyQEMU: a QEMU an ember before QMP sockets were handed
+// over started (its socket named by path on its command line) is
+// re-adopted by an upgraded daemon, and stopped by it.
+func TestAttachLegacyQEMU(t *testing.T) {
+	d, spec := fakeDriver(t, fakeObedient)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-name", "x", "-chardev", legacyIdentity(spec).Value, "-mon", "chardev=qmp,mode=control")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go cmd.Wait()
+	t.Cleanup(func() { unix.Kill(-cmd.Process.Pid, unix.SIGKILL) })
+	waitQMP(t, qmpPath(spec.Dir))
+	m, err := d.Attach(t.Context(), spec, cmd.Process.Pid)
+	if err != nil {
+		t.Fatalf("attach a legacy qemu: %v", err)
+	}
+	if st, err := m.(vmm.Stater).State(t.Context()); err != nil || st != vmm.StateRunning {
+		t.Fatalf("state %s %v", st, err)
+	}
+	if err := m.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !m.(*Machine).proc.Wait(5 * time.Second) {
+		t.Fatal("legacy qemu runs on after stop")
 	}
 }

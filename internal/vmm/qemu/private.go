@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 )
 
 // A restored machine's guest RAM maps the snapshot's memory file privately
@@ -58,6 +60,42 @@ func keepBase(ctx context.Context, dst, base string) error {
 		return nil
 	}
 	return copyMemory(ctx, dst, base)
+}
+
+// handRAM opens the saved memory file a restored machine's RAM maps
+// privately and hands it to QEMU, which opens it again through
+// /proc/self/fd: QEMU confined to a user of its own cannot reach it by its
+// path, under directories only root may enter. QEMU 7.2 opens a memory
+// file read-write (a file it opened read-only would be read-only for the
+// guest too), so a QEMU of its own user is given the file; MAP_PRIVATE
+// keeps the guest's writes off it all the same. Every QEMU runs as that
+// one user, which already owns every guest's shared RAM file.
+func (d *Driver) handRAM(files *vmmproc.Handed, path string) (int, error) {
+	if d.confine.unprivileged() {
+		if err := os.Chown(path, int(d.confine.UID), int(d.confine.GID)); err != nil {
+			return -1, fmt.Errorf("give saved guest memory %s to %s: %w", path, d.confine.User, err)
+		}
+	}
+	fd, err := files.Open(path, os.O_RDWR, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open saved guest memory for qemu: %w", err)
+	}
+	return fd, nil
+}
+
+// attachedRAM is ramFromArgs for the running QEMU pid of the machine in
+// dir: RAM handed over as a descriptor is the file that descriptor holds
+// open (the link in dir, or the saved memory itself where no link could
+// be made).
+func attachedRAM(pid int, dir string, args []string) guestRAM {
+	ram := ramFromArgs(args)
+	if fd, ok := strings.CutPrefix(ram.Path, "/proc/self/fd/"); ok {
+		ram.Path = ramLinkPath(dir)
+		if p, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd)); err == nil && filepath.IsAbs(p) {
+			ram.Path = p
+		}
+	}
+	return ram
 }
 
 // ramFromArgs reads where guest RAM lives from a QEMU command line this

@@ -33,6 +33,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/accel"
 	"github.com/emberhq/ember/internal/vmm/vmmproc"
@@ -68,6 +70,13 @@ type Config struct {
 	// mapped shared, so that a snapshot writes only device state and
 	// copies the file, and a restore copies it back.
 	StreamMemory bool
+	// Confine, when set, confines every QEMU the driver runs for a
+	// machine (confine.go).
+	Confine *Confinement
+	// Helper, when set, is the ember binary (and arguments of its own):
+	// a restore copies guest RAM by running its CopyCommand in the
+	// machine's cgroup, so the pages count against the sandbox.
+	Helper []string
 }
 
 // defaultMemoryDir is where guest RAM files live unless configured: tmpfs,
@@ -92,6 +101,11 @@ type Driver struct {
 	// reclaimWait is how long ReclaimProcesses gives an orphaned QEMU
 	// after SIGTERM; tests shorten it.
 	reclaimWait time.Duration
+	// confine confines the machines' QEMU; nil runs it as the daemon's
+	// user, unfiltered.
+	confine *Confinement
+	// helper runs the memory copy of a restore (Config.Helper).
+	helper []string
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -110,7 +124,7 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find qemu binary %q: %w", bin, err)
 	}
-	d := &Driver{log: log.With("vmm", "qemu"), binary: path, reclaimWait: vmmproc.TermWait}
+	d := &Driver{log: log.With("vmm", "qemu"), binary: path, reclaimWait: vmmproc.TermWait, confine: cfg.Confine, helper: cfg.Helper}
 	if !cfg.StreamMemory {
 		d.memDir = cfg.MemoryDir
 		if d.memDir == "" {
@@ -166,6 +180,11 @@ func NewProber(binary, cacheDir string, timeout time.Duration, log *slog.Logger)
 	}
 	return &accel.Prober{QEMU: binary, Args: probeArgs, CacheDir: cacheDir, Timeout: timeout, Log: log}
 }
+
+// MemoryDir returns the directory that holds running machines' guest RAM
+// files, "" when RAM is anonymous: what the daemon's admission control
+// counts room in.
+func (d *Driver) MemoryDir() string { return d.memDir }
 
 // Prober returns the driver's accelerator prober.
 func (d *Driver) Prober() *accel.Prober { return d.prober }
@@ -256,17 +275,42 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, base string, extra .
 	if err != nil {
 		return nil, fmt.Errorf("open vmm log: %w", err)
 	}
-	// QEMU holds its own descriptor; ours is not needed past the fork.
+	// QEMU holds its own descriptors; ours are not needed past the fork.
 	defer logFile.Close()
+	var files vmmproc.Handed
+	defer files.Close()
+	h, err := d.hand(&files, spec)
+	if err != nil {
+		return nil, err
+	}
+	if ram.Private {
+		if h.ram, err = d.handRAM(&files, ram.Path); err != nil {
+			return nil, err
+		}
+	}
 
-	cmd := exec.Command(d.binary, append(buildArgs(v.Accel, tscKHz, ram, spec), extra...)...)
-	cmd.Dir = spec.Dir
+	cmd := exec.Command(d.binary, append(buildArgs(v.Accel, tscKHz, ram, spec, h, d.confine), extra...)...)
+	cmd.Dir = "/"
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.ExtraFiles = files.Files()
+	cmd.SysProcAttr = d.confine.procAttr()
 	proc, err := vmmproc.Start(cmd, spec.Netns, d.onExit(spec))
 	if err != nil {
 		return nil, err
 	}
 	m := newMachine(d, spec, proc, ram)
+	files.Close()
+	if spec.Place != nil {
+		if err := spec.Place(proc.PID()); err != nil {
+			m.kill()
+			return nil, err
+		}
+	}
+	// What runningIn finds; QEMU as its own user could not write it here.
+	if err := os.WriteFile(pidPath(spec.Dir), []byte(strconv.Itoa(proc.PID())+"\n"), 0o644); err != nil {
+		m.kill()
+		return nil, fmt.Errorf("write pid file: %w", err)
+	}
 	m.accel = v.Accel
 	defer func() {
 		if err != nil {
@@ -325,10 +369,16 @@ func (m *Machine) waitReady(ctx context.Context) error {
 // line does not name spec's QMP socket), or does not answer QMP.
 func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Machine, err error) {
 	proc, err := vmmproc.Adopt(pid, identity(spec), d.onExit(spec))
+	if errors.Is(err, vmm.ErrNotRunning) {
+		// Started by an ember before QMP sockets were handed over.
+		if p, lerr := vmmproc.Adopt(pid, legacyIdentity(spec), d.onExit(spec)); lerr == nil {
+			proc, err = p, nil
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
-	m := newMachine(d, spec, proc, ramFromArgs(proc.Args()))
+	m := newMachine(d, spec, proc, attachedRAM(proc.PID(), spec.Dir, proc.Args()))
 	m.accel = argAfter(proc.Args(), "-accel", 0)
 	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, proc.Unanswered(err))
@@ -337,10 +387,80 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 	return m, nil
 }
 
-// identity is what only the QEMU of spec carries on its command line: the
-// QMP socket in its directory.
+// identity is what only the QEMU of spec carries on its command line: its
+// name, which is its QMP socket in its directory.
 func identity(spec vmm.Spec) vmmproc.Identity {
-	return vmmproc.Identity{Flag: "-chardev", Value: qmpArg(spec.Dir)}
+	return vmmproc.Identity{Flag: "-name", Value: nameArg(spec.Dir)}
+}
+
+// legacyIdentity is the identity of a QEMU an ember before this one
+// started, which opened its QMP socket by path: an upgraded daemon
+// re-adopts (or reclaims) it.
+func legacyIdentity(spec vmm.Spec) vmmproc.Identity {
+	return vmmproc.Identity{Flag: "-chardev", Value: "socket,id=qmp,path=" + optEscape(qmpPath(spec.Dir)) + ",server=on,wait=off"}
+}
+
+// hand opens what QEMU needs for spec and hands it over: the kernel, the
+// root disk (read-write and read-only) and an overlay's base, the console
+// log, the QMP socket, the TAP in the slot's namespace and, confined, the
+// empty directory QEMU chroots into.
+func (d *Driver) hand(files *vmmproc.Handed, spec vmm.Spec) (h handed, err error) {
+	h = noneHanded
+	// QEMU opens the kernel again through /proc/self/fd as its own user,
+	// which the file's mode must let read.
+	if st, err := os.Stat(spec.Kernel); err == nil && d.confine.unprivileged() && st.Mode().Perm()&0o004 == 0 {
+		return h, fmt.Errorf("kernel %s (mode %o) is not readable by %s, whom qemu runs as: make it world-readable (chmod a+r)",
+			spec.Kernel, st.Mode().Perm(), d.confine.User)
+	}
+	for _, o := range []struct {
+		what  string
+		path  string
+		flags int
+		fd    *int
+	}{
+		{"kernel", spec.Kernel, os.O_RDONLY, &h.kernel},
+		{"root disk", spec.RootDisk, os.O_RDWR, &h.disk},
+		{"root disk", spec.RootDisk, os.O_RDONLY, &h.diskRO},
+		{"console log", vmm.ConsoleLog(spec.Dir), os.O_WRONLY | os.O_CREATE | os.O_TRUNC, &h.console},
+	} {
+		if *o.fd, err = files.Open(o.path, o.flags, 0o644); err != nil {
+			return h, fmt.Errorf("open %s for qemu: %w", o.what, err)
+		}
+	}
+	if withDefaults(spec).DiskFormat == "qcow2" {
+		base, err := qcow2Backing(spec.RootDisk)
+		if err != nil {
+			return h, err
+		}
+		if base != "" {
+			if h.backing, err = files.Open(base, os.O_RDONLY, 0); err != nil {
+				return h, fmt.Errorf("open base image for qemu: %w", err)
+			}
+		}
+	}
+	if h.qmp, err = files.Listen(qmpPath(spec.Dir)); err != nil {
+		return h, err
+	}
+	if spec.TAP != "" {
+		if h.tap, err = files.OpenTAP(spec.Netns, spec.TAP); err != nil {
+			return h, err
+		}
+	}
+	if d.confine != nil && d.confine.Chroot {
+		root := filepath.Join(spec.Dir, chrootName)
+		if err := os.Mkdir(root, 0o555); err != nil && !errors.Is(err, os.ErrExist) {
+			return h, fmt.Errorf("create chroot of qemu: %w", err)
+		}
+		// Mkdir's mode passes the umask; a root that QEMU could write
+		// into would let it make a directory to chroot out through.
+		if err := os.Chmod(root, 0o555); err != nil {
+			return h, fmt.Errorf("create chroot of qemu: %w", err)
+		}
+		if h.root, err = files.Open(root, unix.O_PATH|unix.O_DIRECTORY, 0); err != nil {
+			return h, fmt.Errorf("open chroot of qemu: %w", err)
+		}
+	}
+	return h, nil
 }
 
 // runningIn reports the QEMU still running for dir, found through the pid

@@ -30,7 +30,11 @@ const memFilePattern = "ember-*.mem"
 // its process group after a deadline. A process that merely names such a
 // directory (an admin's tail of a console log) is not one of them.
 func (d *Driver) ReclaimProcesses(_ context.Context, keep reclaim.Keep) (reclaim.Result, error) {
-	return vmmproc.Reclaim(keep, identity, d.reclaimWait, d.log)
+	res, err := vmmproc.Reclaim(keep, identity, d.reclaimWait, d.log)
+	// And those an ember before this one started.
+	lres, lerr := vmmproc.Reclaim(keep, legacyIdentity, d.reclaimWait, d.log)
+	res.Found, res.Removed = res.Found+lres.Found, res.Removed+lres.Removed
+	return res, errors.Join(err, lerr)
 }
 
 // ReclaimMemory deletes the guest RAM files in the driver's memory

@@ -3,6 +3,7 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/emberhq/ember/internal/reclaim"
 	"github.com/emberhq/ember/internal/vmm"
+	"github.com/emberhq/ember/internal/vmm/vmmproc"
 )
 
 func TestOptValue(t *testing.T) {
@@ -108,10 +110,18 @@ func TestReclaimProcesses(t *testing.T) {
 		if err := os.Mkdir(spec.Dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(exe, buildArgs(AccelTCG, 0, guestRAM{}, spec)...)
+		var files vmmproc.Handed
+		h := noneHanded
+		if h.qmp, err = files.Listen(qmpPath(spec.Dir)); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(exe, buildArgs(AccelTCG, 0, guestRAM{}, spec, h, nil)...)
 		cmd.Env = append(os.Environ(), fakeQEMUEnv+"="+v.mode, fakeChildEnv+"="+childPID)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
+		cmd.ExtraFiles = files.Files()
+		err := cmd.Start()
+		files.Close()
+		if err != nil {
 			t.Fatal(err)
 		}
 		status[i] = make(chan syscall.WaitStatus, 1)
@@ -123,7 +133,7 @@ func TestReclaimProcesses(t *testing.T) {
 		if v.kept {
 			keep.PIDs[cmd.Process.Pid] = true
 		}
-		waitFile(t, qmpPath(spec.Dir)) // the fake's signal handling is set
+		waitQMP(t, qmpPath(spec.Dir)) // the fake's signal handling is set
 	}
 	console := vmm.ConsoleLog(filepath.Join(keep.Dir, "obeys"))
 	if err := os.WriteFile(console, []byte("boot\n"), 0o644); err != nil {
@@ -182,15 +192,19 @@ func TestReclaimProcesses(t *testing.T) {
 	}
 }
 
-// waitFile waits for path to exist.
-func waitFile(t *testing.T, path string) {
+// waitQMP waits until QMP answers on the socket at path.
+func waitQMP(t *testing.T, path string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, err := os.Stat(path); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c, err := dialQMP(ctx, path)
+		cancel()
+		if err == nil {
+			c.Close()
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s after 10s", path)
+			t.Fatalf("no qmp on %s after 10s: %v", path, err)
 		}
 	}
 }
