@@ -192,3 +192,34 @@ func ramMapping(t *testing.T, pid int, path string) map[string]int64 {
 	}
 	return out
 }
+
+// TestAttachedRAM reads a re-adopted machine's private RAM back from the
+// descriptor QEMU holds, not from QEMU's own /proc/self name for it.
+func TestAttachedRAM(t *testing.T) {
+	dir := t.TempDir()
+	saved := filepath.Join(dir, "memory")
+	if err := os.WriteFile(saved, []byte("ram"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	spec := vmm.Spec{ID: "sb1", Dir: dir, Kernel: "/k", RootDisk: filepath.Join(dir, "disk"), MemoryMiB: 128}
+	h := noneHanded
+	h.ram = int(f.Fd())
+	args := buildArgs(AccelTCG, 1, guestRAM{Path: saved, Private: true}, spec, h, nil)
+	if got := attachedRAM(os.Getpid(), dir, args); got != (guestRAM{Path: saved, Private: true}) {
+		t.Errorf("attachedRAM of a handed descriptor = %+v, want %s", got, saved)
+	}
+	// A descriptor no longer open: the link in the machine's directory.
+	if got := attachedRAM(os.Getpid(), dir, buildArgs(AccelTCG, 1, guestRAM{Path: saved, Private: true},
+		spec, handed{kernel: -1, disk: -1, diskRO: -1, backing: -1, console: -1, qmp: -1, tap: -1, root: -1, ram: 1 << 20}, nil)); got.Path != ramLinkPath(dir) {
+		t.Errorf("attachedRAM of a closed descriptor = %+v, want the link %s", got, ramLinkPath(dir))
+	}
+	shared := guestRAM{Path: "/dev/shm/ember-sb1.mem"}
+	if got := attachedRAM(os.Getpid(), dir, buildArgs(AccelTCG, 1, shared, spec, noneHanded, nil)); got != shared {
+		t.Errorf("attachedRAM of a shared file = %+v", got)
+	}
+}
