@@ -111,7 +111,10 @@ func run(bin, templates string, n, mib, conc, slotFirst int, settle time.Duratio
 	perSandbox := float64(before["MemAvailable"]-after["MemAvailable"]) / float64(n) / 1024
 	fmt.Printf("BENCH idle_host_mib_per_sandbox %.1f MiB\n", perSandbox)
 	fmt.Printf("BENCH idle_host_vs_guest_ram %.3f ratio\n", perSandbox/float64(mib))
-	fmt.Printf("BENCH daemon_rss_kib_per_sandbox %.0f KiB\n", float64(daemonAfter-daemonBefore)/float64(n))
+	// The daemon's whole RSS shared out, an upper bound: its growth alone
+	// is within what a collection returns (it came out negative).
+	fmt.Printf("BENCH daemon_rss_kib_per_sandbox %.0f KiB\n", float64(daemonAfter)/float64(n))
+	fmt.Printf("BENCH daemon_rss_growth_kib_per_sandbox %.0f KiB\n", float64(daemonAfter-daemonBefore)/float64(n))
 	fmt.Printf("BENCH daemon_rss_with_%d_sandboxes %.1f MiB\n", n, float64(daemonAfter)/1024)
 	fmt.Printf("BENCH idle_page_cache_growth %.1f MiB\n", float64(after["Cached"]-before["Cached"])/1024)
 	if err := breakdown(d, sbs, mib); err != nil {
