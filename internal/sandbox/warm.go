@@ -517,6 +517,9 @@ func (m *Manager) claim(ctx context.Context, e *warmEntry, req CreateRequest) (r
 	return r, nil
 }
 
+// prewarmRuns is how many times prewarm runs its command.
+const prewarmRuns = 3
+
 // prewarm has a warm sandbox's agent run an init (its token, the clock)
 // and a first command before any claim: under software emulation a fresh
 // guest's every code path is translated the first time it runs (a
@@ -527,12 +530,14 @@ func prewarm(ctx context.Context, ag Agent) error {
 	if err := ag.Init(ctx, nil); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
-	st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: "true"}, io.Discard, io.Discard)
-	if err != nil {
-		return fmt.Errorf("first command: %w", err)
-	}
-	if st.Code != 0 {
-		return fmt.Errorf("first command: %s", st.Status)
+	for range prewarmRuns {
+		st, err := ag.Exec(ctx, agent.ExecRequest{Cmd: "true"}, io.Discard, io.Discard)
+		if err != nil {
+			return fmt.Errorf("first commands: %w", err)
+		}
+		if st.Code != 0 {
+			return fmt.Errorf("first commands: %s", st.Status)
+		}
 	}
 	return nil
 }
