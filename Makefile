@@ -21,6 +21,9 @@ APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs busybox-static bash-static 
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
 	cpio xz-utils dwarves kmod nftables iproute2 procps iptables \
 	dmsetup xfsprogs btrfs-progs chromium prometheus systemd
+# Template builds: mmdebstrap makes the built-in Debian base; the tests
+# push images to Debian's docker-registry on loopback.
+APT_PACKAGES += mmdebstrap docker-registry
 # Node.js and npm (for the protocol test's npm package) come from Debian only
 # when the machine has none: a Node.js installed another way ships its own
 # npm, which Debian's npm package would conflict with.
@@ -33,7 +36,7 @@ endif
 
 GO_SOURCES := $(shell find cmd internal client wire web -path web/node_modules -prune -o \( -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' \) -print 2>/dev/null)
 
-.PHONY: all deps apt npm vmm-user fuzz soak build run test check test-host template bench bench-network bench-rootfs bench-snapshot bench-uffd bench-files bench-e2b proto clean install uninstall
+.PHONY: all deps apt npm vmm-user fuzz soak build run test check test-host test-templates template bench bench-network bench-rootfs bench-snapshot bench-uffd bench-files bench-e2b bench-templates proto clean install uninstall
 .PHONY: bench-density
 
 all: build
@@ -160,6 +163,20 @@ bench-snapshot: deps build template
 ## through the Go SDK, alternating, over 10 sandboxes each
 bench-e2b: deps build
 	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/benche2b -ember $(CURDIR)/bin/ember -e2b $(CURDIR)/test/e2b
+
+# The host interface toward the Debian mirror, which template builds'
+# apt-get reaches (the default route's).
+UPLINK ?= $(shell ip route show default 2>/dev/null | awk '{print $$5; exit}')
+
+## bench-templates: cold build of the code preset, a rebuild with only its
+## last step changed against it, create→first exec from code against base
+bench-templates: deps build template
+	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/benchtemplates -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES) -uplink $(UPLINK)
+
+## test-templates: the template tests that install packages from the
+## Debian mirror (minutes under TCG; make test runs the others)
+test-templates: deps build template
+	$(TEST_ENV) EMBER_TEST_APT=1 EMBER_TEST_UPLINK=$(UPLINK) go test -race -count=1 -timeout 40m -v -run TestTemplatePython ./test/e2e
 
 ## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
 bench-uffd: deps

@@ -20,6 +20,8 @@ type (
 	MoveRequest           = wire.MoveRequest
 	TerminalMessage       = wire.TerminalMessage
 	Template              = wire.Template
+	BuildEvent            = wire.BuildEvent
+	BuildTemplateRequest  = wire.BuildTemplateRequest
 	Info                  = wire.Info
 	AccelInfo             = wire.AccelInfo
 	Error                 = wire.Error

@@ -222,6 +222,17 @@ type Template struct {
 	RootfsBytes int64     `json:"rootfs_bytes"`
 	DiskMiB     int       `json:"disk_mib"`
 	BuiltAt     time.Time `json:"built_at"`
+	// Source is what a built template came from ("debian:bookworm");
+	// Steps how many steps made it; StartCmd and ReadyCmd what its
+	// sandboxes start with.
+	Source   string `json:"source,omitempty"`
+	Steps    int    `json:"steps,omitempty"`
+	StartCmd string `json:"start_cmd,omitempty"`
+	ReadyCmd string `json:"ready_cmd,omitempty"`
+	// SharedWith names the other templates whose builds share cache
+	// entries with this one's (a common base and first steps), with how
+	// many steps they share.
+	SharedWith map[string]int `json:"shared_with,omitempty"`
 }
 
 // Info describes the daemon.

@@ -33,12 +33,5 @@ func doctorCmd() *cobra.Command {
 	}
 }
 
-func templateBuildCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:     "build [NAME]",
-		Short:   "Build a template locally (Linux only)",
-		Example: "  ember template build",
-		Args:    cobra.ArbitraryArgs,
-		RunE:    func(*cobra.Command, []string) error { return errLinuxOnly },
-	}
-}
+// localBuild is a local template build, which needs Linux.
+func localBuild(*cobra.Command, []string, string, string) error { return errLinuxOnly }

@@ -208,6 +208,14 @@ func tarFromGuest(ctx context.Context, c *client.Client, id, dir string, w io.Wr
 // writeTar writes the tree at root as a tar stream, names under prefix.
 func writeTar(w io.Writer, root, prefix string) error {
 	tw := tar.NewWriter(w)
+	if err := addTree(tw, root, prefix); err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// addTree writes the tree at root into tw, names under prefix.
+func addTree(tw *tar.Writer, root, prefix string) error {
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -254,9 +262,9 @@ func writeTar(w io.Writer, root, prefix string) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("cp: pack %s: %w", root, err)
+		return fmt.Errorf("pack %s: %w", root, err)
 	}
-	return tw.Close()
+	return nil
 }
 
 // readTar unpacks a tar stream under dir, refusing names that would land

@@ -26,6 +26,7 @@ import (
 	"github.com/emberhq/ember/internal/api"
 	"github.com/emberhq/ember/internal/api/e2b"
 	"github.com/emberhq/ember/internal/apikey"
+	"github.com/emberhq/ember/internal/build"
 	"github.com/emberhq/ember/internal/config"
 	"github.com/emberhq/ember/internal/doctor"
 	"github.com/emberhq/ember/internal/event"
@@ -264,6 +265,12 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 
+	// Template builds run in the daemon, in sandboxes of this manager.
+	builds, err := newBuilds(ctx, f, reg, mgr, base, log)
+	if err != nil {
+		return err
+	}
+
 	info := func() client.Info {
 		return client.Info{
 			Version: version, VMM: driver.Name(), VMMReason: vmmReason,
@@ -283,7 +290,8 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	defer cancelRequests(api.ErrShuttingDown)
 	srv := &http.Server{
 		Handler: api.New(api.Config{APIKey: keyFile.Key, Domain: f.Domain, Info: info, Metrics: mtr, Events: events,
-			ExecOutputLimit: f.ExecOutputLimit, E2B: e2b.Config{Templates: f.E2BTemplateMap()}, Warm: mgr},
+			ExecOutputLimit: f.ExecOutputLimit, Builds: builds, E2B: e2b.Config{Templates: f.E2BTemplateMap(),
+				DefaultTemplate: f.DefaultTemplate, FilesDir: filepath.Join(f.DataDir, "e2b-files"), BuildContext: reqCtx}, Warm: mgr},
 			mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
@@ -483,4 +491,37 @@ func startWarmPools(ctx context.Context, f config.Serve, mgr *sandbox.Manager) e
 		}
 	}
 	return nil
+}
+
+// builds is the daemon's template builder with the manager's checks for
+// deletes (api.Builds).
+type builds struct {
+	*build.Builder
+	mgr *sandbox.Manager
+	reg template.Registry
+}
+
+// DeleteTemplate deletes a template no sandbox or snapshot needs.
+func (b builds) DeleteTemplate(ctx context.Context, name string) error {
+	return b.mgr.DeleteTemplate(ctx, name, b.reg)
+}
+
+// newBuilds makes the template builder: build sandboxes boot the default
+// template's kernel, steps are cached under the data directory, the
+// built-in Debian base under the cache directory. What a build a previous
+// daemon died in left is cleaned up first.
+func newBuilds(ctx context.Context, f config.Serve, reg template.Registry, mgr *sandbox.Manager, base template.Template, log *slog.Logger) (builds, error) {
+	agentBin, err := template.AgentBinary()
+	if err != nil {
+		return builds{}, err
+	}
+	b := &build.Builder{
+		Registry: reg, Sandboxes: mgr, Kernel: base.Kernel, KernelKey: base.Inputs["kernel"], Agent: agentBin,
+		CacheDir: f.CacheDir, StepDir: filepath.Join(f.DataDir, "build-cache"), WorkDir: filepath.Join(f.DataDir, "builds"),
+		CacheMax: int64(f.BuildCacheGiB) << 30, Log: log,
+	}
+	if err := b.Reclaim(ctx); err != nil {
+		log.Error("reclaim what interrupted template builds left", "err", err)
+	}
+	return builds{Builder: b, mgr: mgr, reg: reg}, nil
 }

@@ -15,41 +15,24 @@ import (
 	"github.com/emberhq/ember/internal/template"
 )
 
-func templateBuildCmd() *cobra.Command {
-	var dir, kernel string
-	cmd := &cobra.Command{
-		Use:   "build [NAME]",
-		Short: "Build a template locally if it is missing or stale (no daemon needed)",
-		Long: `Build a template into the registry directory: the default template ("base")
-from ember's own kernel, or a template named NAME around a kernel you supply
-(--kernel: an uncompressed x86-64 vmlinux with a PVH entry note, such as a
-PVM guest kernel). The daemon decides each kernel's accelerator with a probe
-boot, so a kernel that boots under this host's KVM runs under KVM.`,
-		Example: `  ember template build
-  ember template build pvm --kernel /boot/vmlinux-pvm
-  ember create --template pvm`,
-		Args: cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			name := template.DefaultName
-			if len(args) == 1 {
-				name = args[0]
-			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			t, err := buildTemplate(cmd.Context(), envOr("EMBER_CACHE_DIR", defaultCacheDir), template.Registry{Dir: dir}, name, kernel, log)
-			if errors.Is(err, template.ErrInvalidKernel) {
-				return fmt.Errorf("invalid_kernel: %w", err)
-			}
-			if err != nil {
-				return err
-			}
-			fmt.Printf("%s: kernel %s, rootfs %s allocated (%d MiB disk) in %s\n", t.Name, humanBytes(t.KernelBytes),
-				humanBytes(t.RootfsBytes), t.RootfsSizeBytes>>20, filepath.Dir(t.Rootfs))
-			return nil
-		},
+// localBuild builds the default template, or one around a supplied
+// kernel, into the registry directory dir, without a daemon.
+func localBuild(cmd *cobra.Command, args []string, dir, kernel string) error {
+	name := template.DefaultName
+	if len(args) == 1 {
+		name = args[0]
 	}
-	cmd.Flags().StringVar(&dir, "dir", filepath.Join(defaultDataDir, "templates"), "template registry directory")
-	cmd.Flags().StringVar(&kernel, "kernel", "", "build around this kernel (uncompressed vmlinux with a PVH entry note) instead of ember's")
-	return cmd
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	t, err := buildTemplate(cmd.Context(), envOr("EMBER_CACHE_DIR", defaultCacheDir), template.Registry{Dir: dir}, name, kernel, log)
+	if errors.Is(err, template.ErrInvalidKernel) {
+		return fmt.Errorf("invalid_kernel: %w", err)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: kernel %s, rootfs %s allocated (%d MiB disk) in %s\n", t.Name, humanBytes(t.KernelBytes),
+		humanBytes(t.RootfsBytes), t.RootfsSizeBytes>>20, filepath.Dir(t.Rootfs))
+	return nil
 }
 
 // ensureDefaultTemplate builds the default template into reg if it is

@@ -24,6 +24,7 @@ import (
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/api/e2b"
 	"github.com/emberhq/ember/internal/apikey"
+	"github.com/emberhq/ember/internal/build"
 	"github.com/emberhq/ember/internal/event"
 	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/sandbox"
@@ -95,6 +96,9 @@ type Config struct {
 	// keeps (the rest is dropped and the result says truncated); 0 means
 	// DefaultExecOutputLimit.
 	ExecOutputLimit int
+	// Builds, when set, builds and deletes templates (POST /v1/templates,
+	// DELETE /v1/templates/{name}).
+	Builds Builds
 	// E2B configures the E2B control plane served beside /v1 (package
 	// e2b); its Authorize, Classify and Log are the server's.
 	E2B e2b.Config
@@ -154,6 +158,7 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
 	s.routeObservability()
 	s.routeWarm()
+	s.routeTemplates()
 	s.routeE2B()
 	s.mux.HandleFunc("GET /test", s.testPage)
 	s.mux.Handle("GET /test/assets/", http.StripPrefix("/test/assets/", http.FileServerFS(web.Assets)))
@@ -261,14 +266,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]wire.Template, 0, len(tpls))
-	for _, t := range tpls {
-		out = append(out, wire.Template{
-			Name: t.Name, KernelBytes: t.KernelBytes, RootfsBytes: t.RootfsBytes,
-			DiskMiB: int(t.RootfsSizeBytes >> 20), BuiltAt: t.BuiltAt,
-		})
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, append([]wire.Template{}, build.WireTemplates(tpls)...))
 }
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
@@ -600,7 +598,10 @@ type eventWriter struct {
 	w  http.ResponseWriter
 }
 
-func (e *eventWriter) send(ev wire.ExecEvent) error {
+func (e *eventWriter) send(ev wire.ExecEvent) error { return e.sendJSON(ev) }
+
+// sendJSON writes one event of any kind as a line.
+func (e *eventWriter) sendJSON(ev any) error {
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return err
@@ -691,6 +692,9 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
 // client. Errors the client can act on carry their message; internal ones are
 // logged and reported by reference.
 func (s *Server) classify(r *http.Request, err error) (int, string, string) {
+	if status, code, ok := buildStatus(err); ok {
+		return status, code, err.Error()
+	}
 	var inv *sandbox.InvalidError
 	switch {
 	case errors.As(err, &inv):

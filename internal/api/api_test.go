@@ -359,7 +359,8 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	routes := []struct{ path, method string }{
-		{"/health", "get"}, {"/openapi.yaml", "get"}, {"/v1/info", "get"}, {"/v1/templates", "get"},
+		{"/health", "get"}, {"/openapi.yaml", "get"}, {"/v1/info", "get"}, {"/v1/templates", "get"}, {"/v1/templates", "post"},
+		{"/v1/templates/{name}", "delete"},
 		{"/v1/sandboxes", "get"}, {"/v1/sandboxes", "post"}, {"/v1/sandboxes/{id}", "get"},
 		{"/v1/sandboxes/{id}", "delete"}, {"/v1/sandboxes/{id}/network", "put"}, {"/v1/sandboxes/{id}/exec", "post"}, {"/v1/sandboxes/{id}/exec/stream", "post"},
 		{"/v1/sandboxes/{id}/pause", "post"}, {"/v1/sandboxes/{id}/resume", "post"}, {"/v1/sandboxes/{id}/timeout", "post"},

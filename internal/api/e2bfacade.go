@@ -19,6 +19,9 @@ func (s *Server) routeE2B() {
 		return status, msg
 	}
 	cfg.Log = s.log
+	if s.cfg.Builds != nil {
+		cfg.Builds = s.cfg.Builds
+	}
 	if cfg.Domain == "" {
 		cfg.Domain = s.cfg.Domain
 	}

@@ -91,6 +91,8 @@ type Serve struct {
 	// Warm is the warm pools: TEMPLATE=COUNT, comma-separated (see
 	// WarmPools).
 	Warm string `toml:"warm"`
+	// Template builds (package build).
+	BuildCacheGiB int `toml:"build-cache-gib"`
 	// E2B facade and TLS (see the settings table).
 	E2BTemplates string `toml:"e2b-templates"`
 	TLSListen    string `toml:"tls-listen"`
@@ -136,6 +138,7 @@ func Default() Serve {
 		LogLevel:        "info",
 		LogFormat:       "text",
 		MetricsInterval: "5s",
+		BuildCacheGiB:   32,
 
 		VMMOverheadMiB:     defaultOverheadMiB,
 		VCPUOvercommit:     defaultVCPUOvercommit,
@@ -231,6 +234,8 @@ var settings = []setting{
 	{key: "print-api-key", usage: "print the API key at start (make run does)", field: func(s *Serve) any { return &s.PrintAPIKey }},
 	{key: "warm", usage: "sandboxes kept restored ahead of demand, per template: TEMPLATE=COUNT, comma-separated (base=4)",
 		field: func(s *Serve) any { return &s.Warm }},
+	{key: "build-cache-gib", usage: "GiB of disk the template build step cache may allocate (least recently used steps go first; published templates' steps stay)",
+		nonNegative: true, field: func(s *Serve) any { return &s.BuildCacheGiB }},
 	{key: "e2b-templates", usage: `E2B template names and the ember templates they stand for, "NAME=TEMPLATE,…" (E2B's default "base" is the default template unless named here)`,
 		field: func(s *Serve) any { return &s.E2BTemplates }},
 	{key: "tls-listen", usage: "serve the API and the port proxy over TLS on this address as well as in the clear on listen (the 1.x and early 2.x E2B SDKs reach a daemon only over https)",

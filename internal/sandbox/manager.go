@@ -59,7 +59,10 @@ type Config struct {
 	DefaultExecTimeout time.Duration
 	// BootTimeout bounds the wait for a new guest's agent.
 	BootTimeout time.Duration
-	Limits      Limits
+	// ReadyTimeout bounds the wait for a template's start command to be
+	// ready (its ready command to succeed) on a cold boot.
+	ReadyTimeout time.Duration
+	Limits       Limits
 	// SampleHistory bounds the usage samples kept per sandbox (see
 	// RunSampler); 0 takes DefaultSampleHistory.
 	SampleHistory int
@@ -98,6 +101,7 @@ func DefaultConfig(dir string) Config {
 		DefaultTimeout:     5 * time.Minute,
 		DefaultExecTimeout: 60 * time.Second,
 		BootTimeout:        60 * time.Second,
+		ReadyTimeout:       2 * time.Minute,
 		TemplateSnapshots:  true,
 		Limits: Limits{
 			MaxVCPUs:      32,
@@ -160,6 +164,12 @@ type Manager struct {
 
 	// pools are the templates' warm pools (warm.go).
 	pools warmPools
+	// tplMu serialises template deletes against creates from them
+	// (templates.go): it guards tplBusy (templates being deleted) and
+	// tplRefs (creates in flight per template).
+	tplMu   sync.Mutex
+	tplBusy map[string]bool
+	tplRefs map[string]int
 
 	// wg tracks background work (the reaper, reaps of dead machines); ops
 	// the lifecycle operations in flight (begin).
@@ -209,7 +219,7 @@ func NewManager(cfg Config, d Deps) (*Manager, error) {
 }
 
 func (m *Manager) validate(req *CreateRequest) error {
-	if req.Template == "" && req.Snapshot == "" {
+	if req.Template == "" && req.Snapshot == "" && req.Image == nil {
 		req.Template = m.cfg.DefaultTemplate
 	}
 	if req.VCPUs == 0 {
@@ -332,7 +342,24 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 	if err := m.validate(req); err != nil {
 		return source{}, nil, err
 	}
-	if src.snapshot == "" {
+	if req.Image != nil {
+		if src, err = m.fromImage(req); err != nil {
+			return source{}, nil, err
+		}
+	} else if src.snapshot == "" {
+		rel, uerr := m.useTemplate(req.Template)
+		if uerr != nil {
+			return source{}, nil, uerr
+		}
+		// Held, like a snapshot's reference, until the new record names
+		// the template (or the create failed).
+		prev := release
+		release = func() { rel(); prev() }
+		defer func() {
+			if err != nil {
+				rel()
+			}
+		}()
 		tpl, err := m.d.Templates.Get(req.Template)
 		if errors.Is(err, template.ErrNotFound) {
 			return source{}, nil, fmt.Errorf("template %q: %w", req.Template, ErrTemplateNotFound)
@@ -347,6 +374,7 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 			return source{}, nil, invalid("disk_mib", "must be between the template's %d and %d, got %d", baseMiB, m.cfg.Limits.MaxDiskMiB, req.DiskMiB)
 		}
 		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken(), key: tpl.Key}
+		withTemplateConfig(req, &src, tpl)
 		if req.DiskMiB > baseMiB {
 			src.sizeBytes = int64(req.DiskMiB) << 20
 		} else if err := m.useTemplateSnapshot(ctx, &src, tpl, *req); err != nil {
@@ -497,6 +525,14 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 		return store.Sandbox{}, bootError("create", id, r.Dir, err)
 	}
 	r.TimingsMS["agent"] = o.phase("agent")
+	if src.start != nil && src.state == "" {
+		// A cold boot starts the template's process before its snapshot
+		// is taken; a restore has it running already.
+		if err := m.startProcess(ctx, ag, *src.start); err != nil {
+			return store.Sandbox{}, opError("create", id, "run the template's start command", ErrStartCmd, err)
+		}
+		r.TimingsMS["start"] = o.phase("start")
+	}
 	if src.capture != "" {
 		err := m.captureTemplate(ctx, machine, r, src.capture)
 		src.captured()
@@ -570,6 +606,9 @@ type source struct {
 	// template's warm pool.
 	key  string
 	warm bool
+	// start is the template's process, started on a cold boot before
+	// the agent is handed over (see startProcess); nil: none.
+	start *startSpec
 }
 
 // spec describes the machine of r, on slot s when it has one (a spec for

@@ -40,6 +40,10 @@ type world struct {
 	kernel   string
 	// tplKey is the template's build key; "" turns template snapshots off.
 	tplKey string
+	// tplStart, tplReady and tplEnv are the template's start command,
+	// ready command and environment.
+	tplStart, tplReady string
+	tplEnv             map[string]string
 
 	failDisk, failSlot, failStart, failReady, failAdopt bool
 	failInit                                            bool
@@ -72,7 +76,8 @@ func (w *world) Get(name string) (template.Template, error) {
 	if name != "base" {
 		return template.Template{}, template.ErrNotFound
 	}
-	return template.Template{Name: "base", Kernel: w.kernel, Rootfs: "/r", RootfsSizeBytes: 1 << 30, Key: w.tplKey}, nil
+	return template.Template{Name: "base", Kernel: w.kernel, Rootfs: "/r", RootfsSizeBytes: 1 << 30, Key: w.tplKey,
+		StartCmd: w.tplStart, ReadyCmd: w.tplReady, Env: w.tplEnv}, nil
 }
 
 func (w *world) Name() string { return "fake" }

@@ -186,6 +186,9 @@ type CreateRequest struct {
 	Snapshot string
 	// AutoPause pauses the sandbox at its end time instead of destroying it.
 	AutoPause bool
+	// Image, for a template build's sandbox, boots an image that is no
+	// template yet instead of Template (see build.go).
+	Image *Image
 	// AutoResume resumes the sandbox, once paused, when traffic for it
 	// reaches the port proxy.
 	AutoResume bool

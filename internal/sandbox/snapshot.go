@@ -201,17 +201,23 @@ func fromSnapshot(req *CreateRequest, sn store.Snapshot) error {
 			return invalid(f.name, "must equal snapshot %q's %d (or be left out), got %d", sn.Name, f.want, *f.got)
 		}
 	}
-	if len(sn.Env) > 0 {
-		env := make(map[string]string, len(sn.Env)+len(req.Env))
-		for k, v := range sn.Env {
-			env[k] = v
-		}
-		for k, v := range req.Env {
-			env[k] = v
-		}
-		req.Env = env
-	}
+	req.Env = underEnv(sn.Env, req.Env)
 	return nil
+}
+
+// underEnv is env with base's variables beneath it (env wins).
+func underEnv(base, env map[string]string) map[string]string {
+	if len(base) == 0 {
+		return env
+	}
+	out := make(map[string]string, len(base)+len(env))
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, v := range env {
+		out[k] = v
+	}
+	return out
 }
 
 // GetSnapshot returns one snapshot.

@@ -61,6 +61,22 @@ type Template struct {
 	// Inputs names what went into the build (kernel key, package versions,
 	// binary hashes), for `ember template ls` and for debugging.
 	Inputs map[string]string `json:"inputs,omitempty"`
+
+	// What a template built from a definition (package build) gives its
+	// sandboxes: an environment, the working directory and user of its
+	// start command, and that command with the one saying it is ready
+	// (run before the template's memory snapshot is taken, so sandboxes
+	// come up with the process running).
+	Env      map[string]string `json:"env,omitempty"`
+	Workdir  string            `json:"workdir,omitempty"`
+	User     string            `json:"user,omitempty"`
+	StartCmd string            `json:"start_cmd,omitempty"`
+	ReadyCmd string            `json:"ready_cmd,omitempty"`
+	// Source is what the template was built from ("debian:bookworm",
+	// "template base"); Layers the build cache keys of its steps, base
+	// first: templates with a common prefix share those entries.
+	Source string   `json:"source,omitempty"`
+	Layers []string `json:"layers,omitempty"`
 }
 
 // Registry is the directory holding named templates, one subdirectory each:

@@ -105,7 +105,7 @@ func TestSDKs(t *testing.T) {
 			} else {
 				env = append(env, "E2B_API_URL="+d.URL, "E2B_SANDBOX_URL="+d.URL)
 			}
-			runNode(t, s.dir, env)
+			runNode(t, s.dir, "e2b.test.mjs", env)
 		})
 	}
 }
@@ -122,15 +122,15 @@ func withoutE2B(env []string) []string {
 	return out
 }
 
-// runNode runs node's test runner on dir's e2b.test.mjs, its output in the
+// runNode runs node's test runner on dir's script, its output in the
 // test's log; a failing flow (or node failing) fails the test.
-func runNode(t *testing.T, dir string, env []string) {
+func runNode(t *testing.T, dir, script string, env []string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
 	// --test-force-exit: once the flows are done, the SDK's idle
 	// keep-alive connections do not hold the run open.
-	cmd := exec.CommandContext(ctx, "node", "--test", "--test-force-exit", "--test-reporter=spec", "e2b.test.mjs")
+	cmd := exec.CommandContext(ctx, "node", "--test", "--test-force-exit", "--test-reporter=spec", script)
 	cmd.Dir, cmd.Env = dir, env
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -145,6 +145,40 @@ func ForBench(ctx context.Context, name string, o Options) (_ *Daemon, stop func
 	return d, stop, nil
 }
 
+// PrivateTemplates returns a template registry of the test's own holding
+// the default template (hard links of the shared one's files): a daemon
+// that builds templates writes them there, never into the registry other
+// tests share.
+func PrivateTemplates(t testing.TB) string {
+	t.Helper()
+	h := Require(t)
+	dir := t.TempDir()
+	if err := LinkDefaultTemplate(h.Templates, dir); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// LinkDefaultTemplate puts the default template of registry src into
+// registry dst as hard links of its files (a build never writes into a
+// published template's files: it publishes new ones).
+func LinkDefaultTemplate(src, dst string) error {
+	from, to := filepath.Join(src, "base"), filepath.Join(dst, "base")
+	if err := os.Mkdir(to, 0o755); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.Link(filepath.Join(from, e.Name()), filepath.Join(to, e.Name())); err != nil {
+			return fmt.Errorf("link the default template: %w", err)
+		}
+	}
+	return nil
+}
+
 // FreeAddr returns a loopback address with a port nothing listens on, for
 // a daemon's second listener.
 func FreeAddr(t testing.TB) string {

@@ -73,8 +73,17 @@ type Config struct {
 	// Templates maps E2B template names to ember templates; a name it does
 	// not hold is an ember template (or snapshot) name as it is.
 	Templates map[string]string
+	// DefaultTemplate is the daemon's default template, which E2B's
+	// default names when a build starts from it.
+	DefaultTemplate string
 	// EnvdVersion is the envd version the sandboxes' agent implements.
 	EnvdVersion string
+	// Builds, when set, serves E2B's template build API (Template.build);
+	// FilesDir keeps the archives of COPY steps the SDK uploads, and
+	// BuildContext bounds the builds it starts (the daemon's life).
+	Builds       Builds
+	FilesDir     string
+	BuildContext context.Context
 	// Authorize says whether r carries the API key, and if not why not.
 	Authorize func(r *http.Request) (ok bool, reason string)
 	// Classify maps an error of the manager to an HTTP status and the
@@ -85,9 +94,10 @@ type Config struct {
 
 // Facade is E2B's control plane over a sandbox manager.
 type Facade struct {
-	cfg Config
-	sbs Sandboxes
-	tpl Templates
+	cfg    Config
+	sbs    Sandboxes
+	tpl    Templates
+	builds *builds
 }
 
 // New returns the facade; Register mounts it.
@@ -95,7 +105,7 @@ func New(cfg Config, sbs Sandboxes, tpl Templates) *Facade {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Facade{cfg: cfg, sbs: sbs, tpl: tpl}
+	return &Facade{cfg: cfg, sbs: sbs, tpl: tpl, builds: newBuilds()}
 }
 
 // Register adds E2B's routes to mux. None collides with /v1.
@@ -120,19 +130,25 @@ func (f *Facade) Register(mux *http.ServeMux) {
 	h("GET /snapshots", f.listSnapshots)
 	h("DELETE /templates/{id}", f.deleteSnapshot)
 	h("POST /sandboxes/{id}/fork", f.fork)
+	f.registerBuilds(mux, h)
 	f.registerUnserved(h)
 }
+
+// templatesNotServed answers the template calls the facade does not
+// serve: those of E2B's v1 build API, listing, tags, and all of the build
+// API when the daemon builds no templates.
+const templatesNotServed = "this call of E2B's template API is not served: build with the SDK's Template.build() (its v3 build API) or `ember template build`"
 
 // unserved is what of E2B's API ember does not serve, and why: each
 // answers 501 with its reason, never a silent success.
 var unserved = []struct{ pattern, reason string }{
 	{"/sandboxes/{id}/logs", "sandbox logs are not served: read a command's output from the command"},
 	{"/v2/sandboxes/{id}/logs", "sandbox logs are not served: read a command's output from the command"},
-	{"/templates", "the template build API is not served: build templates on the host with `ember template build`"},
-	{"/templates/", "the template build API is not served: build templates on the host with `ember template build`"},
-	{"/v2/templates/", "the template build API is not served: build templates on the host with `ember template build`"},
-	{"/v2/templates", "the template build API is not served: build templates on the host with `ember template build`"},
-	{"/v3/templates", "the template build API is not served: build templates on the host with `ember template build`"},
+	{"/templates", templatesNotServed},
+	{"/templates/", templatesNotServed},
+	{"/v2/templates/", templatesNotServed},
+	{"/v2/templates", templatesNotServed},
+	{"/v3/templates", templatesNotServed},
 	{"/volumes", "volumes are not served"},
 	{"/volumes/", "volumes are not served"},
 	{"/volumecontent/", "volumes are not served"},
@@ -262,6 +278,13 @@ func (f *Facade) resolve(ctx context.Context, id string, req *sandbox.CreateRequ
 	if id == "" {
 		id = DefaultTemplate
 	}
+	if t, ok := f.cfg.Templates[id]; ok {
+		req.Template = t
+		return nil
+	}
+	// A tag names the template as it is: ember's templates have none, and
+	// no template or snapshot name holds a ':'.
+	id, _ = splitTag(id)
 	if t, ok := f.cfg.Templates[id]; ok {
 		req.Template = t
 		return nil

@@ -38,6 +38,15 @@ var schemaTypes = map[string]any{
 	"SandboxAutoResumeConfig":    AutoResume{},
 	"SandboxVolumeMount":         VolumeMount{},
 	"Error":                      Error{},
+	"TemplateBuildRequestV3":     TemplateBuildRequestV3{},
+	"TemplateRequestResponseV3":  TemplateRequestResponseV3{},
+	"TemplateBuildFileUpload":    TemplateBuildFileUpload{},
+	"TemplateBuildStartV2":       TemplateBuildStartV2{},
+	"TemplateStep":               TemplateStep{},
+	"TemplateBuildInfo":          TemplateBuildInfo{},
+	"BuildLogEntry":              BuildLogEntry{},
+	"BuildStatusReason":          BuildStatusReason{},
+	"TemplateAliasResponse":      TemplateAliasResponse{},
 }
 
 // sdks are the e2b packages the compatibility matrix pins (test/e2b and

@@ -220,3 +220,102 @@ type Error struct {
 	ErrorCode string `json:"error_code,omitempty"`
 	Message   string `json:"message"`
 }
+
+// TemplateBuildRequestV3 is the body of POST /v3/templates, which asks
+// for a build of a template (Template.build's first call).
+type TemplateBuildRequestV3 struct {
+	// Name is the template's, with an optional ":tag" (Alias, the older
+	// spelling, when empty).
+	Name          string   `json:"name,omitempty"`
+	Alias         string   `json:"alias,omitempty"`
+	Tags          []string `json:"tags,omitempty"`
+	CPUCount      *int     `json:"cpuCount,omitempty"`
+	MemoryMB      *int     `json:"memoryMB,omitempty"`
+	MinFreeDiskMB *int     `json:"minFreeDiskMb,omitempty"`
+	TeamID        string   `json:"teamID,omitempty"`
+}
+
+// TemplateRequestResponseV3 answers POST /v3/templates: the template and
+// the build the SDK then uploads files for and starts.
+type TemplateRequestResponseV3 struct {
+	TemplateID string   `json:"templateID"`
+	BuildID    string   `json:"buildID"`
+	Names      []string `json:"names"`
+	Aliases    []string `json:"aliases"`
+	Tags       []string `json:"tags"`
+	Public     bool     `json:"public"`
+}
+
+// TemplateBuildFileUpload answers GET /templates/{id}/files/{hash}:
+// whether the daemon has a COPY's files, and where to PUT them if not.
+type TemplateBuildFileUpload struct {
+	Present bool              `json:"present"`
+	URL     string            `json:"url,omitempty"`
+	Headers map[string]string `json:"headers,omitempty"`
+}
+
+// TemplateBuildStartV2 is the body of POST /v2/templates/{id}/builds/{b}:
+// the template definition.
+type TemplateBuildStartV2 struct {
+	Force        bool       `json:"force,omitempty"`
+	FromImage    string     `json:"fromImage,omitempty"`
+	FromTemplate string     `json:"fromTemplate,omitempty"`
+	ReadyCmd     string     `json:"readyCmd,omitempty"`
+	StartCmd     string     `json:"startCmd,omitempty"`
+	Steps        []SentStep `json:"steps,omitempty"`
+	// FromImageRegistry carries registry credentials, which ember's
+	// builds do not take (refused with a 400).
+	FromImageRegistry json.RawMessage `json:"fromImageRegistry,omitempty"`
+}
+
+// TemplateStep is one step of a definition: its type (RUN, COPY, ENV,
+// WORKDIR, USER) and arguments.
+type TemplateStep struct {
+	Type      string   `json:"type"`
+	Args      []string `json:"args,omitempty"`
+	FilesHash string   `json:"filesHash,omitempty"`
+	Force     bool     `json:"force,omitempty"`
+}
+
+// SentStep is a TemplateStep as the SDK sends it: its instruction object
+// whole, with the upload options of a COPY the schema does not name.
+type SentStep struct {
+	TemplateStep
+	ForceUpload     *bool `json:"forceUpload,omitempty"`
+	ResolveSymlinks *bool `json:"resolveSymlinks,omitempty"`
+	Gzip            *bool `json:"gzip,omitempty"`
+}
+
+// TemplateBuildInfo answers GET /templates/{id}/builds/{b}/status: the
+// build's state and its log from logsOffset on.
+type TemplateBuildInfo struct {
+	TemplateID string             `json:"templateID"`
+	BuildID    string             `json:"buildID"`
+	Status     string             `json:"status"`
+	LogEntries []BuildLogEntry    `json:"logEntries"`
+	Logs       []string           `json:"logs"`
+	Reason     *BuildStatusReason `json:"reason,omitempty"`
+}
+
+// BuildLogEntry is one line of a build's log.
+type BuildLogEntry struct {
+	Timestamp string `json:"timestamp"`
+	Level     string `json:"level"`
+	Message   string `json:"message"`
+	Step      string `json:"step,omitempty"`
+}
+
+// BuildStatusReason says why a build failed: the message, E2B's name of
+// the step ("base", the instruction's number from 1, "finalize") and its
+// last output.
+type BuildStatusReason struct {
+	Message    string          `json:"message"`
+	Step       string          `json:"step,omitempty"`
+	LogEntries []BuildLogEntry `json:"logEntries,omitempty"`
+}
+
+// TemplateAliasResponse answers GET /templates/aliases/{alias}.
+type TemplateAliasResponse struct {
+	TemplateID string `json:"templateID"`
+	Public     bool   `json:"public"`
+}

@@ -80,8 +80,10 @@ func (b *Backend) Flatten(ctx context.Context, id, dir, dst string) error {
 	}
 	err := diskfile.Write(dst, func(out *os.File) error {
 		// qemu-img recreates the file and writes only data clusters, so
-		// the image stays sparse.
-		_, err := runner.Run(ctx, "qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", b.Path(dir), out.Name())
+		// the image stays sparse. -U reads an overlay a paused QEMU still
+		// holds open (and locked): its metadata is on disk once the guest
+		// flushed or the machine was saved, which callers see to.
+		_, err := runner.Run(ctx, "qemu-img", "convert", "-q", "-U", "-f", "qcow2", "-O", "raw", b.Path(dir), out.Name())
 		return err
 	})
 	if err != nil {

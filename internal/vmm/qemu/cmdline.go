@@ -99,6 +99,11 @@ func withDefaults(spec vmm.Spec) vmm.Spec {
 	return spec
 }
 
+// tcgCacheMiB bounds TCG's translation cache (QEMU's tb-size), within
+// the VMM overhead a sandbox's cgroup allows beyond guest RAM
+// (sandbox.DefaultOverheadMiB, 192).
+const tcgCacheMiB = 64
+
 // cpuModel is the guest CPU model for an accelerator: the host's under KVM,
 // a fixed baseline under TCG.
 func cpuModel(accel string) string {
@@ -180,9 +185,16 @@ func buildArgs(accel string, tscKHz int64, ram guestRAM, spec vmm.Spec, h handed
 		machine += ",memory-backend=" + memoryBackend
 		objects = []string{"-object", ramObject(ram, mem)}
 	}
+	accelOpt := accel
+	if accel == AccelTCG {
+		// TCG's translation cache is 1 GiB unless bounded, and a busy guest
+		// (a build's apt-get) fills it: past the VMM overhead its cgroup
+		// allows, the kernel kills QEMU. tcgCacheMiB fits the overhead.
+		accelOpt += ",tb-size=" + strconv.Itoa(tcgCacheMiB)
+	}
 	args := append([]string{
 		"-machine", machine,
-		"-accel", accel,
+		"-accel", accelOpt,
 		"-cpu", cpu,
 		"-m", strconv.Itoa(mem),
 	}, objects...)

@@ -27,7 +27,7 @@ func TestBuildArgs(t *testing.T) {
 			name:  "tcg",
 			accel: AccelTCG,
 			checks: map[string]string{
-				"-machine": "microvm,acpi=off", "-accel": "tcg", "-cpu": "qemu64", "-m": "512", "-smp": "2",
+				"-machine": "microvm,acpi=off", "-accel": "tcg,tb-size=64", "-cpu": "qemu64", "-m": "512", "-smp": "2",
 				"-kernel": "/proc/self/fd/3",
 				"-append": "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/sbin/init quiet " +
 					"tsc_early_khz=2096000 lpj=8384000 no_timer_check noapictimer",
