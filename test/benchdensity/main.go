@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -203,9 +204,9 @@ func breakdown(d *harness.Daemon, sbs []client.Sandbox, mib int) error {
 			case filepath.Base(m.Path) == "guest-ram":
 				guestPrivate += m.Private()
 				sharedTemplate = max(sharedTemplate, m.SharedClean+m.SharedDirty)
-			case m.Path == "" && m.Size >= 512<<10:
-				// The one anonymous mapping this large is TCG's code
-				// buffer (a gigabyte by default).
+			case m.Path == "" && strings.Contains(m.Perms, "x"):
+				// The one anonymous executable mapping is TCG's code
+				// buffer (tb-size; the driver bounds it to 64 MiB).
 				tcg += m.Private()
 			}
 		}

@@ -31,8 +31,10 @@ func (d *Daemon) VMMPID(id string) (int, error) {
 // Mapping is the kB figures of one mapping in /proc/<pid>/smaps.
 type Mapping struct {
 	Path string
-	// Start is the mapping's first address in the process.
+	// Start is the mapping's first address in the process; Perms its
+	// protection as maps shows it ("rwxp").
 	Start                      uint64
+	Perms                      string
 	Size, Rss, Pss             int64
 	SharedClean, SharedDirty   int64
 	PrivateClean, PrivateDirty int64
@@ -73,6 +75,7 @@ func Smaps(pid int) ([]Mapping, error) {
 			m := Mapping{}
 			start, _, _ := strings.Cut(fields[0], "-")
 			m.Start, _ = strconv.ParseUint(start, 16, 64)
+			m.Perms = fields[1]
 			if len(fields) >= 6 {
 				m.Path = fields[5]
 			}
