@@ -37,6 +37,7 @@ endif
 GO_SOURCES := $(shell find cmd internal client wire web -path web/node_modules -prune -o \( -name '*.go' -o -name '*.yaml' -o -name '*.config' -o -name '*.proto' -o -name '*.html' \) -print 2>/dev/null)
 
 .PHONY: all deps apt npm vmm-user fuzz soak build run test check test-host test-templates template bench bench-network bench-rootfs bench-snapshot bench-uffd bench-files bench-e2b bench-templates proto clean install uninstall
+.PHONY: bench-density
 
 all: build
 
@@ -133,9 +134,13 @@ check:
 test-host: deps
 	go run ./test/testhost -cache $(CACHE_DIR)/testhost
 
-## bench: create→first-exec latency, destroy latency and the phase breakdown
+## bench: create→first-exec latency, destroy latency and the phase breakdown;
+## a create from the template's snapshot against a cold boot, eight creates
+## in flight against eight in a row, a warm claim against one exec round
+## trip (BENCH_SLOTS: the daemon's first network slot)
+BENCH_SLOTS ?= 4000
 bench: deps build template
-	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/bench -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES)
+	EMBER_CACHE_DIR=$(CACHE_DIR) go run ./test/bench -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES) -slot-first $(BENCH_SLOTS)
 
 ## bench-files: file upload and download throughput against exec's stdin and
 ## stdout, the daemon's memory during a big download, PTY echo latency
@@ -176,6 +181,15 @@ test-templates: deps build template
 ## bench-uffd: the UFFD page server against read(2), 4 KiB and 2 MiB pages
 bench-uffd: deps
 	go run ./test/benchuffd
+
+## bench-density: 100 idle sandboxes of 128 MiB from one template: host
+## memory per sandbox against guest RAM, the daemon's memory, every one's
+## exec within a second, then the disk each takes paused (minutes under TCG;
+## make test runs a five-sandbox version, TestIdleDensityShort)
+DENSITY_N     ?= 100
+DENSITY_SLOTS ?= 6400
+bench-density: deps build template
+	go run ./test/benchdensity -ember $(CURDIR)/bin/ember -templates $(TEST_TEMPLATES) -n $(DENSITY_N) -slot-first $(DENSITY_SLOTS)
 
 # Where `make install` puts ember. DESTDIR stages a package; the test of
 # install sets the directories themselves, so the unit's paths are real.

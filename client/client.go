@@ -278,6 +278,22 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	return out, err
 }
 
+// WarmPools lists the templates' warm pools: sandboxes restored ahead of
+// demand, which creates of a template's default shape claim.
+func (c *Client) WarmPools(ctx context.Context) ([]WarmPool, error) {
+	var out []WarmPool
+	err := c.do(ctx, http.MethodGet, "/v1/warm", nil, &out)
+	return out, err
+}
+
+// SetWarmPool sets how many sandboxes of template are kept restored ahead
+// of demand; lowering it returns once the surplus is gone.
+func (c *Client) SetWarmPool(ctx context.Context, template string, count int) (WarmPool, error) {
+	var out WarmPool
+	err := c.do(ctx, http.MethodPut, "/v1/templates/"+url.PathEscape(template)+"/warm", WarmRequest{Count: count}, &out)
+	return out, err
+}
+
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	resp, err := c.send(ctx, method, path, body)
 	if err != nil {

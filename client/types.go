@@ -25,6 +25,9 @@ type (
 	Info                  = wire.Info
 	AccelInfo             = wire.AccelInfo
 	Error                 = wire.Error
+	WarmPool              = wire.WarmPool
+	WarmRequest           = wire.WarmRequest
+	KSM                   = wire.KSM
 
 	// Hardening.
 	CapacityInfo = wire.CapacityInfo

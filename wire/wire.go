@@ -91,7 +91,9 @@ type Sandbox struct {
 	// Snapshot names the snapshot the sandbox was created from.
 	Snapshot string `json:"snapshot,omitempty"`
 	// DiskBytes and MemoryBytes are the bytes its disk and, while paused,
-	// its saved memory occupy on the host (allocated blocks).
+	// its saved memory occupy on the host (allocated blocks; a file shared
+	// by hard links, as the template memory a paused sandbox's state
+	// links, counts its share).
 	DiskBytes   int64 `json:"disk_bytes"`
 	MemoryBytes int64 `json:"memory_bytes"`
 	// Limits are the bounds of its cgroup; Usage, while it runs, what its
@@ -244,6 +246,10 @@ type Info struct {
 	// Accelerators says which accelerator each template's kernel runs
 	// under, and why.
 	Accelerators []AccelInfo `json:"accelerators"`
+	// Warm lists the warm pools; KSM says whether the host merges
+	// identical pages.
+	Warm []WarmPool `json:"warm,omitempty"`
+	KSM  KSM        `json:"ksm"`
 
 	// Hardening: what the daemon may commit to machines and what it has,
 	// and how each VMM is confined.
@@ -387,4 +393,36 @@ type HostUsage struct {
 	// Source says where CPU and memory were read: "cgroup" (the VMM's own
 	// cgroup) or "process" (its /proc entry).
 	Source string `json:"source"`
+}
+
+// WarmPool is one template's warm pool: sandboxes restored ahead of
+// demand, which creates of the template's default shape claim (GET
+// /v1/warm, PUT /v1/templates/{name}/warm).
+type WarmPool struct {
+	Template string `json:"template"`
+	// Target is how many the pool keeps; Ready how many wait to be
+	// claimed; Starting how many are being restored.
+	Target   int `json:"target"`
+	Ready    int `json:"ready"`
+	Starting int `json:"starting"`
+	// LastError says why the last fill failed, and RetryAt when the next
+	// is due; both are absent once a fill succeeds.
+	LastError string     `json:"last_error,omitempty"`
+	RetryAt   *time.Time `json:"retry_at,omitempty"`
+}
+
+// WarmRequest sets how many sandboxes a template's warm pool keeps.
+type WarmRequest struct {
+	Count int `json:"count"`
+}
+
+// KSM says whether the host merges identical memory pages (kernel
+// samepage merging), which guests' memory is marked for.
+type KSM struct {
+	// State is "on", "off" or "unavailable" (the kernel has no KSM).
+	State string `json:"state"`
+	// PagesShared are the merged pages kept, PagesSharing the pages
+	// merged into them (the memory saved, in pages).
+	PagesShared  int64 `json:"pages_shared"`
+	PagesSharing int64 `json:"pages_sharing"`
 }

@@ -286,6 +286,7 @@ func infoCmd() *cobra.Command {
 			for _, a := range info.Accelerators {
 				fmt.Printf("accel:      %s: %s\n", a.Template, a.Reason)
 			}
+			printKSMAndWarm(info)
 			if c := info.Capacity; c != nil {
 				fmt.Printf("capacity:   memory %d/%d MiB (%d MiB per vmm), vcpus %d/%d, shm %d/%d MiB, %d machines; creates %d/%d running, %d/%d queued (wait %d ms)\n",
 					c.MemoryMiB, c.MemoryLimitMiB, c.OverheadMiB, c.VCPUs, c.VCPULimit, c.ShmMiB, c.ShmLimitMiB, c.Machines,

@@ -228,7 +228,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	// the time anything is served.
 	mtr := metrics.New(metrics.Config{
 		Version: version, VMM: driver.Name(), Disk: disks.Name(), Log: log, Slots: pool.Stats,
-		Sandboxes: func() []store.Sandbox { return mgr.List() }, Templates: func() []string { return templateNames(reg) },
+		Sandboxes: func() []store.Sandbox { return mgr.ListAll() }, Templates: func() []string { return templateNames(reg) },
 		Capacity: func() []metrics.Capacity { return capacityMetrics(mgr.Capacity()) },
 	})
 	mtr.Observe(sandbox.Op{Name: sandbox.OpTemplateBuild, Template: template.DefaultName, Duration: built})
@@ -261,6 +261,9 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	}
 	mgr.RunReaper(ctx, time.Second)
 	mgr.RunSampler(ctx, f.MetricsEvery())
+	if err := startWarmPools(ctx, f, mgr); err != nil {
+		return err
+	}
 
 	// Template builds run in the daemon, in sandboxes of this manager.
 	builds, err := newBuilds(ctx, f, reg, mgr, base, log)
@@ -273,6 +276,8 @@ func serve(ctx context.Context, cfg *config.Config) error {
 			Version: version, VMM: driver.Name(), VMMReason: vmmReason,
 			Rootfs: disks.Name(), RootfsReason: diskReason, Sandboxes: len(mgr.List()),
 			Accelerators: accelerators(ctx, driver, reg),
+			Warm:         api.WarmPools(mgr.WarmPools()),
+			KSM:          client.KSM(usage.ReadKSM(os.ReadFile)),
 			Capacity:     capacityInfo(mgr.Capacity()),
 			Confinement:  confined,
 			Goroutines:   runtime.NumGoroutine(),
@@ -286,7 +291,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	srv := &http.Server{
 		Handler: api.New(api.Config{APIKey: keyFile.Key, Domain: f.Domain, Info: info, Metrics: mtr, Events: events,
 			ExecOutputLimit: f.ExecOutputLimit, Builds: builds, E2B: e2b.Config{Templates: f.E2BTemplateMap(),
-				DefaultTemplate: f.DefaultTemplate, FilesDir: filepath.Join(f.DataDir, "e2b-files"), BuildContext: reqCtx}},
+				DefaultTemplate: f.DefaultTemplate, FilesDir: filepath.Join(f.DataDir, "e2b-files"), BuildContext: reqCtx}, Warm: mgr},
 			mgr, reg, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
@@ -470,6 +475,22 @@ func accelerators(ctx context.Context, d vmm.Accelerator, reg template.Registry)
 		out = append(out, ai)
 	}
 	return out
+}
+
+// startWarmPools keeps the warm pools the warm setting names filled; a
+// template it names that does not exist stops the start.
+func startWarmPools(ctx context.Context, f config.Serve, mgr *sandbox.Manager) error {
+	pools, err := f.WarmPools()
+	if err != nil {
+		return err
+	}
+	mgr.RunWarm(ctx)
+	for _, p := range pools {
+		if _, err := mgr.SetWarm(ctx, p.Template, p.Count); err != nil {
+			return fmt.Errorf("warm %s=%d: %w", p.Template, p.Count, err)
+		}
+	}
+	return nil
 }
 
 // builds is the daemon's template builder with the manager's checks for

@@ -22,8 +22,8 @@ import (
 
 func templateCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "template", Short: "Manage templates",
-		Example: "  ember template ls\n  ember template build code --preset code\n  ember template build app -f Dockerfile .\n  ember template rm app"}
-	cmd.AddCommand(templateLsCmd(), templateBuildCmd(), templateRmCmd())
+		Example: "  ember template ls\n  ember template build code --preset code\n  ember template build app -f Dockerfile .\n  ember template rm app\n  ember template warm base 4"}
+	cmd.AddCommand(templateLsCmd(), templateBuildCmd(), templateRmCmd(), templateWarmCmd())
 	return cmd
 }
 

@@ -89,6 +89,9 @@ type Config struct {
 	Metrics RequestMetrics
 	// Events, when set, is the hub GET /v1/events streams from.
 	Events *event.Hub
+	// Warm, when set, serves the warm pools (GET /v1/warm, PUT
+	// /v1/templates/{name}/warm).
+	Warm Warm
 	// ExecOutputLimit is the most of each output stream the buffered exec
 	// keeps (the rest is dropped and the result says truncated); 0 means
 	// DefaultExecOutputLimit.
@@ -154,6 +157,7 @@ func New(cfg Config, sb Sandboxes, tpl Templates, log *slog.Logger) *Server {
 	s.mux.HandleFunc("GET /v1/snapshots/{name}", s.auth(s.getSnapshot))
 	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.auth(s.deleteSnapshot))
 	s.routeObservability()
+	s.routeWarm()
 	s.routeTemplates()
 	s.routeE2B()
 	s.mux.HandleFunc("GET /test", s.testPage)

@@ -367,6 +367,7 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		{"/v1/sandboxes/{id}/fork", "post"}, {"/v1/snapshots", "get"}, {"/v1/snapshots", "post"},
 		{"/v1/snapshots/{name}", "get"}, {"/v1/snapshots/{name}", "delete"},
 		{"/metrics", "get"}, {"/v1/events", "get"}, {"/v1/sandboxes/{id}/metrics", "get"},
+		{"/v1/warm", "get"}, {"/v1/templates/{name}/warm", "put"},
 		{"/v1/sandboxes/{id}/processes/{pid}/stdin", "post"}, {"/v1/sandboxes/{id}/processes/{pid}/close-stdin", "post"},
 		{"/v1/sandboxes/{id}/files", "get"}, {"/v1/sandboxes/{id}/files", "put"}, {"/v1/sandboxes/{id}/files", "delete"},
 		{"/v1/sandboxes/{id}/files/list", "get"}, {"/v1/sandboxes/{id}/files/stat", "get"},

@@ -88,6 +88,9 @@ type Serve struct {
 	MetricsListen   string `toml:"metrics-listen"`
 	MetricsInterval string `toml:"metrics-interval"`
 	PrintAPIKey     bool   `toml:"print-api-key"`
+	// Warm is the warm pools: TEMPLATE=COUNT, comma-separated (see
+	// WarmPools).
+	Warm string `toml:"warm"`
 	// Template builds (package build).
 	BuildCacheGiB int `toml:"build-cache-gib"`
 	// E2B facade and TLS (see the settings table).
@@ -229,6 +232,8 @@ var settings = []setting{
 	{key: "metrics-interval", usage: "how often each running sandbox's CPU, memory and disk use is sampled (a duration: 5s)",
 		field: func(s *Serve) any { return &s.MetricsInterval }},
 	{key: "print-api-key", usage: "print the API key at start (make run does)", field: func(s *Serve) any { return &s.PrintAPIKey }},
+	{key: "warm", usage: "sandboxes kept restored ahead of demand, per template: TEMPLATE=COUNT, comma-separated (base=4)",
+		field: func(s *Serve) any { return &s.Warm }},
 	{key: "build-cache-gib", usage: "GiB of disk the template build step cache may allocate (least recently used steps go first; published templates' steps stay)",
 		nonNegative: true, field: func(s *Serve) any { return &s.BuildCacheGiB }},
 	{key: "e2b-templates", usage: `E2B template names and the ember templates they stand for, "NAME=TEMPLATE,…" (E2B's default "base" is the default template unless named here)`,
@@ -681,7 +686,43 @@ func (c *Config) validate() error {
 			bad("metrics-listen", "%q: want HOST:PORT (%v)", c.MetricsListen, err)
 		}
 	}
+	if _, err := c.WarmPools(); err != nil {
+		bad("warm", "%q: %v", c.Warm, err)
+	}
 	return errors.Join(errs...)
+}
+
+// WarmPools reads Warm: each template's pool size, in the order given. A
+// template named twice, a count that is not a non-negative integer or an
+// entry without one is an error.
+func (s Serve) WarmPools() ([]WarmPool, error) {
+	var out []WarmPool
+	seen := map[string]bool{}
+	for _, e := range strings.Split(s.Warm, ",") {
+		if e = strings.TrimSpace(e); e == "" {
+			continue
+		}
+		name, count, ok := strings.Cut(e, "=")
+		name, count = strings.TrimSpace(name), strings.TrimSpace(count)
+		n, err := strconv.Atoi(count)
+		switch {
+		case !ok || name == "":
+			return nil, fmt.Errorf("entry %q: want TEMPLATE=COUNT", e)
+		case err != nil || n < 0:
+			return nil, fmt.Errorf("entry %q: want a count of 0 or more", e)
+		case seen[name]:
+			return nil, fmt.Errorf("template %q given twice", name)
+		}
+		seen[name] = true
+		out = append(out, WarmPool{Template: name, Count: n})
+	}
+	return out, nil
+}
+
+// WarmPool is one entry of the warm setting.
+type WarmPool struct {
+	Template string
+	Count    int
 }
 
 func alternatives(vals []string) string {

@@ -68,6 +68,16 @@ func TestParse(t *testing.T) {
 		{name: "empty data dir", doc: "data-dir = \"\"\n", errKey: "data-dir", errLine: 1, errText: "must not be empty"},
 		{name: "key twice", doc: "domain = \"a\"\ndomain = \"b\"\n", errKey: "domain", errLine: 2, errText: "already defined"},
 		{name: "syntax", doc: "listen = \n", errLine: 1, errText: "start of value"},
+		{name: "warm pools", doc: "warm = \"base=4, py = 2,\"\n", check: func(t *testing.T, c *Config) {
+			got, err := c.WarmPools()
+			want := []WarmPool{{"base", 4}, {"py", 2}}
+			if err != nil || !reflect.DeepEqual(got, want) {
+				t.Errorf("WarmPools() = %v, %v; want %v", got, err, want)
+			}
+		}},
+		{name: "warm without a count", doc: "warm = \"base\"\n", errKey: "warm", errLine: 1, errText: `entry "base": want TEMPLATE=COUNT`},
+		{name: "warm negative", doc: "warm = \"base=-1\"\n", errKey: "warm", errLine: 1, errText: "want a count of 0 or more"},
+		{name: "warm twice", doc: "warm = \"base=1,base=2\"\n", errKey: "warm", errLine: 1, errText: `template "base" given twice`},
 		{name: "e2b templates", doc: "e2b-templates = \"base = big, code-interpreter-v1=py\"\n", check: func(t *testing.T, c *Config) {
 			if m := c.E2BTemplateMap(); len(m) != 2 || m["base"] != "big" || m["code-interpreter-v1"] != "py" {
 				t.Errorf("map %v", m)

@@ -26,6 +26,7 @@ import (
 	"github.com/emberhq/ember/internal/config"
 	"github.com/emberhq/ember/internal/rootfs/auto"
 	"github.com/emberhq/ember/internal/template"
+	"github.com/emberhq/ember/internal/usage"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/accel"
 	vmmauto "github.com/emberhq/ember/internal/vmm/auto"
@@ -586,18 +587,15 @@ func (r *run) userfaultfd() Check {
 }
 
 func (r *run) ksm() Check {
-	b, err := r.h.ReadFile("/sys/kernel/mm/ksm/run")
-	if err != nil {
+	k := usage.ReadKSM(r.h.ReadFile)
+	switch k.State {
+	case "unavailable":
 		return ok("ksm", "not in this kernel: identical guest pages are not merged")
+	case "on":
+		return ok("ksm", "on, %d pages sharing; restored guests' private memory is marked mergeable", k.PagesSharing)
 	}
-	state := "off"
-	if strings.TrimSpace(string(b)) == "1" {
-		state = "on"
-		if n, err := r.h.ReadFile("/sys/kernel/mm/ksm/pages_sharing"); err == nil {
-			state += ", " + strings.TrimSpace(string(n)) + " pages sharing"
-		}
-	}
-	return ok("ksm", "%s; QEMU guests' RAM is in shared files, which KSM does not merge", state)
+	return ok("ksm", "off; restored guests' private memory is marked mergeable and would merge with it on "+
+		"(echo 1 > %s/run), which nothing depends on", usage.KSMDir)
 }
 
 func (r *run) diskSpace() Check {

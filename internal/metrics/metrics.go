@@ -159,6 +159,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 var states = []string{
 	sandbox.StateCreating, sandbox.StateRunning, sandbox.StatePausing, sandbox.StatePaused,
 	sandbox.StateResuming, sandbox.StateStopping, sandbox.StateError,
+	sandbox.StateWarming, sandbox.StateWarm,
 }
 
 var (

@@ -33,6 +33,13 @@ func (e *CapacityError) Error() string {
 	return fmt.Sprintf("capacity exhausted: %s: need %d, %d free; retry in %s", e.Resource, e.Need, e.Free, e.RetryAfter)
 }
 
+// isQueueFull reports whether err refuses a create for the length of the
+// create queue, which no machine giving way would shorten.
+func isQueueFull(err error) bool {
+	var ce *CapacityError
+	return errors.As(err, &ce) && ce.Resource == "queue"
+}
+
 // Unwrap makes errors.Is(err, ErrNoCapacity) true.
 func (e *CapacityError) Unwrap() error { return ErrNoCapacity }
 

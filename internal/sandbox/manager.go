@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -156,6 +157,13 @@ type Manager struct {
 	snapBusy map[string]bool
 	snapRefs map[string]int
 
+	// capMu guards capturing: the template snapshot directories being
+	// captured, each with a channel closed when its capture is over.
+	capMu     sync.Mutex
+	capturing map[string]chan struct{}
+
+	// pools are the templates' warm pools (warm.go).
+	pools warmPools
 	// tplMu serialises template deletes against creates from them
 	// (templates.go): it guards tplBusy (templates being deleted) and
 	// tplRefs (creates in flight per template).
@@ -203,6 +211,8 @@ func NewManager(cfg Config, d Deps) (*Manager, error) {
 		sandboxes: map[string]*Sandbox{},
 		snapBusy:  map[string]bool{},
 		snapRefs:  map[string]int{},
+		capturing: map[string]chan struct{}{},
+		pools:     newWarmPools(),
 		stop:      make(chan struct{}),
 		adm:       newAdmission(cfg.Capacity),
 	}, nil
@@ -280,6 +290,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 		return store.Sandbox{}, err
 	}
 	defer done()
+	if r, ok, err := m.claimWarm(ctx, req); ok {
+		return r, err
+	}
 	src, release, err := m.resolve(ctx, &req)
 	if err != nil {
 		return store.Sandbox{}, err
@@ -290,6 +303,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 	// Refused at once when its machine would overcommit the host; queued
 	// for a turn when enough creates run already.
 	reservation, turnDone, err := m.admit(ctx, req.VCPUs, req.MemoryMiB)
+	for errors.Is(err, ErrNoCapacity) && !isQueueFull(err) && m.evictWarm(ctx) {
+		// Warm sandboxes commit capacity as any machine does, but give
+		// way to a client's create.
+		reservation, turnDone, err = m.admit(ctx, req.VCPUs, req.MemoryMiB)
+	}
 	if err != nil {
 		return store.Sandbox{}, err
 	}
@@ -355,12 +373,12 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 		case req.DiskMiB < baseMiB || req.DiskMiB > m.cfg.Limits.MaxDiskMiB:
 			return source{}, nil, invalid("disk_mib", "must be between the template's %d and %d, got %d", baseMiB, m.cfg.Limits.MaxDiskMiB, req.DiskMiB)
 		}
-		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken()}
+		src = source{template: tpl.Name, kernel: tpl.Kernel, rootfs: tpl.Rootfs, token: newToken(), key: tpl.Key}
 		withTemplateConfig(req, &src, tpl)
 		if req.DiskMiB > baseMiB {
 			src.sizeBytes = int64(req.DiskMiB) << 20
-		} else {
-			m.useTemplateSnapshot(&src, tpl, *req)
+		} else if err := m.useTemplateSnapshot(ctx, &src, tpl, *req); err != nil {
+			return source{}, nil, err
 		}
 	}
 	if src.state != "" {
@@ -380,21 +398,28 @@ func (m *Manager) resolve(ctx context.Context, req *CreateRequest) (_ source, re
 func (m *Manager) create(ctx context.Context, req CreateRequest, src source, reservation func()) (rec store.Sandbox, err error) {
 	start := time.Now()
 	id := newID()
-	op := OpCreate
-	if src.snapshot != "" {
+	op, typ, state := OpCreate, wire.EventCreated, StateCreating
+	switch {
+	case src.snapshot != "":
 		op = OpRestore
+	case src.warm:
+		op, typ, state = OpWarm, "", StateWarming
 	}
-	o := m.track(op, wire.EventCreated, id, src.template)
+	o := m.track(op, typ, id, src.template)
 	o.event.Snapshot = src.snapshot
 	// Registered first, so it runs last: the operation ends once a failed
 	// create is undone.
 	defer func() { o.end(err, rec.State) }()
+	if src.captured != nil {
+		// However the create ends, creates waiting for its capture go on.
+		defer src.captured()
+	}
 	sb := &Sandbox{}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	m.holdReservation(sb, reservation)
 	r := store.Sandbox{
-		ID: id, Template: src.template, State: StateCreating, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
+		ID: id, Template: src.template, State: state, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskMiB: req.DiskMiB, Env: req.Env, Metadata: req.Metadata,
 		Token: src.token, SlotIndex: -1, Dir: filepath.Join(m.cfg.Dir, id),
 		CreatedAt: start.UTC(), ExpiresAt: start.Add(time.Duration(req.TimeoutS) * time.Second).UTC(),
@@ -405,6 +430,9 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 	}
 	if req.PrivateTraffic {
 		r.TrafficToken = newToken()
+	}
+	if src.warm {
+		r.Metadata = map[string]string{warmKeyMeta: src.key}
 	}
 	defer func() {
 		if err != nil {
@@ -443,6 +471,11 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 	failpoint.Hit(failpoint.CreateDisk)
 
 	s, err := m.d.Slots.Get(ctx)
+	if errors.Is(err, ErrNoSlots) && !src.warm && m.evictWarm(ctx) {
+		// Warm sandboxes count against capacity, but give way to a
+		// client's create.
+		s, err = m.d.Slots.Get(ctx)
+	}
 	if err != nil {
 		return store.Sandbox{}, opError("create", id, "get a network slot", ErrNetwork, err)
 	}
@@ -501,10 +534,27 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, src source, res
 		r.TimingsMS["start"] = o.phase("start")
 	}
 	if src.capture != "" {
-		if err := m.captureTemplate(ctx, machine, r, src.capture); err != nil {
+		err := m.captureTemplate(ctx, machine, r, src.capture)
+		src.captured()
+		if err != nil {
 			return store.Sandbox{}, err
 		}
 		r.TimingsMS["template_snapshot"] = o.phase("template_snapshot")
+	}
+	if src.warm {
+		if err := prewarm(readyCtx, ag); err != nil {
+			return store.Sandbox{}, opError("create", id, "warm the guest up", ErrAgent, err)
+		}
+		// Left for a claim to initialise (warm.go).
+		r.State = StateWarm
+		r.TimingsMS["total"] = ms(time.Since(start))
+		if err := m.put(ctx, sb, r); err != nil {
+			return store.Sandbox{}, err
+		}
+		m.watch(sb, machine)
+		m.putWarm(sb, ag, src.key)
+		o.with("slot", s.Index, "pid", r.VMMPID)
+		return r, nil
 	}
 	// Init also moves a restored guest's clock to the host's. A guest
 	// restored from a named snapshot knows that snapshot's token: it is
@@ -545,10 +595,17 @@ type source struct {
 	snapshot string
 	token    string
 	// capture, on a cold boot, is where to save the template snapshot
-	// once the agent is ready (see useTemplateSnapshot).
-	capture string
+	// once the agent is ready (see useTemplateSnapshot); captured, then
+	// set, tells the creates waiting for it that it is over (it may run
+	// more than once).
+	capture  string
+	captured func()
 	// restorer restores state; nil when state is "".
 	restorer vmm.Restorer
+	// key is the template build; warm makes the sandbox for the
+	// template's warm pool.
+	key  string
+	warm bool
 	// start is the template's process, started on a cold boot before
 	// the agent is handed over (see startProcess); nil: none.
 	start *startSpec
@@ -615,7 +672,7 @@ func (m *Manager) lookup(id string) (*Sandbox, error) {
 	m.mu.RLock()
 	sb, ok := m.sandboxes[id]
 	m.mu.RUnlock()
-	if !ok || sb.rec.Load() == nil {
+	if !ok || sb.rec.Load() == nil || hidden(*sb.rec.Load()) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, ErrNotFound)
 	}
 	return sb, nil
@@ -630,8 +687,15 @@ func (m *Manager) Get(id string) (store.Sandbox, error) {
 	return m.withUsage(sb.Record()), nil
 }
 
-// List returns every sandbox's record, with its usage, oldest first.
+// List returns every sandbox's record, with its usage, oldest first; the
+// warm pools' sandboxes are no client's and not listed.
 func (m *Manager) List() []store.Sandbox {
+	return slices.DeleteFunc(m.ListAll(), hidden)
+}
+
+// ListAll is List with the warm pools' sandboxes, for the host's figures
+// (metrics): they hold memory, a slot and a disk like any other.
+func (m *Manager) ListAll() []store.Sandbox {
 	recs := m.records()
 	for i := range recs {
 		recs[i] = m.withUsage(recs[i])
@@ -786,6 +850,11 @@ func (m *Manager) watch(sb *Sandbox, machine vmm.Machine) {
 		defer sb.mu.Unlock()
 		if sb.machine != machine {
 			return // stopped on purpose
+		}
+		if hidden(sb.Record()) {
+			m.forgetWarm(sb)
+			m.dropWarmLocked(context.Background(), sb, "vmm process exited unexpectedly")
+			return
 		}
 		m.fail(sb, opRunning, "vmm process exited unexpectedly")
 	}()

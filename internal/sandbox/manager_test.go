@@ -57,6 +57,14 @@ type world struct {
 	// "detach sb1", "return 3", "stop 101").
 	released map[string]int
 	execFn   func(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error)
+	// onReady, when set, runs at the start of every agent's WaitReady
+	// (a test holds a create there); starts counts cold boots.
+	onReady func()
+	starts  int
+	// failInits fails that many agent inits; maxSlots, when set, is how
+	// many slots Get hands out.
+	failInits int
+	maxSlots  int
 }
 
 func newWorld() *world {
@@ -154,6 +162,9 @@ func (s fakeSlots) Get(ctx context.Context) (*slot.Slot, error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.maxSlots > 0 && len(w.slots) >= w.maxSlots {
+		return nil, fmt.Errorf("all %d slots taken: %w", w.maxSlots, slot.ErrNoCapacity)
+	}
 	for i := 0; ; i++ {
 		if !w.slots[i] {
 			w.slots[i] = true
@@ -217,6 +228,9 @@ func (d fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, erro
 			return nil, err
 		}
 	}
+	w.mu.Lock()
+	w.starts++
+	w.mu.Unlock()
 	return w.newMachine(spec, ""), nil
 }
 
@@ -367,12 +381,21 @@ func (guestOnly) StartTerminal(context.Context, agent.TerminalRequest) (*agent.T
 }
 
 func (a fakeAgent) WaitReady(ctx context.Context) error {
+	if a.w.onReady != nil {
+		a.w.onReady()
+	}
 	if a.w.failReady {
 		return errors.New("no answer")
 	}
 	return nil
 }
 func (a fakeAgent) Init(ctx context.Context, env map[string]string) error {
+	a.w.mu.Lock()
+	defer a.w.mu.Unlock()
+	if a.w.failInits > 0 {
+		a.w.failInits--
+		return errors.New("init refused")
+	}
 	if a.w.failInit {
 		return errors.New("init refused")
 	}
@@ -387,6 +410,9 @@ func (a fakeAgent) Rekey(ctx context.Context, env map[string]string, token strin
 func (a fakeAgent) Exec(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (agent.ExitStatus, error) {
 	if a.w.execFn != nil {
 		return a.w.execFn(ctx, req, stdout, stderr)
+	}
+	if req.Cmd == "true" {
+		return agent.ExitStatus{}, nil
 	}
 	fmt.Fprint(stdout, req.Cmd)
 	return agent.ExitStatus{Code: 7}, nil
@@ -422,7 +448,7 @@ func newManagerWith(t *testing.T, w *world, st *store.Store, dir string, tune fu
 	d := Deps{
 		Store: st, Templates: w, Disks: w, Slots: fakeSlots{w}, VMM: fakeDriver{w},
 		Agent: func(netip.Addr, string) Agent { return fakeAgent{w: w} },
-		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Log:   slog.New(slog.NewTextHandler(testLogOut(t), nil)),
 	}
 	if tune != nil {
 		tune(&cfg, &d)
@@ -823,4 +849,11 @@ func TestNetworkPolicyAtCreateAndWhileRunning(t *testing.T) {
 		t.Fatalf("create with bad policy: %v", err)
 	}
 	assertEmpty(t, w, st, m, dir)
+}
+
+func testLogOut(t *testing.T) io.Writer {
+	if os.Getenv("DBG") != "" {
+		return os.Stderr
+	}
+	return io.Discard
 }

@@ -29,19 +29,21 @@ const (
 )
 
 // Ops are the operations an Observer hears of.
-var Ops = []string{OpCreate, OpRestore, OpPause, OpResume, OpSnapshot, OpFork, OpDestroy, OpTemplateBuild}
+var Ops = []string{OpCreate, OpRestore, OpPause, OpResume, OpSnapshot, OpFork, OpDestroy, OpTemplateBuild, OpWarm}
 
 // Phases are the steps of each operation, in order; an operation reports
 // those it finished (a create boots or restores, and takes the template's
 // snapshot only on a template's first cold boot).
 var Phases = map[string][]string{
-	OpCreate:   {"setup", "disk", "network", "boot", "restore", "agent", "template_snapshot", "init"},
+	// A create that claims a warm sandbox has only claim and init.
+	OpCreate:   {"setup", "disk", "network", "boot", "restore", "agent", "template_snapshot", "claim", "init"},
 	OpRestore:  {"setup", "disk", "network", "restore", "agent", "init"},
 	OpPause:    {"save", "release"},
 	OpResume:   {"disk", "network", "restore", "agent"},
 	OpSnapshot: {"state", "disk"},
 	OpFork:     {"snapshot", "copies"},
 	OpDestroy:  {"release"},
+	OpWarm:     {"setup", "disk", "network", "boot", "restore", "agent", "template_snapshot"},
 }
 
 // Not operations a client asks for, but what events and log lines say
@@ -166,7 +168,7 @@ func (o *tracker) end(err error, state string) {
 
 var pastTense = map[string]string{
 	OpCreate: "created", OpRestore: "restored", OpPause: "paused", OpResume: "resumed",
-	OpSnapshot: "snapshotted", OpFork: "forked", OpDestroy: "destroyed",
+	OpSnapshot: "snapshotted", OpFork: "forked", OpDestroy: "destroyed", OpWarm: "warmed",
 }
 
 // logOp writes one lifecycle log line, with the keys every one carries.

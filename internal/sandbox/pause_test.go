@@ -411,7 +411,7 @@ func TestRecoverKeepsPausedAndSettlesInterrupted(t *testing.T) {
 	if _, err := os.Stat(pauseDir(unsaved) + ".tmp"); !os.IsNotExist(err) {
 		t.Fatalf("half-saved state left: %v", err)
 	}
-	if res, err := m2.Exec(ctx, unsaved.ID, ExecRequest{Cmd: "true"}, io.Discard, io.Discard); err != nil || res.ExitCode != 7 {
+	if res, err := m2.Exec(ctx, unsaved.ID, ExecRequest{Cmd: "x"}, io.Discard, io.Discard); err != nil || res.ExitCode != 7 {
 		t.Fatalf("exec in the re-adopted guest: %+v %v", res, err)
 	}
 	assertPausedRecord := func(id string) {

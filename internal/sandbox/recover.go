@@ -82,6 +82,8 @@ func (m *Manager) Recover(ctx context.Context) (reclaim.Keep, error) {
 			} else {
 				failed++
 			}
+		case StateWarm, StateWarming:
+			m.recoverWarm(ctx, sb, r, keep)
 		case StateStopping:
 			// The client asked for it gone: finish the destroy.
 			if err := m.stopOrphan(ctx, r); err != nil {
@@ -143,8 +145,21 @@ func (m *Manager) adoptOrFail(ctx context.Context, sb *Sandbox, r store.Sandbox,
 // machine is gone or stopped; any other leaves it possibly alive (it did
 // not answer). Called with sb.mu held.
 func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error {
+	ag, err := m.adoptMachine(ctx, sb, r)
+	if err != nil {
+		return err
+	}
+	m.holdLive(sb, ag, sb.slot)
+	m.watch(sb, sb.machine)
+	return nil
+}
+
+// adoptMachine is adopt up to the agent's answer: the machine, its slot,
+// disk attachment, capacity and cgroup re-attached and held, the agent
+// returned, not yet offered to clients. Called with sb.mu held.
+func (m *Manager) adoptMachine(ctx context.Context, sb *Sandbox, r store.Sandbox) (Agent, error) {
 	if r.VMMPID <= 0 || r.SlotIndex < 0 {
-		return fmt.Errorf("no vmm pid or slot recorded: %w", vmm.ErrNotRunning)
+		return nil, fmt.Errorf("no vmm pid or slot recorded: %w", vmm.ErrNotRunning)
 	}
 	// The slot first: the machine's spec names its TAP and MAC, which a
 	// later snapshot of it records (as it records the kernel), so that
@@ -152,9 +167,9 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	s, err := m.d.Slots.Adopt(r.SlotIndex)
 	if err != nil {
 		if serr := m.stopOrphan(ctx, r); serr != nil {
-			return fmt.Errorf("adopt slot %d: %w; %w", r.SlotIndex, err, serr)
+			return nil, fmt.Errorf("adopt slot %d: %w; %w", r.SlotIndex, err, serr)
 		}
-		return fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
+		return nil, fmt.Errorf("adopt slot %d: %w: %w", r.SlotIndex, err, vmm.ErrNotRunning)
 	}
 	// A machine that runs holds what it holds: its capacity is counted
 	// unchecked. Registered before the machine is attached, so a machine
@@ -166,7 +181,7 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	m.holdCgroup(sb, r.ID)
 	machine, err := m.d.VMM.Attach(ctx, m.spec(r, m.kernelOf(r.Template), s), r.VMMPID)
 	if err != nil {
-		return fmt.Errorf("attach vmm pid %d: %w", r.VMMPID, err)
+		return nil, fmt.Errorf("attach vmm pid %d: %w", r.VMMPID, err)
 	}
 	// A daemon that died with the vCPUs stopped (in a pause, a snapshot
 	// or a fork) leaves the guest frozen: it runs again.
@@ -188,13 +203,11 @@ func (m *Manager) adopt(ctx context.Context, sb *Sandbox, r store.Sandbox) error
 	defer cancel()
 	if err := ag.WaitReady(hctx); err != nil {
 		if rerr := sb.held.Release(ctx, cleanup.Runtime); rerr != nil {
-			return fmt.Errorf("agent: %w; %w", err, rerr)
+			return nil, fmt.Errorf("agent: %w; %w", err, rerr)
 		}
-		return fmt.Errorf("agent: %w: %w", err, vmm.ErrNotRunning)
+		return nil, fmt.Errorf("agent: %w: %w", err, vmm.ErrNotRunning)
 	}
-	m.holdLive(sb, ag, s)
-	m.watch(sb, machine)
-	return nil
+	return ag, nil
 }
 
 // adoptReadyTimeout bounds the wait for a re-adopted guest's agent.

@@ -4,6 +4,8 @@
 package testutil
 
 import (
+	"crypto/sha256"
+	"io"
 	"os"
 	"os/exec"
 	"testing"
@@ -61,4 +63,20 @@ func RequireEnv(t testing.TB, name, fix string) string {
 		skip(t, true, name+" not set: "+fix)
 	}
 	return v
+}
+
+// Digest returns the SHA-256 of the file at path: what a test compares to
+// tell that a file stayed as it was.
+func Digest(t testing.TB, path string) [sha256.Size]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return [sha256.Size]byte(h.Sum(nil))
 }

@@ -5,7 +5,11 @@
 // counts the threads and helpers charged to it, else from /proc/<pid>).
 package usage
 
-import "time"
+import (
+	"strconv"
+	"strings"
+	"time"
+)
 
 // System is a machine's resource use at one moment, measured as E2B's envd
 // measures it (gopsutil's definitions), so the figures mean the same.
@@ -66,4 +70,40 @@ func (cur Process) CPUPercent(prev *Process, at, prevAt time.Time) float64 {
 		return 0
 	}
 	return max(100*cpu/wall, 0)
+}
+
+// KSM is the host's kernel samepage merging: whether it runs and what it
+// has merged. Guests' memory is marked mergeable; nothing depends on it.
+type KSM struct {
+	// State is "on", "off" or "unavailable" (the kernel has no KSM).
+	State string
+	// PagesShared are the merged pages kept, PagesSharing the pages
+	// merged into them.
+	PagesShared, PagesSharing int64
+}
+
+// KSMDir is where the kernel describes KSM.
+const KSMDir = "/sys/kernel/mm/ksm"
+
+// ReadKSM reads KSM's state from KSMDir through read (os.ReadFile, or a
+// host checker's own reader).
+func ReadKSM(read func(string) ([]byte, error)) KSM {
+	b, err := read(KSMDir + "/run")
+	if err != nil {
+		return KSM{State: "unavailable"}
+	}
+	k := KSM{State: "off"}
+	if strings.TrimSpace(string(b)) == "1" {
+		k.State = "on"
+	}
+	count := func(name string) int64 {
+		b, err := read(KSMDir + "/" + name)
+		if err != nil {
+			return 0
+		}
+		n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		return n
+	}
+	k.PagesShared, k.PagesSharing = count("pages_shared"), count("pages_sharing")
+	return k
 }

@@ -37,35 +37,11 @@ const slotFirst = 4600
 
 func run(bin, templates string, n int) (err error) {
 	ctx := context.Background()
-	dataDir, err := os.MkdirTemp("", "ember-benchsnapshot-*")
+	d, stop, err := harness.ForBench(ctx, "benchsnapshot", harness.Options{Bin: bin, Templates: templates, SlotFirst: slotFirst})
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dataDir)
-	logf, err := os.CreateTemp("", "ember-benchsnapshot-*.log")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			// The daemon's side of the failure.
-			if b, rerr := os.ReadFile(logf.Name()); rerr == nil {
-				os.Stderr.Write(b[max(0, len(b)-4000):])
-			}
-		}
-		os.Remove(logf.Name())
-	}()
-	d, err := harness.Start(ctx, harness.Options{Bin: bin, Templates: templates, DataDir: dataDir, SlotFirst: slotFirst, Log: logf})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		d.DestroyAll(ctx)
-		d.Stop()
-		if leaks := d.Leaks(100); len(leaks) > 0 {
-			fmt.Fprintln(os.Stderr, "benchsnapshot: leaked:", leaks)
-		}
-	}()
+	defer func() { stop(err) }()
 	c := d.Client
 
 	for _, mib := range []int{128, 512, 1024} {

@@ -222,8 +222,18 @@ func (d *Daemon) Restart(ctx context.Context) error {
 	return d.start(ctx, strings.TrimPrefix(strings.TrimPrefix(d.URL, "http://"), "https://"))
 }
 
-// DestroyAll destroys every sandbox the daemon lists.
+// DestroyAll empties the daemon's warm pools and destroys every sandbox
+// it lists.
 func (d *Daemon) DestroyAll(ctx context.Context) error {
+	pools, err := d.Client.WarmPools(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range pools {
+		if _, err := d.Client.SetWarmPool(ctx, p.Template, 0); err != nil {
+			return err
+		}
+	}
 	sbs, err := d.Client.ListSandboxes(ctx)
 	if err != nil {
 		return err

@@ -100,6 +100,51 @@ func RunKeepingHost(m *testing.M) int {
 	return code
 }
 
+// ForBench starts a daemon for a benchmark command (name, as in its
+// messages) on a data directory and log of its own, filling in DataDir and
+// Log of o, and returns it with the function that ends it: that destroys
+// every sandbox, stops the daemon, reports anything left in its slots,
+// prints the end of the daemon's log when runErr is set (the daemon's side
+// of the failure), and removes both.
+func ForBench(ctx context.Context, name string, o Options) (_ *Daemon, stop func(runErr error), err error) {
+	dataDir, err := os.MkdirTemp("/var/tmp", "ember-"+name+"-*")
+	if err != nil {
+		return nil, nil, err
+	}
+	logf, err := os.CreateTemp("", "ember-"+name+"-*.log")
+	if err != nil {
+		os.RemoveAll(dataDir)
+		return nil, nil, err
+	}
+	o.DataDir, o.Log = dataDir, logf
+	if o.SlotCount == 0 {
+		o.SlotCount = 100
+	}
+	d, err := Start(ctx, o)
+	stop = func(runErr error) {
+		if d != nil {
+			d.DestroyAll(context.WithoutCancel(ctx))
+			d.Stop()
+			if leaks := d.Leaks(o.SlotCount); len(leaks) > 0 {
+				fmt.Fprintf(os.Stderr, "%s: leaked: %v\n", name, leaks)
+			}
+		}
+		if runErr != nil {
+			if b, rerr := os.ReadFile(logf.Name()); rerr == nil {
+				fmt.Fprintf(os.Stderr, "%s: daemon log:\n%s\n", name, Tail(string(b), 60))
+			}
+		}
+		logf.Close()
+		os.Remove(logf.Name())
+		os.RemoveAll(dataDir)
+	}
+	if err != nil {
+		stop(err)
+		return nil, nil, err
+	}
+	return d, stop, nil
+}
+
 // PrivateTemplates returns a template registry of the test's own holding
 // the default template (hard links of the shared one's files): a daemon
 // that builds templates writes them there, never into the registry other

@@ -13,7 +13,6 @@ package rootfstest
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,9 +64,9 @@ type New func(t testing.TB) rootfs.Backend
 // Run runs the conformance suite against the backend newBackend returns.
 func Run(t *testing.T, newBackend New) {
 	base := makeBase(t, t.TempDir(), BaseSize, regions)
-	sum := digest(t, base)
+	sum := testutil.Digest(t, base)
 	t.Cleanup(func() {
-		if digest(t, base) != sum {
+		if testutil.Digest(t, base) != sum {
 			t.Error("the base image changed")
 		}
 	})
@@ -355,20 +354,6 @@ func makeBase(t testing.TB, dir string, size int64, rs []region) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-func digest(t testing.TB, path string) [sha256.Size]byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return [sha256.Size]byte(h.Sum(nil))
 }
 
 // prepare makes a disk and removes it at the end of the test.

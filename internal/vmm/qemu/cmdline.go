@@ -143,13 +143,41 @@ func probeArgs(accel, kernel string) []string {
 // memoryBackend is the id of the guest RAM backend when RAM lives in a file.
 const memoryBackend = "mem"
 
+// guestRAM is where a machine's guest RAM lives.
+type guestRAM struct {
+	// Path is the file holding it; "" means anonymous RAM, saved inside
+	// the migration stream.
+	Path string
+	// Private maps Path copy-on-write (share=off): the file is a saved
+	// machine's memory, shared by every machine restored from it through
+	// the host's page cache and never written; the pages a guest writes
+	// become its own anonymous memory. Otherwise the file is the machine's
+	// own and mapped shared (share=on), so a save leaves RAM out of the
+	// stream and copies the file.
+	Private bool
+}
+
+// ramObject is the -object value of a guest RAM file. merge=on marks it
+// mergeable (madvise MADV_MERGEABLE), so that where the host runs KSM the
+// identical pages of private guests (a kernel's, a runtime's) are merged;
+// QEMU's default already is on, spelt out so nothing depends on it.
+func ramObject(ram guestRAM, memMiB int) string {
+	share := "on"
+	if ram.Private {
+		share = "off"
+	}
+	return "memory-backend-file,id=" + memoryBackend + ",size=" + strconv.Itoa(memMiB) + "M" +
+		",mem-path=" + optEscape(ram.Path) + ",share=" + share + ",merge=on"
+}
+
 // buildArgs returns QEMU's arguments for spec. tscKHz is the host's TSC
-// frequency, used only under TCG. memPath, when set, is the file that holds
-// guest RAM, mapped shared so that a snapshot can leave RAM out of the
-// migration stream and copy the file instead. h names the descriptors the
-// daemon hands QEMU (kernel, disk, TAP, console, QMP socket, chroot); c,
-// when set, confines it.
-func buildArgs(accel string, tscKHz int64, memPath string, spec vmm.Spec, h handed, c *Confinement) []string {
+// frequency, used only under TCG. ram says where guest RAM lives: a file
+// of the machine's own mapped shared, so that a snapshot can leave RAM out
+// of the migration stream and copy the file instead, or a saved memory
+// file mapped privately, handed over as h.ram. h names the descriptors the
+// daemon hands QEMU (kernel, disk, TAP, console, QMP socket, chroot, saved
+// memory); c, when set, confines it.
+func buildArgs(accel string, tscKHz int64, ram guestRAM, spec vmm.Spec, h handed, c *Confinement) []string {
 	spec = withDefaults(spec)
 	vcpus, mem, format := spec.VCPUs, spec.MemoryMiB, spec.DiskFormat
 	cpu := cpuModel(accel)
@@ -157,11 +185,13 @@ func buildArgs(accel string, tscKHz int64, memPath string, spec vmm.Spec, h hand
 		tscKHz = 0
 	}
 	machine := machineOpts
-	var ram []string
-	if memPath != "" {
+	var objects []string
+	if ram.Path != "" {
+		if ram.Private && h.ram >= 0 {
+			ram.Path = fdPath(h.ram)
+		}
 		machine += ",memory-backend=" + memoryBackend
-		ram = []string{"-object", "memory-backend-file,id=" + memoryBackend + ",size=" + strconv.Itoa(mem) + "M" +
-			",mem-path=" + optEscape(memPath) + ",share=on"}
+		objects = []string{"-object", ramObject(ram, mem)}
 	}
 	accelOpt := accel
 	if accel == AccelTCG {
@@ -175,7 +205,7 @@ func buildArgs(accel string, tscKHz int64, memPath string, spec vmm.Spec, h hand
 		"-accel", accelOpt,
 		"-cpu", cpu,
 		"-m", strconv.Itoa(mem),
-	}, ram...)
+	}, objects...)
 	args = append(args,
 		"-smp", strconv.Itoa(vcpus),
 		"-nodefaults", "-no-user-config", "-no-reboot", "-nographic",

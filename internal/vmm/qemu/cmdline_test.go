@@ -16,7 +16,7 @@ func TestBuildArgs(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		accel   string
-		memPath string
+		ram     guestRAM
 		spec    func(s *vmm.Spec)
 		checks  map[string]string // flag (with "#n" for its n-th use) → exact value
 		has     []string          // substrings of the joined command line
@@ -57,12 +57,21 @@ func TestBuildArgs(t *testing.T) {
 			hasNot: []string{"-runas"},
 		},
 		{
-			name:    "guest ram in a shared file",
-			accel:   AccelTCG,
-			memPath: "/dev/shm/ember,sb1.mem",
+			name:  "guest ram in a shared file",
+			accel: AccelTCG,
+			ram:   guestRAM{Path: "/dev/shm/ember,sb1.mem"},
 			checks: map[string]string{
 				"-machine": "microvm,acpi=off,memory-backend=mem", "-m": "512",
-				"-object": "memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/ember,,sb1.mem,share=on",
+				"-object": "memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/ember,,sb1.mem,share=on,merge=on",
+			},
+		},
+		{
+			name:  "guest ram mapping a saved memory file privately, handed over",
+			accel: AccelTCG,
+			ram:   guestRAM{Path: "/run/ember/sb1/guest-ram", Private: true},
+			checks: map[string]string{
+				"-machine": "microvm,acpi=off,memory-backend=mem",
+				"-object":  "memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/11,share=off,merge=on",
 			},
 		},
 		{
@@ -117,11 +126,14 @@ func TestBuildArgs(t *testing.T) {
 			if spec.DiskFormat == "qcow2" {
 				h.backing = 9
 			}
+			if tc.ram.Private {
+				h.ram = 11
+			}
 			var c *Confinement
 			if tc.confine {
 				c, h.root = &Confinement{UID: 999, GID: 999, Seccomp: true, Chroot: true}, 10
 			}
-			args := buildArgs(tc.accel, 2096000, tc.memPath, spec, h, c)
+			args := buildArgs(tc.accel, 2096000, tc.ram, spec, h, c)
 			for flag, want := range tc.checks {
 				name, n := flag, 0
 				if f, idx, ok := strings.Cut(flag, "#"); ok {
@@ -187,6 +199,19 @@ func TestAccelOf(t *testing.T) {
 	} {
 		if got := accelOf(tc.args); got != tc.want {
 			t.Errorf("accelOf(%q) = %q, want %q", tc.args, got, tc.want)
+		}
+	}
+}
+
+func TestRAMFromArgs(t *testing.T) {
+	spec := vmm.Spec{ID: "sb1", Dir: "/d", Kernel: "/k", RootDisk: "/d/disk", MemoryMiB: 128}
+	for _, ram := range []guestRAM{
+		{},
+		{Path: "/dev/shm/ember-sb1.mem"},
+		{Path: "/d,x/guest-ram", Private: true},
+	} {
+		if got := ramFromArgs(buildArgs(AccelTCG, 1, ram, spec, noneHanded, nil)); got != ram {
+			t.Errorf("ramFromArgs(buildArgs(%+v)) = %+v", ram, got)
 		}
 	}
 }

@@ -117,10 +117,13 @@ type handed struct {
 	disk, diskRO, backing int
 	console, qmp, tap     int
 	root                  int
+	// ram is the saved memory file a restored guest's RAM maps privately
+	// (see private.go).
+	ram int
 }
 
 // noneHanded is a handed with nothing in it.
-var noneHanded = handed{kernel: -1, disk: -1, diskRO: -1, backing: -1, console: -1, qmp: -1, tap: -1, root: -1}
+var noneHanded = handed{kernel: -1, disk: -1, diskRO: -1, backing: -1, console: -1, qmp: -1, tap: -1, root: -1, ram: -1}
 
 // Descriptor sets of -add-fd.
 const (

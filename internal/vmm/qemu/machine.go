@@ -34,8 +34,8 @@ type Machine struct {
 	log *slog.Logger
 	// driver made the machine; snapshots record its configuration.
 	driver *Driver
-	// memPath is the file holding guest RAM, "" when RAM is anonymous.
-	memPath string
+	// ram is where guest RAM lives.
+	ram guestRAM
 	// accel is the accelerator the machine runs under.
 	accel string
 	spec  vmm.Spec
@@ -55,12 +55,12 @@ var _ vmm.Machine = (*Machine)(nil)
 var _ vmm.Stater = (*Machine)(nil)
 var _ vmm.Snapshotter = (*Machine)(nil)
 
-// newMachine wraps the QEMU process of spec.
-func newMachine(d *Driver, spec vmm.Spec, proc *vmmproc.Process) *Machine {
+// newMachine wraps the QEMU process of spec, whose guest RAM is ram.
+func newMachine(d *Driver, spec vmm.Spec, proc *vmmproc.Process, ram guestRAM) *Machine {
 	return &Machine{
 		log:      d.log.With("sandbox", spec.ID, "pid", proc.PID()),
 		driver:   d,
-		memPath:  d.memPath(spec),
+		ram:      ram,
 		spec:     spec,
 		proc:     proc,
 		quitWait: quitWait,
@@ -69,14 +69,16 @@ func newMachine(d *Driver, spec vmm.Spec, proc *vmmproc.Process) *Machine {
 }
 
 // onExit is what runs when the QEMU of spec exits, whoever started it: its
-// guest RAM file is deleted. It runs before the process's Done closes, so
-// a new machine for the same directory, which can start only after that,
-// never loses its file to it.
+// guest RAM file is deleted, or the link to the saved memory it mapped
+// privately (the saved memory stays with its snapshot). It runs before the
+// process's Done closes, so a new machine for the same directory, which can
+// start only after that, never loses its file to it.
 func (d *Driver) onExit(spec vmm.Spec) func(status string) {
-	log, mem := d.log.With("sandbox", spec.ID), d.memPath(spec)
+	log, mem, link := d.log.With("sandbox", spec.ID), d.memPath(spec), ramLinkPath(spec.Dir)
 	return func(status string) {
 		log.Debug("qemu exited", "status", status)
 		removeMemory(log, mem)
+		removeMemory(log, link)
 	}
 }
 

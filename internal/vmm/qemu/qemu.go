@@ -5,11 +5,15 @@
 // network and entropy devices, and QMP over a Unix socket for control. It
 // uses KVM when /dev/kvm is usable and software emulation (TCG) otherwise.
 //
-// Guest RAM lives in a file on tmpfs, mapped shared, so that a snapshot
-// (snapshot.go) is QEMU's migration stream of device state, written to a
-// descriptor the daemon opens, plus a sparse copy of that file; a restore
-// copies the file back and loads the stream into a QEMU started with
-// -incoming.
+// A booted guest's RAM lives in a file on tmpfs, mapped shared, so that a
+// snapshot (snapshot.go) is QEMU's migration stream of device state,
+// written to a descriptor the daemon opens, plus a sparse copy of that
+// file. A restore does not copy it back: the new guest's RAM maps the
+// snapshot's file privately (private.go), so every guest restored from one
+// snapshot shares its clean pages through the page cache and owns only the
+// pages it writes; saving such a guest keeps in the stream only the pages
+// that differ from the file (filter.go). A restore loads the stream into a
+// QEMU started with -incoming.
 //
 // No maintained QMP library is available to ember, so the package speaks the
 // protocol itself (qmp.go); it needs only a handful of commands.
@@ -194,7 +198,7 @@ func (d *Driver) Name() string { return "qemu" }
 // is left.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	begin := time.Now()
-	m, err := d.launch(ctx, spec, nil)
+	m, err := d.launch(ctx, spec, "")
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.ID, err)
 	}
@@ -221,10 +225,11 @@ func (d *Driver) memPath(spec vmm.Spec) string {
 }
 
 // launch runs QEMU for spec with extra arguments appended to its command
-// line and waits until QMP answers. fillMemory, when set, writes the guest
-// RAM file before QEMU starts (a restore); otherwise the guest starts with
-// fresh RAM. On error no QEMU process and no RAM file is left.
-func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path string) error, extra ...string) (_ *Machine, err error) {
+// line and waits until QMP answers. base, when set, is a saved machine's
+// memory file that the guest's RAM maps privately (a restore, see
+// privateRAM); otherwise the guest starts with fresh RAM of its own. On
+// error no QEMU process and no RAM file of its own is left.
+func (d *Driver) launch(ctx context.Context, spec vmm.Spec, base string, extra ...string) (_ *Machine, err error) {
 	if err := checkSpec(spec); err != nil {
 		return nil, err
 	}
@@ -247,8 +252,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 	}
 	// A stale socket or pid file from an earlier run must not pass for
 	// this one's, nor its memory for this guest's.
-	mem := d.memPath(spec)
-	for _, p := range []string{qmpPath(spec.Dir), pidPath(spec.Dir), mem} {
+	for _, p := range []string{qmpPath(spec.Dir), pidPath(spec.Dir), d.memPath(spec), ramLinkPath(spec.Dir)} {
 		if p == "" {
 			continue
 		}
@@ -256,13 +260,14 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 			return nil, fmt.Errorf("remove stale %s: %w", p, err)
 		}
 	}
-	if mem != "" && fillMemory != nil {
-		if err := fillMemory(mem); err != nil {
-			return nil, fmt.Errorf("fill guest memory %s: %w", mem, err)
+	ram := guestRAM{Path: d.memPath(spec)}
+	if base != "" {
+		if ram, err = privateRAM(spec.Dir, base); err != nil {
+			return nil, err
 		}
 		defer func() {
 			if err != nil {
-				removeMemory(d.log.With("sandbox", spec.ID), mem)
+				removeMemory(d.log.With("sandbox", spec.ID), ramLinkPath(spec.Dir))
 			}
 		}()
 	}
@@ -278,14 +283,13 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 	if err != nil {
 		return nil, err
 	}
-	if mem != "" && fillMemory != nil && d.confine.unprivileged() {
-		// QEMU opens the RAM file as its own user.
-		if err := os.Chown(mem, int(d.confine.UID), int(d.confine.GID)); err != nil {
-			return nil, fmt.Errorf("give guest memory %s to %s: %w", mem, d.confine.User, err)
+	if ram.Private {
+		if h.ram, err = d.handRAM(&files, ram.Path); err != nil {
+			return nil, err
 		}
 	}
 
-	cmd := exec.Command(d.binary, append(buildArgs(v.Accel, tscKHz, mem, spec, h, d.confine), extra...)...)
+	cmd := exec.Command(d.binary, append(buildArgs(v.Accel, tscKHz, ram, spec, h, d.confine), extra...)...)
 	cmd.Dir = "/"
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.ExtraFiles = files.Files()
@@ -294,7 +298,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, fillMemory func(path
 	if err != nil {
 		return nil, err
 	}
-	m := newMachine(d, spec, proc)
+	m := newMachine(d, spec, proc, ram)
 	files.Close()
 	if spec.Place != nil {
 		if err := spec.Place(proc.PID()); err != nil {
@@ -374,7 +378,7 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec, pid int) (_ vmm.Mach
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, err)
 	}
-	m := newMachine(d, spec, proc)
+	m := newMachine(d, spec, proc, attachedRAM(proc.PID(), spec.Dir, proc.Args()))
 	m.accel = accelOf(proc.Args())
 	if err := m.qmp(ctx, "query-status", nil, nil); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", spec.ID, proc.Unanswered(err))

@@ -115,7 +115,7 @@ func TestReclaimProcesses(t *testing.T) {
 		if h.qmp, err = files.Listen(qmpPath(spec.Dir)); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(exe, buildArgs(AccelTCG, 0, "", spec, h, nil)...)
+		cmd := exec.Command(exe, buildArgs(AccelTCG, 0, guestRAM{}, spec, h, nil)...)
 		cmd.Env = append(os.Environ(), fakeQEMUEnv+"="+v.mode, fakeChildEnv+"="+childPID)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		cmd.ExtraFiles = files.Files()
@@ -214,7 +214,7 @@ func waitQMP(t *testing.T, path string) {
 // handle that started it and for one attached to it.
 func TestMemoryFileGoesWithQEMU(t *testing.T) {
 	d, spec, m := startCounterGuest(t)
-	if _, err := os.Stat(m.memPath); err != nil {
+	if _, err := os.Stat(m.ram.Path); err != nil {
 		t.Fatalf("guest memory file of a running machine: %v", err)
 	}
 	attached, err := d.Attach(t.Context(), spec, m.PID())
@@ -230,7 +230,7 @@ func TestMemoryFileGoesWithQEMU(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("Done not closed after SIGKILL")
 		}
-		if _, err := os.Stat(m.memPath); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(m.ram.Path); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("guest memory file after the process died: %v", err)
 		}
 	}

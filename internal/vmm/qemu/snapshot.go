@@ -28,15 +28,17 @@ const (
 	// guest memory when the machine's RAM was not in a file.
 	vmstateFile = "vmstate"
 	// memoryFile is a sparse copy of the guest RAM file, when the machine
-	// had one.
+	// had one of its own, or a link to the saved memory its RAM mapped
+	// privately.
 	memoryFile = "memory"
 	// manifestFile describes the machine the snapshot was taken of. It is
 	// written last: a directory without it holds no usable snapshot.
 	manifestFile = "manifest.json"
 )
 
-// manifestVersion changes whenever the snapshot layout does.
-const manifestVersion = 1
+// manifestVersion changes whenever the snapshot layout does. Version 2
+// added memoryPrivate; a version 1 snapshot reads the same.
+const manifestVersion = 2
 
 // Where a snapshot keeps guest memory (manifest.Memory).
 const (
@@ -44,7 +46,21 @@ const (
 	memoryInFile = "file"
 	// memoryInStream: inside the migration stream.
 	memoryInStream = "stream"
+	// memoryPrivate: memoryFile is the saved memory the machine's RAM
+	// mapped privately, and the stream holds the pages it changed (see
+	// private.go).
+	memoryPrivate = "private"
 )
+
+// memoryBacking is how a machine's RAM is set up for a snapshot's memory
+// mode: QEMU names the RAM block after its backend, so a stream loads only
+// into a machine whose RAM is a file when the saved one's was.
+func memoryBacking(mode string) string {
+	if mode == memoryPrivate {
+		return memoryInFile
+	}
+	return mode
+}
 
 // maxBandwidth is the migration bandwidth cap set before a save, in bytes per
 // second: in effect none. QEMU's default cap (128 MiB/s) made saving a
@@ -87,7 +103,9 @@ type manifest struct {
 	Created time.Time `json:"created"`
 }
 
-// manifestFor describes a machine started by d from spec under accel.
+// manifestFor describes a machine started by d from spec under accel, its
+// memory saved the way a machine with its own RAM file (or anonymous RAM)
+// saves it.
 func (d *Driver) manifestFor(spec vmm.Spec, version, accel string) manifest {
 	spec = withDefaults(spec)
 	memory := memoryInStream
@@ -126,7 +144,7 @@ func (m manifest) mismatch(want manifest) []string {
 	diff("cpu", m.CPU, want.CPU)
 	diff("vcpus", m.VCPUs, want.VCPUs)
 	diff("memory_mib", m.MemoryMiB, want.MemoryMiB)
-	diff("memory kept in", m.Memory, want.Memory)
+	diff("memory kept in", memoryBacking(m.Memory), memoryBacking(want.Memory))
 	diff("kernel", m.Kernel, want.Kernel)
 	diff("initrd", m.Initrd, want.Initrd)
 	diff("disk format", m.DiskFormat, want.DiskFormat)
@@ -144,7 +162,7 @@ func readManifest(dir string) (manifest, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return m, fmt.Errorf("parse snapshot manifest %s: %w", filepath.Join(dir, manifestFile), err)
 	}
-	if m.Version != manifestVersion {
+	if m.Version < 1 || m.Version > manifestVersion {
 		return m, fmt.Errorf("snapshot manifest version %d, this driver reads %d: %w", m.Version, manifestVersion, ErrSnapshotMismatch)
 	}
 	return m, nil
@@ -229,27 +247,33 @@ func (m *Machine) waitMigrationLocked(ctx context.Context, outgoing bool) error 
 	}
 }
 
-// setMigrationParams raises the bandwidth cap and, when guest RAM is in a
-// shared file, has QEMU leave it out of the stream (x-ignore-shared).
-// Saves and restores set the same, so the stream is read as it was written.
-func (m *Machine) setMigrationParamsLocked(ctx context.Context) error {
-	if m.memPath != "" {
-		caps := []map[string]any{{"capability": "x-ignore-shared", "state": true}}
-		if err := m.qmpLocked(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
-			return err
-		}
+// setMigrationParams raises the bandwidth cap and says whether QEMU leaves
+// guest RAM in a shared file out of the stream (x-ignore-shared). A restore
+// sets what the save did (QEMU checks), so the stream is read as it was
+// written; a machine restored from a shared file's snapshot saves with it
+// off, its RAM being private.
+func (m *Machine) setMigrationParamsLocked(ctx context.Context, ignoreShared bool) error {
+	caps := []map[string]any{{"capability": "x-ignore-shared", "state": ignoreShared}}
+	if err := m.qmpLocked(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+		return err
 	}
 	return m.qmpLocked(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil)
 }
 
+// sharedRAM says the machine's RAM is a file of its own, mapped shared,
+// which a save leaves out of the stream and copies.
+func (m *Machine) sharedRAM() bool { return m.ram.Path != "" && !m.ram.Private }
+
 // Snapshot saves the paused machine's device and vCPU state into dir as a
-// QEMU migration stream (dir/vmstate), its memory as a sparse copy of the
-// guest RAM file (dir/memory) or, when RAM is anonymous, inside the
-// stream, and records what the machine was in dir/manifest.json. The
-// machine stays paused; QEMU flushes the guest's disk before the save
-// completes, so the disk as it is now belongs with the snapshot. QEMU 7.2
-// has no file: migration URI; the stream goes to a descriptor passed over
-// QMP. opts.Diff is ignored: all memory is saved.
+// QEMU migration stream (dir/vmstate) and records what the machine was in
+// dir/manifest.json. Its memory goes where its RAM lives: a machine with a
+// RAM file of its own saves a sparse copy of it (dir/memory); a machine
+// whose RAM maps a saved memory file privately links that file (dir/memory)
+// and keeps in the stream only the pages it changed; anonymous RAM goes
+// inside the stream. The machine stays paused; QEMU flushes the guest's
+// disk before the save completes, so the disk as it is now belongs with the
+// snapshot. QEMU 7.2 has no file: migration URI; the stream goes to a
+// descriptor passed over QMP. opts.Diff is ignored: all memory is saved.
 func (m *Machine) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOptions) error {
 	p := newPhases()
 	if err := m.snapshot(ctx, dir, p); err != nil {
@@ -305,7 +329,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) (err erro
 	// A failed save leaves no part of itself behind.
 	defer func() {
 		if err != nil {
-			for _, f := range []string{vmstateFile, memoryFile, manifestFile, manifestFile + ".tmp"} {
+			for _, f := range []string{vmstateFile, saveStream, memoryFile, manifestFile, manifestFile + ".tmp"} {
 				os.Remove(filepath.Join(dir, f))
 			}
 		}
@@ -314,15 +338,20 @@ func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) (err erro
 	if err != nil {
 		return err
 	}
-	if err := m.setMigrationParamsLocked(ctx); err != nil {
+	if err := m.setMigrationParamsLocked(ctx, m.sharedRAM()); err != nil {
 		return err
 	}
 	// QEMU writes the stream straight into a file opened here, so that
 	// a write error (a full disk) fails the migration. Through a pipe to a
 	// helper process, a helper that failed after QEMU had filled the pipe
-	// went unnoticed: QEMU does not check how the helper ended.
+	// went unnoticed: QEMU does not check how the helper ended. A private
+	// machine's whole stream is filtered afterwards.
 	state := filepath.Join(dir, vmstateFile)
-	f, err := createState(state)
+	written := state
+	if m.ram.Private {
+		written = filepath.Join(dir, saveStream)
+	}
+	f, err := createState(written)
 	if err != nil {
 		return err
 	}
@@ -337,23 +366,39 @@ func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) (err erro
 		return err
 	}
 	p.done("stream")
-	if m.memPath != "" {
+	mem := filepath.Join(dir, memoryFile)
+	switch {
+	case m.sharedRAM():
 		// The guest is paused: its RAM file holds still while it is
 		// copied.
-		mem := filepath.Join(dir, memoryFile)
-		if err := copyMemory(ctx, mem, m.memPath); err != nil {
+		if err := copyMemory(ctx, mem, m.ram.Path); err != nil {
 			return fmt.Errorf("save guest memory: %w", err)
 		}
 		p.done("memory")
 		if err := fsutil.Sync(mem); err != nil {
 			return fmt.Errorf("sync %s: %w", mem, err)
 		}
+	case m.ram.Private:
+		kept, err := filterSaved(ctx, state, written, m.ram.Path)
+		if err != nil {
+			return fmt.Errorf("leave unchanged memory out of the stream: %w", err)
+		}
+		if kept != nil {
+			m.log.Warn("snapshot keeps all guest memory in its stream", "reason", kept)
+		}
+		p.done("filter")
+		if err := keepBase(ctx, mem, m.ram.Path); err != nil {
+			return fmt.Errorf("keep saved guest memory: %w", err)
+		}
 	}
-	if err := f.Sync(); err != nil {
+	if err := fsutil.Sync(state); err != nil {
 		return fmt.Errorf("sync %s: %w", state, err)
 	}
 	p.done("sync")
 	man := m.driver.manifestFor(m.spec, version, m.accel)
+	if m.ram.Private {
+		man.Memory = memoryPrivate
+	}
 	man.Created = time.Now().UTC()
 	b, err := json.MarshalIndent(man, "", "  ")
 	if err != nil {
@@ -366,15 +411,16 @@ func (m *Machine) snapshot(ctx context.Context, dir string, p *phases) (err erro
 }
 
 // Restore starts a machine for spec from the snapshot in snapshotDir and
-// returns it running. Guest memory saved in a file is copied into the new
-// machine's own RAM file first, so every restore of one snapshot (a fork)
-// runs on memory of its own and the snapshot stays as it was. spec must describe the machine the snapshot was taken
-// of: the same vCPUs, memory, kernel (empty takes the snapshot's), initrd,
-// disk format and whether it has a network device, under the same
-// accelerator and QEMU build; otherwise Restore fails with
-// ErrSnapshotMismatch before starting anything. The disk, directory and
-// network slot may differ from the snapshot's; the disk must hold what it
-// held at the snapshot. On error no QEMU process is left.
+// returns it running. Guest memory saved in a file is not copied: the new
+// machine's RAM maps the file privately (see private.go), so every restore
+// of one snapshot (a fork, a template's create) shares its clean pages and
+// writes its own, and the snapshot stays as it was. spec must describe the
+// machine the snapshot was taken of: the same vCPUs, memory, kernel (empty
+// takes the snapshot's), initrd, disk format and whether it has a network
+// device, under the same accelerator and QEMU build; otherwise Restore
+// fails with ErrSnapshotMismatch before starting anything. The disk,
+// directory and network slot may differ from the snapshot's; the disk must
+// hold what it held at the snapshot. On error no QEMU process is left.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapshotDir string) (vmm.Machine, error) {
 	p := newPhases()
 	m, err := d.restore(ctx, spec, snapshotDir, p)
@@ -406,17 +452,11 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 	if diffs := man.mismatch(want); len(diffs) > 0 {
 		return nil, fmt.Errorf("%s: %w", strings.Join(diffs, "; "), ErrSnapshotMismatch)
 	}
-	var fill func(string) error
-	if man.Memory == memoryInFile {
-		mem := filepath.Join(dir, memoryFile)
-		copyInto := d.fillFrom(ctx, spec, mem)
-		fill = func(path string) error {
-			err := copyInto(path)
-			p.done("memory")
-			return err
-		}
+	base := ""
+	if memoryBacking(man.Memory) == memoryInFile {
+		base = filepath.Join(dir, memoryFile)
 	}
-	m, err := d.launch(ctx, spec, fill, "-incoming", "defer")
+	m, err := d.launch(ctx, spec, base, "-incoming", "defer")
 	if err != nil {
 		return nil, err
 	}
@@ -435,7 +475,7 @@ func (d *Driver) restore(ctx context.Context, spec vmm.Spec, dir string, p *phas
 	if version != man.QEMU {
 		return nil, fmt.Errorf("qemu %s, snapshot written by %s: %w", version, man.QEMU, ErrSnapshotMismatch)
 	}
-	if err := m.setMigrationParamsLocked(ctx); err != nil {
+	if err := m.setMigrationParamsLocked(ctx, man.Memory == memoryInFile); err != nil {
 		return nil, err
 	}
 	f, err := os.Open(state)
