@@ -201,7 +201,7 @@ func breakdown(d *harness.Daemon, sbs []client.Sandbox, mib int) error {
 			pss += m.Pss
 			private += m.Private()
 			switch {
-			case filepath.Base(m.Path) == "guest-ram":
+			case strings.HasPrefix(m.Path, "/memfd:ember-guest-ram"):
 				guestPrivate += m.Private()
 				sharedTemplate = max(sharedTemplate, m.SharedClean+m.SharedDirty)
 			case m.Path == "" && strings.Contains(m.Perms, "x"):

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/emberhq/ember/client"
 	"github.com/emberhq/ember/test/harness"
+	"golang.org/x/sys/unix"
 )
 
 // guestMiB is the memory of the sandboxes these tests create.
@@ -178,6 +180,17 @@ func TestTemplateMemoryCopyOnWrite(t *testing.T) {
 		}
 	}
 	check("running")
+	// What a guest that escaped into its QEMU could do with the RAM it
+	// maps: nothing; the template's memory is sealed against writes.
+	for _, sb := range sbs {
+		pid, err := d.VMMPID(sb.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := writeSealedRAM(pid); !errors.Is(err, unix.EPERM) {
+			t.Errorf("sandbox %s: writing the memory its QEMU maps: %v, want EPERM", sb.ID, err)
+		}
+	}
 	for _, sb := range sbs {
 		p, err := c.PauseSandbox(ctx, sb.ID)
 		if err != nil {
@@ -408,4 +421,28 @@ func TestIdleDensityShort(t *testing.T) {
 	if shared < 2*private {
 		t.Errorf("guest ram of sandboxes from one template: %d kB shared, %d kB private: want it mostly shared", shared, private)
 	}
+}
+
+// writeSealedRAM writes a byte through the descriptor QEMU pid holds of its
+// guest RAM's saved memory, as QEMU itself could.
+func writeSealedRAM(pid int) error {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil || !strings.HasPrefix(target, "/memfd:ember-guest-ram") {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, e.Name()), os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.WriteAt([]byte{0}, 0)
+		return err
+	}
+	return fmt.Errorf("process %d holds no sealed guest memory", pid)
 }

@@ -45,15 +45,15 @@ type Mapping struct {
 func (m Mapping) Private() int64 { return m.PrivateClean + m.PrivateDirty }
 
 // GuestRAM returns the mapping of a QEMU's guest RAM file: its own file
-// on /dev/shm (a cold-booted guest), or the link to a snapshot's memory it
-// maps privately (a restored guest).
+// on /dev/shm (a cold-booted guest), or the sealed copy of a snapshot's
+// memory it maps privately (a restored guest; a memfd).
 func GuestRAM(pid int) (Mapping, error) {
 	maps, err := Smaps(pid)
 	if err != nil {
 		return Mapping{}, err
 	}
 	for _, m := range maps {
-		if filepath.Base(m.Path) == "guest-ram" || strings.HasPrefix(m.Path, "/dev/shm/ember-") {
+		if strings.HasPrefix(m.Path, "/memfd:ember-guest-ram") || strings.HasPrefix(m.Path, "/dev/shm/ember-") {
 			return m, nil
 		}
 	}

@@ -62,36 +62,29 @@ func keepBase(ctx context.Context, dst, base string) error {
 	return copyMemory(ctx, dst, base)
 }
 
-// handRAM opens the saved memory file a restored machine's RAM maps
-// privately and hands it to QEMU, which opens it again through
-// /proc/self/fd: QEMU confined to a user of its own cannot reach it by its
-// path, under directories only root may enter. QEMU 7.2 opens a memory
-// file read-write (a file it opened read-only would be read-only for the
-// guest too), so a QEMU of its own user is given the file; MAP_PRIVATE
-// keeps the guest's writes off it all the same. Every QEMU runs as that
-// one user, which already owns every guest's shared RAM file.
-func (d *Driver) handRAM(files *vmmproc.Handed, path string) (int, error) {
-	if d.confine.unprivileged() {
-		if err := os.Chown(path, int(d.confine.UID), int(d.confine.GID)); err != nil {
-			return -1, fmt.Errorf("give saved guest memory %s to %s: %w", path, d.confine.User, err)
-		}
-	}
-	fd, err := files.Open(path, os.O_RDWR, 0)
+// handRAM hands QEMU a sealed copy of the saved memory file a restored
+// machine's RAM maps privately (sealed.go): QEMU opens it again through
+// /proc/self/fd (confined to a user of its own, it could not reach the
+// file by its path) and can map it, but neither it nor anyone else can
+// write it. The release goes with the machine.
+func (d *Driver) handRAM(ctx context.Context, files *vmmproc.Handed, path string) (int, func(), error) {
+	f, release, err := d.sealed.acquire(ctx, path)
 	if err != nil {
-		return -1, fmt.Errorf("open saved guest memory for qemu: %w", err)
+		return -1, nil, fmt.Errorf("seal saved guest memory for qemu: %w", err)
 	}
-	return fd, nil
+	return files.Add(f), release, nil
 }
 
 // attachedRAM is ramFromArgs for the running QEMU pid of the machine in
 // dir: RAM handed over as a descriptor is the file that descriptor holds
-// open (the link in dir, or the saved memory itself where no link could
-// be made).
+// open when that is a file (the saved memory itself, where no link could be
+// made), the link in dir otherwise (a sealed copy is a memfd, which has no
+// path: the link is the same memory).
 func attachedRAM(pid int, dir string, args []string) guestRAM {
 	ram := ramFromArgs(args)
 	if fd, ok := strings.CutPrefix(ram.Path, "/proc/self/fd/"); ok {
 		ram.Path = ramLinkPath(dir)
-		if p, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd)); err == nil && filepath.IsAbs(p) {
+		if p, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd)); err == nil && filepath.IsAbs(p) && !strings.HasPrefix(p, "/memfd:") {
 			ram.Path = p
 		}
 	}

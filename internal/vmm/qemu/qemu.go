@@ -106,6 +106,9 @@ type Driver struct {
 	confine *Confinement
 	// helper runs the memory copy of a restore (Config.Helper).
 	helper []string
+	// sealed holds the sealed copies of saved memory that restored
+	// machines map (sealed.go).
+	sealed sealedRAM
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -283,9 +286,23 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, base string, extra .
 	if err != nil {
 		return nil, err
 	}
+	exit := d.onExit(spec)
 	if ram.Private {
-		if h.ram, err = d.handRAM(&files, ram.Path); err != nil {
+		var release func()
+		if h.ram, release, err = d.handRAM(ctx, &files, ram.Path); err != nil {
 			return nil, err
+		}
+		// Released once the machine exits, or now if it never starts
+		// (release runs once either way).
+		defer func() {
+			if err != nil {
+				release()
+			}
+		}()
+		onExit := exit
+		exit = func(status string) {
+			onExit(status)
+			release()
 		}
 	}
 
@@ -294,7 +311,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, base string, extra .
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.ExtraFiles = files.Files()
 	cmd.SysProcAttr = d.confine.procAttr()
-	proc, err := vmmproc.Start(cmd, spec.Netns, d.onExit(spec))
+	proc, err := vmmproc.Start(cmd, spec.Netns, exit)
 	if err != nil {
 		return nil, err
 	}
