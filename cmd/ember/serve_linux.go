@@ -266,7 +266,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	}
 
 	// Template builds run in the daemon, in sandboxes of this manager.
-	builds, err := newBuilds(ctx, f, reg, mgr, base, log)
+	builds, err := newBuilds(ctx, f, reg, mgr, base, mtr.Observe, log)
 	if err != nil {
 		return err
 	}
@@ -499,6 +499,19 @@ type builds struct {
 	*build.Builder
 	mgr *sandbox.Manager
 	reg template.Registry
+	// observe hears of every build as it ends (the lifecycle metrics).
+	observe func(sandbox.Op)
+}
+
+// Build builds a template and reports the build to the metrics, whatever
+// front end asked for it (/v1 or E2B's template SDK).
+func (b builds) Build(ctx context.Context, req build.Request, emit func(build.Event)) (template.Template, error) {
+	start := time.Now()
+	t, err := b.Builder.Build(ctx, req, emit)
+	if b.observe != nil {
+		b.observe(sandbox.Op{Name: sandbox.OpTemplateBuild, Template: req.Spec.Name, Duration: time.Since(start), Err: err})
+	}
+	return t, err
 }
 
 // DeleteTemplate deletes a template no sandbox or snapshot needs.
@@ -510,7 +523,8 @@ func (b builds) DeleteTemplate(ctx context.Context, name string) error {
 // template's kernel, steps are cached under the data directory, the
 // built-in Debian base under the cache directory. What a build a previous
 // daemon died in left is cleaned up first.
-func newBuilds(ctx context.Context, f config.Serve, reg template.Registry, mgr *sandbox.Manager, base template.Template, log *slog.Logger) (builds, error) {
+func newBuilds(ctx context.Context, f config.Serve, reg template.Registry, mgr *sandbox.Manager, base template.Template,
+	observe func(sandbox.Op), log *slog.Logger) (builds, error) {
 	agentBin, err := template.AgentBinary()
 	if err != nil {
 		return builds{}, err
@@ -523,5 +537,5 @@ func newBuilds(ctx context.Context, f config.Serve, reg template.Registry, mgr *
 	if err := b.Reclaim(ctx); err != nil {
 		log.Error("reclaim what interrupted template builds left", "err", err)
 	}
-	return builds{Builder: b, mgr: mgr, reg: reg}, nil
+	return builds{Builder: b, mgr: mgr, reg: reg, observe: observe}, nil
 }

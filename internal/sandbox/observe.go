@@ -23,8 +23,9 @@ const (
 	OpSnapshot = "snapshot"
 	OpFork     = "fork"
 	OpDestroy  = "destroy"
-	// OpTemplateBuild is the daemon's build of its default template at
-	// start, which the daemon reports itself.
+	// OpTemplateBuild is a template build: the default template's at
+	// start and every build through the API, which the daemon reports
+	// itself (the manager builds nothing).
 	OpTemplateBuild = "template_build"
 )
 
