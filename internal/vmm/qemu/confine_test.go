@@ -9,11 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
-	"github.com/emberhq/ember/internal/cgroup"
-	"github.com/emberhq/ember/internal/resource"
 	"github.com/emberhq/ember/internal/testutil"
 	"github.com/emberhq/ember/internal/vmm"
 	"github.com/emberhq/ember/internal/vmm/vmmtest"
@@ -98,76 +95,6 @@ func TestUnconfinedMeasures(t *testing.T) {
 }
 
 var _ vmm.Driver = (*Driver)(nil)
-
-// TestRestoreChargesMemoryToTheSandbox restores a guest whose cgroup is
-// given: the RAM file is filled by a copy process placed in that cgroup,
-// so the guest's memory counts against the sandbox, not the daemon.
-func TestRestoreChargesMemoryToTheSandbox(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "qemu-system-x86_64")
-	guest := testutil.Guest(t)
-	cg, err := cgroup.New(fmt.Sprintf("ember-test/%d-qemu", os.Getpid()), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Skipf("no cgroups: %v", err)
-	}
-	t.Cleanup(func() {
-		for _, c := range []string{cgroup.Memory, cgroup.CPU, cgroup.Pids, cgroup.Blkio, "cpuacct"} {
-			parent := filepath.Dir(cg.Path("x", c))
-			os.Remove(parent)
-			os.Remove(filepath.Dir(parent))
-		}
-	})
-	d, err := New(Config{Helper: []string{os.Args[0]}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := t.Context()
-	spec := vmmtest.CounterSpec(t, guest)
-	m, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Stop(context.Background()) })
-	vmmtest.WaitTick(t, m, spec, 2)
-	if err := m.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	snap := t.TempDir()
-	if err := m.(vmm.Snapshotter).Snapshot(ctx, snap, vmm.SnapshotOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var st syscall.Stat_t
-	if err := syscall.Stat(filepath.Join(snap, memoryFile), &st); err != nil {
-		t.Fatal(err)
-	}
-	saved := st.Blocks * 512
-
-	const id = "restored"
-	if err := cg.Create(id, resource.Limits{MemoryMiB: 1024}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cg.Remove(id) })
-	spec.Place = func(pid int) error { return cg.Place(id, pid) }
-	r, err := d.Restore(ctx, spec, snap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Stop(context.Background()) })
-	u, err := cg.Usage(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("snapshot memory %d MiB; the sandbox's cgroup is charged %d MiB", saved>>20, u.MemoryBytes>>20)
-	if int64(u.MemoryBytes) < saved*9/10 {
-		t.Errorf("the cgroup is charged %d bytes, the restored guest's memory is %d", u.MemoryBytes, saved)
-	}
-	if err := r.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // TestConfinedRefusesUnreadableKernel: a kernel QEMU's user may not read
 // is refused up front, with the fix, not by QEMU after it started.

@@ -99,6 +99,10 @@ func (s *sealedRAM) held() int {
 	return len(s.files)
 }
 
+// sealedName names a sealed copy's memfd: /proc/PID/maps shows its
+// mappings as "/memfd:ember-guest-ram (deleted)".
+const sealedName = "ember-guest-ram"
+
 // sealSeals are the seals of a sealed copy: no write, no resize, no change
 // of seals.
 const sealSeals = unix.F_SEAL_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
@@ -116,11 +120,11 @@ func sealCopy(ctx context.Context, path string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("size saved guest memory: %w", err)
 	}
-	fd, err := unix.MemfdCreate("ember-guest-ram", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	fd, err := unix.MemfdCreate(sealedName, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return nil, fmt.Errorf("create sealed guest memory: %w", err)
 	}
-	dst := os.NewFile(uintptr(fd), "memfd:ember-guest-ram")
+	dst := os.NewFile(uintptr(fd), "memfd:"+sealedName)
 	fail := func(err error) (*os.File, error) {
 		dst.Close()
 		return nil, err
