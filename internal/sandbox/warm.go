@@ -129,9 +129,14 @@ func (m *Manager) SetWarm(ctx context.Context, name string, count int) (WarmPool
 	if count < 0 || count > MaxWarm {
 		return WarmPool{}, invalid("count", "must be between 0 and %d, got %d", MaxWarm, count)
 	}
-	if _, err := m.d.Templates.Get(name); errors.Is(err, template.ErrNotFound) {
-		return WarmPool{}, fmt.Errorf("template %q: %w", name, ErrTemplateNotFound)
-	} else if err != nil {
+	switch _, err := m.d.Templates.Get(name); {
+	case errors.Is(err, template.ErrNotFound):
+		// Emptying the pool of a template gone since is allowed: what it
+		// still holds is dropped below.
+		if count > 0 {
+			return WarmPool{}, fmt.Errorf("template %q: %w", name, ErrTemplateNotFound)
+		}
+	case err != nil:
 		return WarmPool{}, fmt.Errorf("look up template %q: %w", name, err)
 	}
 	m.pools.mu.Lock()
@@ -165,7 +170,12 @@ func (m *Manager) WarmPools() []WarmPool {
 	sort.Strings(names)
 	out := make([]WarmPool, 0, len(names))
 	for _, name := range names {
-		out = append(out, m.warmPool(name))
+		// A pool exists for every template a create looked in; only
+		// the configured ones, or those still holding sandboxes, are
+		// pools to speak of.
+		if st, dropping := m.warmPoolDropping(name); st.Target > 0 || st.Ready+st.Starting+dropping > 0 {
+			out = append(out, st)
+		}
 	}
 	return out
 }

@@ -306,6 +306,30 @@ func TestSetWarmRefusesBadInput(t *testing.T) {
 	}
 }
 
+// A create's look for a warm sandbox makes no pool to list, and emptying
+// the pool of a template that is gone succeeds: what a client (a test
+// harness tearing down) does after any create, of any template.
+func TestWarmPoolsListOnlyConfigured(t *testing.T) {
+	_, _, _, m := setup(t)
+	ctx := context.Background()
+	if _, err := m.Create(ctx, CreateRequest{Template: "nope"}); !errors.Is(err, ErrTemplateNotFound) {
+		t.Fatalf("create of an unknown template: %v", err)
+	}
+	sb, err := m.Create(ctx, CreateRequest{Template: "base"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pools := m.WarmPools(); len(pools) != 0 {
+		t.Errorf("creates made pools: %+v", pools)
+	}
+	if _, err := m.SetWarm(ctx, "nope", 0); err != nil {
+		t.Errorf("emptying the pool of a missing template: %v", err)
+	}
+	if err := m.Destroy(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Warm sandboxes commit capacity as any machine does, and give way to a
 // client's create that would not fit otherwise.
 func TestWarmSandboxesCountAgainstCapacity(t *testing.T) {

@@ -14,8 +14,9 @@ const T = { timeout: 600_000 }
 // ember's busybox, which every template built on ember has.
 const bb = '/usr/lib/ember/busybox'
 
-test('Template.build() builds on ember, and Sandbox.create() from it runs a command', T, async () => {
+test('Template.build() builds on ember, and Sandbox.create() from it runs a command', T, async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ember-e2b-template-'))
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
   fs.mkdirSync(path.join(dir, 'site'))
   fs.writeFileSync(path.join(dir, 'site', 'hello.txt'), 'hello from the build context\n')
   const name = `e2b-built-${Date.now()}`
