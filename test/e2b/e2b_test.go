@@ -85,8 +85,11 @@ func TestSDKs(t *testing.T) {
 	start := time.Now()
 	d := harness.ForTest(t, harness.Options{
 		SlotFirst: slotFirst, Templates: registry,
+		// The flows of three SDKs keep a dozen small, mostly idle
+		// sandboxes; admission's default (four vCPUs per host CPU)
+		// would refuse some on a 2-core host.
 		Args: []string{"--e2b-templates", "base=" + e2bTemplate, "--domain", domain, "--metrics-interval", "1s",
-			"--tls-listen", tlsAddr, "--tls-cert", certs.cert, "--tls-key", certs.key},
+			"--tls-listen", tlsAddr, "--tls-cert", certs.cert, "--tls-key", certs.key, "--vcpu-overcommit", "16"},
 	}, slotSpan)
 	t.Logf("daemon up in %s (it built its default template)", time.Since(start).Round(time.Millisecond))
 	if err := harness.E2BTemplate(registry, e2bTemplate); err != nil {
