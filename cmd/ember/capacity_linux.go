@@ -19,30 +19,14 @@ import (
 	"github.com/emberhq/ember/internal/sandbox"
 )
 
-// capacityFlags are the admission control settings of `ember serve`.
-type capacityFlags struct {
-	memoryMiB   int
-	overheadMiB int
-	overcommit  float64
-	shmMiB      int
-	parallel    int
-	queue       int
-	queueWait   time.Duration
-}
-
-// capacityOf reads the admission settings (validated by config.Load).
-func capacityOf(f config.Serve) capacityFlags {
-	return capacityFlags{memoryMiB: f.CapacityMemoryMiB, overheadMiB: f.VMMOverheadMiB, overcommit: f.VCPUOvercommit,
-		shmMiB: f.CapacityShmMiB, parallel: f.MaxParallelCreates, queue: f.CreateQueue, queueWait: f.QueueWait()}
-}
-
-// capacity turns the flags into the manager's capacity. memDir is where
-// the VMM keeps guest RAM files ("" when it keeps none).
-func (c *capacityFlags) capacity(memDir string) (sandbox.Capacity, error) {
+// capacityFor turns the admission settings (validated by config.Load)
+// into the manager's capacity. memDir is where the VMM keeps guest RAM
+// files ("" when it keeps none).
+func capacityFor(f config.Serve, memDir string) (sandbox.Capacity, error) {
 	cp := sandbox.Capacity{
-		MemoryMiB: c.memoryMiB, OverheadMiB: c.overheadMiB,
-		VCPUs:       int(float64(runtime.NumCPU()) * c.overcommit),
-		MaxParallel: c.parallel, MaxQueue: c.queue, QueueWait: c.queueWait,
+		MemoryMiB: f.CapacityMemoryMiB, OverheadMiB: f.VMMOverheadMiB,
+		VCPUs:       int(float64(runtime.NumCPU()) * f.VCPUOvercommit),
+		MaxParallel: f.MaxParallelCreates, MaxQueue: f.CreateQueue, QueueWait: f.QueueWait(),
 	}
 	if cp.MemoryMiB == 0 {
 		total, err := hostMemoryMiB()
@@ -52,7 +36,7 @@ func (c *capacityFlags) capacity(memDir string) (sandbox.Capacity, error) {
 		cp.MemoryMiB = total * 9 / 10
 	}
 	if memDir != "" {
-		cp.ShmMiB = c.shmMiB
+		cp.ShmMiB = f.CapacityShmMiB
 		if cp.ShmMiB == 0 {
 			total, _, err := fsMiB(memDir)
 			if err != nil {

@@ -12,33 +12,20 @@ import (
 	"github.com/emberhq/ember/internal/sandbox"
 )
 
-// cgroupFlags set the default bounds of every sandbox's cgroup.
-type cgroupFlags struct {
-	on         bool
-	parent     string
-	cpuPerVCPU float64
-	pids       int
-	ioWeight   int
+// cgroupDefaults returns the bounds the settings (validated by
+// config.Load) give every sandbox's cgroup.
+func cgroupDefaults(f config.Serve) sandbox.ResourceDefaults {
+	return sandbox.ResourceDefaults{CPUPerVCPU: f.CPUPerVCPU, Pids: f.PidsLimit, IOWeight: f.IOWeight}
 }
 
-// cgroupsOf reads the cgroup settings (validated by config.Load).
-func cgroupsOf(f config.Serve) cgroupFlags {
-	return cgroupFlags{on: f.Cgroups, parent: f.CgroupParent, cpuPerVCPU: f.CPUPerVCPU, pids: f.PidsLimit, ioWeight: f.IOWeight}
-}
-
-// defaults returns the bounds the settings give every sandbox.
-func (c *cgroupFlags) defaults() sandbox.ResourceDefaults {
-	return sandbox.ResourceDefaults{CPUPerVCPU: c.cpuPerVCPU, Pids: c.pids, IOWeight: c.ioWeight}
-}
-
-// manager returns the cgroup manager, nil with --cgroups=false.
-func (c *cgroupFlags) manager(dataDir string, log *slog.Logger) (*cgroup.Manager, error) {
-	if !c.on {
+// cgroupManager returns the cgroup manager, nil with cgroups = false.
+func cgroupManager(f config.Serve, log *slog.Logger) (*cgroup.Manager, error) {
+	if !f.Cgroups {
 		return nil, nil
 	}
-	parent := c.parent
+	parent := f.CgroupParent
 	if parent == "" {
-		parent = cgroup.ParentFor(dataDir)
+		parent = cgroup.ParentFor(f.DataDir)
 	}
 	m, err := cgroup.New(parent, log)
 	if err != nil {

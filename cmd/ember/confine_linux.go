@@ -14,38 +14,19 @@ import (
 	"github.com/emberhq/ember/internal/vmm/qemu"
 )
 
-// confineFlags confine the VMMs: QEMU's user, seccomp filter and chroot,
-// and Firecracker's jailer.
-type confineFlags struct {
-	user    string
-	seccomp bool
-	chroot  bool
-
-	jailer     string
-	chrootBase string
-	cpuMax     string
-	memoryMax  string
-}
-
-// confineOf reads the confinement settings.
-func confineOf(f config.Serve) confineFlags {
-	return confineFlags{user: f.VMMUser, seccomp: f.VMMSeccomp, chroot: f.VMMChroot,
-		jailer: f.Jailer, chrootBase: f.JailerChrootBase, cpuMax: f.JailerCPUMax, memoryMax: f.JailerMemoryMax}
-}
-
 // vmmUser resolves --vmm-user: nil for root.
-func (c *confineFlags) vmmUser() (*user.User, uint32, uint32, error) {
-	if c.user == "" || c.user == "root" {
+func vmmUser(f config.Serve) (*user.User, uint32, uint32, error) {
+	if f.VMMUser == "" || f.VMMUser == "root" {
 		return nil, 0, 0, nil
 	}
-	u, err := user.Lookup(c.user)
+	u, err := user.Lookup(f.VMMUser)
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("--vmm-user %s: %w (create it with `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s`, as `make deps` does, or pass --vmm-user root to run QEMU as root)", c.user, err, c.user)
+		return nil, 0, 0, fmt.Errorf("--vmm-user %s: %w (create it with `useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s`, as `make deps` does, or pass --vmm-user root to run QEMU as root)", f.VMMUser, err, f.VMMUser)
 	}
 	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
 	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
 	if err1 != nil || err2 != nil {
-		return nil, 0, 0, fmt.Errorf("--vmm-user %s: uid %q or gid %q is not a number", c.user, u.Uid, u.Gid)
+		return nil, 0, 0, fmt.Errorf("--vmm-user %s: uid %q or gid %q is not a number", f.VMMUser, u.Uid, u.Gid)
 	}
 	if uid == 0 {
 		return nil, 0, 0, nil
@@ -53,33 +34,33 @@ func (c *confineFlags) vmmUser() (*user.User, uint32, uint32, error) {
 	return u, uint32(uid), uint32(gid), nil
 }
 
-// qemu returns QEMU's confinement.
-func (c *confineFlags) qemu() (*qemu.Confinement, error) {
-	u, uid, gid, err := c.vmmUser()
+// qemuConfinement returns QEMU's confinement.
+func qemuConfinement(f config.Serve) (*qemu.Confinement, error) {
+	u, uid, gid, err := vmmUser(f)
 	if err != nil {
 		return nil, err
 	}
-	qc := &qemu.Confinement{Seccomp: c.seccomp, Chroot: c.chroot}
+	qc := &qemu.Confinement{Seccomp: f.VMMSeccomp, Chroot: f.VMMChroot}
 	if u != nil {
 		qc.UID, qc.GID, qc.User = uid, gid, u.Username
 	}
 	return qc, nil
 }
 
-// firecracker returns the jailer's configuration, nil without --jailer.
-func (c *confineFlags) firecracker() (*firecracker.JailerConfig, error) {
-	if c.jailer == "" {
+// jailerConfig returns the jailer's configuration, nil without --jailer.
+func jailerConfig(f config.Serve) (*firecracker.JailerConfig, error) {
+	if f.Jailer == "" {
 		return nil, nil
 	}
-	u, uid, gid, err := c.vmmUser()
+	u, uid, gid, err := vmmUser(f)
 	if err != nil {
 		return nil, err
 	}
 	if u == nil {
-		return nil, fmt.Errorf("--jailer needs an unprivileged --vmm-user, not %q", c.user)
+		return nil, fmt.Errorf("--jailer needs an unprivileged --vmm-user, not %q", f.VMMUser)
 	}
-	return &firecracker.JailerConfig{Binary: c.jailer, ChrootBase: c.chrootBase, UID: int(uid), GID: int(gid),
-		CPUMax: c.cpuMax, MemoryMax: c.memoryMax}, nil
+	return &firecracker.JailerConfig{Binary: f.Jailer, ChrootBase: f.JailerChrootBase, UID: int(uid), GID: int(gid),
+		CPUMax: f.JailerCPUMax, MemoryMax: f.JailerMemoryMax}, nil
 }
 
 // confinement is how the driver's VMMs are confined, for `ember info`.

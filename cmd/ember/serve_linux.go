@@ -142,12 +142,11 @@ func serve(ctx context.Context, cfg *config.Config) error {
 			return fmt.Errorf("default-template %q: %w (build it with `ember template build %s --kernel PATH`)", f.DefaultTemplate, err, f.DefaultTemplate)
 		}
 	}
-	confine := confineOf(f)
-	qemuConfine, err := confine.qemu()
+	qemuConfine, err := qemuConfinement(f)
 	if err != nil {
 		return err
 	}
-	jailer, err := confine.firecracker()
+	jailer, err := jailerConfig(f)
 	if err != nil {
 		return err
 	}
@@ -201,13 +200,11 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if md, ok := driver.(interface{ MemoryDir() string }); ok {
 		memDir = md.MemoryDir()
 	}
-	capacity := capacityOf(f)
-	if mcfg.Capacity, err = capacity.capacity(memDir); err != nil {
+	if mcfg.Capacity, err = capacityFor(f, memDir); err != nil {
 		return err
 	}
-	cg := cgroupsOf(f)
-	mcfg.Resources = cg.defaults()
-	cgroups, err := cg.manager(f.DataDir, log)
+	mcfg.Resources = cgroupDefaults(f)
+	cgroups, err := cgroupManager(f, log)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -107,9 +106,9 @@ const sealedName = "ember-guest-ram"
 // of seals.
 const sealSeals = unix.F_SEAL_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
 
-// sealCopy copies the file at path into a new memfd, leaving its holes
-// holes (a guest's untouched RAM takes no memory in the copy either), and
-// seals it.
+// sealCopy copies the file at path into a new memfd, leaving its holes and
+// zero pages holes (a guest's untouched RAM takes no memory in the copy
+// either), and seals it.
 func sealCopy(ctx context.Context, path string) (*os.File, error) {
 	src, err := os.Open(path)
 	if err != nil {
@@ -132,24 +131,8 @@ func sealCopy(ctx context.Context, path string) (*os.File, error) {
 	if err := dst.Truncate(size); err != nil {
 		return fail(fmt.Errorf("size sealed guest memory: %w", err))
 	}
-	for off := int64(0); off < size; {
-		if err := ctx.Err(); err != nil {
-			return fail(err)
-		}
-		data, err := unix.Seek(int(src.Fd()), off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		} else if err != nil {
-			return fail(fmt.Errorf("find data in saved guest memory: %w", err))
-		}
-		hole, err := unix.Seek(int(src.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
-			return fail(fmt.Errorf("find a hole in saved guest memory: %w", err))
-		}
-		if _, err := io.Copy(io.NewOffsetWriter(dst, data), io.NewSectionReader(src, data, hole-data)); err != nil {
-			return fail(fmt.Errorf("copy saved guest memory: %w", err))
-		}
-		off = hole
+	if err := copyNonZero(ctx, dst, src, size); err != nil {
+		return fail(fmt.Errorf("copy saved guest memory: %w", err))
 	}
 	if _, err := unix.FcntlInt(dst.Fd(), unix.F_ADD_SEALS, sealSeals); err != nil {
 		return fail(fmt.Errorf("seal guest memory: %w", err))
